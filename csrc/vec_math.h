@@ -1,0 +1,121 @@
+// Explicit SIMD (GCC/Clang vector extensions: 256-bit AVX2 vectors where the build enables AVX2, lowered
+// to narrower registers elsewhere) and a branch-free exp written once for scalars and vectors: no libm
+// calls and no float<->int conversions, only selects, FMAs, integer adds and shifts. Shared by every CPU
+// kernel in csrc/.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+namespace kale_fast {
+
+template <typename acc_t>
+struct Simd;
+
+template <>
+struct Simd<float> {
+  static constexpr int64_t kWidth = 8;
+  using Vec = float __attribute__((vector_size(32)));
+  using Bits = uint32_t __attribute__((vector_size(32)));
+  using ScalarBits = uint32_t;
+};
+
+template <>
+struct Simd<double> {
+  static constexpr int64_t kWidth = 4;
+  using Vec = double __attribute__((vector_size(32)));
+  using Bits = uint64_t __attribute__((vector_size(32)));
+  using ScalarBits = uint64_t;
+};
+
+template <typename To, typename From>
+inline To bit_cast(From from) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast needs equal sizes");
+  To to;
+  std::memcpy(&to, &from, sizeof(To));
+  return to;
+}
+
+// A scalar constant as a T (T a scalar or a vector): V{} + c broadcasts for vectors.
+template <typename T, typename S>
+inline T splat(S c) {
+  return T{} + c;
+}
+
+// Loads Simd<acc_t>::kWidth elements of any dtype as an acc_t vector (fp16/bf16 are widened).
+template <typename acc_t, typename scalar_t>
+inline typename Simd<acc_t>::Vec load_vec(const scalar_t* p) {
+  typename Simd<acc_t>::Vec v;
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(&v, p, sizeof(v));
+  } else {
+    acc_t tmp[Simd<acc_t>::kWidth];
+    for (int64_t j = 0; j < Simd<acc_t>::kWidth; ++j) tmp[j] = static_cast<acc_t>(p[j]);
+    std::memcpy(&v, tmp, sizeof(v));
+  }
+  return v;
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store_vec(scalar_t* p, typename Simd<acc_t>::Vec v) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(p, &v, sizeof(v));
+  } else {
+    for (int64_t j = 0; j < Simd<acc_t>::kWidth; ++j) p[j] = static_cast<scalar_t>(v[j]);
+  }
+}
+
+// exp(x) for T = acc_t or Simd<acc_t>::Vec, accurate to about 1 ulp (Cephes polynomial for float, Pade form
+// for double) after the reduction x = k ln2 + r; k is rounded by the 1.5 * 2^mantissa trick and 2^k built
+// from exponent bits as 2^(k-1) * 2, so that k = 128 (float) and k = 1024 (double), reached just below the
+// overflow threshold, stay representable. Results below the smallest normal number (fp32: x < -86.6,
+// fp64: x < -707.7) are flushed to zero; +inf and overflow give +inf, -inf gives 0, NaN gives NaN.
+template <typename acc_t, typename T>
+inline T exp_vec(T x) {
+  using Bits = std::conditional_t<std::is_same_v<T, acc_t>, typename Simd<acc_t>::ScalarBits, typename Simd<acc_t>::Bits>;
+  constexpr bool kFloat = std::is_same_v<acc_t, float>;
+  constexpr acc_t kLo = kFloat ? -86.6 : -707.7;
+  constexpr acc_t kHi = kFloat ? 88.7228317 : 709.782712893383973;
+  constexpr acc_t kShift = kFloat ? 12582912.0 : 6755399441055744.0;  // 1.5 * 2^23, 1.5 * 2^52
+  constexpr int kMantissa = kFloat ? 23 : 52;
+  constexpr unsigned kBiasMinusOne = kFloat ? 126 : 1022;
+  const T lo = splat<T>(kLo), hi = splat<T>(kHi);
+  const T xc = x < lo ? lo : (x > hi ? hi : x);
+  T k = xc * acc_t(1.4426950408889634074) + kShift;
+  const Bits kbits = bit_cast<Bits>(k);
+  k -= kShift;
+  T p;
+  if constexpr (kFloat) {
+    const T r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
+    p = splat<T>(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+  } else {
+    const T r = (xc - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6;
+    const T rr = r * r;
+    const T px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1);
+    const T qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1) * rr +
+                 2.00000000000000000009e0;
+    p = 1.0 + 2.0 * px / (qx - px);
+  }
+  const T half_scale = bit_cast<T>(static_cast<Bits>((kbits + kBiasMinusOne) << kMantissa));  // 2^(k-1)
+  T y = p * half_scale * acc_t(2);
+  y = x < lo ? splat<T>(acc_t(0)) : y;
+  y = x > hi ? splat<T>(std::numeric_limits<acc_t>::infinity()) : y;
+  return x != x ? x : y;
+}
+
+// exp(a - m) for a <= m, defined as 1 when a == m so that equal infinities (all elements -inf, or the
+// maximum itself +inf) rescale by 1 instead of exp(nan).
+template <typename acc_t, typename T>
+inline T rescale(T a, T m) {
+  return a == m ? splat<T>(acc_t(1)) : exp_vec<acc_t>(a - m);
+}
+
+}  // namespace kale_fast
