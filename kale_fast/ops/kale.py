@@ -135,21 +135,21 @@ torch.library.register_autograd(
 
 
 def _reduced_dims(dim: Union[int, Sequence[int], None], ndim: int) -> Tuple[int, ...]:
+    """The reduced dimensions, sorted and non-negative. (No generator expressions: torch.compile traces this.)"""
     if dim is None:
         return tuple(range(ndim))
-    dims = (dim,) if isinstance(dim, int) else dim
-    if isinstance(dims, (str, bytes)) or not all(isinstance(d, int) and not isinstance(d, bool) for d in dims):
+    dims = [dim] if isinstance(dim, int) and not isinstance(dim, bool) else dim
+    if not isinstance(dims, (list, tuple)) or not all([isinstance(d, int) and not isinstance(d, bool) for d in dims]):
         raise TypeError(f"dim must be None, an int or a sequence of ints, got {dim!r}")
-    dims = tuple(dims)
-    if not dims:
+    if len(dims) == 0:
         raise ValueError("dim must name at least one dimension; use dim=None to reduce over all elements")
-    rank = max(ndim, 1)
-    if any(not -rank <= d < rank for d in dims):
+    rank = max(ndim, 1)  # a 0-dim tensor accepts dim 0 and -1, as in torch
+    if not all([-rank <= d < rank for d in dims]):
         raise ValueError(f"dim {dim!r} is out of range for a tensor with {ndim} dimensions")
-    normalized = tuple(sorted(d % rank for d in dims))
+    normalized = sorted([d % rank for d in dims])
     if len(set(normalized)) != len(normalized):
         raise ValueError(f"dim {dim!r} names a dimension twice")
-    return normalized if ndim else ()
+    return tuple(normalized) if ndim else ()
 
 
 def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim: bool = False) -> Tensor:
@@ -165,8 +165,8 @@ def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim
     if backend == "reference":
         return reference.log_mean_exp(x, dim, keepdim)
     kept = [d for d in range(x.dim()) if d not in dims]
-    n_rows = math.prod(x.shape[d] for d in kept)
-    rows = x.permute(*kept, *dims).reshape(n_rows, -1).contiguous()
+    n_rows = math.prod([x.shape[d] for d in kept])
+    rows = x.permute(kept + list(dims)).reshape(n_rows, -1).contiguous()
     out = _log_mean_exp_rows(rows, backend)
     if keepdim:
         return out.reshape([1 if d in dims else x.shape[d] for d in range(x.dim())])

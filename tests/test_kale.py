@@ -1,0 +1,267 @@
+"""kf.kale_loss and kf.log_mean_exp: every fused backend against kale_fast.reference."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import kale_fast as kf
+from kale_fast import reference
+
+SIZES = [1, 2, 127, 4099, 100_003]
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+# Relative tolerance per dtype: a few units in the last place of the dtype the result is returned in.
+RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-5, torch.float64: 1e-11}
+
+
+def _energies(n, dtype, device, scale=3.0, generator=None, contiguous=True):
+    """Fresh random energies; non-contiguous ones are every other element of a (n, 2) buffer's column."""
+    if contiguous:
+        x = torch.randn(n, generator=generator, dtype=torch.float64) * scale
+    else:
+        x = (torch.randn(n, 2, generator=generator, dtype=torch.float64) * scale)[:, 1]
+    return x.to(dtype=dtype, device=device).requires_grad_()
+
+
+def _loss_and_grads(fn, e_data, e_gen, log_partition):
+    inputs = [e_data, e_gen] + ([log_partition] if log_partition is not None else [])
+    loss = fn(e_data, e_gen, log_partition)
+    return [loss, *torch.autograd.grad(loss, inputs)]
+
+
+def _assert_close(actual, expected, dtype, rtol=None, scale_floor=1e-30):
+    """Closeness relative to each tensor's largest entry (gradients), at least `scale_floor`."""
+    rtol = RTOL[dtype] if rtol is None else rtol
+    for a, e in zip(actual, expected):
+        assert a.dtype == e.dtype and a.shape == e.shape
+        scale = e.detach().double().abs().max().clamp_min(scale_floor)
+        torch.testing.assert_close(a.double(), e.double(), rtol=rtol, atol=rtol * scale.item(), equal_nan=True)
+
+
+@pytest.mark.parametrize("n", SIZES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_a", [False, True], ids=["dv", "with_a"])
+def test_kale_loss_matches_reference(fused, n, dtype, with_a):
+    _, device = fused
+    gen = torch.Generator().manual_seed(n * 31 + DTYPES.index(dtype))
+    e_data = _energies(n, dtype, device, generator=gen)
+    e_gen = _energies(n + 3, dtype, device, generator=gen, contiguous=n % 2 == 1)
+    a = torch.tensor(0.7, dtype=torch.float32, device=device, requires_grad=True) if with_a else None
+    expected = _loss_and_grads(reference.kale_loss, e_data, e_gen, a)
+    _assert_close(_loss_and_grads(kf.kale_loss, e_data, e_gen, a), expected, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kale_loss_energies_of_magnitude_1e4(fused, dtype):
+    """Energies up to 1e4 overflow exp; the fused op must agree with the fp64 math (DV form, and A at its optimum)
+    up to the conditioning of exp(-(e + A)) at |e| = 1e4: an error of about 1e4 * eps relative to the terms,
+    which are of order 1 (d/dA = 1 - mean(exp(-(e + A))) cancels to about 0 at the optimum)."""
+    _, device = fused
+    gen = torch.Generator().manual_seed(7)
+    e_data = _energies(4099, dtype, device, scale=3e3, generator=gen)
+    e_gen = _energies(4099, dtype, device, scale=3e3, generator=gen)
+    with torch.no_grad():
+        e_gen[0], e_gen[1] = -1e4, 1e4
+    a_opt = reference.log_mean_exp(-e_gen.detach().double()).to(dtype).requires_grad_()
+    for a in (None, a_opt):
+        expected = _loss_and_grads(reference.kale_loss, e_data.double(), e_gen.double(),
+                                   None if a is None else a.double())
+        expected = [t.to(dtype) for t in expected]
+        actual = _loss_and_grads(kf.kale_loss, e_data, e_gen, a)
+        assert all(torch.isfinite(t).all() for t in actual)
+        _assert_close(actual, expected, dtype, rtol=4e4 * torch.finfo(dtype).eps, scale_floor=1.0)
+
+
+def test_kale_loss_gradcheck_fp64(fused):
+    _, device = fused
+    gen = torch.Generator().manual_seed(3)
+    e_data = _energies(5, torch.float64, device, generator=gen)
+    e_gen = _energies(9, torch.float64, device, generator=gen, contiguous=False)
+    a = torch.tensor([0.2], dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda d, g: kf.kale_loss(d, g), (e_data, e_gen))
+    assert torch.autograd.gradcheck(kf.kale_loss, (e_data, e_gen, a))
+    assert torch.autograd.gradgradcheck is not None  # second order is not offered: see the op's docstring
+
+
+def test_kale_equals_kl_for_shifted_gaussians(fused):
+    """P = N(mu, 1), G = N(0, 1), E(x) = -mu x: with the optimal A = mu^2/2, KALE = -loss = KL = mu^2/2."""
+    _, device = fused
+    mu, n = 0.8, 400_000
+    gen = torch.Generator().manual_seed(11)
+    x_data = (torch.randn(n, generator=gen, dtype=torch.float64) + mu).to(device)
+    x_gen = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
+    e_data, e_gen = -mu * x_data, -mu * x_gen
+    kale_with_a = -kf.kale_loss(e_data, e_gen, torch.tensor(mu**2 / 2, dtype=torch.float64, device=device))
+    kale_dv = -kf.kale_loss(e_data, e_gen)
+    # Monte-Carlo standard error of mean(mu x) + mean(exp(mu x - mu^2/2)) is about
+    # sqrt(mu^2 + exp(mu^2) - 1) / sqrt(n) = 0.0021 here; allow 5 of them.
+    for kale in (kale_with_a, kale_dv):
+        assert abs(kale.item() - mu**2 / 2) < 5 * 0.0021
+
+
+def test_objective_is_below_donsker_varadhan_with_equality_at_optimal_a(fused):
+    _, device = fused
+    gen = torch.Generator().manual_seed(5)
+    e_data = _energies(1000, torch.float64, device, generator=gen).detach()
+    e_gen = _energies(3000, torch.float64, device, generator=gen).detach()
+    dv_loss = kf.kale_loss(e_data, e_gen)
+    a_opt = kf.log_mean_exp(-e_gen)
+    torch.testing.assert_close(kf.kale_loss(e_data, e_gen, a_opt), dv_loss, rtol=0, atol=1e-12)
+    for delta in (-3.0, -0.5, -1e-3, 1e-3, 0.5, 3.0):
+        assert kf.kale_loss(e_data, e_gen, a_opt + delta) > dv_loss  # -F(E, A) >= -DV(E)
+
+
+@pytest.mark.parametrize("with_a", [False, True], ids=["dv", "with_a"])
+@pytest.mark.parametrize("special", ["nan_data", "nan_gen", "neg_inf_gen", "pos_inf_gen", "all_pos_inf_gen",
+                                     "inf_data", "mixed_inf_data"])
+def test_kale_loss_nan_and_inf_follow_fp64_math(fused, special, with_a):
+    _, device = fused
+    gen = torch.Generator().manual_seed(17)
+    e_data = torch.randn(50, generator=gen, dtype=torch.float64)
+    e_gen = torch.randn(70, generator=gen, dtype=torch.float64)
+    if special == "nan_data":
+        e_data[3] = math.nan
+    elif special == "nan_gen":
+        e_gen[4] = math.nan
+    elif special == "neg_inf_gen":
+        e_gen[5] = -math.inf
+    elif special == "pos_inf_gen":
+        e_gen[5] = math.inf
+    elif special == "all_pos_inf_gen":
+        e_gen[:] = math.inf
+    elif special == "inf_data":
+        e_data[0] = math.inf
+    else:
+        e_data[0], e_data[1] = math.inf, -math.inf
+    e_data, e_gen = e_data.to(device).requires_grad_(), e_gen.to(device).requires_grad_()
+    a = torch.tensor(0.1, dtype=torch.float64, device=device, requires_grad=True) if with_a else None
+    expected = _loss_and_grads(reference.kale_loss, e_data, e_gen, a)
+    actual = _loss_and_grads(kf.kale_loss, e_data, e_gen, a)
+    for x, y in zip(actual, expected):
+        torch.testing.assert_close(x, y, equal_nan=True)
+    if special.startswith("nan"):
+        assert torch.isnan(actual[0])
+
+
+def test_kale_loss_accepts_python_number_and_one_element_log_partition(fused):
+    _, device = fused
+    e_data, e_gen = torch.randn(10, device=device), torch.randn(12, device=device)
+    expected = reference.kale_loss(e_data, e_gen, torch.tensor(0.5))
+    torch.testing.assert_close(kf.kale_loss(e_data, e_gen, 0.5), expected)
+    a = torch.full((1, 1), 0.5, device=device, requires_grad=True)
+    kf.kale_loss(e_data, e_gen, a).backward()
+    assert a.grad.shape == (1, 1)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((torch.randn(0), torch.randn(3)), ValueError, "e_data must have at least one element"),
+        ((torch.randn(3), torch.randn(0)), ValueError, "e_gen must have at least one element"),
+        ((torch.randn(3), torch.randn(3, dtype=torch.float64)), TypeError, "one dtype"),
+        ((torch.arange(3), torch.randn(3)), TypeError, "e_data must be a floating-point tensor"),
+        ((torch.randn(3), [1.0, 2.0]), TypeError, "e_gen must be a torch.Tensor"),
+        ((torch.randn(3), torch.randn(3, device="meta")), ValueError, "one device"),
+        ((torch.randn(3), torch.randn(3), torch.zeros(2)), ValueError, "log_partition must be a scalar"),
+        ((torch.randn(3), torch.randn(3), torch.zeros((), dtype=torch.int64)), TypeError, "log_partition must be a floating"),
+        ((torch.randn(3), torch.randn(3), "0.5"), TypeError, "log_partition must be a torch.Tensor"),
+    ],
+)
+def test_kale_loss_rejects_bad_input(args, error, match):
+    with pytest.raises(error, match=match):
+        kf.kale_loss(*args)
+
+
+@pytest.mark.parametrize("shape, dim, keepdim", [
+    ((4099,), None, False), ((1,), None, True), ((3, 50, 7), (0, 2), False), ((3, 50, 7), -1, True),
+    ((6, 5), 0, False), ((2, 3, 4), (2, 0, 1), True), ((), None, False), ((128, 33), 1, False),
+])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_log_mean_exp_matches_reference(fused, shape, dim, keepdim, dtype):
+    _, device = fused
+    gen = torch.Generator().manual_seed(len(shape) + DTYPES.index(dtype))
+    base = torch.randn(*shape, 2, generator=gen, dtype=torch.float64) * 4
+    x = base[..., 0].to(dtype=dtype, device=device).requires_grad_()  # non-contiguous
+    expected = reference.log_mean_exp(x, dim, keepdim)
+    actual = kf.log_mean_exp(x, dim, keepdim)
+    weights = torch.randn(expected.shape, generator=gen, dtype=torch.float64).to(dtype=dtype, device=device)
+    _assert_close([actual, *torch.autograd.grad((actual * weights).sum(), x)],
+                  [expected, *torch.autograd.grad((expected * weights).sum(), x)], dtype)
+
+
+def test_log_mean_exp_gradcheck_fp64(fused):
+    _, device = fused
+    x = torch.randn(4, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: kf.log_mean_exp(t, dim=(0, 2)), (x,))
+    assert torch.autograd.gradcheck(kf.log_mean_exp, (x,))
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(x=torch.randn(0)), ValueError, "x must have at least one element"),
+    (dict(x=torch.arange(4)), TypeError, "floating-point"),
+    (dict(x=torch.randn(3, 4), dim=2), ValueError, "out of range"),
+    (dict(x=torch.randn(3, 4), dim=(0, -2)), ValueError, "twice"),
+    (dict(x=torch.randn(3, 4), dim=()), ValueError, "dim=None"),
+    (dict(x=torch.randn(3, 4), dim=1.0), TypeError, "dim must be"),
+    (dict(x=torch.randn(3, 4), keepdim=1), TypeError, "keepdim must be a bool"),
+])
+def test_log_mean_exp_rejects_bad_input(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        kf.log_mean_exp(**kwargs)
+
+
+def test_custom_ops_pass_opcheck():
+    """torch.library.opcheck: schema, fake (meta) rules and autograd registration agree with the kernels."""
+    kf.set_backend("cpp")
+    e_data, e_gen = torch.randn(7, dtype=torch.float64), torch.randn(11, dtype=torch.float64)
+    a = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    ops = torch.ops.kale_fast
+    torch.library.opcheck(ops.kale_loss, (e_data.requires_grad_(), e_gen.requires_grad_(), a, "cpp"))
+    torch.library.opcheck(ops.kale_loss, (e_data, e_gen, None, "cpp"))
+    lse = torch.tensor(1.0, dtype=torch.float64)
+    torch.library.opcheck(ops.kale_loss_backward, (torch.tensor(1.0, dtype=torch.float64), e_data.detach(),
+                                                   e_gen.detach(), a.detach(), lse, "cpp"))
+    rows = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    torch.library.opcheck(ops.log_mean_exp_rows, (rows, "cpp"))
+
+
+def test_torch_compile_fullgraph():
+    """A training-style function calling both ops compiles without graph breaks and matches eager."""
+    kf.set_backend("cpp")
+
+    def objective(e_data, e_gen, a):
+        return kf.kale_loss(e_data * 2, e_gen, a) + kf.log_mean_exp(e_gen.view(5, 20), dim=1).sum()
+
+    compiled = torch.compile(objective, fullgraph=True)
+    e_data, e_gen = torch.randn(50, requires_grad=True), torch.randn(100, requires_grad=True)
+    a = torch.tensor(0.1, requires_grad=True)
+    expected = objective(e_data, e_gen, a)
+    expected_grads = torch.autograd.grad(expected, (e_data, e_gen, a))
+    actual = compiled(e_data, e_gen, a)
+    torch.testing.assert_close(actual, expected)
+    for x, y in zip(torch.autograd.grad(actual, (e_data, e_gen, a)), expected_grads):
+        torch.testing.assert_close(x, y)
+
+
+def test_backend_selection():
+    assert kf.get_backend() == "auto"
+    with pytest.raises(ValueError, match="backend must be one of"):
+        kf.set_backend("fastest")
+    with pytest.raises(TypeError, match="backend must be a str"):
+        kf.set_backend(None)
+    kf.set_backend("cuda")
+    with pytest.raises(RuntimeError, match="backend 'cuda' cannot run on a cpu tensor"):
+        kf.kale_loss(torch.randn(3), torch.randn(3))
+    kf.set_backend("reference")
+    e_data, e_gen = torch.randn(3), torch.randn(4)
+    torch.testing.assert_close(kf.kale_loss(e_data, e_gen), reference.kale_loss(e_data, e_gen))
+
+
+def test_backend_environment_variable():
+    code = "import kale_fast as kf; print(kf.get_backend())"
+    ok = subprocess.run([sys.executable, "-c", code], env={"KALE_FAST_BACKEND": "reference"},
+                        capture_output=True, text=True)
+    assert ok.stdout.strip() == "reference", ok.stderr
+    bad = subprocess.run([sys.executable, "-c", code], env={"KALE_FAST_BACKEND": "gpu"}, capture_output=True, text=True)
+    assert bad.returncode != 0 and "KALE_FAST_BACKEND must be one of" in bad.stderr
