@@ -36,8 +36,8 @@ if torch.version.cuda is not None and CUDA_HOME is not None:
     extensions.append(
         CUDAExtension(
             "kale_fast._C_cuda",
-            sorted(glob.glob("kernels/*.cu")),
-            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "--use_fast_math", "-lineinfo"]},
+            sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.cpp")),
+            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]},
         )
     )
 else:

@@ -1,14 +1,19 @@
-"""Fused KALE objective and log-mean-exp: torch.library custom ops with autograd and fake rules.
+"""Fused KALE objective and log-mean-exp: autograd ops over the backends' kernels.
 
 The public functions validate their arguments, flatten to the kernels' layout (1-D for kale_loss, (R, K)
-rows for log_mean_exp) and call a custom op that runs the backend's kernels (kale_fast.ops._backend).
-The "reference" backend bypasses the custom ops and runs kale_fast.reference under plain autograd.
+rows for log_mean_exp) and run the kernels of the backend chosen for the device (kale_fast.ops._backend).
+Each op has two front doors over the same kernel calls: in eager mode a torch.autograd.Function (its Python
+overhead is a third of a custom op's, which matters in the launch-bound training-batch regime), and under
+torch.compile a torch.library custom op with registered autograd and fake rules, which the compiler keeps
+as one opaque node. The "reference" backend runs kale_fast.reference under plain autograd instead.
+Gradients are first order (the backward kernels are not themselves differentiable).
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from kale_fast import reference
 from kale_fast.ops import _checks
@@ -20,27 +25,52 @@ _FAMILY = "kale"
 
 # --- kale_loss -------------------------------------------------------------------------------------------
 
-@torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
-def _kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
+def _kale_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
     """(loss in e_data's dtype, lse = log sum exp(-e_gen) in the accumulation dtype); inputs 1-D contiguous."""
     loss, lse = kernels(backend, _FAMILY).kale_forward(e_data, e_gen, log_partition)
     return loss.to(e_data.dtype), lse
 
 
-@_kale_loss.register_fake
+def _kale_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
+                   backend: str):
+    """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
+    return kernels(backend, _FAMILY).kale_backward(grad, e_data, e_gen, log_partition, lse)
+
+
+class _KaleLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, e_data, e_gen, log_partition, backend):
+        loss, lse = _kale_forward(e_data, e_gen, log_partition, backend)
+        ctx.save_for_backward(e_data, e_gen, log_partition, lse)
+        ctx.backend = backend
+        return loss
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        e_data, e_gen, log_partition, lse = ctx.saved_tensors
+        grad_data, grad_gen, grad_a = _kale_backward(grad, e_data, e_gen, log_partition, lse, ctx.backend)
+        return grad_data, grad_gen, grad_a if log_partition is not None else None, None
+
+
+@torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
+def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
+    return _kale_forward(e_data, e_gen, log_partition, backend)
+
+
+@_kale_loss_op.register_fake
 def _(e_data, e_gen, log_partition, backend):
     return e_data.new_empty(()), e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype))
 
 
 @torch.library.custom_op("kale_fast::kale_loss_backward", mutates_args=())
-def _kale_loss_backward(
+def _kale_loss_backward_op(
     grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor, backend: str
 ) -> Tuple[Tensor, Tensor, Tensor]:
-    """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
-    return kernels(backend, _FAMILY).kale_backward(grad, e_data, e_gen, log_partition, lse)
+    return _kale_backward(grad, e_data, e_gen, log_partition, lse, backend)
 
 
-@_kale_loss_backward.register_fake
+@_kale_loss_backward_op.register_fake
 def _(grad, e_data, e_gen, log_partition, lse, backend):
     return torch.empty_like(e_data), torch.empty_like(e_gen), lse.new_empty(())
 
@@ -52,14 +82,13 @@ def _kale_loss_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
-def _kale_loss_grad(ctx, grad_loss, _grad_lse):
+def _kale_loss_op_grad(ctx, grad_loss, _grad_lse):
     e_data, e_gen, log_partition, lse = ctx.saved_tensors
-    grad_data, grad_gen, grad_log_partition = _kale_loss_backward(
-        grad_loss, e_data, e_gen, log_partition, lse, ctx.backend)
-    return grad_data, grad_gen, grad_log_partition if log_partition is not None else None, None
+    grad_data, grad_gen, grad_a = _kale_loss_backward_op(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend)
+    return grad_data, grad_gen, grad_a if log_partition is not None else None, None
 
 
-torch.library.register_autograd("kale_fast::kale_loss", _kale_loss_grad, setup_context=_kale_loss_setup_context)
+torch.library.register_autograd("kale_fast::kale_loss", _kale_loss_op_grad, setup_context=_kale_loss_setup_context)
 
 
 def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float, None] = None) -> Tensor:
@@ -90,31 +119,55 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     backend = resolve(e_gen.device)
     if backend == "reference":
         return reference.kale_loss(e_data, e_gen, log_partition)
-    loss, _ = _kale_loss(e_data.reshape(-1).contiguous(), e_gen.reshape(-1).contiguous(), log_partition, backend)
-    return loss
+    e_data, e_gen = e_data.reshape(-1).contiguous(), e_gen.reshape(-1).contiguous()
+    if torch.compiler.is_compiling():
+        return _kale_loss_op(e_data, e_gen, log_partition, backend)[0]
+    return _KaleLoss.apply(e_data, e_gen, log_partition, backend)
 
 
 # --- log_mean_exp ----------------------------------------------------------------------------------------
 
-@torch.library.custom_op("kale_fast::log_mean_exp_rows", mutates_args=())
-def _log_mean_exp_rows(rows: Tensor, backend: str) -> Tensor:
+def _log_mean_exp_forward(rows: Tensor, backend: str) -> Tensor:
     """(R,) log(mean(exp(rows), dim=1)) in rows' dtype; rows (R, K) contiguous."""
     return kernels(backend, _FAMILY).log_mean_exp_forward(rows).to(rows.dtype)
 
 
-@_log_mean_exp_rows.register_fake
+def _log_mean_exp_backward(grad: Tensor, rows: Tensor, out: Tensor, backend: str) -> Tensor:
+    acc = accumulation_dtype(rows.dtype)
+    return kernels(backend, _FAMILY).log_mean_exp_backward(grad.to(acc).contiguous(), rows, out.to(acc).contiguous())
+
+
+class _LogMeanExpRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, rows, backend):
+        out = _log_mean_exp_forward(rows, backend)
+        ctx.save_for_backward(rows, out)
+        ctx.backend = backend
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        rows, out = ctx.saved_tensors
+        return _log_mean_exp_backward(grad, rows, out, ctx.backend), None
+
+
+@torch.library.custom_op("kale_fast::log_mean_exp_rows", mutates_args=())
+def _log_mean_exp_rows_op(rows: Tensor, backend: str) -> Tensor:
+    return _log_mean_exp_forward(rows, backend)
+
+
+@_log_mean_exp_rows_op.register_fake
 def _(rows, backend):
     return rows.new_empty((rows.shape[0],))
 
 
 @torch.library.custom_op("kale_fast::log_mean_exp_rows_backward", mutates_args=())
-def _log_mean_exp_rows_backward(grad: Tensor, rows: Tensor, out: Tensor, backend: str) -> Tensor:
-    acc = accumulation_dtype(rows.dtype)
-    return kernels(backend, _FAMILY).log_mean_exp_backward(
-        grad.to(acc).contiguous(), rows, out.to(acc).contiguous())
+def _log_mean_exp_rows_backward_op(grad: Tensor, rows: Tensor, out: Tensor, backend: str) -> Tensor:
+    return _log_mean_exp_backward(grad, rows, out, backend)
 
 
-@_log_mean_exp_rows_backward.register_fake
+@_log_mean_exp_rows_backward_op.register_fake
 def _(grad, rows, out, backend):
     return torch.empty_like(rows)
 
@@ -125,13 +178,13 @@ def _log_mean_exp_setup_context(ctx, inputs, output):
     ctx.backend = backend
 
 
-def _log_mean_exp_grad(ctx, grad):
+def _log_mean_exp_op_grad(ctx, grad):
     rows, out = ctx.saved_tensors
-    return _log_mean_exp_rows_backward(grad, rows, out, ctx.backend), None
+    return _log_mean_exp_rows_backward_op(grad, rows, out, ctx.backend), None
 
 
 torch.library.register_autograd(
-    "kale_fast::log_mean_exp_rows", _log_mean_exp_grad, setup_context=_log_mean_exp_setup_context)
+    "kale_fast::log_mean_exp_rows", _log_mean_exp_op_grad, setup_context=_log_mean_exp_setup_context)
 
 
 def _reduced_dims(dim: Union[int, Sequence[int], None], ndim: int) -> Tuple[int, ...]:
@@ -167,7 +220,10 @@ def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim
     kept = [d for d in range(x.dim()) if d not in dims]
     n_rows = math.prod([x.shape[d] for d in kept])
     rows = x.permute(kept + list(dims)).reshape(n_rows, -1).contiguous()
-    out = _log_mean_exp_rows(rows, backend)
+    if torch.compiler.is_compiling():
+        out = _log_mean_exp_rows_op(rows, backend)
+    else:
+        out = _LogMeanExpRows.apply(rows, backend)
     if keepdim:
         return out.reshape([1 if d in dims else x.shape[d] for d in range(x.dim())])
     return out.reshape([x.shape[d] for d in kept])

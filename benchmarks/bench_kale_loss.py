@@ -1,0 +1,79 @@
+"""kale_loss forward + backward: the fused op against the eager reference and torch.compile of the reference.
+
+`measure` serves the runner (python -m benchmarks); the test functions are pytest-benchmark cases (and, with
+--benchmark-disable as in `make test`, a check that every variant still runs).
+"""
+from typing import Callable, Dict, List
+
+import pytest
+import torch
+
+import kale_fast as kf
+from benchmarks._timing import median_ms, peak_extra_mib
+from kale_fast import reference
+from kale_fast.ops._backend import _AVAILABILITY
+
+OP = "kale_loss"
+
+
+def _inputs(n: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
+    gen = torch.Generator(device=device).manual_seed(seed)
+    e_data = torch.randn(n, generator=gen, device=device, dtype=dtype).requires_grad_()
+    e_gen = (2 * torch.randn(n, generator=gen, device=device, dtype=dtype)).requires_grad_()
+    return e_data, e_gen
+
+
+def _forward_backward(loss_fn: Callable, e_data: torch.Tensor, e_gen: torch.Tensor) -> Callable[[], object]:
+    return lambda: torch.autograd.grad(loss_fn(e_data, e_gen), (e_data, e_gen))
+
+
+def _with_backend(name: str, fn: Callable) -> Callable:
+    def run(*args):
+        previous = kf.get_backend()
+        kf.set_backend(name)
+        try:
+            return fn(*args)
+        finally:
+            kf.set_backend(previous)
+    return run
+
+
+def implementations(device: torch.device) -> Dict[str, Callable]:
+    """Every variant that can run on `device`: each fused backend, eager reference, compiled reference."""
+    impls = {f"fused:{name}": _with_backend(name, kf.kale_loss)
+             for name in ("cpp", "triton", "cuda") if _AVAILABILITY[name].get(device.type) is None}
+    if device.type == "cpu":
+        impls.pop("fused:triton", None)  # the interpreter is a correctness tool, not a benchmark
+    impls["eager"] = reference.kale_loss
+    impls["compiled"] = "compiled"  # made per size by measure(), after torch._dynamo.reset()
+    return impls
+
+
+def measure(sizes: List[int], device: torch.device, dtype: torch.dtype = torch.float32,
+            budget_s: float = 0.5, progress=None) -> List[dict]:
+    """One row per (size, implementation): median ms, effective GB/s, peak extra MiB."""
+    rows = []
+    for n in sizes:
+        e_data, e_gen = _inputs(n, dtype, device, seed=n)
+        # bytes: read both inputs once, write both gradients once
+        n_bytes = 2 * (e_data.numel() + e_gen.numel()) * e_data.element_size()
+        for name, loss_fn in implementations(device).items():
+            if loss_fn == "compiled":
+                torch._dynamo.reset()
+                loss_fn = torch.compile(reference.kale_loss, dynamic=False)
+            step = _forward_backward(loss_fn, e_data, e_gen)
+            ms = median_ms(step, device, budget_s=budget_s)
+            rows.append(dict(op=OP, n=n, dtype=str(dtype).removeprefix("torch."), impl=name, median_ms=ms,
+                             gbps=n_bytes / ms / 1e6, peak_extra_mib=peak_extra_mib(step, device)))
+            if progress is not None:
+                progress.update(1)
+    return rows
+
+
+@pytest.mark.parametrize("n", [2**10, 2**16, 2**20])
+@pytest.mark.parametrize("impl", ["fused", "eager"])
+def test_kale_loss_forward_backward(benchmark, impl, n):
+    e_data, e_gen = _inputs(n, torch.float32, torch.device("cpu"))
+    step = _forward_backward(kf.kale_loss if impl == "fused" else reference.kale_loss, e_data, e_gen)
+    grads = benchmark(step)
+    assert all(torch.isfinite(g).all() for g in grads)
