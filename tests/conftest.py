@@ -32,3 +32,12 @@ def fused(request):
 def _restore_backend():
     yield
     kf.set_backend("auto")
+
+
+@pytest.fixture
+def fused_backend_state(fused):
+    """A factory of random integrator states on the fused backend's device: (shape, dtype) -> dict."""
+    from tests.test_integrators import _state
+
+    _, device = fused
+    return lambda shape, dtype: _state(shape, dtype, device, seed=shape[0] * 7 + shape[1])

@@ -2,6 +2,7 @@
 
 Imports only torch. Each function here has a fused twin in kale_fast.ops with the same signature.
 """
+from kale_fast.reference import integrators
 from kale_fast.reference.kale import kale_loss, log_mean_exp
 
-__all__ = ["kale_loss", "log_mean_exp"]
+__all__ = ["integrators", "kale_loss", "log_mean_exp"]
