@@ -1,0 +1,257 @@
+"""Samplers: exactness of MALA and HMC against targets with known moments, the expected step-size bias of
+the unadjusted samplers, adaptation, resume, diagnostics and bad input. Fixed seeds; tolerances are a few
+Monte-Carlo standard errors computed from the number of independent chains."""
+import math
+import warnings
+
+import pytest
+import torch
+from scipy import stats
+
+import kale_fast as kf
+from kale_fast.samplers import LatentPotential, SamplerState, effective_sample_size, split_rhat, value_and_grad
+
+
+class Gaussian:
+    """U(z) = 0.5 (z - mean)^T precision (z - mean), with its gradient in closed form."""
+
+    def __init__(self, mean, cov):
+        self.mean, self.cov = mean, cov
+        self.precision = torch.linalg.inv(cov)
+
+    def __call__(self, z):
+        return self.value_and_grad(z)[0]
+
+    def value_and_grad(self, z):
+        centred = z - self.mean
+        grad = centred @ self.precision
+        return 0.5 * (centred * grad).sum(1), grad
+
+
+def mixture_1d(z, weights=(0.3, 0.7), means=(-1.0, 1.5), scale=0.7):
+    """U of a 1-D two-component Gaussian mixture, through autograd (the generic potential path)."""
+    comps = torch.stack([math.log(w) - 0.5 * ((z[:, 0] - m) / scale) ** 2 for w, m in zip(weights, means)])
+    return -torch.logsumexp(comps, dim=0)
+
+
+def mixture_1d_cdf(x, weights=(0.3, 0.7), means=(-1.0, 1.5), scale=0.7):
+    return sum(w * stats.norm.cdf(x, loc=m, scale=scale) for w, m in zip(weights, means))
+
+
+def _final_states(sampler, potential, n_chains, dim, n_steps, warmup, seed, init_scale=1.0):
+    torch.manual_seed(seed)
+    z0 = init_scale * torch.randn(n_chains, dim, dtype=torch.float64)
+    return sampler.run(potential, z0, n_steps, warmup=warmup)
+
+
+def _assert_moments(z, mean, cov, n_sigma=5.0):
+    """Sample mean and covariance of independent chains within n_sigma standard errors of the truth."""
+    n = z.shape[0]
+    se_mean = torch.sqrt(torch.diagonal(cov) / n)
+    assert ((z.mean(0) - mean).abs() <= n_sigma * se_mean).all(), (z.mean(0), mean)
+    sample_cov = torch.cov(z.T)
+    se_cov = torch.sqrt((cov**2 + torch.outer(torch.diagonal(cov), torch.diagonal(cov))) / n)
+    assert ((sample_cov - cov).abs() <= n_sigma * se_cov).all(), (sample_cov, cov)
+
+
+EXACT = [pytest.param(lambda: kf.MALA(0.3, adapt_step_size=True), id="mala"),
+         pytest.param(lambda: kf.HMC(0.3, 5, adapt_step_size=True, jitter=0.2), id="hmc")]
+
+
+@pytest.mark.parametrize("make_sampler", EXACT)
+def test_exact_on_standard_gaussian_10d(make_sampler):
+    target = Gaussian(torch.zeros(10, dtype=torch.float64), torch.eye(10, dtype=torch.float64))
+    result = _final_states(make_sampler(), target, 3000, 10, 150, 100, seed=0, init_scale=3.0)
+    _assert_moments(result.z, target.mean, target.cov)
+
+
+@pytest.mark.parametrize("make_sampler", EXACT)
+def test_exact_on_correlated_gaussian(make_sampler):
+    scales = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    corr = torch.tensor([[1.0, 0.8, 0.3], [0.8, 1.0, 0.5], [0.3, 0.5, 1.0]], dtype=torch.float64)
+    target = Gaussian(torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), corr * torch.outer(scales, scales))
+    result = _final_states(make_sampler(), target, 3000, 3, 300, 150, seed=1)
+    _assert_moments(result.z, target.mean, target.cov)
+
+
+@pytest.mark.parametrize("make_sampler", EXACT)
+def test_exact_on_two_component_mixture_ks(make_sampler):
+    result = _final_states(make_sampler(), mixture_1d, 3000, 1, 400, 150, seed=2)
+    weights, means, scale = torch.tensor([0.3, 0.7]), torch.tensor([-1.0, 1.5]), 0.7
+    mean = (weights * means).sum()
+    var = (weights * (means**2 + scale**2)).sum() - mean**2
+    _assert_moments(result.z, mean.double()[None], var.double()[None, None])
+    assert stats.kstest(result.z[:, 0].numpy(), mixture_1d_cdf).pvalue > 1e-3
+
+
+def test_ula_shows_the_textbook_step_size_bias():
+    """ULA on N(0, I) with step h has stationary variance 1 / (1 - h/2)."""
+    h = 0.4
+    target = Gaussian(torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64))
+    result = _final_states(kf.ULA(h), target, 4000, 4, 200, 0, seed=3)
+    pooled_var = result.z.var(0).mean().item()
+    se = math.sqrt(2 / (4000 * 4)) / (1 - h / 2)
+    assert abs(pooled_var - 1 / (1 - h / 2)) < 5 * se
+    assert pooled_var - 1 > 10 * se  # the bias is there, not just noise
+
+
+def test_kinetic_langevin_positions_are_unbiased_on_gaussians():
+    """BAOAB samples the exact configurational law of a harmonic potential at any h (Leimkuhler & Matthews),
+    where ULA at the same h is visibly biased."""
+    h = 0.5
+    target = Gaussian(torch.zeros(4, dtype=torch.float64), torch.eye(4, dtype=torch.float64))
+    result = _final_states(kf.KineticLangevin(h, friction=1.0), target, 4000, 4, 200, 0, seed=4)
+    pooled_var = result.z.var(0).mean().item()
+    assert abs(pooled_var - 1.0) < 5 * math.sqrt(2 / (4000 * 4))
+    assert abs(result.z.mean().item()) < 5 / math.sqrt(16000)
+
+
+@pytest.mark.parametrize("make_sampler, target_accept, per_chain", [
+    (lambda **kw: kf.MALA(1.0, **kw), 0.574, False), (lambda **kw: kf.MALA(1.0, **kw), 0.574, True),
+    (lambda **kw: kf.HMC(1.0, 4, **kw), 0.8, False)], ids=["mala-shared", "mala-per_chain", "hmc-shared"])
+def test_dual_averaging_reaches_target_acceptance(make_sampler, target_accept, per_chain):
+    """Per-chain adaptation of HMC is left out: one chain's HMC acceptance is nearly 0/1 noise, and 300
+    warm-up steps leave its averaged step too small (0.96 acceptance against 0.8 measured); shared
+    adaptation, the default, averages over chains and lands on target."""
+    target = Gaussian(torch.zeros(20, dtype=torch.float64), torch.eye(20, dtype=torch.float64))
+    sampler = make_sampler(adapt_step_size=True, per_chain_adaptation=per_chain)
+    result = _final_states(sampler, target, 500, 20, 200, 300, seed=5)
+    assert abs(result.accept_rate.mean().item() - target_accept) < 0.05
+    assert per_chain or torch.all(result.step_size == result.step_size[0])
+
+
+@pytest.mark.parametrize("make_sampler", [lambda: kf.ULA(0.1), lambda: kf.MALA(0.5, adapt_step_size=True),
+                                          lambda: kf.HMC(0.3, 3, adapt_step_size=True, jitter=0.1),
+                                          lambda: kf.KineticLangevin(0.2, 0.5)], ids=["ula", "mala", "hmc", "kinetic"])
+def test_save_and_resume_continue_exactly(make_sampler, tmp_path):
+    """Saving after 5 sampling steps and resuming for 7 gives the bit-identical chains, step sizes and
+    acceptance counts of one run of 12."""
+    target = Gaussian(torch.zeros(6, dtype=torch.float64), torch.eye(6, dtype=torch.float64))
+    z0 = torch.randn(40, 6, dtype=torch.float64)
+    full = make_sampler().run(target, z0, 12, warmup=6, generator=torch.Generator().manual_seed(7))
+    first = make_sampler().run(target, z0, 5, warmup=6, generator=torch.Generator().manual_seed(7))
+    first.state.save(tmp_path / "state.pt")
+    resumed = make_sampler().run(target, None, 7, state=SamplerState.load(tmp_path / "state.pt"))
+    assert torch.equal(resumed.z, full.z) and torch.equal(resumed.step_size, full.step_size)
+    torch.testing.assert_close(5 * first.accept_rate + 7 * resumed.accept_rate, 12 * full.accept_rate)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.pt"]  # the atomic write left no temporary file
+
+
+def test_manual_seed_repeats_a_run_and_thin_records_a_trace():
+    target = Gaussian(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(11)
+        runs.append(kf.MALA(0.5).run(target, torch.randn(8, 3, dtype=torch.float64), 20, thin=5))
+    assert torch.equal(runs[0].z, runs[1].z)
+    assert runs[0].trace.shape == (4, 8, 3) and runs[0].potential_trace.shape == (4, 8)
+    assert torch.equal(runs[0].trace[-1], runs[0].z)
+
+
+def test_chunks_of_chains_give_one_result():
+    target = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    result = kf.HMC(0.4, 3).run(target, torch.randn(10, 2, dtype=torch.float64), 15, thin=5, chunk_size=4)
+    assert result.z.shape == (10, 2) and result.trace.shape == (3, 10, 2) and result.accept_rate.shape == (10,)
+    assert (result.accept_rate > 0.3).all()
+
+
+def test_nonfinite_proposals_are_rejected_and_counted():
+    """A potential that is NaN beyond |z| > 2 and -inf in a thin shell: MALA and HMC never enter either."""
+    def guarded(z):
+        u = 0.5 * (z * z).sum(1)
+        u = torch.where(z.norm(dim=1) > 2.0, torch.full_like(u, math.nan), u)
+        return torch.where((z.norm(dim=1) - 1.9).abs() < 0.02, torch.full_like(u, -math.inf), u)
+
+    for sampler in (kf.MALA(0.8), kf.HMC(0.5, 3)):
+        torch.manual_seed(0)
+        result = sampler.run(guarded, 0.3 * torch.randn(200, 3, dtype=torch.float64), 30)
+        assert torch.isfinite(result.potential).all() and (result.z.norm(dim=1) <= 2.0).all()
+        assert result.n_nonfinite.sum() > 0
+
+
+def test_latent_potential_takes_input_gradients_only():
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double()
+    energy = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.SiLU(), torch.nn.Linear(16, 1)).double()
+    potential = LatentPotential(base, energy, temperature=2.0)
+    z = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    expected = 0.5 * (z * z).sum(1) + 2.0 * energy(base(z)).squeeze(1)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), z)
+    value, grad = value_and_grad(potential, z.detach())
+    torch.testing.assert_close(value, expected.detach())
+    torch.testing.assert_close(grad, expected_grad)
+    kf.HMC(0.1, 2).run(potential, z.detach(), 3)
+    assert all(p.grad is None for p in list(base.parameters()) + list(energy.parameters()))
+
+
+def test_hmc_costs_n_leapfrog_gradients_per_iteration():
+    calls = []
+    target = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+
+    class Counting:
+        def __call__(self, z):
+            raise AssertionError("the samplers must use value_and_grad, never a separate forward")
+
+        def value_and_grad(self, z):
+            calls.append(1)
+            return target.value_and_grad(z)
+
+    kf.HMC(0.2, 4).run(Counting(), torch.randn(3, 2, dtype=torch.float64), 5)
+    assert len(calls) == 1 + 5 * 4  # the initial evaluation, then 4 per iteration
+
+
+def test_diagnostics_on_known_chains():
+    gen = torch.Generator().manual_seed(0)
+    iid = torch.randn(1000, 4, 2, generator=gen, dtype=torch.float64)
+    assert (split_rhat(iid) - 1).abs().max() < 0.02
+    ess = effective_sample_size(iid)
+    assert ((ess / 4000 - 1).abs() < 0.15).all()
+    rho, n = 0.9, 4000
+    ar = torch.zeros(n, 4, 1, dtype=torch.float64)
+    noise = torch.randn(n, 4, 1, generator=gen, dtype=torch.float64)
+    for t in range(1, n):
+        ar[t] = rho * ar[t - 1] + math.sqrt(1 - rho**2) * noise[t]
+    expected = 4 * n * (1 - rho) / (1 + rho)
+    assert abs(effective_sample_size(ar).item() / expected - 1) < 0.25
+    shifted = iid.clone()
+    shifted[:, 0] += 2.0
+    assert (split_rhat(shifted) > 1.1).all()
+
+
+def test_result_diagnostics_and_progress_bar(capsys):
+    target = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    result = kf.MALA(0.8).run(target, torch.randn(16, 2, dtype=torch.float64), 40, thin=2, progress=True)
+    assert result.rhat().shape == (2,) and result.ess().shape == (2,)
+    assert "MALA" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="thin >= 1"):
+        kf.MALA(0.8).run(target, torch.randn(4, 2, dtype=torch.float64), 2).ess()
+
+
+def test_cuda_graph_request_on_cpu_warns_and_runs():
+    target = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    with pytest.warns(UserWarning, match="cuda_graph=True needs CUDA tensors"):
+        result = kf.ULA(0.1).run(target, torch.randn(4, 2, dtype=torch.float64), 3, cuda_graph=True)
+    assert result.z.shape == (4, 2)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda t: kf.MALA(0.1).run(t, torch.tensor([[0.0, math.nan]]), 2), ValueError, "z0 must be finite"),
+    (lambda t: kf.MALA(0.1).run(lambda z: z.sum(), torch.zeros(3, 2), 2), ValueError, "one value per chain"),
+    (lambda t: kf.MALA(0.1).run(t, torch.zeros(3), 2), ValueError, r"z0 must be a non-empty \(B, L\)"),
+    (lambda t: kf.MALA(0.1).run(t, [[0.0]], 2), TypeError, "z0 must be a"),
+    (lambda t: kf.MALA(0.1).run("U", torch.zeros(3, 2), 2), TypeError, "potential must be callable"),
+    (lambda t: kf.MALA(0.1).run(t, torch.zeros(3, 2), -1), ValueError, "n_steps must be an int"),
+    (lambda t: kf.MALA(0.0), ValueError, "step_size must be a positive"),
+    (lambda t: kf.HMC(torch.tensor([0.1, -0.1]), 3), ValueError, "finite and > 0"),
+    (lambda t: kf.HMC(torch.ones(2), 3).run(t, torch.zeros(3, 2), 1), ValueError, r"shape \(3,\)"),
+    (lambda t: kf.HMC(0.1, 0), ValueError, "n_leapfrog must be"),
+    (lambda t: kf.ULA(0.1, adapt_step_size=True), TypeError, "unexpected keyword"),
+    (lambda t: kf.KineticLangevin(0.1, friction=-1.0), ValueError, "friction must be"),
+    (lambda t: kf.MALA(0.1, adapt_step_size=True, target_accept=1.5), ValueError, "target_accept"),
+    (lambda t: kf.MALA(0.1).run(lambda z: z.sum(1) + math.inf, torch.zeros(3, 2), 1),
+     ValueError, "potential is NaN or infinite at z0"),
+])
+def test_bad_input_is_rejected(call, error, match):
+    target = Gaussian(torch.zeros(2), torch.eye(2))
+    with pytest.raises(error, match=match):
+        call(target)
