@@ -14,6 +14,7 @@ from kale_fast import reference
 from kale_fast.ops._backend import _AVAILABILITY
 
 OP = "kale_loss"
+TITLE = "kale_loss forward + backward, float32"
 
 
 def _inputs(n: int, dtype: torch.dtype, device: torch.device, seed: int = 0):
@@ -68,6 +69,37 @@ def measure(sizes: List[int], device: torch.device, dtype: torch.dtype = torch.f
             if progress is not None:
                 progress.update(1)
     return rows
+
+
+def run(device: torch.device, quick: bool, progress) -> dict:
+    """The runner's entry: sizes 2^10, 2^14, 2^20 when quick, else 2^10 ... 2^26 in steps of 4x."""
+    exponents = [10, 14, 20] if quick else list(range(10, 27, 2))
+    sizes = [2**e for e in exponents]
+    progress.reset(total=len(sizes) * len(implementations(device)))
+    return dict(rows=measure(sizes, device, budget_s=0.2 if quick else 1.0, progress=progress))
+
+
+def markdown(record: dict) -> str:
+    """One row per size: each implementation's median, the best fused one's speedups, bandwidth and memory."""
+    rows, copy_gbps = record["rows"], record["env"]["copy_gbps"]
+    impls = list(dict.fromkeys(r["impl"] for r in rows))
+    fused = [i for i in impls if i.startswith("fused:")]
+    header = ["N", *[f"{i} ms" for i in impls], "eager / fused", "compiled / fused", "fused GB/s"]
+    header += ["% of copy"] if copy_gbps else []
+    header.append("fused peak extra MiB")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for n in sorted({r["n"] for r in rows}):
+        by_impl = {r["impl"]: r for r in rows if r["n"] == n}
+        best = min((by_impl[i] for i in fused if i in by_impl), key=lambda r: r["median_ms"])
+        cells = [f"2^{n.bit_length() - 1}", *[f"{by_impl[i]['median_ms']:.4f}" if i in by_impl else "" for i in impls]]
+        cells += [f"{by_impl['eager']['median_ms'] / best['median_ms']:.2f}x",
+                  f"{by_impl['compiled']['median_ms'] / best['median_ms']:.2f}x" if "compiled" in by_impl else "",
+                  f"{best['gbps']:.1f}"]
+        cells += [f"{100 * best['gbps'] / copy_gbps:.0f}%"] if copy_gbps else []
+        peak = best["peak_extra_mib"]
+        cells.append("n/a (CPU)" if peak is None else f"{peak:.2f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 @pytest.mark.parametrize("n", [2**10, 2**16, 2**20])

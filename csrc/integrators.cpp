@@ -248,9 +248,32 @@ void kinetic_langevin_baoa(const at::Tensor& z, const at::Tensor& v, const at::T
   });
 }
 
+// Fresh momenta p ~ N(0, I) (Philox) and their kinetic energies 0.5 |p|^2 (B,), for an HMC trajectory.
+std::tuple<at::Tensor, at::Tensor> hmc_draw_momentum(const at::Tensor& z, const at::Tensor& seed) {
+  check_state(z, "z");
+  const uint64_t seed_value = read_seed(seed);
+  auto momentum = at::empty_like(z);
+  auto kinetic = at::empty({z.size(0)}, z.options());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hmc_draw_momentum", [&] {
+    const int64_t cols = z.size(1);
+    scalar_t* pp = momentum.mutable_data_ptr<scalar_t>();
+    scalar_t* kp = kinetic.mutable_data_ptr<scalar_t>();
+    for_rows(z, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        philox_normal<scalar_t>(seed_value, r * cols, cols, pp + r * cols);
+        scalar_t sum = 0;
+        for (int64_t j = 0; j < cols; ++j) sum += pp[r * cols + j] * pp[r * cols + j];
+        kp[r] = scalar_t(0.5) * sum;
+      }
+    });
+  });
+  return {momentum, kinetic};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) {
+  m.def("hmc_draw_momentum(Tensor z, Tensor seed) -> (Tensor, Tensor)");
   m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");
   m.def("hmc_trajectory_end(Tensor(a!) z, Tensor p, Tensor(b!) grad, Tensor(c!) potential, Tensor z0, Tensor potential0, "
         "Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
@@ -263,6 +286,7 @@ TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) {
 }
 
 TORCH_LIBRARY_IMPL(kale_fast_cpp, CPU, m) {
+  m.impl("hmc_draw_momentum", &hmc_draw_momentum);
   m.impl("leapfrog_kick_drift", &leapfrog_kick_drift);
   m.impl("hmc_trajectory_end", &hmc_trajectory_end);
   m.impl("mala_propose", &mala_propose);

@@ -111,6 +111,53 @@ inline T exp_vec(T x) {
   return x != x ? x : y;
 }
 
+using Floatx8 = Simd<float>::Vec;
+using Int32x8 = int32_t __attribute__((vector_size(32)));
+using Uint32x8 = uint32_t __attribute__((vector_size(32)));
+
+// Natural log of 8 floats > 0 (Cephes logf polynomial, about 1 ulp); callers guarantee positive, finite,
+// normal inputs (the uniforms of philox.h).
+inline Floatx8 log_vec(Floatx8 x) {
+  const Uint32x8 bits = bit_cast<Uint32x8>(x);
+  Floatx8 e = __builtin_convertvector(Int32x8((bits >> 23) & 0xffu) - 126, Floatx8);
+  Floatx8 m = bit_cast<Floatx8>((bits & 0x007fffffu) | 0x3f000000u);  // x = m * 2^e, m in [0.5, 1)
+  const auto small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = (small ? m + m : m) - 1.0f;
+  const Floatx8 z = m * m;
+  Floatx8 y = splat<Floatx8>(7.0376836292e-2f);
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+inline Floatx8 sqrt_vec(Floatx8 x) {
+  for (int j = 0; j < 8; ++j) x[j] = __builtin_sqrtf(x[j]);  // one vsqrtps with -fno-math-errno
+  return x;
+}
+
+// sin and cos of 2 pi u for u in [0, 1): reduction to [-pi/4, pi/4] by quarter turns, Cephes polynomials.
+inline void sincos_two_pi(Floatx8 u, Floatx8& sine, Floatx8& cosine) {
+  const Floatx8 turns = u * 4.0f;                                  // quarter turns, [0, 4)
+  const Floatx8 quarter = (turns + 12582912.0f) - 12582912.0f;      // nearest integer, 0..4
+  const Floatx8 r = (turns - quarter) * 1.57079632679489662f;       // in [-pi/4, pi/4]
+  const Floatx8 r2 = r * r;
+  const Floatx8 s = r + r * r2 * (-1.6666654611e-1f + r2 * (8.3321608736e-3f + r2 * -1.9515295891e-4f));
+  const Floatx8 c = 1.0f - 0.5f * r2 +
+                    r2 * r2 * (4.166664568298827e-2f + r2 * (-1.388731625493765e-3f + r2 * 2.443315711809948e-5f));
+  // rotate (s, c) by `quarter` quarter turns (4 is a full turn, as 0)
+  const auto q1 = quarter == 1.0f, q2 = quarter == 2.0f, q3 = quarter == 3.0f;
+  sine = q1 ? c : (q2 ? -s : (q3 ? -c : s));
+  cosine = q1 ? -s : (q2 ? -c : (q3 ? s : c));
+}
+
 // exp(a - m) for a <= m, defined as 1 when a == m so that equal infinities (all elements -inf, or the
 // maximum itself +inf) rescale by 1 instead of exp(nan).
 template <typename acc_t, typename T>

@@ -119,6 +119,14 @@ def test_in_kernel_noise_is_standard_normal_and_repeatable(fused_backend_state):
     assert torch.equal(xi, draw(0)) and not torch.equal(xi, draw(1))
 
 
+def test_hmc_draw_momentum_is_standard_normal_with_its_kinetic_energy(fused_backend_state):
+    s = fused_backend_state((512, 128), torch.float64)
+    momentum, kinetic = fused.hmc_draw_momentum(s["z"], generator=torch.Generator(device=s["z"].device).manual_seed(3))
+    _close(kinetic, 0.5 * (momentum * momentum).sum(1))
+    n = momentum.numel()
+    assert abs(momentum.mean().item()) < 5 / math.sqrt(n) and abs(momentum.var().item() - 1) < 5 * math.sqrt(2 / n)
+
+
 def _gaussian_grad(z):
     return z  # U(z) = |z|^2 / 2
 

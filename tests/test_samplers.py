@@ -255,3 +255,17 @@ def test_bad_input_is_rejected(call, error, match):
     target = Gaussian(torch.zeros(2), torch.eye(2))
     with pytest.raises(error, match=match):
         call(target)
+
+
+def test_latent_potential_bf16_autocast_keeps_state_in_fp32():
+    torch.manual_seed(0)
+    base, energy = torch.nn.Linear(2, 3), torch.nn.Linear(3, 1)
+    exact = LatentPotential(base, energy)
+    mixed = LatentPotential(base, energy, autocast=torch.bfloat16)
+    z = torch.randn(64, 2)
+    (v_exact, g_exact), (v_mixed, g_mixed) = value_and_grad(exact, z), value_and_grad(mixed, z)
+    assert v_mixed.dtype == g_mixed.dtype == torch.float32
+    torch.testing.assert_close(v_mixed, v_exact, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(g_mixed, g_exact, rtol=2e-2, atol=2e-2)
+    with pytest.raises(ValueError, match="autocast must be"):
+        LatentPotential(base, energy, autocast=torch.float64)

@@ -54,6 +54,16 @@ def _call(name: str, backend: str, *args):
 
 # --- leapfrog --------------------------------------------------------------------------------------------
 
+def hmc_draw_momentum(z: Tensor, *, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    """Fresh momenta p ~ N(0, I) like z and their kinetic energies 0.5 |p|^2 (B,), in one kernel."""
+    _check(z, {}, {})
+    backend = resolve(z.device)
+    if backend == "reference":
+        momentum = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+        return momentum, 0.5 * (momentum * momentum).sum(dim=1)
+    return _call("hmc_draw_momentum", backend, z, _seed(z, generator))
+
+
 def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, kick_fraction: float = 1.0) -> None:
     """In place: p <- p - kick_fraction * h * grad U(z), then z <- z + h * p (unit mass).
 
@@ -150,6 +160,11 @@ def kinetic_langevin_baoa(z: Tensor, v: Tensor, grad: Tensor, step_size: Tensor,
 
 # --- torch.compile front door: custom ops over the same kernels -------------------------------------------
 
+@torch.library.custom_op("kale_fast::hmc_draw_momentum", mutates_args=())
+def _hmc_draw_momentum_op(z: Tensor, seed: Tensor) -> Tuple[Tensor, Tensor]:
+    return kernels(resolve(z.device), _FAMILY).hmc_draw_momentum(z, seed)
+
+
 @torch.library.custom_op("kale_fast::leapfrog_kick_drift", mutates_args=("z", "p"))
 def _leapfrog_kick_drift_op(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, kick_fraction: float) -> None:
     kernels(resolve(z.device), _FAMILY).leapfrog_kick_drift(z, p, grad, step_size, kick_fraction)
@@ -193,3 +208,4 @@ def _metropolis_outputs_fake(z, *args):
 _hmc_trajectory_end_op.register_fake(_metropolis_outputs_fake)
 _mala_accept_op.register_fake(_metropolis_outputs_fake)
 _mala_propose_op.register_fake(lambda z, grad, step_size, seed, noise: torch.empty_like(z))
+_hmc_draw_momentum_op.register_fake(lambda z, seed: (torch.empty_like(z), z.new_empty(z.shape[:1])))

@@ -31,8 +31,7 @@ class HMC(Sampler):
 
     def step(self, potential, chains, step_size, generator) -> Tuple[ChainState, Transition]:
         z0 = chains.z
-        momentum = torch.randn(z0.shape, generator=generator, dtype=z0.dtype, device=z0.device)
-        kinetic0 = 0.5 * (momentum * momentum).sum(dim=1)
+        momentum, kinetic0 = integrators.hmc_draw_momentum(z0, generator=generator)
         if self.jitter:
             u = torch.rand(step_size.shape, generator=generator, dtype=z0.dtype, device=z0.device)
             step_size = step_size * (1 + self.jitter * (2 * u - 1))

@@ -1,5 +1,5 @@
 """Potentials U(z): any callable z (B, L) -> (B,); LatentPotential is the GEBM's latent posterior."""
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -12,17 +12,23 @@ class LatentPotential:
     constant) of the GEBM's latent posterior nu(z) ~ N(z; 0, I) exp(-temperature * E(B(z))).
 
     temperature = 1 is the GEBM itself; the authors' code samples a sharpened posterior with 100.
+    autocast (torch.bfloat16 or torch.float16) runs the two networks under torch.autocast; z, U, its
+    gradient and hence the samplers' Metropolis tests stay in z's dtype.
     """
 
-    def __init__(self, base: nn.Module, energy: nn.Module, temperature: float = 1.0):
+    def __init__(self, base: nn.Module, energy: nn.Module, temperature: float = 1.0,
+                 autocast: Optional[torch.dtype] = None):
         if not callable(base) or not callable(energy):
             raise TypeError("base and energy must be callables (e.g. nn.Module) mapping batches to batches")
         if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
             raise ValueError(f"temperature must be a positive number, got {temperature!r}")
-        self.base, self.energy, self.temperature = base, energy, float(temperature)
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
+        self.base, self.energy, self.temperature, self.autocast = base, energy, float(temperature), autocast
 
     def __call__(self, z: Tensor) -> Tensor:
-        energy = self.energy(self.base(z)).reshape(z.shape[0])
+        with torch.autocast(z.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
+            energy = self.energy(self.base(z)).reshape(z.shape[0])
         return 0.5 * (z * z).sum(dim=1) + self.temperature * energy.to(z.dtype)
 
     def value_and_grad(self, z: Tensor) -> Tuple[Tensor, Tensor]:

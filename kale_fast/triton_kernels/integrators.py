@@ -50,6 +50,22 @@ def _metropolis(log_ratio, log_uniform):
 
 
 @triton.jit
+def _hmc_draw_momentum_kernel(seed_ptr, p_ptr, kinetic_ptr, n_rows, n_cols, ROWS: tl.constexpr,
+                              BLOCK_COLS: tl.constexpr):
+    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
+    p = tl.where(mask, tl.randn(tl.load(seed_ptr), offs.to(tl.int32)), 0.0).to(p_ptr.dtype.element_ty)
+    tl.store(p_ptr + offs, p, mask=mask)
+    tl.store(kinetic_ptr + rows, 0.5 * tl.sum(p * p, axis=1), mask=row_mask)
+
+
+def hmc_draw_momentum(z, seed):
+    momentum, kinetic = torch.empty_like(z), torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
+    grid, blocks = _grid_and_blocks(z)
+    _hmc_draw_momentum_kernel[grid](seed, momentum, kinetic, z.shape[0], z.shape[1], **blocks)
+    return momentum, kinetic
+
+
+@triton.jit
 def _leapfrog_kick_drift_kernel(z_ptr, p_ptr, grad_ptr, step_ptr, kick_fraction, n_rows, n_cols,
                                 ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
     rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)

@@ -1,0 +1,166 @@
+"""Samplers end to end.
+
+1. Cheap potential (N(0, I) with a closed-form gradient, B = 4096, L = 128): kale_fast's samplers on the fused
+   updates against the same samplers on the eager reference updates (backend "reference"): a careful eager
+   implementation of the same algorithms, so the ratio isolates the fused updates.
+2. The paper's 32x32 networks (SNGANBase32 + SNGANEnergy32, latent 100): per-iteration cost of each sampler
+   against the floor (one input-only gradient of U) and against a faithful reimplementation of the authors'
+   loops (benchmarks/authors_samplers.py). B = 128 and 500 on a GPU; B = 16 on CPU (full runs only).
+3. GPU only: cuda_graph=True against eager on a small potential (2-D latent, 3-layer MLPs of width 128,
+   B = 4096), and bf16 autocast of the networks (speed and acceptance).
+"""
+from typing import Callable, List
+
+import pytest
+import torch
+
+import kale_fast as kf
+from benchmarks import authors_samplers as authors
+from benchmarks._timing import median_ms
+from kale_fast.models import MLP, SNGANBase32, SNGANEnergy32
+from kale_fast.samplers import LatentPotential, value_and_grad
+
+TITLE = "samplers per iteration (HMC: one iteration = its leapfrog steps), float32"
+STEPS_PER_TIMING = 10
+
+
+class StandardGaussian:
+    def __call__(self, z):
+        return 0.5 * (z * z).sum(1)
+
+    def value_and_grad(self, z):
+        return 0.5 * (z * z).sum(1), z.clone()
+
+
+def samplers(n_leapfrog: int) -> dict:
+    return {"ula": lambda: kf.ULA(0.01), "kinetic_langevin": lambda: kf.KineticLangevin(0.01, 1.0),
+            "mala": lambda: kf.MALA(0.01), "hmc": lambda: kf.HMC(0.01, n_leapfrog)}
+
+
+def _per_iteration_ms(run: Callable[[], object], device, budget_s) -> float:
+    return median_ms(run, device, budget_s=budget_s) / STEPS_PER_TIMING
+
+
+def _with_backend(name: str, fn: Callable) -> Callable:
+    def call():
+        previous = kf.get_backend()
+        kf.set_backend(name)
+        try:
+            return fn()
+        finally:
+            kf.set_backend(previous)
+    return call
+
+
+def cheap_potential_rows(device, budget_s, progress) -> List[dict]:
+    z0 = torch.randn(4096, 128, device=device)
+    rows = []
+    for name, make in samplers(n_leapfrog=5).items():
+        run = lambda: make().run(StandardGaussian(), z0, STEPS_PER_TIMING)  # noqa: E731
+        fused_ms = _per_iteration_ms(run, device, budget_s)
+        eager_ms = _per_iteration_ms(_with_backend("reference", run), device, budget_s)
+        rows.append(dict(part="cheap", sampler=name, fused_ms=fused_ms, eager_ms=eager_ms))
+        progress.update(1)
+    return rows
+
+
+def paper_network_rows(device, batch_sizes, budget_s, progress) -> List[dict]:
+    torch.manual_seed(0)
+    base, energy = SNGANBase32().to(device).eval(), SNGANEnergy32().to(device).eval()
+    potential = LatentPotential(base, energy)
+    authors_potential = lambda z: 0.5 * (z * z).sum(1) + energy(base(z))  # noqa: E731
+    rows = []
+    for b in batch_sizes:
+        z0 = torch.randn(b, 100, device=device)
+        floor_ms = median_ms(lambda: value_and_grad(potential, z0), device, budget_s=budget_s)
+        grad0 = authors._grad(authors_potential, z0)
+        theirs = {
+            "ula": lambda: authors.ula_step(authors_potential, z0, 0.01),
+            "kinetic_langevin": lambda: authors.kinetic_step(authors_potential, z0, torch.randn_like(z0), 0.01, 1.0),
+            "mala": lambda: authors.mala_step(authors_potential, z0, grad0, 0.01),
+            "hmc": lambda: authors.hmc_step(authors_potential, z0, grad0, 0.01, n_leapfrog=2),
+        }
+        for name, make in samplers(n_leapfrog=2).items():
+            ours_ms = _per_iteration_ms(lambda: make().run(potential, z0, STEPS_PER_TIMING), device, budget_s)
+            theirs_ms = median_ms(theirs[name], device, budget_s=budget_s)
+            gradients = 2 if name == "hmc" else 1
+            rows.append(dict(part="paper", batch=b, sampler=name, ours_ms=ours_ms, authors_ms=theirs_ms,
+                             floor_ms=floor_ms, per_gradient_over_floor=ours_ms / gradients / floor_ms))
+            progress.update(1)
+    return rows
+
+
+def gpu_only_rows(device, budget_s, progress) -> List[dict]:
+    torch.manual_seed(0)
+    small = LatentPotential(MLP(2, 2, (128, 128)).to(device), MLP(2, 1, (128, 128)).to(device))
+    z0 = torch.randn(4096, 2, device=device)
+    eager_ms = _per_iteration_ms(lambda: kf.ULA(0.01).run(small, z0, STEPS_PER_TIMING), device, budget_s)
+    graph_ms = _per_iteration_ms(lambda: kf.ULA(0.01).run(small, z0, STEPS_PER_TIMING, cuda_graph=True), device,
+                                 budget_s)
+    rows = [dict(part="cuda_graph", sampler="ula", eager_ms=eager_ms, graph_ms=graph_ms)]
+    base, energy = SNGANBase32().to(device).eval(), SNGANEnergy32().to(device).eval()
+    z0 = torch.randn(500, 100, device=device)
+    for dtype in (None, torch.bfloat16):
+        potential = LatentPotential(base, energy, autocast=dtype)
+        ms = _per_iteration_ms(lambda: kf.MALA(0.01).run(potential, z0, STEPS_PER_TIMING), device, budget_s)
+        accept = kf.MALA(0.01).run(potential, z0, 50).accept_rate.mean().item()
+        rows.append(dict(part="autocast", sampler="mala", dtype=str(dtype), ms=ms, accept_rate=accept))
+    progress.update(1)
+    return rows
+
+
+def run(device: torch.device, quick: bool, progress) -> dict:
+    budget_s = 0.2 if quick else 1.0
+    paper_batches = [128, 500] if device.type == "cuda" else ([] if quick else [16])
+    progress.reset(total=4 + 4 * len(paper_batches) + (device.type == "cuda"))
+    rows = cheap_potential_rows(device, budget_s, progress)
+    rows += paper_network_rows(device, paper_batches, budget_s, progress)
+    if device.type == "cuda":
+        rows += gpu_only_rows(device, budget_s, progress)
+    return dict(rows=rows)
+
+
+def markdown(record: dict) -> str:
+    rows = record["rows"]
+    lines = ["Cheap potential, B = 4096, L = 128 (HMC: 5 leapfrog steps):", "",
+             "| sampler | fused ms/iter | eager-updates ms/iter | eager / fused |", "|---|---|---|---|"]
+    lines += [f"| {r['sampler']} | {r['fused_ms']:.3f} | {r['eager_ms']:.3f} | {r['eager_ms'] / r['fused_ms']:.2f}x |"
+              for r in rows if r["part"] == "cheap"]
+    paper = [r for r in rows if r["part"] == "paper"]
+    if paper:
+        lines += ["", "Paper networks (HMC: 2 leapfrog steps per iteration):", "",
+                  "| B | sampler | ours ms/iter | authors ms/iter | authors / ours | floor ms | ours per gradient / floor |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['batch']} | {r['sampler']} | {r['ours_ms']:.2f} | {r['authors_ms']:.2f} | "
+                  f"{r['authors_ms'] / r['ours_ms']:.2f}x | {r['floor_ms']:.2f} | {r['per_gradient_over_floor']:.2f} |"
+                  for r in paper]
+    for r in rows:
+        if r["part"] == "cuda_graph":
+            lines += ["", f"cuda_graph, small MLP potential, B = 4096: eager {r['eager_ms']:.3f} ms/step, graph "
+                          f"{r['graph_ms']:.3f} ms/step ({r['eager_ms'] / r['graph_ms']:.1f}x)"]
+        if r["part"] == "autocast":
+            lines += [f"MALA on the paper networks, B = 500, autocast {r['dtype']}: {r['ms']:.2f} ms/iter, "
+                      f"acceptance {r['accept_rate']:.3f}"]
+    return "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", list(samplers(5)))
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_sampler_on_cheap_potential(benchmark, name, backend):
+    z0 = torch.randn(512, 32)
+    run = _with_backend(backend, lambda: samplers(5)[name]().run(StandardGaussian(), z0, STEPS_PER_TIMING))
+    result = benchmark(run)
+    assert torch.isfinite(result.z).all()
+
+
+def test_authors_reimplementation_runs():
+    """Smoke test of the comparison loops on tiny networks (their cost, not their numbers, is what matters)."""
+    torch.manual_seed(0)
+    base, energy = MLP(3, 4, (8,)), MLP(4, 1, (8,))
+    potential = lambda z: 0.5 * (z * z).sum(1) + energy(base(z)).squeeze(1)  # noqa: E731
+    z = torch.randn(6, 3)
+    grad = authors._grad(potential, z)
+    assert authors.ula_step(potential, z, 0.01).shape == z.shape
+    assert authors.kinetic_step(potential, z, torch.randn_like(z), 0.01, 1.0)[0].shape == z.shape
+    assert authors.mala_step(potential, z, grad, 0.01)[0].shape == z.shape
+    assert authors.hmc_step(potential, z, grad, 0.01)[0].shape == z.shape

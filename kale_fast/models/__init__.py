@@ -1,0 +1,5 @@
+"""Networks for GEBMs: bases (generators) and energies."""
+from kale_fast.models.mlp import MLP
+from kale_fast.models.sngan import SNGANBase32, SNGANEnergy32
+
+__all__ = ["MLP", "SNGANBase32", "SNGANEnergy32"]
