@@ -7,7 +7,6 @@ import importlib
 import importlib.util
 import os
 import warnings
-from types import ModuleType
 from typing import Dict, Optional
 
 import torch
@@ -95,12 +94,26 @@ def resolve(device: torch.device) -> str:
     return _current
 
 
-def kernels(backend: str, family: str) -> ModuleType:
+class _CudaThenTriton:
+    """The "cuda" backend's kernels: the CUDA module's where it has one (the KALE objective, the two leapfrog
+    updates), Triton's for the rest of the family."""
+
+    def __init__(self, family: str):
+        self.family = family
+
+    def __getattr__(self, name: str):
+        try:
+            return getattr(torch.ops.kale_fast_cuda, name)
+        except AttributeError:
+            return getattr(importlib.import_module(f"kale_fast.triton_kernels.{self.family}"), name)
+
+
+def kernels(backend: str, family: str):
     """The kernel functions of one op family (named alike in every backend) for a concrete backend."""
     if backend == "cpp":
         return torch.ops.kale_fast_cpp
     if backend == "cuda":
-        return torch.ops.kale_fast_cuda
+        return _CudaThenTriton(family)
     if backend == "triton":
         return importlib.import_module(f"kale_fast.triton_kernels.{family}")
     raise ValueError(f"no kernels for backend {backend!r}")

@@ -1,0 +1,144 @@
+// CUDA kernels of the two leapfrog updates of HMC (kale_fast/ops/integrators.py wraps them; the other
+// integrator updates run as Triton kernels on CUDA tensors). Same contracts as csrc/integrators.cpp:
+// states (B, L) contiguous fp32/fp64, per-chain values (B,), updates in place.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace kale_fast {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kRowsPerBlock = kThreads / 32;  // one warp per chain in hmc_trajectory_end
+
+void check_state(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous (B, L) CUDA tensor");
+}
+
+void check_per_chain(const at::Tensor& t, const at::Tensor& state, const char* name) {
+  TORCH_CHECK(t.is_cuda() && t.dim() == 1 && t.size(0) == state.size(0) && t.is_contiguous() &&
+                  t.scalar_type() == state.scalar_type(),
+              name, " must be a contiguous (B,) CUDA tensor of the state's dtype");
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) leapfrog_kick_drift_kernel(scalar_t* __restrict__ z, scalar_t* __restrict__ p,
+                                                                       const scalar_t* __restrict__ grad,
+                                                                       const scalar_t* __restrict__ step_size,
+                                                                       scalar_t kick_fraction, int64_t n_cols, int64_t total) {
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
+    const scalar_t h = step_size[i / n_cols];
+    const scalar_t momentum = p[i] - kick_fraction * h * grad[i];
+    p[i] = momentum;
+    z[i] += h * momentum;
+  }
+}
+
+int blocks_for(int64_t total) {
+  int device = 0, sms = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(32 * sms, (total + kThreads - 1) / kThreads)));
+}
+
+void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
+                         double kick_fraction) {
+  check_state(z, "z");
+  check_state(p, "p");
+  check_state(grad, "grad");
+  check_per_chain(step_size, z, "step_size");
+  if (z.numel() == 0) return;
+  const c10::cuda::CUDAGuard guard(z.device());
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "leapfrog_kick_drift_cuda", [&] {
+    leapfrog_kick_drift_kernel<scalar_t><<<blocks_for(z.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        z.mutable_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
+        step_size.const_data_ptr<scalar_t>(), static_cast<scalar_t>(kick_fraction), z.size(1), z.numel());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+}
+
+// One warp per chain: closing half kick and kinetic energy (warp sum), Metropolis decision in lane 0,
+// then the whole warp restores a rejected chain's row.
+template <typename scalar_t>
+__global__ void __launch_bounds__(kThreads) hmc_trajectory_end_kernel(
+    scalar_t* __restrict__ z, const scalar_t* __restrict__ p, scalar_t* __restrict__ grad, scalar_t* __restrict__ potential,
+    const scalar_t* __restrict__ z0, const scalar_t* __restrict__ potential0, const scalar_t* __restrict__ grad0,
+    const scalar_t* __restrict__ kinetic0, const scalar_t* __restrict__ step_size,
+    const scalar_t* __restrict__ log_uniform, scalar_t* __restrict__ accept_prob, bool* __restrict__ accepted,
+    int64_t n_rows, int64_t n_cols) {
+  const int lane = threadIdx.x % 32;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
+  if (row >= n_rows) return;  // whole warps leave together
+  const scalar_t half_kick = scalar_t(0.5) * step_size[row];
+  const int64_t base = row * n_cols;
+  scalar_t kinetic = 0;
+  for (int64_t j = lane; j < n_cols; j += 32) {
+    const scalar_t momentum = p[base + j] - half_kick * grad[base + j];
+    kinetic += momentum * momentum;
+  }
+  for (int offset = 16; offset > 0; offset /= 2) kinetic += __shfl_xor_sync(0xffffffff, kinetic, offset);
+  const scalar_t log_ratio = (potential0[row] + kinetic0[row]) - (potential[row] + scalar_t(0.5) * kinetic);
+  const bool finite = isfinite(log_ratio);
+  const bool accept = finite && log_uniform[row] < log_ratio;
+  if (lane == 0) {
+    accept_prob[row] = finite ? exp(min(log_ratio, scalar_t(0))) : scalar_t(0);
+    accepted[row] = accept;
+    if (!accept) potential[row] = potential0[row];
+  }
+  if (!accept) {
+    for (int64_t j = lane; j < n_cols; j += 32) {
+      z[base + j] = z0[base + j];
+      grad[base + j] = grad0[base + j];
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
+    const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& potential, const at::Tensor& z0,
+    const at::Tensor& potential0, const at::Tensor& grad0, const at::Tensor& kinetic0, const at::Tensor& step_size,
+    const at::Tensor& log_uniform) {
+  for (const auto* t : {&z, &p, &grad, &z0, &grad0}) check_state(*t, "HMC state");
+  for (const auto* t : {&potential, &potential0, &kinetic0, &step_size, &log_uniform}) {
+    check_per_chain(*t, z, "HMC per-chain value");
+  }
+  const c10::cuda::CUDAGuard guard(z.device());
+  auto accept_prob = at::empty_like(potential);
+  auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
+  const int64_t rows = z.size(0);
+  if (rows == 0) return {accept_prob, accepted};
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hmc_trajectory_end_cuda", [&] {
+    const int blocks = static_cast<int>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+    hmc_trajectory_end_kernel<scalar_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        z.mutable_data_ptr<scalar_t>(), p.const_data_ptr<scalar_t>(), grad.mutable_data_ptr<scalar_t>(),
+        potential.mutable_data_ptr<scalar_t>(), z0.const_data_ptr<scalar_t>(), potential0.const_data_ptr<scalar_t>(),
+        grad0.const_data_ptr<scalar_t>(), kinetic0.const_data_ptr<scalar_t>(), step_size.const_data_ptr<scalar_t>(),
+        log_uniform.const_data_ptr<scalar_t>(), accept_prob.mutable_data_ptr<scalar_t>(),
+        accepted.mutable_data_ptr<bool>(), rows, z.size(1));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {accept_prob, accepted};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(kale_fast_cuda, m) {
+  m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");
+  m.def("hmc_trajectory_end(Tensor(a!) z, Tensor p, Tensor(b!) grad, Tensor(c!) potential, Tensor z0, Tensor potential0, "
+        "Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(kale_fast_cuda, CUDA, m) {
+  m.impl("leapfrog_kick_drift", &leapfrog_kick_drift);
+  m.impl("hmc_trajectory_end", &hmc_trajectory_end);
+}
+
+}  // namespace kale_fast
