@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "philox.h"
+#include "op_schemas.h"
 
 namespace kale_fast {
 namespace {
@@ -273,16 +274,8 @@ std::tuple<at::Tensor, at::Tensor> hmc_draw_momentum(const at::Tensor& z, const 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) {
-  m.def("hmc_draw_momentum(Tensor z, Tensor seed) -> (Tensor, Tensor)");
-  m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");
-  m.def("hmc_trajectory_end(Tensor(a!) z, Tensor p, Tensor(b!) grad, Tensor(c!) potential, Tensor z0, Tensor potential0, "
-        "Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
-  m.def("mala_propose(Tensor z, Tensor grad, Tensor step_size, Tensor seed, Tensor? noise) -> Tensor");
-  m.def("mala_accept(Tensor z, Tensor potential, Tensor grad, Tensor(a!) z_prop, Tensor(b!) potential_prop, "
-        "Tensor(c!) grad_prop, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
-  m.def("ula_step(Tensor(a!) z, Tensor grad, Tensor step_size, Tensor seed, Tensor? noise) -> ()");
-  m.def("kinetic_langevin_baoa(Tensor(a!) z, Tensor(b!) v, Tensor grad, Tensor step_size, Tensor friction, Tensor seed, "
-        "Tensor? noise) -> ()");
+  define_leapfrog_schemas(m);
+  define_langevin_schemas(m);
 }
 
 TORCH_LIBRARY_IMPL(kale_fast_cpp, CPU, m) {

@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "log_sum_exp.h"
+#include "op_schemas.h"
 
 namespace kale_fast {
 namespace {
@@ -176,12 +177,7 @@ at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, co
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) {
-  m.def("kale_forward(Tensor e_data, Tensor e_gen, Tensor? log_partition) -> (Tensor, Tensor)");
-  m.def("kale_backward(Tensor grad, Tensor e_data, Tensor e_gen, Tensor? log_partition, Tensor lse) -> (Tensor, Tensor, Tensor)");
-  m.def("log_mean_exp_forward(Tensor x) -> Tensor");
-  m.def("log_mean_exp_backward(Tensor grad, Tensor x, Tensor out) -> Tensor");
-}
+TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) { define_kale_schemas(m); }
 
 TORCH_LIBRARY_IMPL(kale_fast_cpp, CPU, m) {
   m.impl("kale_forward", &kale_forward);

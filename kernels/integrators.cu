@@ -13,6 +13,8 @@
 #include <algorithm>
 #include <tuple>
 
+#include "../csrc/op_schemas.h"
+
 namespace kale_fast {
 namespace {
 
@@ -130,11 +132,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(kale_fast_cuda, m) {
-  m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");
-  m.def("hmc_trajectory_end(Tensor(a!) z, Tensor p, Tensor(b!) grad, Tensor(c!) potential, Tensor z0, Tensor potential0, "
-        "Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
-}
+TORCH_LIBRARY_FRAGMENT(kale_fast_cuda, m) { define_leapfrog_schemas(m); }
 
 TORCH_LIBRARY_IMPL(kale_fast_cuda, CUDA, m) {
   m.impl("leapfrog_kick_drift", &leapfrog_kick_drift);
