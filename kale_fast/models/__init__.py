@@ -1,5 +1,6 @@
 """Networks for GEBMs: bases (generators) and energies."""
+from kale_fast.models.gebm import GEBM
 from kale_fast.models.mlp import MLP
 from kale_fast.models.sngan import SNGANBase32, SNGANEnergy32
 
-__all__ = ["MLP", "SNGANBase32", "SNGANEnergy32"]
+__all__ = ["GEBM", "MLP", "SNGANBase32", "SNGANEnergy32"]

@@ -6,7 +6,6 @@ both are small and pure in the BlackJAX sense except that the fused updates reus
 """
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, fields
 from typing import List, NamedTuple, Optional, Tuple, Union
@@ -15,6 +14,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from kale_fast._io import atomic_torch_save
 from kale_fast.samplers.adaptation import dual_averaging_init, dual_averaging_update
 from kale_fast.samplers.diagnostics import effective_sample_size, split_rhat
 from kale_fast.samplers.potentials import Potential, value_and_grad
@@ -47,16 +47,7 @@ class SamplerState:
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Write atomically (a temporary file renamed over `path`), so a crash never leaves half a file."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix="sampler-state-", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save({f.name: getattr(self, f.name) for f in fields(self)}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        atomic_torch_save({f.name: getattr(self, f.name) for f in fields(self)}, path)
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike], map_location=None) -> "SamplerState":

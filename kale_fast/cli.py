@@ -1,0 +1,123 @@
+"""The `kale-fast` command: train, sample, eval, bench.
+
+  kale-fast train --config configs/X.yaml [--resume] [--<config key> value ...]
+  kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--step-size 0.05]
+  kale-fast eval --run runs/NAME
+  kale-fast bench [--quick] [...]          (from a source checkout: runs `python -m benchmarks`)
+"""
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+from kale_fast.train.config import SAMPLERS, TrainConfig
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("true", "yes", "1"):
+        return True
+    if lowered in ("false", "no", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _flag_type(annotation):
+    """argparse type of a config field; Optional fields also take 'none'."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union:
+        inner = _flag_type(next(a for a in args if a is not type(None)))
+        return lambda text: None if text.lower() == "none" else inner(text)
+    return _parse_bool if annotation is bool else annotation
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(TrainConfig)
+    group = parser.add_argument_group("config keys (override the YAML file)")
+    for field in dataclasses.fields(TrainConfig):
+        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"config.{field.name}", default=argparse.SUPPRESS,
+                           type=_flag_type(hints[field.name]), metavar=hints[field.name].__name__
+                           if isinstance(hints[field.name], type) else "VALUE")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kale-fast", description="Generalized Energy-Based Models trained with KALE")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a GEBM (then evaluate it)")
+    train.add_argument("--config", required=True, type=Path, help="YAML file of config keys (configs/*.yaml)")
+    train.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_config_flags(train)
+    sample = commands.add_parser("sample", help="draw GEBM samples from a trained run")
+    sample.add_argument("--run", required=True, type=Path)
+    sample.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's config")
+    sample.add_argument("--n", type=int, default=1000)
+    sample.add_argument("--steps", type=int, default=None, help="default: the run's sampler_steps")
+    sample.add_argument("--step-size", type=float, default=None)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--device", default=None)
+    evaluate = commands.add_parser("eval", help="evaluate a trained run (summary.json, plots)")
+    evaluate.add_argument("--run", required=True, type=Path)
+    evaluate.add_argument("--device", default=None)
+    commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
+    return parser
+
+
+def _train(args) -> None:
+    from kale_fast.train import evaluate, train
+
+    overrides = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("config.")}
+    config = TrainConfig.from_yaml(args.config, overrides)
+    run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    print(f"trained: {run_dir}")
+    if not args.no_eval:
+        print(json.dumps(evaluate(run_dir, progress=not args.quiet), indent=1))
+
+
+def _sample(args) -> None:
+    from kale_fast.train.loop import load_run, make_sampler
+    from kale_fast.train.plots import scatter_samples
+
+    config, gebm, _ = load_run(args.run, args.device)
+    changes = {k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps, step_size=args.step_size).items()
+               if v is not None}
+    config = dataclasses.replace(config, **changes)
+    generator = torch.Generator(device=config.device).manual_seed(args.seed)
+    samples, result = gebm.sample(args.n, make_sampler(config), config.sampler_steps,
+                                  warmup=config.sampler_steps // 2, generator=generator, progress=True)
+    out = Path(args.run) / f"samples-{config.sampler}.pt"
+    torch.save(dict(samples=samples.cpu(), z=result.z.cpu(), accept_rate=result.accept_rate.cpu()), out)
+    scatter_samples({f"GEBM samples ({config.sampler})": samples, "base samples": gebm.base_sample(args.n)},
+                    out.with_suffix(".png"))
+    print(f"{args.n} samples ({config.sampler}, {config.sampler_steps} steps, acceptance "
+          f"{result.accept_rate.mean().item():.3f}) written to {out}")
+
+
+def _eval(args) -> None:
+    from kale_fast.train import evaluate
+
+    print(json.dumps(evaluate(args.run, args.device), indent=1))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark runner
+        if not Path("benchmarks/__main__.py").is_file():
+            print("kale-fast bench runs the benchmark suite of a source checkout: run it from the repository root",
+                  file=sys.stderr)
+            return 2
+        return subprocess.call([sys.executable, "-m", "benchmarks", *argv[1:]])
+    args = _parser().parse_args(argv)
+    {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Training configuration: one dataclass, read from YAML (configs/*.yaml), every field also a CLI flag.
+
+Unknown keys and wrong types are errors that name the key; nothing is coerced silently (an int is accepted
+where a float is expected, as YAML writes 1e-4 as a float but 1 as an int).
+"""
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import yaml
+
+OBJECTIVES = ("kale", "dv")
+SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
+
+
+@dataclass
+class TrainConfig:
+    name: str = "toy"                    # the run lives in <out_dir>/<name>
+    out_dir: str = "runs"
+    dataset: str = "8gaussians"          # a toy set (kale_fast.data.TOY_DATASETS), "redwine", "whitewine" or a CSV path
+    data_dir: Optional[str] = None       # folder of the UCI files (default: $KALE_FAST_DATA or ../shared/data)
+    n_train: int = 20000                 # toy sets: points drawn for training / held out for evaluation
+    n_test: int = 2000
+    latent_dim: int = 2
+    hidden: int = 128                    # MLP width of base and energy
+    depth: int = 3                       # hidden layers of each MLP
+    objective: str = "kale"              # "kale": learned log-partition A; "dv": Donsker-Varadhan form
+    n_iter: int = 1000                   # base steps (rounds); energy_only: rounds of n_iter_d energy steps
+    n_iter_d_init: int = 100             # energy steps before the first base step (paper: 100)
+    n_iter_d: int = 5                    # energy steps per base step (paper: 5)
+    batch_size: int = 256
+    lr_energy: float = 1e-4
+    lr_base: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    penalty: float = 0.1                 # lambda of lambda * mean |grad_x E(x_hat)|^2 (paper: 1 images, 0.1 tabular)
+    energy_clamp: Optional[float] = None  # the authors' E >= -10 clamp when set; off by default
+    energy_only: bool = False            # keep the base frozen, train the energy only
+    sampler: str = "mala"                # for evaluation samples: ula | mala | hmc | kinetic_langevin
+    sampler_steps: int = 100
+    step_size: float = 0.05
+    n_eval: int = 2000                   # samples compared with held-out data at the end
+    log_every: int = 50                  # rounds between metric lines
+    checkpoint_every: int = 200          # rounds between checkpoints (and one at the end)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(TrainConfig)
+        for field in dataclasses.fields(self):
+            _check_type(field.name, getattr(self, field.name), hints[field.name])
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"config key 'objective' must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"config key 'sampler' must be one of {SAMPLERS}, got {self.sampler!r}")
+        for key in ("n_train", "n_test", "latent_dim", "hidden", "n_iter_d", "batch_size", "n_eval", "log_every",
+                    "checkpoint_every", "sampler_steps"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        for key in ("n_iter", "n_iter_d_init", "depth"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        for key in ("lr_energy", "lr_base", "step_size"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> "TrainConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} not found")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
+        return cls.from_dict({**values, **(overrides or {})})
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# Keys that may differ when a run resumes: where it writes, how long it runs, how it logs and evaluates.
+RESUMABLE_CHANGES = {"out_dir", "n_iter", "log_every", "checkpoint_every", "device", "sampler", "sampler_steps",
+                     "step_size", "n_eval"}
+
+
+def _check_type(name: str, value: Any, expected) -> None:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is Union:  # Optional[X]
+        if value is None:
+            return
+        expected = next(a for a in args if a is not type(None))
+    ok = (isinstance(value, bool) if expected is bool else
+          isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
+          isinstance(value, int) and not isinstance(value, bool) if expected is int else isinstance(value, expected))
+    if not ok:
+        raise TypeError(f"config key {name!r} must be {getattr(expected, '__name__', expected)}, "
+                        f"got {value!r} ({type(value).__name__})")

@@ -1,0 +1,42 @@
+"""Evaluation of a run folder: GEBM and base samples against held-out data, KALE, the log-partition, plots;
+written to summary.json (atomically) beside the checkpoint."""
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from kale_fast._io import atomic_write_text
+from kale_fast.metrics import energy_distance, mmd
+from kale_fast.train.loop import SUMMARY, load_data, load_run, make_sampler
+from kale_fast.train.plots import energy_landscape, scatter_samples
+
+
+def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> dict:
+    run_dir = Path(run_dir)
+    config, gebm, learned_a = load_run(run_dir, device)
+    _, held_out = load_data(config)
+    held_out = held_out[: config.n_eval].to(config.device)
+    generator = torch.Generator(device=config.device).manual_seed(config.seed + 2)
+    start = time.perf_counter()
+    base_samples = gebm.base_sample(len(held_out), generator)
+    gebm_samples, result = gebm.sample(len(held_out), make_sampler(config), config.sampler_steps,
+                                       warmup=config.sampler_steps // 2, generator=generator, progress=progress)
+    log_partition, log_partition_se = gebm.log_partition(20_000, generator=generator)
+    summary = dict(
+        run=config.name, dataset=config.dataset, rounds=torch.load(run_dir / "checkpoint.pt", weights_only=False)[
+            "rounds_done"], n_eval=len(held_out), sampler=config.sampler, sampler_steps=config.sampler_steps,
+        accept_rate=result.accept_rate.mean().item(), step_size=result.step_size.mean().item(),
+        mmd_base=mmd(base_samples, held_out).item(), mmd_gebm=mmd(gebm_samples, held_out).item(),
+        energy_distance_base=energy_distance(base_samples, held_out).item(),
+        energy_distance_gebm=energy_distance(gebm_samples, held_out).item(),
+        kale_held_out=gebm.kale(held_out, generator=generator).item(),
+        log_partition_learned=float(learned_a), log_partition_mc=log_partition.item(),
+        log_partition_mc_se=log_partition_se.item(), eval_time_s=time.perf_counter() - start)
+    scatter_samples({"held-out data": held_out, "base samples": base_samples, "GEBM samples": gebm_samples},
+                    run_dir / "samples.png")
+    if held_out.shape[1] == 2:
+        energy_landscape(gebm.energies, held_out, run_dir / "energy.png")
+    atomic_write_text(json.dumps(summary, indent=1) + "\n", run_dir / SUMMARY)
+    return summary

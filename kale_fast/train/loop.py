@@ -1,0 +1,218 @@
+"""The KALE training loop of the GEBM paper (Algorithm 1), thin and resumable.
+
+Round k: n_iter_d_init (k = 0) or n_iter_d energy steps, then one base step (none with energy_only).
+- Energy step: kf.kale_loss(E(x_real), E(B(z)), A) (or the Donsker-Varadhan form) plus
+  penalty * mean |grad_x E(x_hat)|^2 on random interpolates x_hat of real and base samples; real, base and
+  interpolate batches go through the energy in one forward. Adam on the energy's parameters and A.
+- Base step: the minibatch KALE estimate's base-dependent part, -log mean exp(-E(B(z))), whose gradient is the
+  softmax(-E)-weighted energy gradient; only the base's parameter gradients are computed.
+A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), metrics.jsonl, summary.json, plots.
+"""
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import kale_fast as kf
+from kale_fast._io import atomic_torch_save, atomic_write_text
+from kale_fast.data import load_uci, read_csv, toy_dataset
+from kale_fast.data.tabular import UCI_FILES, preprocess_uci
+from kale_fast.data.toy import TOY_DATASETS
+from kale_fast.models import GEBM, MLP
+from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
+
+CHECKPOINT, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"
+
+
+class ClampedEnergy(nn.Module):
+    """The authors' clamp E >= floor (an option, off by default)."""
+
+    def __init__(self, energy: nn.Module, floor: float):
+        super().__init__()
+        self.energy, self.floor = energy, floor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(self.energy(x), min=self.floor)
+
+
+def load_data(config: TrainConfig) -> Tuple[Tensor, Tensor]:
+    """(train, held-out) sample tensors for the configured data set."""
+    if config.dataset in TOY_DATASETS:
+        return (toy_dataset(config.dataset, config.n_train, seed=config.seed),
+                toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
+    if config.dataset in UCI_FILES:
+        splits = load_uci(config.dataset, config.data_dir, seed=config.seed)
+    else:
+        splits = preprocess_uci(read_csv(config.dataset), seed=config.seed)
+    return splits.train, splits.test
+
+
+def build_gebm(config: TrainConfig, data_dim: int) -> GEBM:
+    hidden = (config.hidden,) * config.depth
+    energy: nn.Module = MLP(data_dim, 1, hidden)
+    if config.energy_clamp is not None:
+        energy = ClampedEnergy(energy, config.energy_clamp)
+    return GEBM(MLP(config.latent_dim, data_dim, hidden), energy, config.latent_dim)
+
+
+def make_sampler(config: TrainConfig) -> kf.samplers.Sampler:
+    return {"ula": lambda: kf.ULA(config.step_size),
+            "mala": lambda: kf.MALA(config.step_size, adapt_step_size=True),
+            "hmc": lambda: kf.HMC(config.step_size, 5, adapt_step_size=True),
+            "kinetic_langevin": lambda: kf.KineticLangevin(config.step_size, 1.0)}[config.sampler]()
+
+
+@dataclass
+class Trainer:
+    """Models, optimisers and RNG of one run; `state_dict` holds everything a resume needs."""
+    config: TrainConfig
+    gebm: GEBM
+    log_partition: nn.Parameter
+    energy_optimizer: torch.optim.Optimizer
+    base_optimizer: torch.optim.Optimizer
+    generator: torch.Generator
+    rounds_done: int = 0
+
+    @classmethod
+    def create(cls, config: TrainConfig, train_data: Tensor) -> "Trainer":
+        torch.manual_seed(config.seed)
+        device = torch.device(config.device)
+        gebm = build_gebm(config, train_data.shape[1]).to(device)
+        generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
+        initial_a, _ = gebm.log_partition(10_000, generator=generator)
+        log_partition = nn.Parameter(initial_a.to(device))
+        betas = (config.beta1, config.beta2)
+        adam = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
+        energy_optimizer = torch.optim.Adam([*gebm.energy.parameters(), log_partition], lr=config.lr_energy,
+                                            betas=betas, **adam)
+        base_optimizer = torch.optim.Adam(gebm.base.parameters(), lr=config.lr_base, betas=betas, **adam)
+        return cls(config, gebm, log_partition, energy_optimizer, base_optimizer, generator)
+
+    def state_dict(self) -> dict:
+        return dict(config=self.config.to_dict(), rounds_done=self.rounds_done, gebm=self.gebm.state_dict(),
+                    log_partition=self.log_partition.detach().clone(),
+                    energy_optimizer=self.energy_optimizer.state_dict(),
+                    base_optimizer=self.base_optimizer.state_dict(), generator=self.generator.get_state(),
+                    torch_rng=torch.get_rng_state())
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gebm.load_state_dict(state["gebm"])
+        with torch.no_grad():
+            self.log_partition.copy_(state["log_partition"])
+        self.energy_optimizer.load_state_dict(state["energy_optimizer"])
+        self.base_optimizer.load_state_dict(state["base_optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.rounds_done = state["rounds_done"]
+
+    # --- the two steps -------------------------------------------------------------------------------
+
+    def _latent(self, n: int) -> Tensor:
+        return torch.randn(n, self.config.latent_dim, generator=self.generator, device=self.log_partition.device)
+
+    def energy_step(self, train_data: Tensor) -> Dict[str, float]:
+        config, gebm = self.config, self.gebm
+        n = config.batch_size
+        index = torch.randint(0, len(train_data), (n,), generator=self.generator, device=train_data.device)
+        x_real = train_data[index]
+        with torch.no_grad():
+            x_base = gebm.base(self._latent(n))
+        t = torch.rand(n, 1, generator=self.generator, device=x_real.device)
+        x_hat = (t * x_real + (1 - t) * x_base).requires_grad_(True)
+        energies = gebm.energies(torch.cat([x_real, x_base, x_hat]))  # one forward for all three batches
+        e_data, e_base, e_hat = energies.split(n)
+        loss = kf.kale_loss(e_data, e_base, self.log_partition if config.objective == "kale" else None)
+        penalty = torch.zeros((), device=loss.device)
+        if config.penalty > 0:
+            (grad_hat,) = torch.autograd.grad(e_hat.sum(), x_hat, create_graph=True)
+            penalty = config.penalty * grad_hat.pow(2).sum(1).mean()
+        self.energy_optimizer.zero_grad(set_to_none=True)
+        (loss + penalty).backward()
+        self.energy_optimizer.step()
+        return dict(energy_loss=loss.detach(), penalty=penalty.detach())
+
+    def base_step(self) -> Dict[str, float]:
+        base_params = list(self.gebm.base.parameters())
+        e_base = self.gebm.energies(self.gebm.base(self._latent(self.config.batch_size)))
+        loss = -kf.log_mean_exp(-e_base)
+        grads = torch.autograd.grad(loss, base_params)  # no energy parameter gradients
+        for param, grad in zip(base_params, grads):
+            param.grad = grad
+        self.base_optimizer.step()
+        return dict(base_loss=loss.detach())
+
+    def round(self, train_data: Tensor) -> Dict[str, float]:
+        """One round: the energy steps, then a base step (unless energy_only)."""
+        config = self.config
+        n_energy = config.n_iter_d_init if self.rounds_done == 0 and config.n_iter_d_init else config.n_iter_d
+        for _ in range(n_energy):
+            metrics = self.energy_step(train_data)
+        if not config.energy_only:
+            metrics.update(self.base_step())
+        self.rounds_done += 1
+        metrics["log_partition"] = self.log_partition.detach()
+        return metrics
+
+
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    if changed:
+        differences = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+        raise ValueError(f"the checkpoint comes from another config ({differences}); "
+                         "start a new run (another name) instead")
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
+    """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files."""
+    run_dir = Path(config.out_dir) / config.name
+    checkpoint = run_dir / CHECKPOINT
+    if resume and not checkpoint.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise FileExistsError(f"{run_dir} already holds a run: resume it (--resume) or choose another name")
+    train_data, _ = load_data(config)
+    train_data = train_data.to(config.device)
+    trainer = Trainer.create(config, train_data)
+    if resume:
+        state = torch.load(checkpoint, map_location=config.device, weights_only=False)
+        _check_resumable(state["config"], config)
+        trainer.load_state_dict(state)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(config.to_yaml(), run_dir / CONFIG)
+    start = time.perf_counter()
+    with open(run_dir / METRICS, "a") as log, tqdm(total=config.n_iter, initial=trainer.rounds_done,
+                                                    disable=not progress, desc=config.name) as bar:
+        while trainer.rounds_done < config.n_iter:
+            metrics = trainer.round(train_data)
+            done = trainer.rounds_done
+            if done % config.log_every == 0 or done == config.n_iter:
+                values = {k: float(v) for k, v in metrics.items()}  # one host synchronisation per log line
+                log.write(json.dumps(dict(round=done, time_s=time.perf_counter() - start, **values)) + "\n")
+                log.flush()
+                bar.set_postfix(kale=f"{-values['energy_loss']:.3f}", A=f"{values['log_partition']:.3f}")
+            if done % config.checkpoint_every == 0 or done == config.n_iter:
+                atomic_torch_save(trainer.state_dict(), checkpoint)
+            bar.update(1)
+    if config.n_iter == 0 or trainer.rounds_done == 0:
+        atomic_torch_save(trainer.state_dict(), checkpoint)
+    return run_dir
+
+
+def load_run(run_dir: Path, device: Optional[str] = None) -> Tuple[TrainConfig, GEBM, Tensor]:
+    """(config, GEBM with the checkpoint's weights in eval mode, learned A) of a run folder."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: is it a run folder of `kale-fast train`?")
+    state = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
+    config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
+    train_data, _ = load_data(config)
+    gebm = build_gebm(config, train_data.shape[1]).to(config.device)
+    gebm.load_state_dict(state["gebm"])
+    return config, gebm.eval(), state["log_partition"]

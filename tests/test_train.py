@@ -1,0 +1,157 @@
+"""The training loop, its configs, checkpoints and resume, the CLI verbs, data loading and GEBM methods."""
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import kale_fast as kf
+from kale_fast.cli import main
+from kale_fast.data import load_uci, read_csv, toy_dataset
+from kale_fast.data.tabular import data_dir
+from kale_fast.metrics import energy_distance, mmd
+from kale_fast.models import MLP
+from kale_fast.train import TrainConfig, load_run, train
+
+TINY = dict(name="tiny", dataset="8gaussians", n_train=512, n_test=128, hidden=16, depth=2, n_iter=6,
+            n_iter_d_init=3, n_iter_d=2, batch_size=32, n_eval=64, sampler_steps=4, log_every=2, checkpoint_every=3)
+
+
+def _config(tmp_path, **changes):
+    return TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path), **changes})
+
+
+def _params(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["gebm"]
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = train(_config(tmp_path, name="straight", n_iter=8), progress=False)
+    train(_config(tmp_path, name="split", n_iter=4), progress=False)
+    resumed = train(_config(tmp_path, name="split", n_iter=8), resume=True, progress=False)
+    a, b = _params(straight), _params(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    lines = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [2, 4, 6, 8]
+
+
+def test_existing_run_is_never_overwritten(tmp_path):
+    run_dir = train(_config(tmp_path), progress=False)
+    before = (run_dir / "checkpoint.pt").read_bytes()
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        train(_config(tmp_path), progress=False)
+    with pytest.raises(ValueError, match="another config.*hidden"):
+        train(_config(tmp_path, hidden=32, n_iter=10), resume=True, progress=False)
+    assert (run_dir / "checkpoint.pt").read_bytes() == before
+
+
+@pytest.mark.parametrize("values, error, match", [
+    (dict(batchsize=3), ValueError, "unknown config key"),
+    (dict(n_iter="10"), TypeError, "'n_iter' must be int"),
+    (dict(lr_energy=True), TypeError, "'lr_energy' must be float"),
+    (dict(objective="wgan"), ValueError, "'objective' must be one of"),
+    (dict(batch_size=0), ValueError, "'batch_size' must be >= 1"),
+])
+def test_bad_configs_are_rejected(values, error, match):
+    with pytest.raises(error, match=match):
+        TrainConfig.from_dict(values)
+
+
+def test_every_yaml_config_in_the_repository_loads():
+    from pathlib import Path
+
+    configs = sorted(Path("configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        TrainConfig.from_yaml(path)
+
+
+def test_cli_train_sample_eval(tmp_path, capsys):
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path)}))
+    assert main(["train", "--config", str(config_file), "--quiet", "--n-iter", "4", "--penalty", "0.5",
+                 "--energy-clamp", "none"]) == 0
+    run_dir = tmp_path / "tiny"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {"mmd_base", "mmd_gebm", "kale_held_out", "log_partition_mc"} <= set(summary)
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["penalty"] == 0.5
+    assert (run_dir / "samples.png").stat().st_size > 0 and (run_dir / "energy.png").stat().st_size > 0
+    assert main(["sample", "--run", str(run_dir), "--sampler", "hmc", "--n", "50", "--steps", "3"]) == 0
+    saved = torch.load(run_dir / "samples-hmc.pt")
+    assert saved["samples"].shape == (50, 2) and torch.isfinite(saved["samples"]).all()
+    (run_dir / "summary.json").unlink()
+    assert main(["eval", "--run", str(run_dir)]) == 0
+    assert (run_dir / "summary.json").exists()
+    with pytest.raises(SystemExit):
+        main(["train", "--config", str(config_file), "--n-iter", "ten"])
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_cli_bench_runs_the_benchmark_suite(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "kale_fast.cli", "bench", "--quick", "--ops", "integrators", "--out",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "integrators-cpu.json").exists() and "leapfrog_kick_drift" in out.stdout
+
+
+def test_gebm_log_partition_kale_and_log_prob():
+    torch.manual_seed(0)
+
+    class Linear(torch.nn.Module):  # E(x) = -mu x: KALE(N(mu, 1) || N(0, 1)) = mu^2 / 2, A = mu^2 / 2
+        def forward(self, x):
+            return -0.8 * x[:, 0]
+
+    gebm = kf.GEBM(torch.nn.Identity(), Linear(), latent_dim=1)
+    a, se = gebm.log_partition(200_000, chunk_size=30_000)
+    assert abs(a.item() - 0.32) < 5 * se.item() + 1e-3 and 0 < se.item() < 0.01
+    x = torch.randn(200_000, 1) + 0.8
+    assert abs(gebm.kale(x, n_base=200_000).item() - 0.32) < 0.02
+    with pytest.raises(TypeError, match="exact density"):
+        gebm.log_prob(x, a)
+    samples, result = gebm.sample(4000, kf.MALA(0.5), 100)  # the GEBM is N(0.8, 1)
+    assert abs(samples.mean().item() - 0.8) < 0.1 and abs(samples.var().item() - 1) < 0.1
+
+
+def test_toy_data_are_reproducible_and_distances_separate_them():
+    a, b = toy_dataset("moons", 500, seed=1), toy_dataset("moons", 500, seed=1)
+    assert torch.equal(a, b) and a.shape == (500, 2)
+    same, other = toy_dataset("moons", 500, seed=2), toy_dataset("rings", 500, seed=2)
+    assert mmd(a, same) < 0.01 < mmd(a, other)
+    assert energy_distance(a, same) < energy_distance(a, other)
+    with pytest.raises(ValueError, match="unknown toy data set"):
+        toy_dataset("spirals", 10)
+
+
+def test_csv_errors_name_the_problem(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text("a,b,quality\n1,2,5\n3,4,6\n")
+    assert read_csv(good, n_columns=2, drop=("quality",)).shape == (2, 2)
+    nan = tmp_path / "nan.csv"
+    nan.write_text("a,b\n1,nan\n")
+    with pytest.raises(ValueError, match="row 2, column 'b' is NaN"):
+        read_csv(nan)
+    with pytest.raises(ValueError, match="expected 4 columns"):
+        read_csv(good, n_columns=4)
+    with pytest.raises(FileNotFoundError, match="KALE_FAST_DATA"):
+        read_csv(tmp_path / "missing.csv")
+
+
+@pytest.mark.skipif(not (data_dir() / "uci/winequality-red.csv").exists(), reason="shared UCI data not present")
+def test_uci_red_wine_preprocessing():
+    splits = load_uci("redwine")
+    assert splits.train.shape == (1296, 11) and splits.validation.shape == (144, 11) and splits.test.shape == (159, 11)
+    torch.testing.assert_close(splits.train.mean(0), torch.zeros(11), atol=1e-4, rtol=0)
+    torch.testing.assert_close(torch.cov(splits.train.T), torch.eye(11), atol=1e-3, rtol=0)
+    assert torch.equal(load_uci("redwine").test, splits.test)  # the fixed seed fixes the split
+
+
+def test_energy_only_mode_keeps_the_base_frozen(tmp_path):
+    run_dir = train(_config(tmp_path, energy_only=True, n_iter=3), progress=False)
+    config, gebm, _ = load_run(run_dir)
+    fresh = kf.train.Trainer.create(config, toy_dataset("8gaussians", 512))
+    for name, value in gebm.base.state_dict().items():
+        assert torch.equal(value, fresh.gebm.base.state_dict()[name])
+    assert isinstance(gebm.base, MLP) and not math.isnan(float(_params(run_dir)["energy.net.0.weight"].sum()))
