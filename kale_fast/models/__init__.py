@@ -1,6 +1,7 @@
 """Networks for GEBMs: bases (generators) and energies."""
+from kale_fast.models.flows import RealNVP
 from kale_fast.models.gebm import GEBM
 from kale_fast.models.mlp import MLP
 from kale_fast.models.sngan import SNGANBase32, SNGANEnergy32
 
-__all__ = ["GEBM", "MLP", "SNGANBase32", "SNGANEnergy32"]
+__all__ = ["GEBM", "MLP", "RealNVP", "SNGANBase32", "SNGANEnergy32"]

@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional, Union
 
 import yaml
 
-OBJECTIVES = ("kale", "dv")
+OBJECTIVES = ("kale", "dv", "ml")
+BASES = ("mlp", "realnvp")
 SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
 
 
@@ -23,10 +24,15 @@ class TrainConfig:
     data_dir: Optional[str] = None       # folder of the UCI files (default: $KALE_FAST_DATA or ../shared/data)
     n_train: int = 20000                 # toy sets: points drawn for training / held out for evaluation
     n_test: int = 2000
+    base: str = "mlp"                    # "mlp" generator, or "realnvp" flow (exact likelihood; latent_dim = data dim)
     latent_dim: int = 2
-    hidden: int = 128                    # MLP width of base and energy
+    hidden: int = 128                    # MLP width of the energy (and of an MLP base)
     depth: int = 3                       # hidden layers of each MLP
-    objective: str = "kale"              # "kale": learned log-partition A; "dv": Donsker-Varadhan form
+    flow_layers: int = 5                 # RealNVP: affine coupling layers (paper: 5) ...
+    flow_hidden: int = 100               # ... and their hidden width (paper: 100)
+    base_from: Optional[str] = None      # a run folder whose trained base initialises this run's base
+    objective: str = "kale"              # "kale": learned log-partition A; "dv": Donsker-Varadhan form;
+                                         # "ml": maximum likelihood of a flow base alone (the baseline)
     n_iter: int = 1000                   # base steps (rounds); energy_only: rounds of n_iter_d energy steps
     n_iter_d_init: int = 100             # energy steps before the first base step (paper: 100)
     n_iter_d: int = 5                    # energy steps per base step (paper: 5)
@@ -53,10 +59,15 @@ class TrainConfig:
             _check_type(field.name, getattr(self, field.name), hints[field.name])
         if self.objective not in OBJECTIVES:
             raise ValueError(f"config key 'objective' must be one of {OBJECTIVES}, got {self.objective!r}")
+        if self.base not in BASES:
+            raise ValueError(f"config key 'base' must be one of {BASES}, got {self.base!r}")
+        if self.objective == "ml" and (self.base != "realnvp" or self.energy_only):
+            raise ValueError("objective 'ml' trains a flow base by maximum likelihood: it needs base: realnvp and "
+                             "energy_only: false")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"config key 'sampler' must be one of {SAMPLERS}, got {self.sampler!r}")
         for key in ("n_train", "n_test", "latent_dim", "hidden", "n_iter_d", "batch_size", "n_eval", "log_every",
-                    "checkpoint_every", "sampler_steps"):
+                    "checkpoint_every", "sampler_steps", "flow_layers", "flow_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key in ("n_iter", "n_iter_d_init", "depth"):

@@ -6,6 +6,8 @@ Round k: n_iter_d_init (k = 0) or n_iter_d energy steps, then one base step (non
   interpolate batches go through the energy in one forward. Adam on the energy's parameters and A.
 - Base step: the minibatch KALE estimate's base-dependent part, -log mean exp(-E(B(z))), whose gradient is the
   softmax(-E)-weighted energy gradient; only the base's parameter gradients are computed.
+With objective "ml" a flow base is trained by maximum likelihood alone (the baseline of the tabular results),
+and energy_only with base_from trains an energy on a frozen, pre-trained base.
 A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), metrics.jsonl, summary.json, plots.
 """
 import json
@@ -23,7 +25,7 @@ from kale_fast._io import atomic_torch_save, atomic_write_text
 from kale_fast.data import load_uci, read_csv, toy_dataset
 from kale_fast.data.tabular import UCI_FILES, preprocess_uci
 from kale_fast.data.toy import TOY_DATASETS
-from kale_fast.models import GEBM, MLP
+from kale_fast.models import GEBM, MLP, RealNVP
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 
 CHECKPOINT, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"
@@ -57,7 +59,14 @@ def build_gebm(config: TrainConfig, data_dim: int) -> GEBM:
     energy: nn.Module = MLP(data_dim, 1, hidden)
     if config.energy_clamp is not None:
         energy = ClampedEnergy(energy, config.energy_clamp)
-    return GEBM(MLP(config.latent_dim, data_dim, hidden), energy, config.latent_dim)
+    if config.base == "realnvp":
+        if config.latent_dim != data_dim:
+            raise ValueError(f"a RealNVP base maps the latent space onto the data: latent_dim must be the data's "
+                             f"dimension {data_dim}, got {config.latent_dim}")
+        base: nn.Module = RealNVP(data_dim, config.flow_layers, config.flow_hidden)
+    else:
+        base = MLP(config.latent_dim, data_dim, hidden)
+    return GEBM(base, energy, config.latent_dim)
 
 
 def make_sampler(config: TrainConfig) -> kf.samplers.Sampler:
@@ -83,6 +92,9 @@ class Trainer:
         torch.manual_seed(config.seed)
         device = torch.device(config.device)
         gebm = build_gebm(config, train_data.shape[1]).to(device)
+        if config.base_from is not None:
+            _, trained, _ = load_run(Path(config.base_from), config.device)
+            gebm.base.load_state_dict(trained.base.state_dict())
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
         initial_a, _ = gebm.log_partition(10_000, generator=generator)
@@ -137,10 +149,14 @@ class Trainer:
         self.energy_optimizer.step()
         return dict(energy_loss=loss.detach(), penalty=penalty.detach())
 
-    def base_step(self) -> Dict[str, float]:
+    def base_step(self, train_data: Tensor) -> Dict[str, float]:
         base_params = list(self.gebm.base.parameters())
-        e_base = self.gebm.energies(self.gebm.base(self._latent(self.config.batch_size)))
-        loss = -kf.log_mean_exp(-e_base)
+        if self.config.objective == "ml":  # the baseline: maximum likelihood of the flow alone
+            index = torch.randint(0, len(train_data), (self.config.batch_size,), generator=self.generator,
+                                  device=train_data.device)
+            loss = -self.gebm.base.log_prob(train_data[index]).mean()
+        else:
+            loss = -kf.log_mean_exp(-self.gebm.energies(self.gebm.base(self._latent(self.config.batch_size))))
         grads = torch.autograd.grad(loss, base_params)  # no energy parameter gradients
         for param, grad in zip(base_params, grads):
             param.grad = grad
@@ -148,13 +164,14 @@ class Trainer:
         return dict(base_loss=loss.detach())
 
     def round(self, train_data: Tensor) -> Dict[str, float]:
-        """One round: the energy steps, then a base step (unless energy_only)."""
+        """One round: the energy steps (none for maximum likelihood), then a base step (unless energy_only)."""
         config = self.config
         n_energy = config.n_iter_d_init if self.rounds_done == 0 and config.n_iter_d_init else config.n_iter_d
-        for _ in range(n_energy):
+        metrics = {}
+        for _ in range(0 if config.objective == "ml" else n_energy):
             metrics = self.energy_step(train_data)
         if not config.energy_only:
-            metrics.update(self.base_step())
+            metrics.update(self.base_step(train_data))
         self.rounds_done += 1
         metrics["log_partition"] = self.log_partition.detach()
         return metrics
@@ -196,7 +213,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                 values = {k: float(v) for k, v in metrics.items()}  # one host synchronisation per log line
                 log.write(json.dumps(dict(round=done, time_s=time.perf_counter() - start, **values)) + "\n")
                 log.flush()
-                bar.set_postfix(kale=f"{-values['energy_loss']:.3f}", A=f"{values['log_partition']:.3f}")
+                bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k != "penalty"})
             if done % config.checkpoint_every == 0 or done == config.n_iter:
                 atomic_torch_save(trainer.state_dict(), checkpoint)
             bar.update(1)
