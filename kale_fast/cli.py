@@ -1,6 +1,7 @@
 """The `kale-fast` command: train, sample, eval, bench.
 
   kale-fast train --config configs/X.yaml [--resume] [--<config key> value ...]
+  torchrun --nproc-per-node N -m kale_fast.cli train ...   (data-parallel; rank 0 writes the run)
   kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--step-size 0.05]
   kale-fast eval --run runs/NAME
   kale-fast bench [--quick] [...]          (from a source checkout: runs `python -m benchmarks`)
@@ -72,13 +73,18 @@ def _parser() -> argparse.ArgumentParser:
 
 def _train(args) -> None:
     from kale_fast.train import evaluate, train
+    from kale_fast.train.distributed import rank_and_size
 
     overrides = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("config.")}
     config = TrainConfig.from_yaml(args.config, overrides)
     run_dir = train(config, resume=args.resume, progress=not args.quiet)
-    print(f"trained: {run_dir}")
-    if not args.no_eval:
-        print(json.dumps(evaluate(run_dir, progress=not args.quiet), indent=1))
+    rank, size = rank_and_size()
+    if size > 1:  # under torchrun: rank 0 evaluates alone
+        torch.distributed.destroy_process_group()
+    if rank == 0:
+        print(f"trained: {run_dir}")
+        if not args.no_eval:
+            print(json.dumps(evaluate(run_dir, progress=not args.quiet), indent=1))
 
 
 def _sample(args) -> None:

@@ -26,6 +26,7 @@ from kale_fast.data import load_uci, read_csv, toy_dataset
 from kale_fast.data.tabular import UCI_FILES, preprocess_uci
 from kale_fast.data.toy import TOY_DATASETS
 from kale_fast.models import GEBM, MLP, RealNVP
+from kale_fast.train import distributed
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 
 CHECKPOINT, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"
@@ -99,6 +100,10 @@ class Trainer:
         # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
         initial_a, _ = gebm.log_partition(10_000, generator=generator)
         log_partition = nn.Parameter(initial_a.to(device))
+        distributed.broadcast_parameters([*gebm.parameters(), log_partition])
+        rank, _ = distributed.rank_and_size()
+        if rank:  # each process draws its own batches
+            generator.manual_seed(config.seed + 1 + 7919 * rank)
         betas = (config.beta1, config.beta2)
         adam = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
         energy_optimizer = torch.optim.Adam([*gebm.energy.parameters(), log_partition], lr=config.lr_energy,
@@ -107,11 +112,12 @@ class Trainer:
         return cls(config, gebm, log_partition, energy_optimizer, base_optimizer, generator)
 
     def state_dict(self) -> dict:
+        """Collective under torchrun: the RNG states of every process are gathered."""
+        rng = distributed.gather_objects((self.generator.get_state().cpu(), torch.get_rng_state()))
         return dict(config=self.config.to_dict(), rounds_done=self.rounds_done, gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
-                    base_optimizer=self.base_optimizer.state_dict(), generator=self.generator.get_state(),
-                    torch_rng=torch.get_rng_state())
+                    base_optimizer=self.base_optimizer.state_dict(), rng=rng)
 
     def load_state_dict(self, state: dict) -> None:
         self.gebm.load_state_dict(state["gebm"])
@@ -119,8 +125,13 @@ class Trainer:
             self.log_partition.copy_(state["log_partition"])
         self.energy_optimizer.load_state_dict(state["energy_optimizer"])
         self.base_optimizer.load_state_dict(state["base_optimizer"])
-        self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        rank, size = distributed.rank_and_size()
+        if len(state["rng"]) != size:
+            raise ValueError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as "
+                             f"many, not {size}")
+        generator_state, torch_state = state["rng"][rank]
+        self.generator.set_state(generator_state)
+        torch.set_rng_state(torch_state)
         self.rounds_done = state["rounds_done"]
 
     # --- the two steps -------------------------------------------------------------------------------
@@ -146,6 +157,7 @@ class Trainer:
             penalty = config.penalty * grad_hat.pow(2).sum(1).mean()
         self.energy_optimizer.zero_grad(set_to_none=True)
         (loss + penalty).backward()
+        distributed.average_gradients([*self.gebm.energy.parameters(), self.log_partition])
         self.energy_optimizer.step()
         return dict(energy_loss=loss.detach(), penalty=penalty.detach())
 
@@ -160,6 +172,7 @@ class Trainer:
         grads = torch.autograd.grad(loss, base_params)  # no energy parameter gradients
         for param, grad in zip(base_params, grads):
             param.grad = grad
+        distributed.average_gradients(base_params)
         self.base_optimizer.step()
         return dict(base_loss=loss.detach())
 
@@ -186,7 +199,10 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files."""
+    """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files.
+    Under torchrun (WORLD_SIZE > 1) the processes train data-parallel and rank 0 writes the files."""
+    distributed.init_from_environment(torch.device(config.device))
+    rank, size = distributed.rank_and_size()
     run_dir = Path(config.out_dir) / config.name
     checkpoint = run_dir / CHECKPOINT
     if resume and not checkpoint.exists():
@@ -200,25 +216,37 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         state = torch.load(checkpoint, map_location=config.device, weights_only=False)
         _check_resumable(state["config"], config)
         trainer.load_state_dict(state)
-    else:
+    distributed.gather_objects(None)  # every process has checked the folder before rank 0 writes to it
+    writer = rank == 0
+    if writer and not resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config.to_yaml(), run_dir / CONFIG)
+
+    def save():
+        state = trainer.state_dict()  # collective: every process takes part
+        if writer:
+            atomic_torch_save({**state, "world_size": size}, checkpoint)
+
     start = time.perf_counter()
-    with open(run_dir / METRICS, "a") as log, tqdm(total=config.n_iter, initial=trainer.rounds_done,
-                                                    disable=not progress, desc=config.name) as bar:
+    log = open(run_dir / METRICS, "a") if writer else None
+    with tqdm(total=config.n_iter, initial=trainer.rounds_done, disable=not (progress and writer),
+              desc=config.name) as bar:
         while trainer.rounds_done < config.n_iter:
             metrics = trainer.round(train_data)
             done = trainer.rounds_done
-            if done % config.log_every == 0 or done == config.n_iter:
+            if writer and (done % config.log_every == 0 or done == config.n_iter):
                 values = {k: float(v) for k, v in metrics.items()}  # one host synchronisation per log line
                 log.write(json.dumps(dict(round=done, time_s=time.perf_counter() - start, **values)) + "\n")
                 log.flush()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k != "penalty"})
             if done % config.checkpoint_every == 0 or done == config.n_iter:
-                atomic_torch_save(trainer.state_dict(), checkpoint)
+                save()
             bar.update(1)
+    if log is not None:
+        log.close()
     if config.n_iter == 0 or trainer.rounds_done == 0:
-        atomic_torch_save(trainer.state_dict(), checkpoint)
+        save()
+    distributed.check_replicas_agree([*trainer.gebm.parameters(), trainer.log_partition])
     return run_dir
 
 
