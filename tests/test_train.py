@@ -195,3 +195,44 @@ def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
         TrainConfig.from_dict({**common, "objective": "ml", "base": "mlp"})
     with pytest.raises(ValueError, match="latent_dim must be the data's dimension 3"):
         train(TrainConfig.from_dict({**common, "name": "bad", "latent_dim": 2}), progress=False)
+
+
+def test_image_loaders_read_local_files(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from kale_fast.data.images import load_cifar10, load_digits, load_npz, load_png_folder
+
+    images, labels = load_digits()
+    assert images.shape == (1797, 1, 8, 8) and images.min() >= -1 and images.max() <= 1 and labels.max() == 9
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(1, 6):  # the standard layout, tiny
+        batch = {b"data": np.full((2, 3072), 10 * i, dtype=np.uint8), b"labels": [i, i + 1]}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    cifar, cifar_labels = load_cifar10(folder)
+    assert cifar.shape == (10, 3, 32, 32) and cifar_labels.tolist()[:2] == [1, 2]
+    np.savez(tmp_path / "set.npz", images=np.zeros((4, 6, 6, 3), dtype=np.uint8), labels=np.arange(4))
+    npz, npz_labels = load_npz(tmp_path / "set.npz")
+    assert npz.shape == (4, 3, 6, 6) and (npz == -1).all() and npz_labels.tolist() == [0, 1, 2, 3]
+    import matplotlib.image
+
+    (tmp_path / "png").mkdir()
+    for i in range(3):
+        matplotlib.image.imsave(tmp_path / "png" / f"{i}.png", np.full((5, 5), i / 2), cmap="gray", vmin=0, vmax=1)
+    assert load_png_folder(tmp_path / "png").shape == (3, 3, 5, 5)
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py folder not found"):
+        load_cifar10(tmp_path / "missing")
+
+
+def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
+    from kale_fast.train import evaluate
+
+    config = TrainConfig.from_dict({**TINY, "dataset": "digits", "base": "conv", "latent_dim": 4, "hidden": 8,
+                                    "n_test": 100, "n_eval": 100, "out_dir": str(tmp_path), "n_iter": 3})
+    summary = evaluate(train(config, progress=False))
+    for name in ("base", "gebm_ula", "gebm_mala", "gebm_hmc", "gebm_kinetic_langevin"):
+        assert math.isfinite(summary[f"fid_like_{name}"]) and math.isfinite(summary[f"kid_{name}"])
+    assert (tmp_path / "tiny" / "images-gebm-hmc.png").exists()
+    assert (tmp_path / "feature-nets" / "digits.pt").exists()

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Union
 import yaml
 
 OBJECTIVES = ("kale", "dv", "ml")
-BASES = ("mlp", "realnvp")
+BASES = ("mlp", "realnvp", "conv")
 SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
 
 
@@ -20,11 +20,13 @@ SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
 class TrainConfig:
     name: str = "toy"                    # the run lives in <out_dir>/<name>
     out_dir: str = "runs"
-    dataset: str = "8gaussians"          # a toy set (kale_fast.data.TOY_DATASETS), "redwine", "whitewine" or a CSV path
+    dataset: str = "8gaussians"          # a toy set (kale_fast.data.TOY_DATASETS), "redwine", "whitewine", a CSV path,
+                                         # or images: "digits" (8x8), "mnist5k" (28x28)
     data_dir: Optional[str] = None       # folder of the UCI files (default: $KALE_FAST_DATA or ../shared/data)
     n_train: int = 20000                 # toy sets: points drawn for training / held out for evaluation
     n_test: int = 2000
-    base: str = "mlp"                    # "mlp" generator, or "realnvp" flow (exact likelihood; latent_dim = data dim)
+    base: str = "mlp"                    # "mlp" generator, "realnvp" flow (exact likelihood; latent_dim = data dim),
+                                         # or "conv" for images (ConvBase/ConvEnergy of width `hidden`)
     latent_dim: int = 2
     hidden: int = 128                    # MLP width of the energy (and of an MLP base)
     depth: int = 3                       # hidden layers of each MLP

@@ -1,5 +1,6 @@
 """Evaluation of a run folder: GEBM and base samples against held-out data, KALE, the log-partition, plots;
 written to summary.json (atomically) beside the checkpoint."""
+import dataclasses
 import json
 import math
 import time
@@ -10,8 +11,10 @@ import torch
 
 from kale_fast._io import atomic_write_text
 from kale_fast.metrics import energy_distance, mmd
-from kale_fast.train.loop import SUMMARY, load_data, load_run, make_sampler
-from kale_fast.train.plots import energy_landscape, scatter_samples
+from kale_fast.metrics.image_scores import cached_feature_network, fid_and_kid
+from kale_fast.train.config import SAMPLERS
+from kale_fast.train.loop import SUMMARY, load_data, load_images, load_run, make_sampler
+from kale_fast.train.plots import energy_landscape, image_grid, scatter_samples
 
 
 @torch.no_grad()
@@ -24,6 +27,23 @@ def test_nll(gebm, held_out, log_partition, log_partition_se) -> dict:
     se = lambda values: (values.std() / math.sqrt(n)).item()  # noqa: E731
     return dict(nll_base=-log_p_base.mean().item(), nll_base_se=se(log_p_base), nll_gebm=-log_q.mean().item(),
                 nll_gebm_se=math.sqrt(se(log_q) ** 2 + log_partition_se.item() ** 2))
+
+
+def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator) -> dict:
+    """FID-like and KID (features of a classifier trained on the data set's labels) of base samples and of
+    GEBM samples from each sampler, against held-out images; image grids of each."""
+    images, labels = load_images(config.dataset)
+    features = cached_feature_network(config.dataset, images, labels, Path(config.out_dir) / "feature-nets")
+    scores = {f"{k}_base": v for k, v in fid_and_kid(held_out, base_samples, features).items()}
+    image_grid(held_out, run_dir / "images-data.png", title="held-out data")
+    image_grid(base_samples, run_dir / "images-base.png", title="base samples")
+    for name in SAMPLERS:
+        sampler = make_sampler(dataclasses.replace(config, sampler=name))
+        samples, _ = gebm.sample(len(held_out), sampler, config.sampler_steps, warmup=config.sampler_steps // 2,
+                                 generator=generator)
+        scores.update({f"{k}_gebm_{name}": v for k, v in fid_and_kid(held_out, samples, features).items()})
+        image_grid(samples, run_dir / f"images-gebm-{name}.png", title=f"GEBM samples, {name}")
+    return {k.replace("fid", "fid_like"): v for k, v in scores.items()}
 
 
 def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> dict:
@@ -49,9 +69,12 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> d
         log_partition_mc_se=log_partition_se.item(), eval_time_s=time.perf_counter() - start)
     if hasattr(gebm.base, "log_prob"):
         summary.update(test_nll(gebm, held_out, log_partition, log_partition_se))
-    scatter_samples({"held-out data": held_out, "base samples": base_samples, "GEBM samples": gebm_samples},
-                    run_dir / "samples.png")
-    if held_out.shape[1] == 2:
+    if held_out.dim() == 4:
+        summary.update(image_scores(config, gebm, held_out, base_samples, run_dir, generator))
+    else:
+        scatter_samples({"held-out data": held_out, "base samples": base_samples, "GEBM samples": gebm_samples},
+                        run_dir / "samples.png")
+    if held_out.dim() == 2 and held_out.shape[1] == 2:
         energy_landscape(gebm.energies, held_out, run_dir / "energy.png")
     atomic_write_text(json.dumps(summary, indent=1) + "\n", run_dir / SUMMARY)
     return summary

