@@ -2,7 +2,6 @@
 the unadjusted samplers, adaptation, resume, diagnostics and bad input. Fixed seeds; tolerances are a few
 Monte-Carlo standard errors computed from the number of independent chains."""
 import math
-import warnings
 
 import pytest
 import torch
