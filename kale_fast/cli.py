@@ -91,7 +91,7 @@ def _sample(args) -> None:
     from kale_fast.train.loop import load_run, make_sampler
     from kale_fast.train.plots import scatter_samples
 
-    config, gebm, _ = load_run(args.run, args.device)
+    config, gebm, _, _ = load_run(args.run, args.device)
     changes = {k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps, step_size=args.step_size).items()
                if v is not None}
     config = dataclasses.replace(config, **changes)

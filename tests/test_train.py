@@ -150,7 +150,7 @@ def test_uci_red_wine_preprocessing():
 
 def test_energy_only_mode_keeps_the_base_frozen(tmp_path):
     run_dir = train(_config(tmp_path, energy_only=True, n_iter=3), progress=False)
-    config, gebm, _ = load_run(run_dir)
+    config, gebm, _, _ = load_run(run_dir)
     fresh = kf.train.Trainer.create(config, toy_dataset("8gaussians", 512))
     for name, value in gebm.base.state_dict().items():
         assert torch.equal(value, fresh.gebm.base.state_dict()[name])

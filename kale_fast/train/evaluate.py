@@ -48,7 +48,7 @@ def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator)
 
 def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> dict:
     run_dir = Path(run_dir)
-    config, gebm, learned_a = load_run(run_dir, device)
+    config, gebm, learned_a, rounds_done = load_run(run_dir, device)
     _, held_out = load_data(config)
     held_out = held_out[: config.n_eval].to(config.device)
     generator = torch.Generator(device=config.device).manual_seed(config.seed + 2)
@@ -58,8 +58,8 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> d
                                        warmup=config.sampler_steps // 2, generator=generator, progress=progress)
     log_partition, log_partition_se = gebm.log_partition(20_000, generator=generator)
     summary = dict(
-        run=config.name, dataset=config.dataset, rounds=torch.load(run_dir / "checkpoint.pt", weights_only=False)[
-            "rounds_done"], n_eval=len(held_out), sampler=config.sampler, sampler_steps=config.sampler_steps,
+        run=config.name, dataset=config.dataset, rounds=rounds_done, n_eval=len(held_out), sampler=config.sampler,
+        sampler_steps=config.sampler_steps,
         accept_rate=result.accept_rate.mean().item(), step_size=result.step_size.mean().item(),
         mmd_base=mmd(base_samples, held_out).item(), mmd_gebm=mmd(gebm_samples, held_out).item(),
         energy_distance_base=energy_distance(base_samples, held_out).item(),

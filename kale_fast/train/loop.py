@@ -14,7 +14,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -110,6 +110,7 @@ class Trainer:
     energy_optimizer: torch.optim.Optimizer
     base_optimizer: torch.optim.Optimizer
     generator: torch.Generator
+    data_shape: Tuple[int, ...]  # of one sample: the checkpoint rebuilds the networks from it, without the data
     rounds_done: int = 0
 
     @classmethod
@@ -118,8 +119,7 @@ class Trainer:
         device = torch.device(config.device)
         gebm = build_gebm(config, tuple(train_data.shape[1:])).to(device)
         if config.base_from is not None:
-            _, trained, _ = load_run(Path(config.base_from), config.device)
-            gebm.base.load_state_dict(trained.base.state_dict())
+            gebm.base.load_state_dict(load_run(Path(config.base_from), config.device).gebm.base.state_dict())
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
         initial_a, _ = gebm.log_partition(10_000, generator=generator)
@@ -133,12 +133,14 @@ class Trainer:
         energy_optimizer = torch.optim.Adam([*gebm.energy.parameters(), log_partition], lr=config.lr_energy,
                                             betas=betas, **adam)
         base_optimizer = torch.optim.Adam(gebm.base.parameters(), lr=config.lr_base, betas=betas, **adam)
-        return cls(config, gebm, log_partition, energy_optimizer, base_optimizer, generator)
+        return cls(config, gebm, log_partition, energy_optimizer, base_optimizer, generator,
+                   tuple(train_data.shape[1:]))
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the RNG states of every process are gathered."""
         rng = distributed.gather_objects((self.generator.get_state().cpu(), torch.get_rng_state()))
-        return dict(config=self.config.to_dict(), rounds_done=self.rounds_done, gebm=self.gebm.state_dict(),
+        return dict(config=self.config.to_dict(), data_shape=self.data_shape, rounds_done=self.rounds_done,
+                    gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
                     base_optimizer=self.base_optimizer.state_dict(), rng=rng)
@@ -274,14 +276,20 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     return run_dir
 
 
-def load_run(run_dir: Path, device: Optional[str] = None) -> Tuple[TrainConfig, GEBM, Tensor]:
-    """(config, GEBM with the checkpoint's weights in eval mode, learned A) of a run folder."""
+class TrainedRun(NamedTuple):
+    config: TrainConfig
+    gebm: GEBM            # the checkpoint's weights, in eval mode
+    log_partition: Tensor  # the learned A
+    rounds_done: int
+
+
+def load_run(run_dir: Path, device: Optional[str] = None) -> TrainedRun:
+    """The trained GEBM of a run folder, rebuilt from its checkpoint alone (the data are not read)."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: is it a run folder of `kale-fast train`?")
     state = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
-    train_data, _ = load_data(config)
-    gebm = build_gebm(config, tuple(train_data.shape[1:])).to(config.device)
+    gebm = build_gebm(config, tuple(state["data_shape"])).to(config.device)
     gebm.load_state_dict(state["gebm"])
-    return config, gebm.eval(), state["log_partition"]
+    return TrainedRun(config, gebm.eval(), state["log_partition"], state["rounds_done"])
