@@ -28,6 +28,11 @@ def _params(run_dir):
     return torch.load(run_dir / "checkpoint.pt", weights_only=False)["gebm"]
 
 
+def _write_csv(path, rows):
+    path.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in rows.tolist()))
+    return path
+
+
 def test_resume_continues_exactly(tmp_path):
     straight = train(_config(tmp_path, name="straight", n_iter=8), progress=False)
     train(_config(tmp_path, name="split", n_iter=4), progress=False)
@@ -125,6 +130,21 @@ def test_toy_data_are_reproducible_and_distances_separate_them():
         toy_dataset("spirals", 10)
 
 
+def test_gaussian_nll_matches_scipy():
+    from scipy.stats import multivariate_normal
+
+    from kale_fast.metrics import gaussian_nll
+
+    train_rows, test_rows = torch.randn(500, 4) @ torch.randn(4, 4), torch.randn(50, 4)
+    expected = -multivariate_normal(train_rows.double().mean(0).numpy(),
+                                    torch.cov(train_rows.double().T, correction=0).numpy()).logpdf(test_rows.numpy())
+    result = gaussian_nll(train_rows, test_rows)
+    assert result["nll_gaussian"] == pytest.approx(expected.mean(), rel=1e-9)
+    assert result["nll_gaussian_se"] == pytest.approx(expected.std(ddof=1) / math.sqrt(50), rel=1e-9)
+    with pytest.raises(ValueError, match="more rows than columns"):
+        gaussian_nll(train_rows[:4], test_rows)
+
+
 def test_csv_errors_name_the_problem(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("a,b,quality\n1,2,5\n3,4,6\n")
@@ -177,8 +197,7 @@ def test_realnvp_inverts_and_its_log_density_matches_the_jacobian():
 def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
     """Maximum likelihood of a RealNVP, then a KALE energy on it (energy_only, base_from): both report NLLs."""
     data = torch.randn(600, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])
-    csv_file = tmp_path / "data.csv"
-    csv_file.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in data.tolist()))
+    csv_file = _write_csv(tmp_path / "data.csv", data)
     common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
               "flow_hidden": 8, "out_dir": str(tmp_path)}
     ml_dir = train(TrainConfig.from_dict({**common, "name": "ml", "objective": "ml", "n_iter": 30}), progress=False)
@@ -191,10 +210,42 @@ def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
     assert math.isfinite(ml["nll_base"]) and ml["nll_base_se"] > 0
     assert summary["nll_base"] == pytest.approx(ml["nll_base"], rel=1e-5)  # the same frozen base
     assert math.isfinite(summary["nll_gebm"]) and summary["nll_gebm_se"] > 0
+    assert summary["nll_gaussian"] == pytest.approx(ml["nll_gaussian"])  # the yardstick of the same split
     with pytest.raises(ValueError, match="objective 'ml'"):
         TrainConfig.from_dict({**common, "objective": "ml", "base": "mlp"})
     with pytest.raises(ValueError, match="latent_dim must be the data's dimension 3"):
         train(TrainConfig.from_dict({**common, "name": "bad", "latent_dim": 2}), progress=False)
+
+
+def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_path):
+    torch.manual_seed(1)
+    csv_file = _write_csv(tmp_path / "small.csv", torch.randn(300, 3) ** 3)  # few heavy-tailed rows: it overfits
+    common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
+              "flow_hidden": 32, "objective": "ml", "lr_base": 1e-2, "n_iter": 400, "validate_every": 5,
+              "patience": 4, "checkpoint_every": 10, "out_dir": str(tmp_path)}
+    run_dir = train(TrainConfig.from_dict({**common, "name": "straight"}), progress=False)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    validations = {line["round"]: line["validation_nll"] for line in lines if "validation_nll" in line}
+    best_round = min(validations, key=validations.get)
+    last = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    assert last["rounds_done"] < 400, "the flow should have overfitted and stopped early"
+    assert last["rounds_done"] == best_round + 4 * 5 == max(validations)  # 4 validations without improvement
+    best = load_run(run_dir)
+    assert best.rounds_done == best_round and load_run(run_dir, best=False).rounds_done == last["rounds_done"]
+    from kale_fast.train.loop import load_data
+
+    validation = load_data(best.config).validation
+    assert -best.gebm.base.log_prob(validation).mean().item() == pytest.approx(validations[best_round], rel=1e-6)
+    # interrupted at an earlier checkpoint, then resumed: the same stop, the same best state
+    train(TrainConfig.from_dict({**common, "name": "split", "n_iter": 10}), progress=False)
+    resumed = train(TrainConfig.from_dict({**common, "name": "split"}), resume=True, progress=False)
+    for name in ("checkpoint.pt", "best.pt"):
+        a, b = (torch.load(d / name, weights_only=False)["gebm"] for d in (run_dir, resumed))
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="validation split"):
+        train(_config(tmp_path, name="toyval", base="realnvp", latent_dim=2, validate_every=2), progress=False)
+    with pytest.raises(ValueError, match="'patience' counts validations"):
+        TrainConfig.from_dict({**common, "validate_every": 0})
 
 
 def test_image_loaders_read_local_files(tmp_path):

@@ -50,6 +50,9 @@ class TrainConfig:
     sampler_steps: int = 100
     step_size: float = 0.05
     n_eval: int = 2000                   # samples compared with held-out data at the end
+    validate_every: int = 0              # rounds between validation NLLs (0: off); needs a flow base and a data set
+                                         # with a validation split (UCI, CSV); the best state is kept in best.pt
+    patience: int = 0                    # stop after this many validations without improvement (0: never stop early)
     log_every: int = 50                  # rounds between metric lines
     checkpoint_every: int = 200          # rounds between checkpoints (and one at the end)
     seed: int = 0
@@ -72,7 +75,11 @@ class TrainConfig:
                     "checkpoint_every", "sampler_steps", "flow_layers", "flow_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
-        for key in ("n_iter", "n_iter_d_init", "depth"):
+        if self.validate_every and self.base != "realnvp":
+            raise ValueError("config key 'validate_every' scores a validation NLL: it needs base: realnvp")
+        if self.patience and not self.validate_every:
+            raise ValueError("config key 'patience' counts validations: set validate_every too")
+        for key in ("n_iter", "n_iter_d_init", "depth", "validate_every", "patience"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
         for key in ("lr_energy", "lr_base", "step_size"):

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from kale_fast._io import atomic_write_text
-from kale_fast.metrics import energy_distance, mmd
+from kale_fast.metrics import energy_distance, gaussian_nll, mmd
 from kale_fast.metrics.image_scores import cached_feature_network, fid_and_kid
 from kale_fast.train.config import SAMPLERS
 from kale_fast.train.loop import SUMMARY, load_data, load_images, load_run, make_sampler
@@ -49,8 +49,8 @@ def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator)
 def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> dict:
     run_dir = Path(run_dir)
     config, gebm, learned_a, rounds_done = load_run(run_dir, device)
-    _, held_out = load_data(config)
-    held_out = held_out[: config.n_eval].to(config.device)
+    splits = load_data(config)
+    held_out = splits.test[: config.n_eval].to(config.device)
     generator = torch.Generator(device=config.device).manual_seed(config.seed + 2)
     start = time.perf_counter()
     base_samples = gebm.base_sample(len(held_out), generator)
@@ -69,6 +69,7 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> d
         log_partition_mc_se=log_partition_se.item(), eval_time_s=time.perf_counter() - start)
     if hasattr(gebm.base, "log_prob"):
         summary.update(test_nll(gebm, held_out, log_partition, log_partition_se))
+        summary.update(gaussian_nll(splits.train, held_out.cpu()))
     if held_out.dim() == 4:
         summary.update(image_scores(config, gebm, held_out, base_samples, run_dir, generator))
     else:

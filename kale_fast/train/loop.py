@@ -8,9 +8,13 @@ Round k: n_iter_d_init (k = 0) or n_iter_d energy steps, then one base step (non
   softmax(-E)-weighted energy gradient; only the base's parameter gradients are computed.
 With objective "ml" a flow base is trained by maximum likelihood alone (the baseline of the tabular results),
 and energy_only with base_from trains an energy on a frozen, pre-trained base.
-A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), metrics.jsonl, summary.json, plots.
+With validate_every, the validation NLL of the flow (ml) or of the GEBM (kale, dv; A by Monte Carlo) is scored
+every validate_every rounds; the best state goes to best.pt, which load_run prefers, and `patience` validations
+without improvement end training early (the literature's protocol for the tabular results).
+A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), best.pt, metrics.jsonl, summary.json, plots.
 """
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +35,7 @@ from kale_fast.models.conv import ConvBase, ConvEnergy
 from kale_fast.train import distributed
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 
-CHECKPOINT, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json"
+CHECKPOINT, BEST, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "config.yaml", "metrics.jsonl", "summary.json"
 
 
 class ClampedEnergy(nn.Module):
@@ -49,21 +53,27 @@ def load_images(name: str) -> Tuple[Tensor, Tensor]:
     return {"digits": load_digits, "mnist5k": load_mnist5k}[name]()
 
 
-def load_data(config: TrainConfig) -> Tuple[Tensor, Tensor]:
-    """(train, held-out) sample tensors for the configured data set."""
+class DataSplits(NamedTuple):
+    train: Tensor
+    validation: Optional[Tensor]  # tabular data only
+    test: Tensor                  # held out for evaluation
+
+
+def load_data(config: TrainConfig) -> DataSplits:
+    """The configured data set's sample tensors."""
     if config.dataset in IMAGE_DATASETS:  # a fixed-seed shuffle, then the last n_test images are held out
         images, _ = load_images(config.dataset)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
         n_test = min(config.n_test, len(images) // 5)
-        return images[order[:-n_test]], images[order[-n_test:]]
+        return DataSplits(images[order[:-n_test]], None, images[order[-n_test:]])
     if config.dataset in TOY_DATASETS:
-        return (toy_dataset(config.dataset, config.n_train, seed=config.seed),
-                toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
+        return DataSplits(toy_dataset(config.dataset, config.n_train, seed=config.seed), None,
+                          toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
     if config.dataset in UCI_FILES:
         splits = load_uci(config.dataset, config.data_dir, seed=config.seed)
     else:
         splits = preprocess_uci(read_csv(config.dataset), seed=config.seed)
-    return splits.train, splits.test
+    return DataSplits(splits.train, splits.validation, splits.test)
 
 
 def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
@@ -112,6 +122,13 @@ class Trainer:
     generator: torch.Generator
     data_shape: Tuple[int, ...]  # of one sample: the checkpoint rebuilds the networks from it, without the data
     rounds_done: int = 0
+    best_validation: float = math.inf  # early stopping: the best validation NLL so far, its round, and
+    best_round: int = 0                # how many validations since have not improved on it
+    stale_validations: int = 0
+
+    @property
+    def stopped_early(self) -> bool:
+        return 0 < self.config.patience <= self.stale_validations
 
     @classmethod
     def create(cls, config: TrainConfig, train_data: Tensor) -> "Trainer":
@@ -140,7 +157,8 @@ class Trainer:
         """Collective under torchrun: the RNG states of every process are gathered."""
         rng = distributed.gather_objects((self.generator.get_state().cpu(), torch.get_rng_state()))
         return dict(config=self.config.to_dict(), data_shape=self.data_shape, rounds_done=self.rounds_done,
-                    gebm=self.gebm.state_dict(),
+                    best_validation=self.best_validation, best_round=self.best_round,
+                    stale_validations=self.stale_validations, gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
                     base_optimizer=self.base_optimizer.state_dict(), rng=rng)
@@ -159,6 +177,8 @@ class Trainer:
         self.generator.set_state(generator_state)
         torch.set_rng_state(torch_state)
         self.rounds_done = state["rounds_done"]
+        self.best_validation, self.best_round = state["best_validation"], state["best_round"]
+        self.stale_validations = state["stale_validations"]
 
     # --- the two steps -------------------------------------------------------------------------------
 
@@ -215,6 +235,25 @@ class Trainer:
         metrics["log_partition"] = self.log_partition.detach()
         return metrics
 
+    @torch.no_grad()
+    def validation_nll(self, validation_data: Tensor) -> float:
+        """Mean NLL (nats) of the validation split: of the flow for "ml", else of the GEBM with A estimated from
+        10^4 base samples of a fixed seed (common random numbers across validations; training's RNG untouched)."""
+        log_p = self.gebm.base.log_prob(validation_data)
+        if self.config.objective != "ml":
+            generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
+            log_partition, _ = self.gebm.log_partition(10_000, generator=generator)
+            log_p = self.gebm.log_prob(validation_data, log_partition)
+        return -log_p.mean().item()
+
+    def record_validation(self, nll: float) -> bool:
+        """Update the early-stopping state with a validation NLL; True when it is the best so far."""
+        if nll < self.best_validation:
+            self.best_validation, self.best_round, self.stale_validations = nll, self.rounds_done, 0
+            return True
+        self.stale_validations += 1
+        return False
+
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
     changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
@@ -235,8 +274,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
     if not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise FileExistsError(f"{run_dir} already holds a run: resume it (--resume) or choose another name")
-    train_data, _ = load_data(config)
-    train_data = train_data.to(config.device)
+    splits = load_data(config)
+    if config.validate_every and splits.validation is None:
+        raise ValueError(f"validate_every needs a data set with a validation split (UCI or CSV); {config.dataset!r} "
+                         f"has none")
+    train_data = splits.train.to(config.device)
     trainer = Trainer.create(config, train_data)
     if resume:
         state = torch.load(checkpoint, map_location=config.device, weights_only=False)
@@ -257,17 +299,26 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     log = open(run_dir / METRICS, "a") if writer else None
     with tqdm(total=config.n_iter, initial=trainer.rounds_done, disable=not (progress and writer),
               desc=config.name) as bar:
-        while trainer.rounds_done < config.n_iter:
+        while trainer.rounds_done < config.n_iter and not trainer.stopped_early:
             metrics = trainer.round(train_data)
             done = trainer.rounds_done
-            if writer and (done % config.log_every == 0 or done == config.n_iter):
+            validating = config.validate_every and done % config.validate_every == 0
+            if validating:  # every process computes the same number: no collective needed
+                metrics["validation_nll"] = trainer.validation_nll(splits.validation.to(config.device))
+                if trainer.record_validation(metrics["validation_nll"]) and writer:
+                    atomic_torch_save(dict(gebm=trainer.gebm.state_dict(), rounds_done=done,
+                                           log_partition=trainer.log_partition.detach().clone(),
+                                           validation_nll=trainer.best_validation), run_dir / BEST)
+            if writer and (validating or done % config.log_every == 0 or done == config.n_iter):
                 values = {k: float(v) for k, v in metrics.items()}  # one host synchronisation per log line
                 log.write(json.dumps(dict(round=done, time_s=time.perf_counter() - start, **values)) + "\n")
                 log.flush()
                 bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k != "penalty"})
-            if done % config.checkpoint_every == 0 or done == config.n_iter:
+            if done % config.checkpoint_every == 0 or done == config.n_iter or trainer.stopped_early:
                 save()
             bar.update(1)
+            if trainer.stopped_early:
+                break
     if log is not None:
         log.close()
     if config.n_iter == 0 or trainer.rounds_done == 0:
@@ -280,15 +331,18 @@ class TrainedRun(NamedTuple):
     config: TrainConfig
     gebm: GEBM            # the checkpoint's weights, in eval mode
     log_partition: Tensor  # the learned A
-    rounds_done: int
+    rounds_done: int      # the round of those weights
 
 
-def load_run(run_dir: Path, device: Optional[str] = None) -> TrainedRun:
-    """The trained GEBM of a run folder, rebuilt from its checkpoint alone (the data are not read)."""
+def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> TrainedRun:
+    """The trained GEBM of a run folder, rebuilt from its checkpoints alone (the data are not read): the state of
+    best validation (best.pt) where the run validated and `best`, else the last checkpoint."""
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: is it a run folder of `kale-fast train`?")
     state = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
+    if best and (run_dir / BEST).exists():
+        state.update(torch.load(run_dir / BEST, map_location=device or "cpu", weights_only=False))
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
     gebm = build_gebm(config, tuple(state["data_shape"])).to(config.device)
     gebm.load_state_dict(state["gebm"])
