@@ -3,7 +3,7 @@
   kale-fast train --config configs/X.yaml [--resume] [--<config key> value ...]
   torchrun --nproc-per-node N -m kale_fast.cli train ...   (data-parallel; rank 0 writes the run)
   kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--step-size 0.05]
-  kale-fast eval --run runs/NAME
+  kale-fast eval --run runs/NAME [--feature-net inception.pth]
   kale-fast bench [--quick] [...]          (from a source checkout: runs `python -m benchmarks`)
 """
 import argparse
@@ -67,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="evaluate a trained run (summary.json, plots)")
     evaluate.add_argument("--run", required=True, type=Path)
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file (Inception-v3 "
+                          "weights, or TorchScript) instead of the run's config")
     commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
     return parser
 
@@ -109,7 +111,7 @@ def _sample(args) -> None:
 def _eval(args) -> None:
     from kale_fast.train import evaluate
 
-    print(json.dumps(evaluate(args.run, args.device), indent=1))
+    print(json.dumps(evaluate(args.run, args.device, feature_net=args.feature_net), indent=1))
 
 
 def main(argv: Optional[List[str]] = None) -> int:

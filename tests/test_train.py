@@ -43,6 +43,22 @@ def test_resume_continues_exactly(tmp_path):
     assert [line["round"] for line in lines] == [2, 4, 6, 8]
 
 
+def test_metrics_go_to_tensorboard_and_a_crashed_runs_extra_lines_are_dropped_on_resume(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir = train(_config(tmp_path, n_iter=4), progress=False)
+    with open(run_dir / "metrics.jsonl", "a") as log:  # as if a crash came after round 6 was logged, before saving
+        log.write(json.dumps(dict(round=6, time_s=0.0, energy_loss=1e9)) + "\n")
+    train(_config(tmp_path, n_iter=8), resume=True, progress=False)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [line["round"] for line in lines] == [2, 4, 6, 8] and lines[2]["energy_loss"] != 1e9
+    board = EventAccumulator(str(run_dir / "tensorboard"))
+    board.Reload()
+    energy_loss = board.Scalars("energy_loss")
+    assert [event.step for event in energy_loss] == [2, 4, 6, 8]
+    assert energy_loss[-1].value == pytest.approx(lines[-1]["energy_loss"])
+
+
 def test_existing_run_is_never_overwritten(tmp_path):
     run_dir = train(_config(tmp_path), progress=False)
     before = (run_dir / "checkpoint.pt").read_bytes()
@@ -287,3 +303,28 @@ def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
         assert math.isfinite(summary[f"fid_like_{name}"]) and math.isfinite(summary[f"kid_{name}"])
     assert (tmp_path / "tiny" / "images-gebm-hmc.png").exists()
     assert (tmp_path / "feature-nets" / "digits.pt").exists()
+    # the same classifier given as a TorchScript file: FID proper keys, the same numbers
+    from kale_fast.metrics.image_scores import DigitFeatures
+
+    net = DigitFeatures()
+    net.load_state_dict(torch.load(tmp_path / "feature-nets" / "digits.pt", weights_only=True))
+    torch.jit.save(torch.jit.script(net.eval()), tmp_path / "features.pt")
+    from_file = evaluate(tmp_path / "tiny", feature_net=str(tmp_path / "features.pt"))
+    assert from_file["fid_base"] == pytest.approx(summary["fid_like_base"], rel=1e-4)
+    assert from_file["kid_gebm_hmc"] == pytest.approx(summary["kid_gebm_hmc"], rel=1e-4)
+
+
+def test_feature_network_files_are_checked(tmp_path):
+    from kale_fast.metrics.image_scores import feature_network_from_file
+
+    with pytest.raises(FileNotFoundError, match="TorchScript file .* or torch-fidelity's Inception-v3 weights"):
+        feature_network_from_file(tmp_path / "missing.pt", (1, 8, 8))
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "inception.pth")  # not TorchScript: read as Inception weights
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModuleNotFoundError, match="needs torch-fidelity"):
+            feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
+    else:
+        with pytest.raises(Exception):  # torch-fidelity rejects a state dict that is not Inception's
+            feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))

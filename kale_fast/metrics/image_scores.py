@@ -1,8 +1,9 @@
-"""FID and KID through torchmetrics with a pluggable feature network: Inception weights from a path the
-user gives, or, offline, a small classifier trained here on the data set's own labels (its numbers are
-"FID-like": comparable between models of one data set, not with published FIDs)."""
+"""FID and KID through torchmetrics with a pluggable feature network: from a file the user gives (Inception-v3
+weights, which makes the numbers FID proper, or any TorchScript network), or, offline, a small classifier trained
+here on the data set's own labels (its numbers are "FID-like": comparable between models of one data set, not
+with published FIDs)."""
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -53,19 +54,67 @@ def cached_feature_network(name: str, images: Tensor, labels: Tensor, cache_dir:
     return net
 
 
+class InceptionFeatures(nn.Module):
+    """The FID network (torch-fidelity's Inception-v3 through torchmetrics) with weights read from a file, e.g.
+    pt_inception-2015-12-05-6726825d.pth; [0, 1] images of any size, grey ones repeated to 3 channels."""
+
+    num_features = 2048
+
+    def __init__(self, weights_path: Union[str, Path]):
+        super().__init__()
+        from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+
+        if not _TORCH_FIDELITY_AVAILABLE:
+            raise ModuleNotFoundError(f"{weights_path} is not TorchScript, so it is read as Inception-v3 weights, which "
+                                      f"needs torch-fidelity: pip install torch-fidelity (it imports torchvision: "
+                                      f"install the torchvision build that matches your torch)")
+        from torchmetrics.image.fid import NoTrainInceptionV3
+
+        self.inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
+                                            feature_extractor_weights_path=str(weights_path))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+        return self.inception((x * 255).byte())
+
+
+class ScriptedFeatures(nn.Module):
+    """A TorchScript feature network ([0, 1] images (B, C, H, W) -> (B, F)) with the num_features torchmetrics needs."""
+
+    def __init__(self, net: nn.Module, image_shape: Tuple[int, ...]):
+        super().__init__()
+        self.net = net.eval()
+        with torch.no_grad():
+            self.num_features = int(net(torch.rand(2, *image_shape)).shape[-1])
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+def feature_network_from_file(path: Union[str, Path], image_shape: Tuple[int, ...]) -> nn.Module:
+    """A TorchScript feature network at `path`, else Inception-v3 weights at `path` (FID proper)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"feature network {path} not found: give a TorchScript file (torch.jit.save of a "
+                                f"module mapping [0, 1] images to features) or torch-fidelity's Inception-v3 weights "
+                                f"(pt_inception-2015-12-05-6726825d.pth)")
+    try:
+        return ScriptedFeatures(torch.jit.load(str(path), map_location="cpu"), image_shape)
+    except RuntimeError:  # not a TorchScript archive
+        return InceptionFeatures(path)
+
+
 @torch.no_grad()
-def fid_and_kid(real: Tensor, fake: Tensor, feature_net: Optional[nn.Module] = None,
-                kid_subset_size: int = 100) -> Dict[str, float]:
+def fid_and_kid(real: Tensor, fake: Tensor, feature_net: nn.Module, kid_subset_size: int = 100) -> Dict[str, float]:
     """FID and KID (cubic polynomial kernel, averaged over subsets, as the paper) of two image sets in [-1, 1].
-    feature_net: a module with `num_features` mapping [0, 1] images to features; None loads torchmetrics'
-    Inception (needs its weights, which this machine cannot download)."""
+    feature_net: a module with `num_features` mapping [0, 1] images to features (DigitFeatures,
+    feature_network_from_file)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    feature = feature_net if feature_net is not None else 2048
-    fid = FrechetInceptionDistance(feature=feature, normalize=True)
+    fid = FrechetInceptionDistance(feature=feature_net, normalize=True)
     subset = min(kid_subset_size, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=feature, subsets=50, subset_size=subset, normalize=True)
+    kid = KernelInceptionDistance(feature=feature_net, subsets=50, subset_size=subset, normalize=True)
     for metric in (fid, kid):
         metric.update(((real + 1) / 2).clamp(0, 1), real=True)
         metric.update(((fake + 1) / 2).clamp(0, 1), real=False)

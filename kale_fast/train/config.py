@@ -50,6 +50,9 @@ class TrainConfig:
     sampler_steps: int = 100
     step_size: float = 0.05
     n_eval: int = 2000                   # samples compared with held-out data at the end
+    feature_net: Optional[str] = None    # images: FID/KID features from this file (Inception-v3 weights, needs
+                                         # torch-fidelity; or TorchScript); default: a classifier of the data set's
+                                         # labels trained here, reported as "fid_like"
     validate_every: int = 0              # rounds between validation NLLs (0: off); needs a flow base and a data set
                                          # with a validation split (UCI, CSV); the best state is kept in best.pt
     patience: int = 0                    # stop after this many validations without improvement (0: never stop early)
@@ -113,7 +116,7 @@ class TrainConfig:
 
 # Keys that may differ when a run resumes: where it writes, how long it runs, how it logs and evaluates.
 RESUMABLE_CHANGES = {"out_dir", "n_iter", "log_every", "checkpoint_every", "device", "sampler", "sampler_steps",
-                     "step_size", "n_eval"}
+                     "step_size", "n_eval", "feature_net"}
 
 
 def _check_type(name: str, value: Any, expected) -> None:

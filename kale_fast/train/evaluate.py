@@ -11,7 +11,7 @@ import torch
 
 from kale_fast._io import atomic_write_text
 from kale_fast.metrics import energy_distance, gaussian_nll, mmd
-from kale_fast.metrics.image_scores import cached_feature_network, fid_and_kid
+from kale_fast.metrics.image_scores import cached_feature_network, feature_network_from_file, fid_and_kid
 from kale_fast.train.config import SAMPLERS
 from kale_fast.train.loop import SUMMARY, load_data, load_images, load_run, make_sampler
 from kale_fast.train.plots import energy_landscape, image_grid, scatter_samples
@@ -30,10 +30,14 @@ def test_nll(gebm, held_out, log_partition, log_partition_se) -> dict:
 
 
 def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator) -> dict:
-    """FID-like and KID (features of a classifier trained on the data set's labels) of base samples and of
-    GEBM samples from each sampler, against held-out images; image grids of each."""
-    images, labels = load_images(config.dataset)
-    features = cached_feature_network(config.dataset, images, labels, Path(config.out_dir) / "feature-nets")
+    """FID and KID of base samples and of GEBM samples from each sampler, against held-out images; image grids
+    of each. Features: config.feature_net's file, else a classifier trained on the data set's labels ("fid_like")."""
+    if config.feature_net is not None:
+        features, fid_name = feature_network_from_file(config.feature_net, tuple(held_out.shape[1:])), "fid"
+    else:
+        images, labels = load_images(config.dataset)
+        features = cached_feature_network(config.dataset, images, labels, Path(config.out_dir) / "feature-nets")
+        fid_name = "fid_like"
     scores = {f"{k}_base": v for k, v in fid_and_kid(held_out, base_samples, features).items()}
     image_grid(held_out, run_dir / "images-data.png", title="held-out data")
     image_grid(base_samples, run_dir / "images-base.png", title="base samples")
@@ -43,12 +47,16 @@ def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator)
                                  generator=generator)
         scores.update({f"{k}_gebm_{name}": v for k, v in fid_and_kid(held_out, samples, features).items()})
         image_grid(samples, run_dir / f"images-gebm-{name}.png", title=f"GEBM samples, {name}")
-    return {k.replace("fid", "fid_like"): v for k, v in scores.items()}
+    return {k.replace("fid", fid_name): v for k, v in scores.items()}
 
 
-def evaluate(run_dir, device: Optional[str] = None, progress: bool = False) -> dict:
+def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feature_net: Optional[str] = None) -> dict:
+    """Evaluate the run folder's GEBM (its best validation state where it validated); feature_net overrides the
+    config's FID feature network. Writes and returns summary.json's contents."""
     run_dir = Path(run_dir)
     config, gebm, learned_a, rounds_done = load_run(run_dir, device)
+    if feature_net is not None:
+        config = dataclasses.replace(config, feature_net=feature_net)
     splits = load_data(config)
     held_out = splits.test[: config.n_eval].to(config.device)
     generator = torch.Generator(device=config.device).manual_seed(config.seed + 2)

@@ -255,6 +255,38 @@ class Trainer:
         return False
 
 
+class MetricsLog:
+    """Metric lines of a run: metrics.jsonl, mirrored to TensorBoard (run_dir/tensorboard) when the tensorboard
+    package is installed. Opened at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint,
+    so that a resume leaves each round logged once."""
+
+    def __init__(self, run_dir: Path, rounds_done: int):
+        path = run_dir / METRICS
+        if path.exists():
+            kept = [line for line in path.read_text().splitlines(keepends=True)
+                    if json.loads(line)["round"] <= rounds_done]
+            atomic_write_text("".join(kept), path)
+        self.file = open(path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            self.board = None
+        else:
+            self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=rounds_done + 1)
+
+    def write(self, round_done: int, time_s: float, values: Dict[str, float]) -> None:
+        self.file.write(json.dumps(dict(round=round_done, time_s=time_s, **values)) + "\n")
+        self.file.flush()
+        if self.board is not None:
+            for name, value in values.items():
+                self.board.add_scalar(name, value, round_done)
+
+    def close(self) -> None:
+        self.file.close()
+        if self.board is not None:
+            self.board.close()
+
+
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
     changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
     if changed:
@@ -296,7 +328,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             atomic_torch_save({**state, "world_size": size}, checkpoint)
 
     start = time.perf_counter()
-    log = open(run_dir / METRICS, "a") if writer else None
+    log = MetricsLog(run_dir, trainer.rounds_done) if writer else None
     with tqdm(total=config.n_iter, initial=trainer.rounds_done, disable=not (progress and writer),
               desc=config.name) as bar:
         while trainer.rounds_done < config.n_iter and not trainer.stopped_early:
@@ -311,8 +343,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                                            validation_nll=trainer.best_validation), run_dir / BEST)
             if writer and (validating or done % config.log_every == 0 or done == config.n_iter):
                 values = {k: float(v) for k, v in metrics.items()}  # one host synchronisation per log line
-                log.write(json.dumps(dict(round=done, time_s=time.perf_counter() - start, **values)) + "\n")
-                log.flush()
+                log.write(done, time.perf_counter() - start, values)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k != "penalty"})
             if done % config.checkpoint_every == 0 or done == config.n_iter or trainer.stopped_early:
                 save()
