@@ -314,6 +314,36 @@ def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
     assert from_file["kid_gebm_hmc"] == pytest.approx(summary["kid_gebm_hmc"], rel=1e-4)
 
 
+def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(tmp_path):
+    import pickle
+
+    import numpy as np
+
+    from kale_fast.train.loop import build_gebm
+
+    gebm = build_gebm(TrainConfig.from_dict({**TINY, "spectral_norm": True}), (2,))
+    for _ in range(30):  # power iterations run in train-mode forwards
+        gebm.energies(torch.randn(8, 2))
+    for layer in gebm.energy.net:
+        if isinstance(layer, torch.nn.Linear):
+            assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, rel=1e-3)
+    assert not hasattr(build_gebm(TrainConfig.from_dict(TINY), (2,)).energy.net[0], "parametrizations")
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(1, 6):
+        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [i % 10] * 4}
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
+    config = TrainConfig.from_dict({**TINY, "dataset": "cifar10", "data_dir": str(tmp_path), "base": "sngan32",
+                                    "latent_dim": 8, "spectral_norm": True, "n_test": 4, "batch_size": 4, "n_partition_samples": 8,
+                                    "n_iter": 2, "n_iter_d_init": 1, "n_iter_d": 1, "out_dir": str(tmp_path)})
+    _, gebm, _, rounds = load_run(train(config, progress=False))
+    assert rounds == 2 and gebm.base_sample(3).shape == (3, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"needs \(3, 32, 32\) images"):
+        train(TrainConfig.from_dict({**TINY, "name": "bad", "dataset": "digits", "base": "sngan32",
+                                     "out_dir": str(tmp_path)}), progress=False)
+
+
 def test_feature_network_files_are_checked(tmp_path):
     from kale_fast.metrics.image_scores import feature_network_from_file
 

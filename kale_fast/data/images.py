@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-IMAGE_DATASETS = ("digits", "mnist5k")
+IMAGE_DATASETS = ("digits", "mnist5k", "cifar10")  # cifar10: <data_dir>/cifar-10-batches-py
 
 
 def _to_unit_range(images: np.ndarray, maximum: float) -> Tensor:

@@ -3,5 +3,6 @@ from kale_fast.models.flows import RealNVP
 from kale_fast.models.gebm import GEBM
 from kale_fast.models.mlp import MLP
 from kale_fast.models.sngan import SNGANBase32, SNGANEnergy32
+from kale_fast.models.spectral_norm import with_spectral_norm
 
-__all__ = ["GEBM", "MLP", "RealNVP", "SNGANBase32", "SNGANEnergy32"]
+__all__ = ["GEBM", "MLP", "RealNVP", "SNGANBase32", "SNGANEnergy32", "with_spectral_norm"]

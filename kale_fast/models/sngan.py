@@ -1,7 +1,8 @@
 """The GEBM paper's 32x32 image networks (SNGAN-style DCGAN base and energy), the benchmark workload of
 the samplers and the image models of training."""
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
+
+from kale_fast.models.spectral_norm import with_spectral_norm
 
 
 class SNGANBase32(nn.Module):
@@ -31,14 +32,15 @@ class SNGANEnergy32(nn.Module):
 
     def __init__(self, spectral_norm: bool = True):
         super().__init__()
-        wrap = _spectral_norm if spectral_norm else (lambda layer: layer)
         specs = [(3, 64, 3, 1), (64, 128, 4, 2), (128, 128, 3, 1), (128, 256, 4, 2), (256, 256, 3, 1),
                  (256, 512, 4, 2), (512, 512, 3, 1)]
         layers = []
         for c_in, c_out, kernel, stride in specs:
-            layers += [wrap(nn.Conv2d(c_in, c_out, kernel, stride, 1)), nn.LeakyReLU(0.1)]
+            layers += [nn.Conv2d(c_in, c_out, kernel, stride, 1), nn.LeakyReLU(0.1)]
         self.features = nn.Sequential(*layers)
-        self.head = wrap(nn.Linear(4 * 4 * 512, 1))
+        self.head = nn.Linear(4 * 4 * 512, 1)
+        if spectral_norm:
+            with_spectral_norm(self)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1)).squeeze(1)

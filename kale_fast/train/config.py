@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional, Union
 import yaml
 
 OBJECTIVES = ("kale", "dv", "ml")
-BASES = ("mlp", "realnvp", "conv")
+BASES = ("mlp", "realnvp", "conv", "sngan32")
 SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
 
 
@@ -21,12 +21,14 @@ class TrainConfig:
     name: str = "toy"                    # the run lives in <out_dir>/<name>
     out_dir: str = "runs"
     dataset: str = "8gaussians"          # a toy set (kale_fast.data.TOY_DATASETS), "redwine", "whitewine", a CSV path,
-                                         # or images: "digits" (8x8), "mnist5k" (28x28)
+                                         # or images: "digits" (8x8), "mnist5k" (28x28), "cifar10" (32x32, read
+                                         # from <data_dir>/cifar-10-batches-py)
     data_dir: Optional[str] = None       # folder of the UCI files (default: $KALE_FAST_DATA or ../shared/data)
     n_train: int = 20000                 # toy sets: points drawn for training / held out for evaluation
     n_test: int = 2000
     base: str = "mlp"                    # "mlp" generator, "realnvp" flow (exact likelihood; latent_dim = data dim),
-                                         # or "conv" for images (ConvBase/ConvEnergy of width `hidden`)
+                                         # "conv" for images (ConvBase/ConvEnergy of width `hidden`), or "sngan32":
+                                         # the paper's 32x32 networks (SNGANBase32/SNGANEnergy32)
     latent_dim: int = 2
     hidden: int = 128                    # MLP width of the energy (and of an MLP base)
     depth: int = 3                       # hidden layers of each MLP
@@ -45,6 +47,8 @@ class TrainConfig:
     beta2: float = 0.999
     penalty: float = 0.1                 # lambda of lambda * mean |grad_x E(x_hat)|^2 (paper: 1 images, 0.1 tabular)
     energy_clamp: Optional[float] = None  # the authors' E >= -10 clamp when set; off by default
+    spectral_norm: bool = False          # spectral normalisation of every energy layer (the paper's image setting)
+    n_partition_samples: int = 10000     # base samples of the Monte-Carlo A: its initial value and validation NLLs
     energy_only: bool = False            # keep the base frozen, train the energy only
     sampler: str = "mala"                # for evaluation samples: ula | mala | hmc | kinetic_langevin
     sampler_steps: int = 100
@@ -78,6 +82,8 @@ class TrainConfig:
                     "checkpoint_every", "sampler_steps", "flow_layers", "flow_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        if self.n_partition_samples < 2:
+            raise ValueError(f"config key 'n_partition_samples' must be >= 2, got {self.n_partition_samples}")
         if self.validate_every and self.base != "realnvp":
             raise ValueError("config key 'validate_every' scores a validation NLL: it needs base: realnvp")
         if self.patience and not self.validate_every:

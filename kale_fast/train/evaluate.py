@@ -35,7 +35,7 @@ def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator)
     if config.feature_net is not None:
         features, fid_name = feature_network_from_file(config.feature_net, tuple(held_out.shape[1:])), "fid"
     else:
-        images, labels = load_images(config.dataset)
+        images, labels = load_images(config)
         features = cached_feature_network(config.dataset, images, labels, Path(config.out_dir) / "feature-nets")
         fid_name = "fid_like"
     scores = {f"{k}_base": v for k, v in fid_and_kid(held_out, base_samples, features).items()}

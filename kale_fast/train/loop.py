@@ -27,10 +27,10 @@ from tqdm.auto import tqdm
 import kale_fast as kf
 from kale_fast._io import atomic_torch_save, atomic_write_text
 from kale_fast.data import load_uci, read_csv, toy_dataset
-from kale_fast.data.tabular import UCI_FILES, preprocess_uci
-from kale_fast.data.images import IMAGE_DATASETS, load_digits, load_mnist5k
+from kale_fast.data.tabular import UCI_FILES, data_dir, preprocess_uci
+from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, load_mnist5k
 from kale_fast.data.toy import TOY_DATASETS
-from kale_fast.models import GEBM, MLP, RealNVP
+from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm
 from kale_fast.models.conv import ConvBase, ConvEnergy
 from kale_fast.train import distributed
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -49,8 +49,11 @@ class ClampedEnergy(nn.Module):
         return torch.clamp(self.energy(x), min=self.floor)
 
 
-def load_images(name: str) -> Tuple[Tensor, Tensor]:
-    return {"digits": load_digits, "mnist5k": load_mnist5k}[name]()
+def load_images(config: TrainConfig) -> Tuple[Tensor, Tensor]:
+    """(images, labels) of the configured image data set."""
+    if config.dataset == "cifar10":
+        return load_cifar10(data_dir(config.data_dir) / "cifar-10-batches-py")
+    return {"digits": load_digits, "mnist5k": load_mnist5k}[config.dataset]()
 
 
 class DataSplits(NamedTuple):
@@ -62,7 +65,7 @@ class DataSplits(NamedTuple):
 def load_data(config: TrainConfig) -> DataSplits:
     """The configured data set's sample tensors."""
     if config.dataset in IMAGE_DATASETS:  # a fixed-seed shuffle, then the last n_test images are held out
-        images, _ = load_images(config.dataset)
+        images, _ = load_images(config)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
         n_test = min(config.n_test, len(images) // 5)
         return DataSplits(images[order[:-n_test]], None, images[order[-n_test:]])
@@ -76,31 +79,36 @@ def load_data(config: TrainConfig) -> DataSplits:
     return DataSplits(splits.train, splits.validation, splits.test)
 
 
-def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
-    """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden` for images."""
-    if config.base == "conv":
-        if len(data_shape) != 3:
-            raise ValueError(f"base 'conv' needs image data (C, H, W), got samples of shape {tuple(data_shape)}")
+def _base_and_energy(config: TrainConfig, data_shape: Tuple[int, ...]) -> Tuple[nn.Module, nn.Module]:
+    if config.base in ("conv", "sngan32"):
+        if len(data_shape) != 3 or (config.base == "sngan32" and tuple(data_shape) != (3, 32, 32)):
+            expected = "(3, 32, 32) images" if config.base == "sngan32" else "image data (C, H, W)"
+            raise ValueError(f"base {config.base!r} needs {expected}, got samples of shape {tuple(data_shape)}")
+        if config.base == "sngan32":
+            return SNGANBase32(config.latent_dim), SNGANEnergy32(spectral_norm=False)
         channels, size = data_shape[0], data_shape[1]
-        energy: nn.Module = ConvEnergy(channels, size, config.hidden)
-        if config.energy_clamp is not None:
-            energy = ClampedEnergy(energy, config.energy_clamp)
-        return GEBM(ConvBase(config.latent_dim, channels, size, config.hidden), energy, config.latent_dim)
+        return ConvBase(config.latent_dim, channels, size, config.hidden), ConvEnergy(channels, size, config.hidden)
     if len(data_shape) != 1:
         raise ValueError(f"base {config.base!r} needs vector data, got samples of shape {tuple(data_shape)}: "
                          f"use base: conv for images")
     data_dim = data_shape[0]
     hidden = (config.hidden,) * config.depth
-    energy = MLP(data_dim, 1, hidden)
-    if config.energy_clamp is not None:
-        energy = ClampedEnergy(energy, config.energy_clamp)
     if config.base == "realnvp":
         if config.latent_dim != data_dim:
             raise ValueError(f"a RealNVP base maps the latent space onto the data: latent_dim must be the data's "
                              f"dimension {data_dim}, got {config.latent_dim}")
-        base: nn.Module = RealNVP(data_dim, config.flow_layers, config.flow_hidden)
-    else:
-        base = MLP(config.latent_dim, data_dim, hidden)
+        return RealNVP(data_dim, config.flow_layers, config.flow_hidden), MLP(data_dim, 1, hidden)
+    return MLP(config.latent_dim, data_dim, hidden), MLP(data_dim, 1, hidden)
+
+
+def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
+    """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden`, or the paper's
+    32x32 networks, for images; the energy spectrally normalised and clamped where the config says so."""
+    base, energy = _base_and_energy(config, data_shape)
+    if config.spectral_norm:
+        energy = with_spectral_norm(energy)
+    if config.energy_clamp is not None:
+        energy = ClampedEnergy(energy, config.energy_clamp)
     return GEBM(base, energy, config.latent_dim)
 
 
@@ -139,7 +147,7 @@ class Trainer:
             gebm.base.load_state_dict(load_run(Path(config.base_from), config.device).gebm.base.state_dict())
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
-        initial_a, _ = gebm.log_partition(10_000, generator=generator)
+        initial_a, _ = gebm.log_partition(config.n_partition_samples, generator=generator)
         log_partition = nn.Parameter(initial_a.to(device))
         distributed.broadcast_parameters([*gebm.parameters(), log_partition])
         rank, _ = distributed.rank_and_size()
@@ -177,8 +185,9 @@ class Trainer:
         self.generator.set_state(generator_state)
         torch.set_rng_state(torch_state)
         self.rounds_done = state["rounds_done"]
-        self.best_validation, self.best_round = state["best_validation"], state["best_round"]
-        self.stale_validations = state["stale_validations"]
+        # (checkpoints written before early stopping existed lack these three)
+        self.best_validation = state.get("best_validation", math.inf)
+        self.best_round, self.stale_validations = state.get("best_round", 0), state.get("stale_validations", 0)
 
     # --- the two steps -------------------------------------------------------------------------------
 
@@ -238,11 +247,11 @@ class Trainer:
     @torch.no_grad()
     def validation_nll(self, validation_data: Tensor) -> float:
         """Mean NLL (nats) of the validation split: of the flow for "ml", else of the GEBM with A estimated from
-        10^4 base samples of a fixed seed (common random numbers across validations; training's RNG untouched)."""
+        n_partition_samples base samples of a fixed seed (common random numbers across validations; training's RNG untouched)."""
         log_p = self.gebm.base.log_prob(validation_data)
         if self.config.objective != "ml":
             generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
-            log_partition, _ = self.gebm.log_partition(10_000, generator=generator)
+            log_partition, _ = self.gebm.log_partition(self.config.n_partition_samples, generator=generator)
             log_p = self.gebm.log_prob(validation_data, log_partition)
         return -log_p.mean().item()
 
@@ -288,9 +297,10 @@ class MetricsLog:
 
 
 def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved.get(k) != v)
+    saved = {**TrainConfig().to_dict(), **saved}  # keys added since the checkpoint was written: their defaults
+    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
     if changed:
-        differences = ", ".join(f"{k}: {saved.get(k)!r} -> {getattr(config, k)!r}" for k in changed)
+        differences = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
         raise ValueError(f"the checkpoint comes from another config ({differences}); "
                          "start a new run (another name) instead")
 
