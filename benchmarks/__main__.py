@@ -16,14 +16,15 @@ from typing import List
 import torch
 from tqdm import tqdm
 
-from benchmarks import bench_integrators, bench_kale_loss, bench_samplers
+from benchmarks import bench_integrators, bench_kale_loss, bench_samplers, bench_train_step
 from benchmarks._timing import copy_bandwidth_gbps
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
-BENCHES = {"kale_loss": bench_kale_loss, "integrators": bench_integrators, "samplers": bench_samplers}
+BENCHES = {"kale_loss": bench_kale_loss, "integrators": bench_integrators, "samplers": bench_samplers,
+           "train_step": bench_train_step}
 
 
 def environment(device: torch.device) -> dict:

@@ -1,0 +1,86 @@
+"""Training steps: kale_fast.train.Trainer against a faithful reimplementation of the authors' training step
+(benchmarks/authors_train_step.py), the same networks, math and precision (fp32), side by side in one run.
+
+1. The paper's 32x32 networks (SNGANBase32 + SNGANEnergy32 with spectral norm, latent 100, penalty 1, synthetic
+   images): B = 128 on a GPU (the authors measured 24.8 ms per energy step and 11.2 ms per base step there);
+   B = 16 on CPU (full runs only).
+2. The toy config's MLPs (3 x 128, 2-D, B = 256).
+A round of the paper's schedule is 5 energy steps and one base step; the round ratio weighs them so.
+"""
+import copy
+from typing import List
+
+import torch
+
+from benchmarks._timing import median_ms
+from benchmarks.authors_train_step import AuthorsTrainStep
+from kale_fast.train import TrainConfig, Trainer
+
+TITLE = "training steps, float32 (ms per step; a round = 5 energy steps + 1 base step)"
+
+
+def _config(device, **values) -> TrainConfig:
+    return TrainConfig.from_dict(dict(device=device.type, n_partition_samples=256, lr_energy=1e-4, lr_base=1e-4,
+                                      **values))
+
+
+def _rows(name: str, config: TrainConfig, data: torch.Tensor, budget_s: float) -> dict:
+    torch.manual_seed(0)
+    ours = Trainer.create(config, data)
+    theirs = AuthorsTrainStep(copy.deepcopy(ours.gebm.base), copy.deepcopy(ours.gebm.energy), config.latent_dim,
+                              config.penalty)
+    device = data.device
+    batch = config.batch_size
+    real = lambda: data[torch.randint(0, len(data), (batch,), device=device)]  # noqa: E731
+    times = dict(
+        ours_energy_ms=median_ms(lambda: ours.energy_step(data), device, budget_s=budget_s),
+        authors_energy_ms=median_ms(lambda: theirs.energy_step(real()), device, budget_s=budget_s),
+        ours_base_ms=median_ms(lambda: ours.base_step(data), device, budget_s=budget_s),
+        authors_base_ms=median_ms(lambda: theirs.base_step(batch, data), device, budget_s=budget_s))
+    return dict(workload=name, batch=batch, **times)
+
+
+def run(device: torch.device, quick: bool, progress) -> dict:
+    budget_s = 0.2 if quick else 1.0
+    paper_batch = 128 if device.type == "cuda" else (None if quick else 16)
+    progress.reset(total=1 + (paper_batch is not None))
+    generator = torch.Generator().manual_seed(0)
+    rows: List[dict] = []
+    toy = torch.randn(4096, 2, generator=generator).to(device)
+    rows.append(_rows("toy MLP 3x128", _config(device, hidden=128, depth=3, latent_dim=2, batch_size=256,
+                                                penalty=0.1), toy, budget_s))
+    progress.update(1)
+    if paper_batch is not None:
+        images = (torch.rand(4 * paper_batch, 3, 32, 32, generator=generator) * 2 - 1).to(device)
+        config = _config(device, base="sngan32", spectral_norm=True, latent_dim=100, batch_size=paper_batch,
+                         penalty=1.0)
+        rows.append(_rows("paper 32x32 (SNGAN, spectral norm)", config, images, budget_s))
+        progress.update(1)
+    return dict(rows=rows)
+
+
+def _round_ms(row: dict, who: str) -> float:
+    return 5 * row[f"{who}_energy_ms"] + row[f"{who}_base_ms"]
+
+
+def markdown(record: dict) -> str:
+    lines = ["| workload | B | energy step ours / authors (ms) | base step ours / authors (ms) | "
+             "round ours / authors (ms) | authors / ours per round |", "|---|---|---|---|---|---|"]
+    for r in record["rows"]:
+        ours, theirs = _round_ms(r, "ours"), _round_ms(r, "authors")
+        lines.append(f"| {r['workload']} | {r['batch']} | {r['ours_energy_ms']:.2f} / {r['authors_energy_ms']:.2f} "
+                     f"| {r['ours_base_ms']:.2f} / {r['authors_base_ms']:.2f} | {ours:.1f} / {theirs:.1f} | "
+                     f"{theirs / ours:.2f}x |")
+    return "\n".join(lines)
+
+
+def test_train_steps_of_both_implementations_run(benchmark):
+    """Smoke test on tiny MLPs: both steps run and give finite losses (the timings are the benchmark's job)."""
+    config = _config(torch.device("cpu"), hidden=8, depth=1, latent_dim=2, batch_size=16, penalty=0.1)
+    data = torch.randn(64, 2)
+    torch.manual_seed(0)
+    ours = Trainer.create(config, data)
+    theirs = AuthorsTrainStep(copy.deepcopy(ours.gebm.base), copy.deepcopy(ours.gebm.energy), 2, 0.1)
+    metrics = benchmark(lambda: ours.energy_step(data))
+    assert torch.isfinite(metrics["energy_loss"]) and torch.isfinite(theirs.energy_step(data[:16]))
+    assert torch.isfinite(ours.base_step(data)["base_loss"]) and torch.isfinite(theirs.base_step(16, data))
