@@ -220,9 +220,11 @@ def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
     from kale_fast.train import evaluate
 
     ml = evaluate(ml_dir)
-    kale_dir = train(TrainConfig.from_dict({**common, "name": "kale", "energy_only": True, "base_from": str(ml_dir)}),
-                     progress=False)
+    kale_dir = train(TrainConfig.from_dict({**common, "name": "kale", "energy_only": True, "base_from": str(ml_dir),
+                                            "validate_every": 2}), progress=False)
     summary = evaluate(kale_dir)
+    best = torch.load(kale_dir / "best.pt", weights_only=False)  # the GEBM's validation NLL, A by Monte Carlo
+    assert summary["rounds"] == best["rounds_done"] and math.isfinite(best["validation_nll"])
     assert math.isfinite(ml["nll_base"]) and ml["nll_base_se"] > 0
     assert summary["nll_base"] == pytest.approx(ml["nll_base"], rel=1e-5)  # the same frozen base
     assert math.isfinite(summary["nll_gebm"]) and summary["nll_gebm_se"] > 0

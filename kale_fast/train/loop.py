@@ -324,6 +324,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         raise ValueError(f"validate_every needs a data set with a validation split (UCI or CSV); {config.dataset!r} "
                          f"has none")
     train_data = splits.train.to(config.device)
+    validation_data = splits.validation.to(config.device) if config.validate_every else None
     trainer = Trainer.create(config, train_data)
     if resume:
         state = torch.load(checkpoint, map_location=config.device, weights_only=False)
@@ -349,7 +350,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             done = trainer.rounds_done
             validating = config.validate_every and done % config.validate_every == 0
             if validating:  # every process computes the same number: no collective needed
-                metrics["validation_nll"] = trainer.validation_nll(splits.validation.to(config.device))
+                metrics["validation_nll"] = trainer.validation_nll(validation_data)
                 if trainer.record_validation(metrics["validation_nll"]) and writer:
                     atomic_torch_save(dict(gebm=trainer.gebm.state_dict(), rounds_done=done,
                                            log_partition=trainer.log_partition.detach().clone(),
@@ -361,8 +362,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
             if done % config.checkpoint_every == 0 or done == config.n_iter or trainer.stopped_early:
                 save()
             bar.update(1)
-            if trainer.stopped_early:
-                break
     if log is not None:
         log.close()
     if config.n_iter == 0 or trainer.rounds_done == 0:
