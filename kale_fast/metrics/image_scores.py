@@ -99,9 +99,10 @@ def feature_network_from_file(path: Union[str, Path], image_shape: Tuple[int, ..
                                 f"module mapping [0, 1] images to features) or torch-fidelity's Inception-v3 weights "
                                 f"(pt_inception-2015-12-05-6726825d.pth)")
     try:
-        return ScriptedFeatures(torch.jit.load(str(path), map_location="cpu"), image_shape)
+        scripted = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:  # not a TorchScript archive
         return InceptionFeatures(path)
+    return ScriptedFeatures(scripted, image_shape)  # its own errors (wrong image shape, ...) surface as they are
 
 
 @torch.no_grad()
