@@ -59,6 +59,17 @@ def test_metrics_go_to_tensorboard_and_a_crashed_runs_extra_lines_are_dropped_on
     assert energy_loss[-1].value == pytest.approx(lines[-1]["energy_loss"])
 
 
+def test_a_diverging_run_stops_with_a_clear_error_before_saving_non_finite_state(tmp_path):
+    config = _config(tmp_path, lr_energy=1e4, lr_base=1e4, n_iter=30, log_every=10, checkpoint_every=10)
+    with pytest.raises(FloatingPointError, match="training diverged: non-finite parameters after round"):
+        train(config, progress=False)
+    checkpoint = tmp_path / "tiny" / "checkpoint.pt"
+    if checkpoint.exists():  # whatever was saved before the divergence is finite
+        assert all(torch.isfinite(v).all() for v in _params(tmp_path / "tiny").values())
+    lines = (tmp_path / "tiny" / "metrics.jsonl").read_text().splitlines()
+    assert all(math.isfinite(v) for line in lines for v in json.loads(line).values())
+
+
 def test_existing_run_is_never_overwritten(tmp_path):
     run_dir = train(_config(tmp_path), progress=False)
     before = (run_dir / "checkpoint.pt").read_bytes()

@@ -336,6 +336,16 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config.to_yaml(), run_dir / CONFIG)
 
+    def check_finite(done: int) -> None:
+        """Stop a diverged run before it logs or saves non-finite numbers. The parameters are replicated, so
+        every process reaches the same verdict (no collective needed)."""
+        params = [*trainer.gebm.parameters(), trainer.log_partition]
+        if not torch.isfinite(torch.stack([p.detach().float().abs().sum() for p in params]).sum()):
+            raise FloatingPointError(
+                f"training diverged: non-finite parameters after round {done}. {checkpoint} keeps the last state "
+                f"saved before (every {config.checkpoint_every} rounds); start a new run with smaller lr_energy / "
+                f"lr_base or a larger penalty")
+
     def save():
         state = trainer.state_dict()  # collective: every process takes part
         if writer:
@@ -355,11 +365,15 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
                     atomic_torch_save(dict(gebm=trainer.gebm.state_dict(), rounds_done=done,
                                            log_partition=trainer.log_partition.detach().clone(),
                                            validation_nll=trainer.best_validation), run_dir / BEST)
-            if writer and (validating or done % config.log_every == 0 or done == config.n_iter):
+            logging = validating or done % config.log_every == 0 or done == config.n_iter
+            saving = done % config.checkpoint_every == 0 or done == config.n_iter or trainer.stopped_early
+            if logging or saving:
+                check_finite(done)
+            if writer and logging:
                 values = {k: float(v) for k, v in metrics.items()}  # one host synchronisation per log line
                 log.write(done, time.perf_counter() - start, values)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in values.items() if k != "penalty"})
-            if done % config.checkpoint_every == 0 or done == config.n_iter or trainer.stopped_early:
+            if saving:
                 save()
             bar.update(1)
     if log is not None:
