@@ -68,7 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, type=Path)
     evaluate.add_argument("--device", default=None)
     evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file (Inception-v3 "
-                          "weights, or TorchScript) instead of the run's config")
+                          "weights, .pt2 or TorchScript) instead of the run's config")
     commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
     return parser
 

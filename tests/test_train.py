@@ -325,6 +325,14 @@ def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
     from_file = evaluate(tmp_path / "tiny", feature_net=str(tmp_path / "features.pt"))
     assert from_file["fid_base"] == pytest.approx(summary["fid_like_base"], rel=1e-4)
     assert from_file["kid_gebm_hmc"] == pytest.approx(summary["kid_gebm_hmc"], rel=1e-4)
+    from kale_fast.metrics.image_scores import feature_network_from_file, fid_and_kid
+
+    images = torch.rand(64, 1, 8, 8) * 2 - 1
+    batch = torch.export.Dim("batch", min=2)
+    torch.export.save(torch.export.export(net, (images[:4],), dynamic_shapes={"x": {0: batch}}),
+                      tmp_path / "features.pt2")
+    exported = fid_and_kid(images[:32], images[32:], feature_network_from_file(tmp_path / "features.pt2", (1, 8, 8)))
+    assert exported["fid"] == pytest.approx(fid_and_kid(images[:32], images[32:], net)["fid"], rel=1e-4)
 
 
 def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(tmp_path):
@@ -360,7 +368,7 @@ def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(t
 def test_feature_network_files_are_checked(tmp_path):
     from kale_fast.metrics.image_scores import feature_network_from_file
 
-    with pytest.raises(FileNotFoundError, match="TorchScript file .* or torch-fidelity's Inception-v3 weights"):
+    with pytest.raises(FileNotFoundError, match="a TorchScript file, or torch-fidelity's Inception-v3 weights"):
         feature_network_from_file(tmp_path / "missing.pt", (1, 8, 8))
     torch.save({"weight": torch.zeros(3)}, tmp_path / "inception.pth")  # not TorchScript: read as Inception weights
     try:

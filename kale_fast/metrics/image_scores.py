@@ -1,5 +1,5 @@
 """FID and KID through torchmetrics with a pluggable feature network: from a file the user gives (Inception-v3
-weights, which makes the numbers FID proper, or any TorchScript network), or, offline, a small classifier trained
+weights, which makes the numbers FID proper, or any network saved by torch.export or TorchScript), or, offline, a small classifier trained
 here on the data set's own labels (its numbers are "FID-like": comparable between models of one data set, not
 with published FIDs)."""
 from pathlib import Path
@@ -79,11 +79,12 @@ class InceptionFeatures(nn.Module):
 
 
 class ScriptedFeatures(nn.Module):
-    """A TorchScript feature network ([0, 1] images (B, C, H, W) -> (B, F)) with the num_features torchmetrics needs."""
+    """A saved feature network (torch.export or TorchScript; [0, 1] images (B, C, H, W) -> (B, F)) with the
+    num_features torchmetrics needs."""
 
     def __init__(self, net: nn.Module, image_shape: Tuple[int, ...]):
         super().__init__()
-        self.net = net.eval()
+        self.net = net  # as saved (an exported program cannot be switched to eval mode)
         with torch.no_grad():
             self.num_features = int(net(torch.rand(2, *image_shape)).shape[-1])
 
@@ -92,12 +93,15 @@ class ScriptedFeatures(nn.Module):
 
 
 def feature_network_from_file(path: Union[str, Path], image_shape: Tuple[int, ...]) -> nn.Module:
-    """A TorchScript feature network at `path`, else Inception-v3 weights at `path` (FID proper)."""
+    """The feature network saved at `path`: a torch.export program (.pt2, exported with a dynamic batch
+    dimension), a TorchScript file, or else Inception-v3 weights (FID proper)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"feature network {path} not found: give a TorchScript file (torch.jit.save of a "
-                                f"module mapping [0, 1] images to features) or torch-fidelity's Inception-v3 weights "
-                                f"(pt_inception-2015-12-05-6726825d.pth)")
+        raise FileNotFoundError(f"feature network {path} not found: give a .pt2 file (torch.export.save of a module "
+                                f"mapping [0, 1] images to features), a TorchScript file, or torch-fidelity's "
+                                f"Inception-v3 weights (pt_inception-2015-12-05-6726825d.pth)")
+    if path.suffix == ".pt2":
+        return ScriptedFeatures(torch.export.load(str(path)).module(), image_shape)
     try:
         scripted = torch.jit.load(str(path), map_location="cpu")
     except RuntimeError:  # not a TorchScript archive
