@@ -55,8 +55,8 @@ class TrainConfig:
     step_size: float = 0.05
     n_eval: int = 2000                   # samples compared with held-out data at the end
     feature_net: Optional[str] = None    # images: FID/KID features from this file (Inception-v3 weights, needs
-                                         # torch-fidelity; or .pt2 / TorchScript); default: a classifier of the data set's
-                                         # labels trained here, reported as "fid_like"
+                                         # torch-fidelity; or .pt2 / TorchScript); default: a classifier of the
+                                         # data set's labels trained here, reported as "fid_like"
     validate_every: int = 0              # rounds between validation NLLs (0: off); needs a flow base and a data set
                                          # with a validation split (UCI, CSV); the best state is kept in best.pt
     patience: int = 0                    # stop after this many validations without improvement (0: never stop early)
