@@ -356,7 +356,8 @@ def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(t
         batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [i % 10] * 4}
         (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
     config = TrainConfig.from_dict({**TINY, "dataset": "cifar10", "data_dir": str(tmp_path), "base": "sngan32",
-                                    "latent_dim": 8, "spectral_norm": True, "n_test": 4, "batch_size": 4, "n_partition_samples": 8,
+                                    "latent_dim": 8, "spectral_norm": True, "n_test": 4, "batch_size": 4,
+                                    "n_partition_samples": 8,
                                     "n_iter": 2, "n_iter_d_init": 1, "n_iter_d": 1, "out_dir": str(tmp_path)})
     _, gebm, _, rounds = load_run(train(config, progress=False))
     assert rounds == 2 and gebm.base_sample(3).shape == (3, 3, 32, 32)

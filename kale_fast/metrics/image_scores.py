@@ -1,7 +1,7 @@
 """FID and KID through torchmetrics with a pluggable feature network: from a file the user gives (Inception-v3
-weights, which makes the numbers FID proper, or any network saved by torch.export or TorchScript), or, offline, a small classifier trained
-here on the data set's own labels (its numbers are "FID-like": comparable between models of one data set, not
-with published FIDs)."""
+weights, which makes the numbers FID proper, or any network saved by torch.export or TorchScript), or,
+offline, a small classifier trained here on the data set's own labels (its numbers are "FID-like":
+comparable between models of one data set, not with published FIDs)."""
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
@@ -65,9 +65,9 @@ class InceptionFeatures(nn.Module):
         from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
 
         if not _TORCH_FIDELITY_AVAILABLE:
-            raise ModuleNotFoundError(f"{weights_path} is not TorchScript, so it is read as Inception-v3 weights, which "
-                                      f"needs torch-fidelity: pip install torch-fidelity (it imports torchvision: "
-                                      f"install the torchvision build that matches your torch)")
+            raise ModuleNotFoundError(f"{weights_path} is neither .pt2 nor TorchScript, so it is read as Inception-v3 "
+                                      f"weights, which needs torch-fidelity: pip install torch-fidelity (it imports "
+                                      f"torchvision: install the torchvision build that matches your torch)")
         from torchmetrics.image.fid import NoTrainInceptionV3
 
         self.inception = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],

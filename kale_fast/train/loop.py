@@ -250,7 +250,8 @@ class Trainer:
     @torch.no_grad()
     def validation_nll(self, validation_data: Tensor) -> float:
         """Mean NLL (nats) of the validation split: of the flow for "ml", else of the GEBM with A estimated from
-        n_partition_samples base samples of a fixed seed (common random numbers across validations; training's RNG untouched)."""
+        n_partition_samples base samples of a fixed seed (common random numbers across validations; training's
+        RNG untouched)."""
         log_p = self.gebm.base.log_prob(validation_data)
         if self.config.objective != "ml":
             generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
