@@ -131,9 +131,8 @@ class Trainer:
     generator: torch.Generator
     data_shape: Tuple[int, ...]  # of one sample: the checkpoint rebuilds the networks from it, without the data
     rounds_done: int = 0
-    best_validation: float = math.inf  # early stopping: the best validation NLL so far, its round, and
-    best_round: int = 0                # how many validations since have not improved on it
-    stale_validations: int = 0
+    best_validation: float = math.inf  # early stopping: the best validation NLL so far (its state is in best.pt)
+    stale_validations: int = 0         # and how many validations since have not improved on it
 
     @property
     def stopped_early(self) -> bool:
@@ -166,8 +165,8 @@ class Trainer:
         """Collective under torchrun: the RNG states of every process are gathered."""
         rng = distributed.gather_objects((self.generator.get_state().cpu(), torch.get_rng_state()))
         return dict(config=self.config.to_dict(), data_shape=self.data_shape, rounds_done=self.rounds_done,
-                    best_validation=self.best_validation, best_round=self.best_round,
-                    stale_validations=self.stale_validations, gebm=self.gebm.state_dict(),
+                    best_validation=self.best_validation, stale_validations=self.stale_validations,
+                    gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
                     base_optimizer=self.base_optimizer.state_dict(), rng=rng)
@@ -186,9 +185,9 @@ class Trainer:
         self.generator.set_state(generator_state)
         torch.set_rng_state(torch_state)
         self.rounds_done = state["rounds_done"]
-        # (checkpoints written before early stopping existed lack these three)
+        # (checkpoints written before early stopping existed lack these two)
         self.best_validation = state.get("best_validation", math.inf)
-        self.best_round, self.stale_validations = state.get("best_round", 0), state.get("stale_validations", 0)
+        self.stale_validations = state.get("stale_validations", 0)
 
     # --- the two steps -------------------------------------------------------------------------------
 
@@ -252,17 +251,16 @@ class Trainer:
         """Mean NLL (nats) of the validation split: of the flow for "ml", else of the GEBM with A estimated from
         n_partition_samples base samples of a fixed seed (common random numbers across validations; training's
         RNG untouched)."""
-        log_p = self.gebm.base.log_prob(validation_data)
-        if self.config.objective != "ml":
-            generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
-            log_partition, _ = self.gebm.log_partition(self.config.n_partition_samples, generator=generator)
-            log_p = self.gebm.log_prob(validation_data, log_partition)
-        return -log_p.mean().item()
+        if self.config.objective == "ml":
+            return -self.gebm.base.log_prob(validation_data).mean().item()
+        generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
+        log_partition, _ = self.gebm.log_partition(self.config.n_partition_samples, generator=generator)
+        return -self.gebm.log_prob(validation_data, log_partition).mean().item()
 
     def record_validation(self, nll: float) -> bool:
         """Update the early-stopping state with a validation NLL; True when it is the best so far."""
         if nll < self.best_validation:
-            self.best_validation, self.best_round, self.stale_validations = nll, self.rounds_done, 0
+            self.best_validation, self.stale_validations = nll, 0
             return True
         self.stale_validations += 1
         return False
