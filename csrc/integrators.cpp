@@ -16,20 +16,14 @@
 
 #include "philox.h"
 #include "op_schemas.h"
+#include "op_checks.h"
 
 namespace kale_fast {
 namespace {
 
 constexpr int64_t kGrainElements = 1 << 14;
 
-void check_state(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous (B, L) CPU tensor");
-}
-
-void check_per_chain(const at::Tensor& t, const at::Tensor& state, const char* name) {
-  TORCH_CHECK(t.dim() == 1 && t.size(0) == state.size(0) && t.is_contiguous() && t.scalar_type() == state.scalar_type(),
-              name, " must be a contiguous (B,) tensor of the state's dtype");
-}
+constexpr c10::DeviceType kDevice = c10::kCPU;  // of every chain state these ops take
 
 // Calls body(row_begin, row_end) over the chains in parallel, about kGrainElements elements per task.
 template <typename F>
@@ -55,9 +49,9 @@ uint64_t read_seed(const at::Tensor& seed) {
 
 void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
                          double kick_fraction) {
-  check_state(z, "z");
-  check_state(p, "p");
-  check_state(grad, "grad");
+  check_state(z, kDevice, "z");
+  check_state(p, kDevice, "p");
+  check_state(grad, kDevice, "grad");
   check_per_chain(step_size, z, "step_size");
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "leapfrog_kick_drift", [&] {
     scalar_t* zp = z.mutable_data_ptr<scalar_t>();
@@ -103,7 +97,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
     const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& potential, const at::Tensor& z0,
     const at::Tensor& potential0, const at::Tensor& grad0, const at::Tensor& kinetic0, const at::Tensor& step_size,
     const at::Tensor& log_uniform) {
-  for (const auto* t : {&z, &p, &grad, &z0, &grad0}) check_state(*t, "HMC state");
+  for (const auto* t : {&z, &p, &grad, &z0, &grad0}) check_state(*t, kDevice, "HMC state");
   for (const auto* t : {&potential, &potential0, &kinetic0, &step_size, &log_uniform}) check_per_chain(*t, z, "HMC per-chain value");
   auto accept_prob = at::empty_like(potential);
   auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
@@ -154,15 +148,15 @@ void langevin_move(const at::Tensor& z, const at::Tensor& grad, const at::Tensor
 
 void check_noise(const std::optional<at::Tensor>& noise, const at::Tensor& z) {
   if (noise.has_value()) {
-    check_state(*noise, "noise");
+    check_state(*noise, kDevice, "noise");
     TORCH_CHECK(noise->sizes() == z.sizes() && noise->scalar_type() == z.scalar_type(), "noise must match z");
   }
 }
 
 at::Tensor mala_propose(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& step_size, const at::Tensor& seed,
                         const std::optional<at::Tensor>& noise) {
-  check_state(z, "z");
-  check_state(grad, "grad");
+  check_state(z, kDevice, "z");
+  check_state(grad, kDevice, "grad");
   check_per_chain(step_size, z, "step_size");
   check_noise(noise, z);
   auto out = at::empty_like(z);
@@ -173,8 +167,8 @@ at::Tensor mala_propose(const at::Tensor& z, const at::Tensor& grad, const at::T
 
 void ula_step(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& step_size, const at::Tensor& seed,
               const std::optional<at::Tensor>& noise) {
-  check_state(z, "z");
-  check_state(grad, "grad");
+  check_state(z, kDevice, "z");
+  check_state(grad, kDevice, "grad");
   check_per_chain(step_size, z, "step_size");
   check_noise(noise, z);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "ula_step",
@@ -185,7 +179,7 @@ std::tuple<at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Te
                                                const at::Tensor& z_prop, const at::Tensor& potential_prop,
                                                const at::Tensor& grad_prop, const at::Tensor& step_size,
                                                const at::Tensor& log_uniform) {
-  for (const auto* t : {&z, &grad, &z_prop, &grad_prop}) check_state(*t, "MALA state");
+  for (const auto* t : {&z, &grad, &z_prop, &grad_prop}) check_state(*t, kDevice, "MALA state");
   for (const auto* t : {&potential, &potential_prop, &step_size, &log_uniform}) check_per_chain(*t, z, "MALA per-chain value");
   auto accept_prob = at::empty_like(potential);
   auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
@@ -219,9 +213,9 @@ std::tuple<at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Te
 
 void kinetic_langevin_baoa(const at::Tensor& z, const at::Tensor& v, const at::Tensor& grad, const at::Tensor& step_size,
                            const at::Tensor& friction, const at::Tensor& seed, const std::optional<at::Tensor>& noise) {
-  check_state(z, "z");
-  check_state(v, "v");
-  check_state(grad, "grad");
+  check_state(z, kDevice, "z");
+  check_state(v, kDevice, "v");
+  check_state(grad, kDevice, "grad");
   check_per_chain(step_size, z, "step_size");
   check_per_chain(friction, z, "friction");
   check_noise(noise, z);
@@ -251,7 +245,7 @@ void kinetic_langevin_baoa(const at::Tensor& z, const at::Tensor& v, const at::T
 
 // Fresh momenta p ~ N(0, I) (Philox) and their kinetic energies 0.5 |p|^2 (B,), for an HMC trajectory.
 std::tuple<at::Tensor, at::Tensor> hmc_draw_momentum(const at::Tensor& z, const at::Tensor& seed) {
-  check_state(z, "z");
+  check_state(z, kDevice, "z");
   const uint64_t seed_value = read_seed(seed);
   auto momentum = at::empty_like(z);
   auto kinetic = at::empty({z.size(0)}, z.options());

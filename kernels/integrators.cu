@@ -14,6 +14,7 @@
 #include <tuple>
 
 #include "../csrc/op_schemas.h"
+#include "../csrc/op_checks.h"
 
 namespace kale_fast {
 namespace {
@@ -21,15 +22,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kRowsPerBlock = kThreads / 32;  // one warp per chain in hmc_trajectory_end
 
-void check_state(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.dim() == 2 && t.is_contiguous(), name, " must be a contiguous (B, L) CUDA tensor");
-}
-
-void check_per_chain(const at::Tensor& t, const at::Tensor& state, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.dim() == 1 && t.size(0) == state.size(0) && t.is_contiguous() &&
-                  t.scalar_type() == state.scalar_type(),
-              name, " must be a contiguous (B,) CUDA tensor of the state's dtype");
-}
+constexpr c10::DeviceType kDevice = c10::kCUDA;  // of every chain state these ops take
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) leapfrog_kick_drift_kernel(scalar_t* __restrict__ z, scalar_t* __restrict__ p,
@@ -54,9 +47,9 @@ int blocks_for(int64_t total) {
 
 void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
                          double kick_fraction) {
-  check_state(z, "z");
-  check_state(p, "p");
-  check_state(grad, "grad");
+  check_state(z, kDevice, "z");
+  check_state(p, kDevice, "p");
+  check_state(grad, kDevice, "grad");
   check_per_chain(step_size, z, "step_size");
   if (z.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(z.device());
@@ -108,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
     const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& potential, const at::Tensor& z0,
     const at::Tensor& potential0, const at::Tensor& grad0, const at::Tensor& kinetic0, const at::Tensor& step_size,
     const at::Tensor& log_uniform) {
-  for (const auto* t : {&z, &p, &grad, &z0, &grad0}) check_state(*t, "HMC state");
+  for (const auto* t : {&z, &p, &grad, &z0, &grad0}) check_state(*t, kDevice, "HMC state");
   for (const auto* t : {&potential, &potential0, &kinetic0, &step_size, &log_uniform}) {
     check_per_chain(*t, z, "HMC per-chain value");
   }
