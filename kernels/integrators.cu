@@ -47,10 +47,7 @@ int blocks_for(int64_t total) {
 
 void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
                          double kick_fraction) {
-  check_state(z, kDevice, "z");
-  check_state(p, kDevice, "p");
-  check_state(grad, kDevice, "grad");
-  check_per_chain(step_size, z, "step_size");
+  check_leapfrog_kick_drift_args(z, p, grad, step_size, kDevice);
   if (z.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(z.device());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "leapfrog_kick_drift_cuda", [&] {
@@ -101,10 +98,8 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
     const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& potential, const at::Tensor& z0,
     const at::Tensor& potential0, const at::Tensor& grad0, const at::Tensor& kinetic0, const at::Tensor& step_size,
     const at::Tensor& log_uniform) {
-  for (const auto* t : {&z, &p, &grad, &z0, &grad0}) check_state(*t, kDevice, "HMC state");
-  for (const auto* t : {&potential, &potential0, &kinetic0, &step_size, &log_uniform}) {
-    check_per_chain(*t, z, "HMC per-chain value");
-  }
+  check_hmc_trajectory_end_args({&z, &p, &grad, &z0, &grad0},
+                                {&potential, &potential0, &kinetic0, &step_size, &log_uniform}, kDevice);
   const c10::cuda::CUDAGuard guard(z.device());
   auto accept_prob = at::empty_like(potential);
   auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
