@@ -209,3 +209,41 @@ _hmc_trajectory_end_op.register_fake(_metropolis_outputs_fake)
 _mala_accept_op.register_fake(_metropolis_outputs_fake)
 _mala_propose_op.register_fake(lambda z, grad, step_size, seed, noise: torch.empty_like(z))
 _hmc_draw_momentum_op.register_fake(lambda z, seed: (torch.empty_like(z), z.new_empty(z.shape[:1])))
+
+
+def kernels_for(z: Tensor):
+    """The integrator kernels of the backend that runs on z's device, checked and resolved once (the samplers
+    call this once per run, then the kernels with no per-call checks)."""
+    _check(z, {}, {})
+    backend = resolve(z.device)
+    if backend == "reference":
+        return _CheckedKernels
+    return kernels(backend, _FAMILY)
+
+
+class _CheckedKernels:
+    """The reference backend under the kernel contract (seeded noise drawn by torch)."""
+
+    @staticmethod
+    def hmc_draw_momentum(z, seed):
+        return hmc_draw_momentum(z, generator=_generator(z, seed))
+
+    leapfrog_kick_drift = staticmethod(leapfrog_kick_drift)
+    hmc_trajectory_end = staticmethod(hmc_trajectory_end)
+    mala_accept = staticmethod(mala_accept)
+
+    @staticmethod
+    def mala_propose(z, grad, step_size, seed, noise):
+        return mala_propose(z, grad, step_size, generator=_generator(z, seed), noise=noise)
+
+    @staticmethod
+    def ula_step(z, grad, step_size, seed, noise):
+        ula_step(z, grad, step_size, generator=_generator(z, seed), noise=noise)
+
+    @staticmethod
+    def kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise):
+        kinetic_langevin_baoa(z, v, grad, step_size, friction, generator=_generator(z, seed), noise=noise)
+
+
+def _generator(z, seed):
+    return torch.Generator(device=z.device).manual_seed(int(seed.item()))

@@ -1,11 +1,13 @@
-"""Batched MCMC over chains in a latent space: potentials, ULA, MALA, HMC, kinetic Langevin, step-size
-adaptation and diagnostics."""
-from kale_fast.samplers.base import ChainState, SampleResult, Sampler, SamplerState
-from kale_fast.samplers.diagnostics import effective_sample_size, split_rhat
-from kale_fast.samplers.hmc import HMC
+"""Batched MCMC over chains in a latent space: potentials, ULA, MALA, HMC, ChEES-HMC, kinetic Langevin, warm-up
+adaptation (metric, step size, trajectory length) and diagnostics."""
+from kale_fast.samplers.base import Sampler
+from kale_fast.samplers.diagnostics import ess_bulk, ess_tail, rhat
+from kale_fast.samplers.hmc import HMC, ChEES
 from kale_fast.samplers.kinetic import KineticLangevin
 from kale_fast.samplers.langevin import MALA, ULA
+from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.potentials import LatentPotential, value_and_grad
+from kale_fast.samplers.state import ChainState, KineticChainState, SampleResult, SamplerState
 
-__all__ = ["ChainState", "HMC", "KineticLangevin", "LatentPotential", "MALA", "SampleResult", "Sampler",
-           "SamplerState", "ULA", "effective_sample_size", "split_rhat", "value_and_grad"]
+__all__ = ["ChEES", "ChainState", "HMC", "KineticChainState", "KineticLangevin", "LatentPotential", "MALA", "Metric",
+           "SampleResult", "Sampler", "SamplerState", "ULA", "ess_bulk", "ess_tail", "rhat", "value_and_grad"]

@@ -1,22 +1,48 @@
-"""Step-size adaptation by dual averaging (Hoffman & Gelman 2014, Algorithm 5), on tensors, per chain or
-shared, with no host synchronisation. Used during warm-up only; the sampler then freezes the averaged step."""
+"""Warm-up adaptation, separate from the samplers: the windowed schedule, dual averaging of the step size
+(Hoffman & Gelman 2014, Algorithm 5) and the ChEES trajectory-length rule (Hoffman, Radul & Sountsov 2021).
+The metric's estimator is kale_fast.samplers.metric.MetricEstimator. Step sizes stay on the device (no host
+synchronisation); ChEES's trajectory length is a host float, since it sets the number of leapfrog steps.
+"""
 import math
-from typing import NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 from torch import Tensor
+
+# Hoffman & Gelman's constants: gamma = 0.05, t0 = 10, kappa = 0.75.
+GAMMA, T0, KAPPA = 0.05, 10.0, 0.75
+# Stan's warm-up buffers for warm-up >= 150 iterations: fast (step size only) at the start and end, slow
+# (metric) windows between, doubling. Shorter warm-ups scale them to 15% / 75% / 10%.
+INIT_BUFFER, BASE_WINDOW, TERM_BUFFER = 75, 25, 50
+MIN_METRIC_WARMUP = 20
+
+
+def metric_windows(warmup: int) -> List[Tuple[int, int]]:
+    """The slow windows [start, end) of Stan's schedule in which the metric is estimated; at each window's end
+    the metric is updated and step-size adaptation restarts. Empty when warmup < 20 (too short to estimate)."""
+    if warmup < MIN_METRIC_WARMUP:
+        return []
+    if warmup < INIT_BUFFER + BASE_WINDOW + TERM_BUFFER:
+        init, base, term = int(0.15 * warmup), int(0.75 * warmup), warmup - int(0.15 * warmup) - int(0.75 * warmup)
+    else:
+        init, base, term = INIT_BUFFER, BASE_WINDOW, TERM_BUFFER
+    windows, start, size = [], init, base
+    end_of_slow = warmup - term
+    while start < end_of_slow:
+        end = start + size
+        if end + 2 * size > end_of_slow:  # the next window would not fit: this one takes the rest
+            end = end_of_slow
+        windows.append((start, end))
+        start, size = end, 2 * size
+    return windows
 
 
 class DualAveragingState(NamedTuple):
     log_step: Tensor        # (B,) the step size used next, log
     log_step_avg: Tensor    # (B,) the iterate average, log: the step size kept after warm-up
-    error_avg: Tensor       # (B,) running average of target_accept - accept_prob
+    error_avg: Tensor       # (B,) running average of target_accept - acceptance
     mu: Tensor              # (B,) shrinkage point, log(10 h0)
     count: int
-
-
-# Hoffman & Gelman's constants: gamma = 0.05, t0 = 10, kappa = 0.75.
-GAMMA, T0, KAPPA = 0.05, 10.0, 0.75
 
 
 def dual_averaging_init(step_size: Tensor) -> DualAveragingState:
@@ -24,15 +50,61 @@ def dual_averaging_init(step_size: Tensor) -> DualAveragingState:
     return DualAveragingState(log_step, log_step.clone(), torch.zeros_like(step_size), log_step + math.log(10.0), 0)
 
 
-def dual_averaging_update(state: DualAveragingState, accept_prob: Tensor, target_accept: float,
-                          per_chain: bool) -> DualAveragingState:
-    """One update from this step's acceptance probabilities (B,); shared adaptation averages them over chains."""
-    if not per_chain:
-        accept_prob = accept_prob.mean().expand_as(state.log_step)
+def dual_averaging_update(state: DualAveragingState, acceptance: Tensor, target_accept: float) -> DualAveragingState:
+    """One update from this step's acceptance statistic (B,) (per chain, or one value shared by all chains)."""
     t = state.count + 1
     weight = 1.0 / (t + T0)
-    error_avg = (1 - weight) * state.error_avg + weight * (target_accept - accept_prob)
+    error_avg = (1 - weight) * state.error_avg + weight * (target_accept - acceptance)
     log_step = state.mu - math.sqrt(t) / GAMMA * error_avg
     eta = t ** -KAPPA
     log_step_avg = eta * log_step + (1 - eta) * state.log_step_avg
     return DualAveragingState(log_step, log_step_avg, error_avg, state.mu, t)
+
+
+# ChEES: Adam on log T with beta1 = 0 and beta2 = 0.95 and learning rate 0.025, log-space updates clipped to
+# +-0.35, and the kept T a moving average of log T with weight t^-0.5 (the paper's and TFP's settings).
+CHEES_LEARNING_RATE, CHEES_BETA2, CHEES_CLIP, CHEES_DECAY = 0.025, 0.95, 0.35, 0.5
+
+
+class ChEESState(NamedTuple):
+    log_length: float      # log T used next
+    log_length_avg: float  # the moving average: the T kept after warm-up
+    grad_sq_avg: float     # Adam's second moment
+    count: int
+
+
+def chees_init(trajectory_length: float) -> ChEESState:
+    log_length = math.log(trajectory_length)
+    return ChEESState(log_length, log_length, 0.0, 0)
+
+
+def chees_gradient(transition, trajectory_time: float) -> Tensor:
+    """d ChEES / d log T from one ChEES iteration over B chains (a 0-d tensor):
+    mean_i a_i t (|y'_i - m'|^2 - |y_i - m|^2) (y'_i - m') . p'_i / mean_i a_i, with y, y' the chains' starts and
+    proposals, m, m' their means (the proposals' weighted by acceptance a), p' the proposals' momenta and t the
+    trajectory's (jittered) time. Chains whose proposal was not finite are left out."""
+    weight = torch.where(transition.nonfinite, torch.zeros_like(transition.accept_prob), transition.accept_prob)
+    finite = ~transition.nonfinite[:, None]
+    proposal = torch.where(finite, transition.proposal, torch.zeros_like(transition.proposal))
+    momentum = torch.where(finite, transition.end_momentum, torch.zeros_like(transition.end_momentum))
+    proposal_mean = (weight[:, None] * proposal).sum(0) / (weight.sum() + 1e-20)
+    start_centred = transition.start - transition.start.mean(0)
+    proposal_centred = proposal - proposal_mean
+    change = (proposal_centred * proposal_centred).sum(1) - (start_centred * start_centred).sum(1)
+    per_chain = trajectory_time * change * (proposal_centred * momentum).sum(1)
+    return (weight * per_chain).sum() / (weight.sum() + 1e-20)
+
+
+def chees_update(state: ChEESState, gradient: float, step_size: float, max_leapfrog: int) -> ChEESState:
+    """One Adam ascent step on log T; T kept within [h, max_leapfrog h]. A non-finite gradient is skipped."""
+    t = state.count + 1
+    if not math.isfinite(gradient):
+        return state._replace(count=t)
+    grad_sq_avg = CHEES_BETA2 * state.grad_sq_avg + (1 - CHEES_BETA2) * gradient * gradient
+    corrected = grad_sq_avg / (1 - CHEES_BETA2 ** t)
+    update = CHEES_LEARNING_RATE * gradient / (math.sqrt(corrected) + 1e-8)
+    low, high = math.log(step_size), math.log(max_leapfrog * step_size)
+    log_length = min(max(state.log_length + max(-CHEES_CLIP, min(CHEES_CLIP, update)), low), high)
+    weight = t ** -CHEES_DECAY
+    log_length_avg = (1 - weight) * state.log_length_avg + weight * log_length
+    return ChEESState(log_length, log_length_avg, grad_sq_avg, t)

@@ -43,3 +43,15 @@ def effective_sample_size(trace: Tensor) -> Tensor:
     monotone = torch.cummin(torch.where(positive > 0, pairs, torch.zeros_like(pairs)), dim=0).values
     tau = -1 + 2 * (monotone * positive).sum(0)
     return n_draws * n_chains / tau.clamp_min(1.0 / torch.log10(torch.tensor(float(n_draws * n_chains))))
+
+
+# TEMPORARY until the diagnostics rewrite lands (layout (chain, draw, ...)).
+def rhat(trace):
+    return split_rhat(trace.transpose(0, 1))
+
+
+def ess_bulk(trace):
+    return effective_sample_size(trace.transpose(0, 1))
+
+
+ess_tail = ess_bulk

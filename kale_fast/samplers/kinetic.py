@@ -1,13 +1,15 @@
-"""Kinetic (underdamped) Langevin dynamics by BAOAB splitting (Leimkuhler & Matthews), unit mass, friction
-gamma: one gradient per step, velocity kept across steps. Unadjusted: its bias is O(h^2) in the positions."""
-from typing import Tuple
+"""Kinetic (underdamped) Langevin dynamics by BAOAB splitting (Leimkuhler & Matthews) in the metric's unit
+coordinates, friction gamma: one gradient per step, velocity kept across steps. Unadjusted: its bias is O(h^2)
+in the positions."""
+from typing import Tuple, Union
 
 import torch
+from torch import Tensor
 
-from kale_fast.ops import integrators
-from kale_fast.samplers.base import ChainState, Sampler, Transition, _check_positive
-from kale_fast.samplers.langevin import _unadjusted
-from kale_fast.samplers.potentials import value_and_grad
+from kale_fast.samplers.base import Sampler, StepContext, StepParams, check_positive
+from kale_fast.samplers.langevin import unadjusted
+from kale_fast.samplers.metric import Metric
+from kale_fast.samplers.state import KineticChainState, Transition
 
 
 class KineticLangevin(Sampler):
@@ -15,21 +17,23 @@ class KineticLangevin(Sampler):
 
     name = "kinetic_langevin"
 
-    def __init__(self, step_size, friction=1.0):
-        super().__init__(step_size)
-        self.friction = _check_positive("friction", friction)
+    def __init__(self, step_size: Union[float, Tensor], friction: Union[float, Tensor] = 1.0, *,
+                 metric: Union[str, Metric] = "diag"):
+        super().__init__(step_size, metric=metric)
+        self.friction = check_positive("friction", friction)
 
-    def init_chains(self, potential, z, generator) -> ChainState:
-        value, grad = value_and_grad(potential, z)
-        velocity = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)  # stationary law
-        return ChainState(z, value, grad, velocity)
+    def init(self, ctx: StepContext, y: Tensor) -> KineticChainState:
+        value, grad = ctx.value_and_grad(y)
+        velocity = torch.randn(y.shape, generator=ctx.generator, dtype=y.dtype, device=y.device)  # stationary law
+        return KineticChainState(y, value, grad, velocity)
 
-    def step(self, potential, chains, step_size, generator) -> Tuple[ChainState, Transition]:
-        friction = (self.friction.to(step_size.dtype) if isinstance(self.friction, torch.Tensor)
+    def step(self, state: KineticChainState, params: StepParams, ctx: StepContext
+             ) -> Tuple[KineticChainState, Transition]:
+        step_size = params.step_size
+        friction = (self.friction.to(step_size.device, step_size.dtype) if isinstance(self.friction, Tensor)
                     else torch.full_like(step_size, self.friction))
-        z, velocity = chains.z, chains.velocity
-        integrators.kinetic_langevin_baoa(z, velocity, chains.grad, step_size, friction, generator=generator)
-        value, grad = value_and_grad(potential, z)
+        y, velocity = state.z.clone(), state.velocity.clone()
+        ctx.kernels.kinetic_langevin_baoa(y, velocity, state.grad, step_size, friction, ctx.seed(y), None)
+        value, grad = ctx.value_and_grad(y)
         velocity.sub_(0.5 * step_size[:, None] * grad)  # the closing B, with the new gradient
-        chains = ChainState(z, value, grad, velocity)
-        return chains, _unadjusted(chains)
+        return KineticChainState(y, value, grad, velocity), unadjusted(value)

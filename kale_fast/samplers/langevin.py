@@ -1,19 +1,22 @@
 """Overdamped Langevin samplers: ULA (unadjusted) and MALA (Metropolis-adjusted), one gradient per step.
 
-Both move z' = z - h grad U(z) + sqrt(2h) xi (textbook step h, not the paper code's lambda).
+Both move y' = y - h grad U(y) + sqrt(2h) xi in the metric's unit coordinates (textbook step h, not the paper
+code's lambda); in z's coordinates that is z' = z - h C grad U(z) + sqrt(2h) S xi with C = S S^T the inverse mass.
 """
-from typing import Tuple
+from typing import Optional, Tuple, Union
 
 import torch
+from torch import Tensor
 
-from kale_fast.ops import integrators
-from kale_fast.samplers.base import ChainState, Sampler, Transition
-from kale_fast.samplers.potentials import value_and_grad
+from kale_fast.samplers.base import Sampler, StepContext, StepParams
+from kale_fast.samplers.metric import Metric
+from kale_fast.samplers.state import ChainState, Transition
 
 
-def _unadjusted(chains: ChainState) -> Transition:
-    ones = torch.ones_like(chains.potential)
-    return Transition(ones, torch.ones_like(ones, dtype=torch.bool), ~torch.isfinite(chains.potential))
+def unadjusted(potential: Tensor) -> Transition:
+    """The report of a step without a Metropolis test."""
+    ones = torch.ones_like(potential)
+    return Transition(ones, torch.ones_like(ones, dtype=torch.bool), ~torch.isfinite(potential))
 
 
 class ULA(Sampler):
@@ -22,14 +25,17 @@ class ULA(Sampler):
 
     name = "ula"
 
-    def __init__(self, step_size):
-        super().__init__(step_size)
+    def __init__(self, step_size: Union[float, Tensor], *, metric: Union[str, Metric] = "diag"):
+        super().__init__(step_size, metric=metric)
 
-    def step(self, potential, chains, step_size, generator) -> Tuple[ChainState, Transition]:
-        integrators.ula_step(chains.z, chains.grad, step_size, generator=generator)  # in place
-        value, grad = value_and_grad(potential, chains.z)
-        chains = ChainState(chains.z, value, grad)
-        return chains, _unadjusted(chains)
+    def init(self, ctx: StepContext, y: Tensor) -> ChainState:
+        return ChainState(y, *ctx.value_and_grad(y))
+
+    def step(self, state: ChainState, params: StepParams, ctx: StepContext) -> Tuple[ChainState, Transition]:
+        y = state.z.clone()
+        ctx.kernels.ula_step(y, state.grad, params.step_size, ctx.seed(y), None)
+        value, grad = ctx.value_and_grad(y)
+        return ChainState(y, value, grad), unadjusted(value)
 
 
 class MALA(Sampler):
@@ -39,11 +45,19 @@ class MALA(Sampler):
     name = "mala"
     default_target_accept = 0.574
 
-    def step(self, potential, chains, step_size, generator) -> Tuple[ChainState, Transition]:
-        z_prop = integrators.mala_propose(chains.z, chains.grad, step_size, generator=generator)
-        value, grad = value_and_grad(potential, z_prop)
+    def __init__(self, step_size: Union[float, Tensor], *, metric: Union[str, Metric] = "diag",
+                 adapt_step_size: bool = False, target_accept: Optional[float] = None,
+                 per_chain_adaptation: bool = False):
+        super().__init__(step_size, metric=metric, adapt_step_size=adapt_step_size, target_accept=target_accept,
+                         per_chain_adaptation=per_chain_adaptation)
+
+    def init(self, ctx: StepContext, y: Tensor) -> ChainState:
+        return ChainState(y, *ctx.value_and_grad(y))
+
+    def step(self, state: ChainState, params: StepParams, ctx: StepContext) -> Tuple[ChainState, Transition]:
+        y_prop = ctx.kernels.mala_propose(state.z, state.grad, params.step_size, ctx.seed(state.z), None)
+        value, grad = ctx.value_and_grad(y_prop)
         nonfinite = ~torch.isfinite(value)
-        log_uniform = torch.log(torch.rand(value.shape, generator=generator, dtype=value.dtype, device=value.device))
-        accept_prob, accepted = integrators.mala_accept(chains.z, chains.potential, chains.grad, z_prop, value, grad,
-                                                        step_size, log_uniform)
-        return ChainState(z_prop, value, grad), Transition(accept_prob, accepted, nonfinite)
+        accept_prob, accepted = ctx.kernels.mala_accept(state.z, state.potential, state.grad, y_prop, value, grad,
+                                                        params.step_size, ctx.log_uniform(value))
+        return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, nonfinite)

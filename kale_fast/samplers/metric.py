@@ -1,0 +1,133 @@
+"""The samplers' metric (inverse mass matrix), shared by all chains, as a linear change of coordinates.
+
+HMC, MALA and Langevin dynamics on z with inverse mass matrix C = S S^T are the same Markov chains as the
+unit-mass samplers on y = S^-1 z, whose potential is U_y(y) = U(S y) with gradient S^T grad U(S y) (the Jacobian
+of a linear map is constant, so Metropolis ratios are unchanged). The samplers and their fused kernels therefore
+stay unit-mass, and the metric enters through the potential: positions and velocities map as z = S y, gradients
+as grad_y = S^T grad_z. S is diag(scale) for a diagonal metric (scale = the target's standard deviations, when
+adapted) or the lower Cholesky factor of C for a dense one (C = the target's covariance, when adapted).
+
+Shapes: positions, velocities and gradients (B, L); scale (L,); cholesky (L, L); all in z's dtype and device.
+"""
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from kale_fast.samplers.potentials import Potential, value_and_grad
+
+METRIC_KINDS = ("identity", "diag", "dense")
+
+
+class Metric(NamedTuple):
+    """The identity (both None), a diagonal metric (scale) or a dense one (cholesky)."""
+    scale: Optional[Tensor] = None
+    cholesky: Optional[Tensor] = None
+
+    @property
+    def kind(self) -> str:
+        return "dense" if self.cholesky is not None else "diag" if self.scale is not None else "identity"
+
+
+def position_to_unit(metric: Metric, z: Tensor) -> Tensor:
+    """y = S^-1 z (also for velocities); a new tensor, never z itself."""
+    if metric.cholesky is not None:
+        return torch.linalg.solve_triangular(metric.cholesky, z.T, upper=False).T.contiguous()
+    return z / metric.scale if metric.scale is not None else z.clone()
+
+
+def position_from_unit(metric: Metric, y: Tensor) -> Tensor:
+    """z = S y (also for velocities)."""
+    if metric.cholesky is not None:
+        return y @ metric.cholesky.T
+    return y * metric.scale if metric.scale is not None else y
+
+
+def gradient_to_unit(metric: Metric, grad_z: Tensor) -> Tensor:
+    """grad_y = S^T grad_z, row by row."""
+    if metric.cholesky is not None:
+        return grad_z @ metric.cholesky
+    return grad_z * metric.scale if metric.scale is not None else grad_z.clone()
+
+
+def gradient_from_unit(metric: Metric, grad_y: Tensor) -> Tensor:
+    """grad_z = S^-T grad_y, row by row."""
+    if metric.cholesky is not None:
+        return torch.linalg.solve_triangular(metric.cholesky, grad_y, upper=False, left=False)
+    return grad_y / metric.scale if metric.scale is not None else grad_y
+
+
+def unit_value_and_grad(potential: Potential, y: Tensor, metric: Metric) -> Tuple[Tensor, Tensor]:
+    """(U(S y), S^T grad U(S y)): the potential the unit-mass samplers see. Traceable by torch.compile."""
+    if metric.scale is None and metric.cholesky is None:
+        return value_and_grad(potential, y)
+    value, grad = value_and_grad(potential, position_from_unit(metric, y))
+    return value, gradient_to_unit(metric, grad)
+
+
+def check_metric(metric: Metric, z: Tensor) -> Metric:
+    """A user's or a saved metric, checked against the chains z (B, L) and cast to z's dtype and device."""
+    if not isinstance(metric, Metric):
+        raise TypeError(f"metric must be a kale_fast.samplers.Metric, got {type(metric).__name__}")
+    if metric.scale is not None and metric.cholesky is not None:
+        raise ValueError("a metric is either diagonal (scale) or dense (cholesky), not both")
+    size = z.shape[1]
+    if metric.scale is not None:
+        scale = metric.scale
+        if not isinstance(scale, Tensor) or scale.shape != (size,) or not scale.is_floating_point():
+            raise ValueError(f"metric.scale must be a floating ({size},) tensor, got {_describe(scale)}")
+        if not bool(torch.all(torch.isfinite(scale) & (scale > 0))):
+            raise ValueError("metric.scale must be finite and > 0")
+        return Metric(scale=scale.to(z.device, z.dtype))
+    if metric.cholesky is not None:
+        chol = metric.cholesky
+        if not isinstance(chol, Tensor) or chol.shape != (size, size) or not chol.is_floating_point():
+            raise ValueError(f"metric.cholesky must be a floating ({size}, {size}) tensor, got {_describe(chol)}")
+        diagonal = torch.diagonal(chol)
+        if not (bool(torch.all(torch.isfinite(chol))) and bool(torch.all(diagonal > 0))
+                and bool(torch.all(torch.triu(chol, 1) == 0))):
+            raise ValueError("metric.cholesky must be a finite lower-triangular factor with a positive diagonal")
+        return Metric(cholesky=chol.to(z.device, z.dtype))
+    return Metric()
+
+
+def _describe(value) -> str:
+    if isinstance(value, Tensor):
+        return f"shape {tuple(value.shape)}, dtype {value.dtype}"
+    return type(value).__name__
+
+
+class MetricEstimator:
+    """Pools the chains' draws of one adaptation window into a metric: the diagonal of their covariance, or
+    the whole of it, in float64, then regularised towards 1e-3 I as Stan does ((n / (n + 5)) C + 1e-3 (5 /
+    (n + 5)) I, n the number of draws). All B chains contribute at every iteration, so a window of W
+    iterations averages B W draws: many chains give far better estimates than one chain's window."""
+
+    def __init__(self, kind: str, size: int, device: torch.device):
+        self.kind, self.count = kind, 0
+        self.shift = None  # the first batch's mean: sums of shifted draws do not cancel catastrophically
+        self.total = torch.zeros(size, dtype=torch.float64, device=device)
+        shape = (size, size) if kind == "dense" else (size,)
+        self.total_sq = torch.zeros(shape, dtype=torch.float64, device=device)
+
+    def update(self, z: Tensor) -> None:
+        """Add one iteration's positions z (B, L)."""
+        z = z.double()
+        if self.shift is None:
+            self.shift = z.mean(0)
+        centred = z - self.shift
+        self.count += z.shape[0]
+        self.total += centred.sum(0)
+        self.total_sq += centred.T @ centred if self.kind == "dense" else (centred * centred).sum(0)
+
+    def metric(self, dtype: torch.dtype) -> Metric:
+        n = self.count
+        mean = self.total / n
+        if self.kind == "dense":
+            cov = (self.total_sq - n * torch.outer(mean, mean)) / max(n - 1, 1)
+            eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+            cov = n / (n + 5.0) * cov + 1e-3 * 5.0 / (n + 5.0) * eye
+            return Metric(cholesky=torch.linalg.cholesky(cov).to(dtype))
+        var = (self.total_sq - n * mean * mean) / max(n - 1, 1)
+        var = n / (n + 5.0) * var.clamp_min(0.0) + 1e-3 * 5.0 / (n + 5.0)
+        return Metric(scale=torch.sqrt(var).to(dtype))
