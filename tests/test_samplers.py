@@ -252,3 +252,179 @@ def test_latent_potential_bf16_autocast_keeps_state_in_fp32():
     torch.testing.assert_close(g_mixed, g_exact, rtol=2e-2, atol=2e-2)
     with pytest.raises(ValueError, match="autocast must be"):
         LatentPotential(base, energy, autocast=torch.float64)
+
+
+# --- metric and trajectory adaptation ------------------------------------------------------------------
+
+def _badly_scaled(dim=10):
+    sd = torch.logspace(-1, 1, dim, dtype=torch.float64)  # scales 0.1 to 10: a 100x condition in sd
+    return Gaussian(torch.zeros(dim, dtype=torch.float64), torch.diag(sd**2)), sd
+
+
+def _correlated():
+    scales = torch.tensor([1.0, 3.0, 0.3, 1.0], dtype=torch.float64)
+    corr = torch.tensor([[1.0, 0.9, 0.5, 0.0], [0.9, 1.0, 0.6, -0.3], [0.5, 0.6, 1.0, 0.2],
+                         [0.0, -0.3, 0.2, 1.0]], dtype=torch.float64)
+    return Gaussian(torch.tensor([1.0, -2.0, 0.5, 0.0], dtype=torch.float64), corr * torch.outer(scales, scales))
+
+
+ADAPTIVE = [pytest.param(lambda m: kf.MALA(0.1, adapt_step_size=True, metric=m), id="mala"),
+            pytest.param(lambda m: kf.HMC(0.1, 5, adapt_step_size=True, metric=m), id="hmc"),
+            pytest.param(lambda m: kf.ChEES(0.1, metric=m), id="chees")]
+
+
+@pytest.mark.parametrize("make_sampler", ADAPTIVE)
+def test_adaptive_samplers_are_exact_on_a_badly_scaled_gaussian(make_sampler):
+    target, _ = _badly_scaled()
+    result = _final_states(make_sampler("diag"), target, 2000, 10, 100, 300, seed=21)
+    _assert_moments(result.z, target.mean, target.cov)
+
+
+@pytest.mark.parametrize("make_sampler", ADAPTIVE)
+def test_adaptive_samplers_are_exact_on_a_correlated_gaussian_with_a_dense_metric(make_sampler):
+    target = _correlated()
+    result = _final_states(make_sampler("dense"), target, 2000, 4, 100, 300, seed=22)
+    _assert_moments(result.z, target.mean, target.cov)
+
+
+def test_metric_adaptation_estimates_the_target_scales():
+    """Pooled over 400 chains, the adapted diagonal metric is the target's sd and the dense one its covariance
+    (within the Monte-Carlo error of the last window's 400 x 175 draws, a few per cent)."""
+    target, sd = _badly_scaled()
+    diag = _final_states(kf.HMC(0.1, 5, adapt_step_size=True), target, 400, 10, 0, 300, seed=23)
+    torch.testing.assert_close(diag.metric.scale, sd, rtol=0.08, atol=0)
+    correlated = _correlated()
+    dense = _final_states(kf.HMC(0.1, 5, adapt_step_size=True, metric="dense"), correlated, 400, 4, 0, 300, seed=24)
+    chol = dense.metric.cholesky
+    torch.testing.assert_close(chol @ chol.T, correlated.cov, rtol=0.1, atol=0.05)
+    assert kf.HMC(0.1, 5).run(target, torch.randn(3, 10, dtype=torch.float64), 1, warmup=10).metric.kind == "identity"
+
+
+def test_metric_adaptation_speeds_up_mixing_on_a_badly_scaled_target():
+    """Same gradient budget: the diagonal metric turns a 100x scale spread into a unit-scale problem."""
+    target, _ = _badly_scaled()
+    ess = {}
+    for metric in ("identity", "diag"):
+        torch.manual_seed(25)
+        result = kf.HMC(0.1, 5, adapt_step_size=True, metric=metric).run(
+            target, torch.randn(16, 10, dtype=torch.float64), 300, warmup=300, thin=1)
+        ess[metric] = result.ess().min().item()
+    assert ess["diag"] > 5 * ess["identity"], ess
+
+
+def test_chees_adapts_the_trajectory_length_from_a_short_start():
+    """From T = one step (0.05) on a unit-scale Gaussian, ChEES grows T to the order of the target's
+    half-period (pi/2 for N(0, 1)) and reaches its harmonic-mean acceptance target."""
+    target = Gaussian(torch.zeros(20, dtype=torch.float64), torch.eye(20, dtype=torch.float64))
+    result = _final_states(kf.ChEES(0.05, trajectory_length=0.05, metric="identity"), target, 128, 20, 100, 400,
+                           seed=26)
+    assert 0.8 < result.trajectory_length < 20, result.trajectory_length
+    harmonic = 1 / (1 / result.accept_rate.clamp_min(1e-3)).mean()
+    assert 0.5 < harmonic.item() < 0.85
+
+
+def test_metric_windows_follow_stans_schedule():
+    assert metric_windows(1000) == [(75, 100), (100, 150), (150, 250), (250, 450), (450, 950)]
+    assert metric_windows(100) == [(15, 90)]
+    assert metric_windows(19) == []
+    for warmup in range(20, 400, 7):  # contiguous, inside the buffers, ending where the last fast window starts
+        windows = metric_windows(warmup)
+        assert all(a[1] == b[0] for a, b in zip(windows, windows[1:])) and windows[0][0] > 0
+        assert windows[-1][1] < warmup
+
+
+def test_halton_sequence():
+    assert [halton(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
+
+
+# --- purity, compiled path, resume of adapted runs ------------------------------------------------------
+
+@pytest.mark.parametrize("make_sampler", [lambda: kf.ULA(0.1), lambda: kf.KineticLangevin(0.2),
+                                          lambda: kf.MALA(0.3), lambda: kf.HMC(0.2, 3), lambda: kf.ChEES(0.2)],
+                         ids=["ula", "kinetic", "mala", "hmc", "chees"])
+def test_a_run_never_modifies_what_the_caller_holds(make_sampler):
+    target = Gaussian(torch.zeros(3, dtype=torch.float64), torch.eye(3, dtype=torch.float64))
+    z0 = torch.randn(6, 3, dtype=torch.float64)
+    z0_copy = z0.clone()
+    first = make_sampler().run(target, z0, 3)
+    kept = {name: t.clone() for name, t in first.state.chains._asdict().items()}
+    z_kept = first.z.clone()
+    make_sampler().run(target, None, 3, state=first.state)
+    assert torch.equal(z0, z0_copy) and torch.equal(first.z, z_kept)
+    assert all(torch.equal(getattr(first.state.chains, name), t) for name, t in kept.items())
+
+
+@pytest.mark.parametrize("make_sampler", [lambda: kf.MALA(0.3, adapt_step_size=True),
+                                          lambda: kf.HMC(0.3, 3, adapt_step_size=True), lambda: kf.ChEES(0.3)],
+                         ids=["mala", "hmc", "chees"])
+def test_compiled_path_follows_the_eager_chains(make_sampler):
+    """compile=True computes the same transitions (the same random draws; the leapfrog in fused tensor algebra
+    rather than the fused kernels), so fp64 chains agree to rounding over a short run with warm-up."""
+    target = _correlated()
+    z0 = torch.randn(8, 4, dtype=torch.float64)
+    eager = make_sampler().run(target, z0, 10, warmup=25, generator=torch.Generator().manual_seed(3))
+    compiled = make_sampler().run(target, z0, 10, warmup=25, generator=torch.Generator().manual_seed(3),
+                                  compile=True)
+    torch.testing.assert_close(compiled.z, eager.z, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(compiled.step_size, eager.step_size, rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("make_sampler", [lambda: kf.ChEES(0.2), lambda: kf.MALA(0.3, adapt_step_size=True),
+                                          lambda: kf.KineticLangevin(0.2, metric="dense")],
+                         ids=["chees", "mala", "kinetic-dense"])
+def test_resume_after_metric_adaptation_continues_exactly(make_sampler, tmp_path):
+    target = _correlated()
+    z0 = torch.randn(20, 4, dtype=torch.float64)
+    full = make_sampler().run(target, z0, 12, warmup=40, generator=torch.Generator().manual_seed(8))
+    first = make_sampler().run(target, z0, 5, warmup=40, generator=torch.Generator().manual_seed(8))
+    assert first.metric.kind != "identity"
+    first.state.save(tmp_path / "state.pt")
+    resumed = make_sampler().run(target, None, 7, state=SamplerState.load(tmp_path / "state.pt"))
+    torch.testing.assert_close(resumed.z, full.z, rtol=1e-12, atol=1e-12)
+    assert resumed.trajectory_length == full.trajectory_length
+
+
+def test_saved_states_load_without_running_code_and_are_checked(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    torch.save({"format": "kale_fast.SamplerState/2", "sampler": Payload()}, tmp_path / "crafted.pt")
+    with pytest.raises(ValueError, match="not a readable sampler state"):
+        SamplerState.load(tmp_path / "crafted.pt")
+    assert not marker.exists()
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="not a readable sampler state"):
+        SamplerState.load(tmp_path / "truncated.pt")
+    target = Gaussian(torch.zeros(2, dtype=torch.float64), torch.eye(2, dtype=torch.float64))
+    state = kf.MALA(0.3).run(target, torch.randn(4, 2, dtype=torch.float64), 2).state
+    state.step_size = -state.step_size
+    with pytest.raises(ValueError, match="state.step_size"):
+        kf.MALA(0.3).run(target, None, 2, state=state)
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: kf.HMC(0.1, 3, metric="full"), ValueError, "metric must be one of"),
+    (lambda: kf.HMC(0.1, 3, jitter=1.0), ValueError, "jitter must be"),
+    (lambda: kf.ChEES(0.1, trajectory_length=-1.0), ValueError, "trajectory_length must be"),
+    (lambda: kf.ChEES(0.1, max_leapfrog=0), ValueError, "max_leapfrog must be"),
+    (lambda: kf.MALA(0.1, metric=Metric(scale=torch.ones(3))).run(lambda z: (z * z).sum(1), torch.zeros(2, 2), 1),
+     ValueError, r"metric.scale must be a floating \(2,\)"),
+    (lambda: kf.MALA(0.1, metric=Metric(cholesky=torch.ones(2, 2))).run(lambda z: (z * z).sum(1),
+                                                                         torch.zeros(2, 2), 1),
+     ValueError, "lower-triangular"),
+])
+def test_bad_adaptation_options_are_rejected(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
+
+
+def test_a_given_metric_is_used_as_is():
+    """A user's metric (the target's own covariance here) is used without adaptation and returned."""
+    target = _correlated()
+    chol = torch.linalg.cholesky(target.cov)
+    result = _final_states(kf.HMC(0.5, 4, metric=Metric(cholesky=chol)), target, 2000, 4, 60, 0, seed=27)
+    assert torch.equal(result.metric.cholesky, chol)
+    _assert_moments(result.z, target.mean, target.cov)

@@ -11,7 +11,8 @@ run as one call when n is the sampler's fixed count, else as the binary decompos
 calls; ChEES varies n from iteration to iteration). The metric's tensors are arguments, so a new metric after a
 warm-up window does not recompile.
 """
-from typing import Callable, Dict, Optional, Tuple
+import weakref
+from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -25,7 +26,7 @@ def _compile(fn: Callable) -> Callable:
 
 
 def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]:
-    """(y, metric) -> (U_y(y), grad U_y(y)), compiled once per run."""
+    """(y, metric) -> (U_y(y), grad U_y(y)), compiled."""
     def value_and_grad(y: Tensor, scale: Optional[Tensor], cholesky: Optional[Tensor]):
         return unit_value_and_grad(potential, y, Metric(scale, cholesky))
     compiled = _compile(value_and_grad)
@@ -34,27 +35,30 @@ def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tenso
 
 class CompiledLeapfrog:
     """n leapfrog steps as compiled chunks; the same contract as kale_fast.samplers.hmc.eager_leapfrog, except
-    that it returns new tensors rather than updating y and p in place."""
+    that it returns new tensors rather than updating y and p in place. `exact_counts` are run as one chunk."""
 
-    def __init__(self, potential, exact_counts=()):
+    def __init__(self, potential):
         self.potential = potential
-        self.exact_counts = set(exact_counts)
-        self.chunks: Dict[Tuple[int, bool], Callable] = {}
+        self.exact_counts = set()
+        self.chunks: Dict[int, Callable] = {}
+        self._kicks: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
 
-    def _chunk(self, count: int, opening: bool) -> Callable:
-        key = (count, opening)
-        if key not in self.chunks:
+    def _chunk(self, count: int) -> Callable:
+        if count not in self.chunks:
             potential = self.potential
 
-            def chunk(y, p, grad, step_size, scale, cholesky):
+            def chunk(y, p, grad, step_size, first_kick, scale, cholesky):
                 metric = Metric(scale, cholesky)
                 for i in range(count):
-                    y, p = reference.leapfrog_kick_drift(y, p, grad, step_size, 0.5 if opening and i == 0 else 1.0)
+                    y, p = reference.leapfrog_kick_drift(y, p, grad, step_size, first_kick if i == 0 else 1.0)
                     value, grad = unit_value_and_grad(potential, y, metric)
                 return y, p, value, grad
 
-            self.chunks[key] = _compile(chunk)
-        return self.chunks[key]
+            # TorchDynamo keeps one cache (of at most 8 entries) per code object: each chunk length gets a code
+            # object of its own, so that ChEES's many lengths neither share nor overflow one cache.
+            chunk.__code__ = chunk.__code__.replace(co_name=f"leapfrog_chunk_{count}")
+            self.chunks[count] = _compile(chunk)
+        return self.chunks[count]
 
     def counts(self, n: int):
         """The chunk lengths that make n steps: n itself for a fixed count, else powers of two, largest first."""
@@ -62,11 +66,52 @@ class CompiledLeapfrog:
             return [n]
         return [1 << bit for bit in reversed(range(n.bit_length())) if n >> bit & 1]
 
+    def _kick_fractions(self, like: Tensor) -> Tuple[Tensor, Tensor]:
+        """0-d tensors 0.5 and 1.0: the opening kick's fraction is an argument, not a constant, so that one
+        compiled chunk serves both the opening and later chunks."""
+        key = (like.device, like.dtype)
+        if key not in self._kicks:
+            self._kicks[key] = (torch.tensor(0.5, dtype=like.dtype, device=like.device),
+                                torch.tensor(1.0, dtype=like.dtype, device=like.device))
+        return self._kicks[key]
+
+    def half_kick(self, like: Tensor) -> Tensor:
+        return self._kick_fractions(like)[0]
+
+    def full_kick(self, like: Tensor) -> Tensor:
+        return self._kick_fractions(like)[1]
+
     def bind(self, metric: Metric):
         """The leapfrog function for one metric: (y, p, grad, h, n) -> (y, p, U(y), grad U(y))."""
         def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
-            for index, count in enumerate(self.counts(n)):
-                y, p, value, grad = self._chunk(count, index == 0)(y, p, grad, step_size, metric.scale,
-                                                                   metric.cholesky)
+            first_kick = self.half_kick(y)
+            for count in self.counts(n):
+                y, p, value, grad = self._chunk(count)(y, p, grad, step_size, first_kick, metric.scale,
+                                                       metric.cholesky)
+                first_kick = self.full_kick(y)
             return y, p, value, grad
         return leapfrog
+
+
+class CompiledPaths(NamedTuple):
+    value_and_grad: Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]
+    leapfrog: CompiledLeapfrog
+
+
+# Compiled paths outlive a run, so that a warm-up run followed by a sampling run (or many short runs) of one
+# potential compile once; a potential that cannot be weakly referenced (a bound method) compiles per run.
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def compiled_paths(potential) -> CompiledPaths:
+    """The compiled value-and-gradient and leapfrog of a potential, made at its first use."""
+    try:
+        return _CACHE[potential]
+    except (KeyError, TypeError):
+        pass
+    paths = CompiledPaths(compiled_value_and_grad(potential), CompiledLeapfrog(potential))
+    try:
+        _CACHE[potential] = paths
+    except TypeError:
+        pass
+    return paths

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from kale_fast.ops import integrators
 from kale_fast.samplers import adaptation
 from kale_fast.samplers.base import Sampler, StepContext, check_count
-from kale_fast.samplers.compiled import CompiledLeapfrog, compiled_value_and_grad
+from kale_fast.samplers.compiled import compiled_paths
 from kale_fast.samplers.hmc import HMC, ChEES, eager_leapfrog
 from kale_fast.samplers.metric import (Metric, MetricEstimator, check_metric, gradient_from_unit, gradient_to_unit,
                                        position_from_unit, position_to_unit, unit_value_and_grad)
@@ -55,9 +55,14 @@ class _Machinery:
                  cuda_graph: bool):
         self.sampler, self.potential, self.generator = sampler, potential, generator
         self.kernels = integrators.kernels_for(z)
-        self.compiled_value_and_grad = compiled_value_and_grad(potential) if compile else None
-        fixed = (sampler.n_leapfrog,) if isinstance(sampler, HMC) and not isinstance(sampler, ChEES) else ()
-        self.compiled_leapfrog = CompiledLeapfrog(potential, fixed) if compile and isinstance(sampler, HMC) else None
+        self.compiled_value_and_grad = self.compiled_leapfrog = None
+        if compile:
+            paths = compiled_paths(potential)
+            self.compiled_value_and_grad = paths.value_and_grad
+            if isinstance(sampler, HMC):
+                self.compiled_leapfrog = paths.leapfrog
+                if not isinstance(sampler, ChEES):  # a fixed count runs as one chunk
+                    self.compiled_leapfrog.exact_counts.add(sampler.n_leapfrog)
         self.cuda_graph = cuda_graph
         self.captured = None
 

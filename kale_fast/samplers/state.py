@@ -4,6 +4,7 @@ Shapes: B chains of L latent coordinates; positions, gradients and velocities (B
 """
 import math
 import os
+import pickle
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Union
 
@@ -66,7 +67,7 @@ class SamplerState:
         """Read a saved state without executing code from the file (torch.load with weights_only=True)."""
         try:
             data = torch.load(path, map_location=map_location, weights_only=True)
-        except (OSError, EOFError, RuntimeError) as error:
+        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
             raise ValueError(f"{path} is not a readable sampler state ({type(error).__name__}: {error})") from error
         if not isinstance(data, dict) or data.get("format") != "kale_fast.SamplerState/2":
             raise ValueError(f"{path} is not a sampler state written by SamplerState.save of this version "
