@@ -5,7 +5,7 @@ sample function in a jitted lax.scan compiled ahead of time (that compilation is
 MCMC.run would compile inside the timed sampling. NumPyro has no MALA; HMC with one leapfrog step is MALA
 (step h = sqrt(2 x MALA's step)), so "mala" here is HMC(num_steps=1) with the same adaptation."""
 import functools
-from typing import Callable, Tuple
+from typing import Callable
 
 import numpy as np
 
