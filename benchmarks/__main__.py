@@ -16,7 +16,7 @@ from typing import List
 import torch
 from tqdm import tqdm
 
-from benchmarks import bench_integrators, bench_kale_loss, bench_samplers, bench_train_step
+from benchmarks import bench_integrators, bench_kale_loss, bench_peers, bench_samplers, bench_train_step
 from benchmarks._timing import copy_bandwidth_gbps
 
 HERE = Path(__file__).resolve().parent
@@ -25,6 +25,9 @@ RESULTS_MD = HERE / "RESULTS.md"
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
 BENCHES = {"kale_loss": bench_kale_loss, "integrators": bench_integrators, "samplers": bench_samplers,
            "train_step": bench_train_step}
+# Opt-in: needs the optional dependencies of benchmarks/requirements-peers.txt (JAX, BlackJAX, NumPyro, ArviZ).
+OPT_IN_BENCHES = {"peers": bench_peers}
+ALL_BENCHES = {**BENCHES, **OPT_IN_BENCHES}
 
 
 def environment(device: torch.device) -> dict:
@@ -45,7 +48,7 @@ def environment(device: torch.device) -> dict:
 def render(record: dict) -> str:
     env = record["env"]
     copy = f", copy bandwidth {env['copy_gbps']:.0f} GB/s" if env["copy_gbps"] else ""
-    module = BENCHES[record["op"]]
+    module = ALL_BENCHES[record["op"]]
     return (f"### {module.TITLE}, {env['device_name']}\n\n"
             f"{env['date']}; torch {env['torch']}, triton {env['triton']}, CUDA {env['cuda']}, "
             f"Python {env['python']}{copy}. Medians after warm-up.\n\n{module.markdown(record)}\n")
@@ -61,7 +64,8 @@ def update_results_md() -> None:
 def main(argv: List[str] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--ops", nargs="+", default=list(BENCHES), choices=list(BENCHES))
+    parser.add_argument("--ops", nargs="+", default=list(BENCHES), choices=list(ALL_BENCHES),
+                        help=f"default: {' '.join(BENCHES)}; opt-in: {' '.join(OPT_IN_BENCHES)}")
     parser.add_argument("--quick", action="store_true", help="fewer sizes, short budgets, nothing recorded")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where --quick writes its JSON")
     args = parser.parse_args(argv)
@@ -69,7 +73,7 @@ def main(argv: List[str] = None) -> None:
     env = environment(device)
     for op in args.ops:
         with tqdm(desc=f"{op} on {env['device_name']}") as progress:
-            record = BENCHES[op].run(device, args.quick, progress)
+            record = ALL_BENCHES[op].run(device, args.quick, progress)
         record.update(op=op, env=env)
         out_dir = args.out if args.quick else RESULTS_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
