@@ -65,7 +65,7 @@ def libraries() -> Dict[str, tuple]:
     """library -> (configuration names, run(config, target name, z0 (B, L), sizes, seed) -> Outcome)."""
     from benchmarks.peers import run_blackjax, run_numpyro  # import no JAX at module level
 
-    return {"kale_fast": (tuple(run_kale.CONFIGS), lambda c, t, *rest: run_kale.run(c, target(t), *rest)),
+    return {"kale_fast": (tuple(run_kale.configs()), lambda c, t, *rest: run_kale.run(c, target(t), *rest)),
             "blackjax": (run_blackjax.CONFIGS, _jax_runner("run_blackjax")),
             "numpyro": (run_numpyro.CONFIGS, _jax_runner("run_numpyro"))}
 

@@ -8,6 +8,8 @@
    loops (benchmarks/authors_samplers.py). B = 128 and 500 on a GPU; B = 16 on CPU (full runs only).
 3. GPU only: cuda_graph=True against eager on a small potential (2-D latent, 3-layer MLPs of width 128,
    B = 4096), and bf16 autocast of the networks (speed and acceptance).
+4. Overhead per leapfrog step: HMC with 10 leapfrog steps on a quadratic potential with a closed-form
+   gradient at B = 1, L = 100 (where the arithmetic is negligible), eager and with compile=True, one thread.
 """
 from typing import Callable, List
 
@@ -109,11 +111,36 @@ def gpu_only_rows(device, budget_s, progress) -> List[dict]:
     return rows
 
 
+OVERHEAD_LEAPFROG, OVERHEAD_ITERATIONS = 10, 200
+
+
+def overhead_rows(device, budget_s, progress) -> List[dict]:
+    """Wall time per leapfrog step of HMC on a trivial potential, B = 1, L = 100: the per-step overhead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        potential = StandardGaussian()
+        z0 = torch.randn(1, 100, device=device)
+        rows = []
+        for compiled in (False, True):
+            sampler = kf.HMC(0.1, OVERHEAD_LEAPFROG, metric="identity")
+            state = sampler.run(potential, z0, 2, compile=compiled).state  # compiles once, outside the timing
+            ms = median_ms(lambda: sampler.run(potential, None, OVERHEAD_ITERATIONS, state=state, compile=compiled),
+                           device, budget_s=budget_s, max_repeat=20)
+            rows.append(dict(part="overhead", compiled=compiled,
+                             us_per_leapfrog=1e3 * ms / (OVERHEAD_ITERATIONS * OVERHEAD_LEAPFROG)))
+            progress.update(1)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
 def run(device: torch.device, quick: bool, progress) -> dict:
     budget_s = 0.2 if quick else 1.0
     paper_batches = [128, 500] if device.type == "cuda" else ([] if quick else [16])
-    progress.reset(total=4 + 4 * len(paper_batches) + (device.type == "cuda"))
-    rows = cheap_potential_rows(device, budget_s, progress)
+    progress.reset(total=6 + 4 * len(paper_batches) + (device.type == "cuda"))
+    rows = overhead_rows(device, budget_s, progress)
+    rows += cheap_potential_rows(device, budget_s, progress)
     rows += paper_network_rows(device, paper_batches, budget_s, progress)
     if device.type == "cuda":
         rows += gpu_only_rows(device, budget_s, progress)
@@ -135,6 +162,10 @@ def markdown(record: dict) -> str:
                   f"{r['authors_ms'] / r['ours_ms']:.2f}x | {r['floor_ms']:.2f} | {r['per_gradient_over_floor']:.2f} |"
                   for r in paper]
     for r in rows:
+        if r["part"] == "overhead":
+            lines += ["", f"Overhead, HMC ({OVERHEAD_LEAPFROG} leapfrog steps) on a quadratic potential, B = 1, "
+                          f"L = 100, 1 thread, {'compile=True' if r['compiled'] else 'eager'}: "
+                          f"{r['us_per_leapfrog']:.1f} us per leapfrog step"]
         if r["part"] == "cuda_graph":
             lines += ["", f"cuda_graph, small MLP potential, B = 4096: eager {r['eager_ms']:.3f} ms/step, graph "
                           f"{r['graph_ms']:.3f} ms/step ({r['eager_ms'] / r['graph_ms']:.1f}x)"]

@@ -12,23 +12,36 @@ from benchmarks.peers.common import Outcome, Sizes, Stopwatch
 N_LEAPFROG = 10  # the HMC configurations of every library take this many leapfrog steps per iteration
 
 # Step sizes are only starting points: every configuration adapts its step during warm-up (dual averaging,
-# shared across chains, kale_fast's default).
+# shared across chains) and a diagonal metric (kale_fast's default); ChEES adapts its trajectory length too.
+# "+compile" runs the gradient path through torch.compile (its compilation counts as warm-up).
 CONFIGS: Dict[str, Callable[[], kf.samplers.base.Sampler]] = {
     "mala": lambda: kf.MALA(0.01, adapt_step_size=True),
-    f"hmc-{N_LEAPFROG}": lambda: kf.HMC(0.05, N_LEAPFROG, jitter=0.2, adapt_step_size=True),
+    f"hmc-{N_LEAPFROG}": lambda: kf.HMC(0.05, N_LEAPFROG, adapt_step_size=True),
+    "chees": lambda: kf.ChEES(0.05),
 }
+COMPILED = {"mala+compile", f"hmc-{N_LEAPFROG}+compile", "chees+compile"}
+
+
+def configs():
+    return list(CONFIGS) + sorted(COMPILED)
 
 
 def run(config: str, target, z0: np.ndarray, sizes: Sizes, seed: int) -> Outcome:
     """z0 (B, L) initial positions."""
-    sampler = CONFIGS[config]()
+    name, compiled = config.split("+")[0], config.endswith("+compile")
+    sampler = CONFIGS[name]()
     torch.manual_seed(seed)
     z0 = torch.as_tensor(z0, dtype=torch.float32)
     with Stopwatch() as warm:
-        warmed = sampler.run(target.potential, z0, 0, warmup=sizes.warmup)
+        warmed = sampler.run(target.potential, z0, 0, warmup=sizes.warmup, compile=compiled)
+        if compiled:  # the sampling run's own compilation (ChEES: its chunk lengths) is warm-up too
+            sampler.run(target.potential, None, min(sizes.draws, 20), state=warmed.state, compile=True)
     with Stopwatch() as sampling:
-        result = sampler.run(target.potential, None, sizes.draws, thin=1, state=warmed.state)
-    trace = result.to_arviz().posterior["z"].values  # (chain, draw, dim) whichever way result.trace is laid out
-    grads = getattr(sampler, "n_leapfrog", 1)
+        result = sampler.run(target.potential, None, sizes.draws, thin=1, state=warmed.state, compile=compiled)
+    trace = result.trace.double().numpy()  # (chain, draw, dim)
+    if isinstance(sampler, kf.ChEES):  # ceil(u T / h) steps with u uniform on (0, 1): about T / (2h) + 1/2
+        grads = result.trajectory_length / (2 * float(result.step_size.mean())) + 0.5
+    else:
+        grads = getattr(sampler, "n_leapfrog", 1)
     return Outcome(trace=trace, warmup_s=warm.wall, sample_s=sampling.wall, cpu_s=sampling.cpu,
                    grads_per_draw=float(grads), accept=float(result.accept_rate.mean()))
