@@ -24,13 +24,13 @@ _FAMILY = "kale"
 
 # --- kale_loss -------------------------------------------------------------------------------------------
 
-def _kale_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
+def _kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
     """(loss in e_data's dtype, lse = log sum exp(-e_gen) in the accumulation dtype); inputs 1-D contiguous."""
     loss, lse = kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
     return loss.to(e_data.dtype), lse
 
 
-def _kale_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
+def _kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
                    backend: str, backend_kernels=kernels):
     """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
     return backend_kernels(backend, _FAMILY).kale_loss_backward(grad, e_data, e_gen, log_partition, lse)
@@ -39,7 +39,7 @@ def _kale_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: O
 class _KaleLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e_data, e_gen, log_partition, backend):
-        loss, lse = _kale_forward(e_data, e_gen, log_partition, backend)
+        loss, lse = _kale_loss_forward(e_data, e_gen, log_partition, backend)
         ctx.save_for_backward(e_data, e_gen, log_partition, lse)
         ctx.backend = backend
         return loss
@@ -48,13 +48,13 @@ class _KaleLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         e_data, e_gen, log_partition, lse = ctx.saved_tensors
-        grad_data, grad_gen, grad_a = _kale_backward(grad, e_data, e_gen, log_partition, lse, ctx.backend)
+        grad_data, grad_gen, grad_a = _kale_loss_backward(grad, e_data, e_gen, log_partition, lse, ctx.backend)
         return grad_data, grad_gen, grad_a if log_partition is not None else None, None
 
 
 @torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
 def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
-    return _kale_forward(e_data, e_gen, log_partition, backend)
+    return _kale_loss_forward(e_data, e_gen, log_partition, backend)
 
 
 @_kale_loss_op.register_fake
@@ -71,7 +71,7 @@ def _kale_loss_setup_context(ctx, inputs, output):
 
 def _kale_loss_op_grad(ctx, grad_loss, _grad_lse):
     e_data, e_gen, log_partition, lse = ctx.saved_tensors
-    grad_data, grad_gen, grad_a = _kale_backward(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend,
+    grad_data, grad_gen, grad_a = _kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend,
                                                  traceable_kernels)
     return grad_data, grad_gen, grad_a if log_partition is not None else None, None
 
