@@ -1,10 +1,11 @@
 # `make demo` and `make test` set everything up on a fresh machine (a .venv with the pinned requirements and
-# the C++ extension built in place), then run the default job or the tests.
+# the C++ extension built in place), then run the default job or the tests (CPU only). `make gpu-check`
+# proves GPU readiness without a GPU (tools/gpu_check.sh: a CUDA build in a cached venv of its own).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench gpu-check
 
 $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard csrc/*) $(wildcard kernels/*)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,3 +26,6 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+gpu-check:
+	bash tools/gpu_check.sh

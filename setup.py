@@ -1,4 +1,5 @@
-"""Builds kale_fast._C (C++ CPU kernels, always) and kale_fast._C_cuda (CUDA kernels, only where torch has CUDA).
+"""Builds the one extension kale_fast._C: the op schemas and the C++ CPU kernels of csrc/ always, the CUDA
+kernels of kernels/ too where torch has CUDA (and a CUDA toolkit is found: CUDA_HOME or nvcc on PATH).
 
 Install with `pip install --no-build-isolation -e .`: torch must already be installed (it is deliberately
 not a build requirement, so that no build environment ever pulls a CUDA torch of its own).
@@ -23,24 +24,16 @@ def host_simd_flags():
 # -fno-trapping-math lets GCC if-convert the selects of csrc/vec_math.h and so vectorise the loops, and
 # -fno-math-errno lets sqrt be one instruction; unlike -ffast-math they keep inf and NaN semantics.
 cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-psabi", *host_simd_flags()]
-extensions = [
-    CppExtension(
+sources = sorted(glob.glob("csrc/*.cpp"))
+if torch.version.cuda is not None and CUDA_HOME is not None:
+    extension = CUDAExtension(
         "kale_fast._C",
-        sorted(glob.glob("csrc/*.cpp")),
-        extra_compile_args={"cxx": cxx_flags},
+        sources + sorted(glob.glob("kernels/*.cu")),
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=["-fopenmp"],
     )
-]
-
-if torch.version.cuda is not None and CUDA_HOME is not None:
-    extensions.append(
-        CUDAExtension(
-            "kale_fast._C_cuda",
-            sorted(glob.glob("kernels/*.cu") + glob.glob("kernels/*.cpp")),
-            extra_compile_args={"cxx": ["-O3", "-g0"], "nvcc": ["-O3", "-lineinfo"]},
-        )
-    )
 else:
-    print("kale_fast: torch has no CUDA here; building the CPU extension only")
+    print("kale_fast: torch has no CUDA here (or no CUDA toolkit was found); building the CPU kernels only")
+    extension = CppExtension("kale_fast._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
 
-setup(ext_modules=extensions, cmdclass={"build_ext": BuildExtension})
+setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

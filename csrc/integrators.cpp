@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "philox.h"
-#include "op_schemas.h"
 #include "op_checks.h"
 
 namespace kale_fast {
@@ -264,12 +263,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_draw_momentum(const at::Tensor& z, const 
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) {
-  define_leapfrog_schemas(m);
-  define_langevin_schemas(m);
-}
-
-TORCH_LIBRARY_IMPL(kale_fast_cpp, CPU, m) {
+TORCH_LIBRARY_IMPL(kale_fast, CPU, m) {
   m.impl("hmc_draw_momentum", &hmc_draw_momentum);
   m.impl("leapfrog_kick_drift", &leapfrog_kick_drift);
   m.impl("hmc_trajectory_end", &hmc_trajectory_end);

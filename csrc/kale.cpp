@@ -1,5 +1,6 @@
 // CPU kernels of the KALE objective and of log-mean-exp (kale_fast/ops/kale.py is the autograd
-// wrapper, kale_fast/reference/kale.py the oracle). Inputs arrive 1-D (kale) or 2-D rows (log-mean-exp),
+// wrapper, kale_fast/reference/kale.py the oracle; kernels/kale.cu and kale_fast/triton_kernels/kale.py the
+// same functions for CUDA). Inputs arrive 1-D (kale) or 2-D rows (log-mean-exp),
 // contiguous and validated by the Python layer; the checks here only guard the kernel's own assumptions.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -14,29 +15,23 @@
 #include <tuple>
 
 #include "log_sum_exp.h"
-#include "op_schemas.h"
+#include "op_checks.h"
 
 namespace kale_fast {
 namespace {
 
 constexpr int64_t kGrain = 1 << 15;  // elements per parallel task: large enough to amortise a task
 
-at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_flat(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D CPU tensor");
-}
-
 // Returns (loss, lse) in the accumulation dtype: lse = log sum exp(-e_gen) and
 // loss = mean(e_data) + lse - log M (A absent) or mean(e_data) + A + exp(lse - A - log M) - 1.
-std::tuple<at::Tensor, at::Tensor> kale_forward(const at::Tensor& e_data, const at::Tensor& e_gen,
+std::tuple<at::Tensor, at::Tensor> kale_loss_forward(const at::Tensor& e_data, const at::Tensor& e_gen,
                                                 const std::optional<at::Tensor>& log_partition) {
-  check_flat(e_data, "e_data");
-  check_flat(e_gen, "e_gen");
+  check_flat(e_data, c10::kCPU, "e_data");
+  check_flat(e_gen, c10::kCPU, "e_gen");
   const auto acc_dtype = acc_type_of(e_gen.scalar_type());
   auto loss = at::empty({}, e_gen.options().dtype(acc_dtype));
   auto lse = at::empty({}, e_gen.options().dtype(acc_dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gen = e_gen.const_data_ptr<scalar_t>();
     const scalar_t* data = e_data.const_data_ptr<scalar_t>();
@@ -72,17 +67,17 @@ std::tuple<at::Tensor, at::Tensor> kale_forward(const at::Tensor& e_data, const 
 
 // Returns (d e_data, d e_gen, d A): grad / N, -grad * exp(-e_gen - shift) with shift = lse (A absent)
 // or A + log M, and grad * (1 - exp(lse - shift)) (zero when A is absent; the caller drops it).
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_backward(const at::Tensor& grad, const at::Tensor& e_data,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_loss_backward(const at::Tensor& grad, const at::Tensor& e_data,
                                                              const at::Tensor& e_gen,
                                                              const std::optional<at::Tensor>& log_partition,
                                                              const at::Tensor& lse) {
-  check_flat(e_data, "e_data");
-  check_flat(e_gen, "e_gen");
+  check_flat(e_data, c10::kCPU, "e_data");
+  check_flat(e_gen, c10::kCPU, "e_gen");
   const auto acc_dtype = acc_type_of(e_gen.scalar_type());
   auto grad_gen = at::empty_like(e_gen);
   auto grad_data = at::empty_like(e_data);
   auto grad_log_partition = at::empty({}, e_gen.options().dtype(acc_dtype));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_backward", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t g = grad.item<acc_t>();
     const acc_t lse_value = lse.item<acc_t>();
@@ -108,14 +103,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_backward(const at::Tensor& g
   return {grad_data, grad_gen, grad_log_partition};
 }
 
-void check_rows(const at::Tensor& x) {
-  TORCH_CHECK(x.device().is_cpu() && x.dim() == 2 && x.is_contiguous() && x.size(1) > 0,
-              "x must be a contiguous 2-D CPU tensor with non-empty rows");
-}
-
 // Row-wise log(mean(exp(x))) of a (R, K) tensor, in the accumulation dtype, shape (R,).
 at::Tensor log_mean_exp_forward(const at::Tensor& x) {
-  check_rows(x);
+  check_rows(x, c10::kCPU);
   auto out = at::empty({x.size(0)}, x.options().dtype(acc_type_of(x.scalar_type())));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "log_mean_exp_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -151,14 +141,12 @@ at::Tensor log_mean_exp_forward(const at::Tensor& x) {
 // grad_x[r, k] = grad[r] * exp(x[r, k] - out[r] - log K), with out the forward's (R,) result;
 // grad and out in the accumulation dtype.
 at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out) {
-  check_rows(x);
+  check_rows(x, c10::kCPU);
+  check_row_values(grad, out, x);
   auto grad_x = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "log_mean_exp_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t rows = x.size(0), cols = x.size(1);
-    TORCH_CHECK(grad.scalar_type() == out.scalar_type() && out.scalar_type() == c10::CppTypeToScalarType<acc_t>::value &&
-                    grad.is_contiguous() && out.is_contiguous() && grad.numel() == rows && out.numel() == rows,
-                "grad and out must be contiguous (R,) tensors in the accumulation dtype");
     const acc_t* g = grad.const_data_ptr<acc_t>();
     const acc_t* o = out.const_data_ptr<acc_t>();
     const scalar_t* in = x.const_data_ptr<scalar_t>();
@@ -177,11 +165,9 @@ at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, co
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(kale_fast_cpp, m) { define_kale_schemas(m); }
-
-TORCH_LIBRARY_IMPL(kale_fast_cpp, CPU, m) {
-  m.impl("kale_forward", &kale_forward);
-  m.impl("kale_backward", &kale_backward);
+TORCH_LIBRARY_IMPL(kale_fast, CPU, m) {
+  m.impl("kale_loss_forward", &kale_loss_forward);
+  m.impl("kale_loss_backward", &kale_loss_backward);
   m.impl("log_mean_exp_forward", &log_mean_exp_forward);
   m.impl("log_mean_exp_backward", &log_mean_exp_backward);
 }

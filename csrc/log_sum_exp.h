@@ -1,5 +1,5 @@
-// Streaming log-sum-exp and scaled-exp loops shared by the CPU kernels, over explicit SIMD vectors
-// (vec_math.h) with a scalar tail. Inputs of any floating dtype are widened to acc_t (float or double).
+// Streaming log-sum-exp and scaled-exp loops of the CPU kernels, over explicit SIMD vectors (vec_math.h) with
+// a scalar tail; their running state (log_sum_exp_state.h) is shared with the CUDA kernels. Inputs of any floating dtype are widened to acc_t (float or double).
 #pragma once
 
 #include <algorithm>
@@ -7,26 +7,12 @@
 #include <cstdint>
 #include <limits>
 
+#include "log_sum_exp_state.h"
 #include "vec_math.h"
 
 namespace kale_fast {
 
 constexpr int64_t kBlock = 2048;  // elements per block: 8-16 KiB stay in L1 between the two reads
-
-// Running (max, sum of exp(x - max)) of a log-sum-exp; lse = max + log(sum).
-template <typename acc_t>
-struct LogSumExpState {
-  acc_t max = -std::numeric_limits<acc_t>::infinity();
-  acc_t sum = 0;
-
-  void merge(acc_t other_max, acc_t other_sum) {
-    const acc_t m = other_max > max ? other_max : max;
-    sum = sum * rescale<acc_t>(max, m) + other_sum * rescale<acc_t>(other_max, m);
-    max = m;
-  }
-  void merge(const LogSumExpState& other) { merge(other.max, other.sum); }
-  acc_t value() const { return max + std::log(sum); }
-};
 
 template <typename acc_t, typename V>
 inline acc_t horizontal_max(V v) {

@@ -1,13 +1,38 @@
-// Argument checks of the MCMC update ops, shared by the CPU (csrc/) and CUDA (kernels/) registrations; the
-// Python wrappers check first and name the user's argument, these guard direct torch.ops calls.
+// Argument checks and dtype rules of the kernel ops, shared by the CPU (csrc/) and CUDA (kernels/)
+// implementations; the Python layer checks first and names the user's argument, these guard direct
+// torch.ops.kale_fast calls and the kernels' own layout assumptions.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
 
 #include <initializer_list>
 
 namespace kale_fast {
+
+// The accumulation dtype of a reduction over `t`: fp64 for fp64, fp32 for fp16, bf16 and fp32.
+inline at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// A flat input of the KALE objective: contiguous, 1-D, on the backend's device.
+inline void check_flat(const at::Tensor& t, c10::DeviceType device, const char* name) {
+  TORCH_CHECK(t.device().type() == device && t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D ",
+              c10::DeviceTypeName(device), " tensor");
+}
+
+// The (R, K) rows of log-mean-exp: contiguous, K > 0, on the backend's device.
+inline void check_rows(const at::Tensor& x, c10::DeviceType device) {
+  TORCH_CHECK(x.device().type() == device && x.dim() == 2 && x.is_contiguous() && x.size(1) > 0,
+              "x must be a contiguous 2-D ", c10::DeviceTypeName(device), " tensor with non-empty rows");
+}
+
+// grad and out of log_mean_exp_backward: contiguous (R,) in the accumulation dtype of x.
+inline void check_row_values(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x) {
+  TORCH_CHECK(grad.scalar_type() == out.scalar_type() && out.scalar_type() == acc_type_of(x.scalar_type()) &&
+                  grad.is_contiguous() && out.is_contiguous() && grad.numel() == x.size(0) &&
+                  out.numel() == x.size(0),
+              "grad and out must be contiguous (R,) tensors in the accumulation dtype");
+}
 
 // A chain state (B, L), contiguous, on the backend's device.
 inline void check_state(const at::Tensor& t, c10::DeviceType device, const char* name) {

@@ -1,5 +1,6 @@
-// CUDA kernels of the two leapfrog updates of HMC (kale_fast/ops/integrators.py wraps them; the other
-// integrator updates run as Triton kernels on CUDA tensors). Same contracts as csrc/integrators.cpp:
+// CUDA kernels of the two leapfrog updates of HMC, registered for the CUDA key of torch.ops.kale_fast
+// (kale_fast/ops/integrators.py wraps them; the other integrator updates are registered for the CUDA key as
+// Triton kernels by kale_fast/ops/_backend.py). Same contracts as csrc/integrators.cpp:
 // states (B, L) contiguous fp32/fp64, per-chain values (B,), updates in place.
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
@@ -13,14 +14,13 @@
 #include <algorithm>
 #include <tuple>
 
-#include "../csrc/op_schemas.h"
 #include "../csrc/op_checks.h"
+#include "launch.cuh"
 
 namespace kale_fast {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kRowsPerBlock = kThreads / 32;  // one warp per chain in hmc_trajectory_end
+constexpr int kRowsPerBlock = kWarps;  // one warp per chain in hmc_trajectory_end
 
 constexpr c10::DeviceType kDevice = c10::kCUDA;  // of every chain state these ops take
 
@@ -38,20 +38,13 @@ __global__ void __launch_bounds__(kThreads) leapfrog_kick_drift_kernel(scalar_t*
   }
 }
 
-int blocks_for(int64_t total) {
-  int device = 0, sms = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(32 * sms, (total + kThreads - 1) / kThreads)));
-}
-
 void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
                          double kick_fraction) {
   check_leapfrog_kick_drift_args(z, p, grad, step_size, kDevice);
   if (z.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(z.device());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "leapfrog_kick_drift_cuda", [&] {
-    leapfrog_kick_drift_kernel<scalar_t><<<blocks_for(z.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    leapfrog_kick_drift_kernel<scalar_t><<<grid_stride_blocks(z.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
         z.mutable_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
         step_size.const_data_ptr<scalar_t>(), static_cast<scalar_t>(kick_fraction), z.size(1), z.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -120,9 +113,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(kale_fast_cuda, m) { define_leapfrog_schemas(m); }
-
-TORCH_LIBRARY_IMPL(kale_fast_cuda, CUDA, m) {
+TORCH_LIBRARY_IMPL(kale_fast, CUDA, m) {
   m.impl("leapfrog_kick_drift", &leapfrog_kick_drift);
   m.impl("hmc_trajectory_end", &hmc_trajectory_end);
 }

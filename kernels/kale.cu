@@ -1,5 +1,5 @@
 // CUDA kernels of the KALE objective and of log-mean-exp: the same functions and contracts as
-// csrc/kale.cpp (CPU) and kale_fast/triton_kernels/kale.py, registered under torch.ops.kale_fast_cuda.
+// csrc/kale.cpp (CPU) and kale_fast/triton_kernels/kale.py, registered for the CUDA key of torch.ops.kale_fast.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
@@ -15,7 +15,7 @@
 #include <optional>
 #include <tuple>
 
-#include "../csrc/op_schemas.h"
+#include "../csrc/op_checks.h"
 
 #include "log_sum_exp.cuh"
 
@@ -24,16 +24,10 @@ namespace {
 
 constexpr int64_t kSingleBlockMax = 1 << 16;  // up to here one block reduces everything and writes the loss
 
-at::ScalarType acc_type_of(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-void check_flat(const at::Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.dim() == 1 && t.is_contiguous(), name, " must be a contiguous 1-D CUDA tensor");
-}
-
 template <typename acc_t>
-__device__ void kale_finish(LogSumExpState<acc_t> state, acc_t data_sum, const acc_t* log_partition,
+__device__ void kale_loss_finish(LogSumExpState<acc_t> state, acc_t data_sum, const acc_t* log_partition,
                             acc_t* loss, acc_t* lse, int64_t n_data, acc_t log_n_gen) {
-  const acc_t lse_value = state.max + log(state.sum);
+  const acc_t lse_value = state.value();
   acc_t loss_value = data_sum / static_cast<acc_t>(n_data);
   if (log_partition != nullptr) {
     const acc_t a = *log_partition;
@@ -46,12 +40,12 @@ __device__ void kale_finish(LogSumExpState<acc_t> state, acc_t data_sum, const a
 }
 
 // Each block reduces a grid-stride slice of e_gen (log-sum-exp of -e_gen) and of e_data (sum); a single
-// block finishes the loss itself, several write (max, sum, data sum) partials for kale_combine_kernel.
+// block finishes the loss itself, several write (max, sum, data sum) partials for kale_loss_combine_kernel.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) kale_forward_kernel(
+__global__ void __launch_bounds__(kThreads) kale_loss_forward_kernel(
     const scalar_t* __restrict__ e_data, const scalar_t* __restrict__ e_gen, const acc_t* log_partition,
     acc_t* __restrict__ partials, acc_t* loss, acc_t* lse, int64_t n_data, int64_t n_gen, acc_t log_n_gen) {
-  LogSumExpState<acc_t> state{-INFINITY, acc_t(0)};
+  LogSumExpState<acc_t> state;
   acc_t data_sum = 0;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < n_gen; i += stride)
@@ -61,7 +55,7 @@ __global__ void __launch_bounds__(kThreads) kale_forward_kernel(
   block_merge(state, data_sum);
   if (threadIdx.x != 0) return;
   if (gridDim.x == 1) {
-    kale_finish(state, data_sum, log_partition, loss, lse, n_data, log_n_gen);
+    kale_loss_finish(state, data_sum, log_partition, loss, lse, n_data, log_n_gen);
   } else {
     partials[blockIdx.x] = state.max;
     partials[gridDim.x + blockIdx.x] = state.sum;
@@ -70,36 +64,28 @@ __global__ void __launch_bounds__(kThreads) kale_forward_kernel(
 }
 
 template <typename acc_t>
-__global__ void __launch_bounds__(kThreads) kale_combine_kernel(const acc_t* __restrict__ partials, int n_blocks,
+__global__ void __launch_bounds__(kThreads) kale_loss_combine_kernel(const acc_t* __restrict__ partials, int n_blocks,
                                                                 const acc_t* log_partition, acc_t* loss, acc_t* lse,
                                                                 int64_t n_data, acc_t log_n_gen) {
-  LogSumExpState<acc_t> state{-INFINITY, acc_t(0)};
+  LogSumExpState<acc_t> state;
   acc_t data_sum = 0;
   for (int b = threadIdx.x; b < n_blocks; b += kThreads) {
-    state = merge(state, LogSumExpState<acc_t>{partials[b], partials[n_blocks + b]});
+    state.merge(partials[b], partials[n_blocks + b]);
     data_sum += partials[2 * n_blocks + b];
   }
   block_merge(state, data_sum);
-  if (threadIdx.x == 0) kale_finish(state, data_sum, log_partition, loss, lse, n_data, log_n_gen);
-}
-
-int multiprocessors() {
-  int device = 0, count = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  return count;
+  if (threadIdx.x == 0) kale_loss_finish(state, data_sum, log_partition, loss, lse, n_data, log_n_gen);
 }
 
 int reduce_blocks(int64_t n) {
   if (n <= kSingleBlockMax) return 1;
-  const int sms = multiprocessors();
-  return static_cast<int>(std::min<int64_t>(4 * sms, (n + kThreads * 8 - 1) / (kThreads * 8)));
+  return static_cast<int>(std::min<int64_t>(4 * multiprocessor_count(), (n + kThreads * 8 - 1) / (kThreads * 8)));
 }
 
-std::tuple<at::Tensor, at::Tensor> kale_forward(const at::Tensor& e_data, const at::Tensor& e_gen,
+std::tuple<at::Tensor, at::Tensor> kale_loss_forward(const at::Tensor& e_data, const at::Tensor& e_gen,
                                                 const std::optional<at::Tensor>& log_partition) {
-  check_flat(e_data, "e_data");
-  check_flat(e_gen, "e_gen");
+  check_flat(e_data, c10::kCUDA, "e_data");
+  check_flat(e_gen, c10::kCUDA, "e_gen");
   const c10::cuda::CUDAGuard guard(e_gen.device());
   const auto acc_options = e_gen.options().dtype(acc_type_of(e_gen.scalar_type()));
   auto loss = at::empty({}, acc_options);
@@ -108,16 +94,16 @@ std::tuple<at::Tensor, at::Tensor> kale_forward(const at::Tensor& e_data, const 
   const int blocks = reduce_blocks(std::max(n_data, n_gen));
   auto partials = at::empty({blocks > 1 ? 3 * blocks : 0}, acc_options);
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_forward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_forward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const acc_t* a = log_partition.has_value() ? log_partition->const_data_ptr<acc_t>() : nullptr;
     const acc_t log_n_gen = std::log(static_cast<acc_t>(n_gen));
-    kale_forward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
+    kale_loss_forward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, stream>>>(
         e_data.const_data_ptr<scalar_t>(), e_gen.const_data_ptr<scalar_t>(), a, partials.mutable_data_ptr<acc_t>(),
         loss.mutable_data_ptr<acc_t>(), lse.mutable_data_ptr<acc_t>(), n_data, n_gen, log_n_gen);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     if (blocks > 1) {
-      kale_combine_kernel<acc_t><<<1, kThreads, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks, a,
+      kale_loss_combine_kernel<acc_t><<<1, kThreads, 0, stream>>>(partials.const_data_ptr<acc_t>(), blocks, a,
                                                               loss.mutable_data_ptr<acc_t>(),
                                                               lse.mutable_data_ptr<acc_t>(), n_data, log_n_gen);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -128,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> kale_forward(const at::Tensor& e_data, const 
 
 // One launch writes both gradients (index i serves e_gen and e_data alike) and, in thread 0, d A.
 template <typename scalar_t, typename acc_t>
-__global__ void __launch_bounds__(kThreads) kale_backward_kernel(
+__global__ void __launch_bounds__(kThreads) kale_loss_backward_kernel(
     const scalar_t* grad, const scalar_t* __restrict__ e_gen, const acc_t* log_partition, const acc_t* lse,
     scalar_t* __restrict__ grad_data, scalar_t* __restrict__ grad_gen, acc_t* grad_a, int64_t n_data, int64_t n_gen,
     acc_t log_n_gen) {
@@ -144,26 +130,21 @@ __global__ void __launch_bounds__(kThreads) kale_backward_kernel(
   if (blockIdx.x == 0 && threadIdx.x == 0) *grad_a = g * (acc_t(1) - exp(lse_value - shift));
 }
 
-int map_blocks(int64_t n) {
-  const int sms = multiprocessors();
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(32 * sms, (n + kThreads - 1) / kThreads)));
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_backward(const at::Tensor& grad, const at::Tensor& e_data,
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_loss_backward(const at::Tensor& grad, const at::Tensor& e_data,
                                                              const at::Tensor& e_gen,
                                                              const std::optional<at::Tensor>& log_partition,
                                                              const at::Tensor& lse) {
-  check_flat(e_data, "e_data");
-  check_flat(e_gen, "e_gen");
+  check_flat(e_data, c10::kCUDA, "e_data");
+  check_flat(e_gen, c10::kCUDA, "e_gen");
   TORCH_CHECK(grad.scalar_type() == e_gen.scalar_type(), "grad must have the energies' dtype");
   const c10::cuda::CUDAGuard guard(e_gen.device());
   auto grad_data = at::empty_like(e_data);
   auto grad_gen = at::empty_like(e_gen);
   auto grad_a = at::empty({}, lse.options());
   const int64_t n_data = e_data.numel(), n_gen = e_gen.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_backward_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    kale_backward_kernel<scalar_t, acc_t><<<map_blocks(std::max(n_data, n_gen)), kThreads, 0,
+    kale_loss_backward_kernel<scalar_t, acc_t><<<grid_stride_blocks(std::max(n_data, n_gen)), kThreads, 0,
                                             c10::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<scalar_t>(), e_gen.const_data_ptr<scalar_t>(),
         log_partition.has_value() ? log_partition->const_data_ptr<acc_t>() : nullptr, lse.const_data_ptr<acc_t>(),
@@ -174,18 +155,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_backward(const at::Tensor& g
   return {grad_data, grad_gen, grad_a};
 }
 
-void check_rows(const at::Tensor& x) {
-  TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.is_contiguous() && x.size(1) > 0,
-              "x must be a contiguous 2-D CUDA tensor with non-empty rows");
-}
-
 // One block per row.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads) log_mean_exp_forward_kernel(const scalar_t* __restrict__ x,
                                                                         acc_t* __restrict__ out, int64_t n_cols,
                                                                         acc_t log_n_cols) {
   const scalar_t* row = x + static_cast<int64_t>(blockIdx.x) * n_cols;
-  LogSumExpState<acc_t> state{-INFINITY, acc_t(0)};
+  LogSumExpState<acc_t> state;
   for (int64_t i = threadIdx.x; i < n_cols; i += kThreads) online_update(state, static_cast<acc_t>(row[i]));
   acc_t unused = 0;
   block_merge(state, unused);
@@ -193,7 +169,7 @@ __global__ void __launch_bounds__(kThreads) log_mean_exp_forward_kernel(const sc
 }
 
 at::Tensor log_mean_exp_forward(const at::Tensor& x) {
-  check_rows(x);
+  check_rows(x, c10::kCUDA);
   const c10::cuda::CUDAGuard guard(x.device());
   auto out = at::empty({x.size(0)}, x.options().dtype(acc_type_of(x.scalar_type())));
   if (x.size(0) == 0) return out;
@@ -218,16 +194,14 @@ __global__ void __launch_bounds__(kThreads) log_mean_exp_backward_kernel(
 }
 
 at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out) {
-  check_rows(x);
-  TORCH_CHECK(grad.is_contiguous() && out.is_contiguous() && grad.scalar_type() == out.scalar_type() &&
-                  out.scalar_type() == acc_type_of(x.scalar_type()),
-              "grad and out must be contiguous (R,) tensors in the accumulation dtype");
+  check_rows(x, c10::kCUDA);
+  check_row_values(grad, out, x);
   const c10::cuda::CUDAGuard guard(x.device());
   auto grad_x = at::empty_like(x);
   if (x.numel() == 0) return grad_x;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "log_mean_exp_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    log_mean_exp_backward_kernel<scalar_t, acc_t><<<map_blocks(x.numel()), kThreads, 0,
+    log_mean_exp_backward_kernel<scalar_t, acc_t><<<grid_stride_blocks(x.numel()), kThreads, 0,
                                                     c10::cuda::getCurrentCUDAStream()>>>(
         grad.const_data_ptr<acc_t>(), x.const_data_ptr<scalar_t>(), out.const_data_ptr<acc_t>(),
         grad_x.mutable_data_ptr<scalar_t>(), x.size(0), x.size(1), std::log(static_cast<acc_t>(x.size(1))));
@@ -238,11 +212,9 @@ at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, co
 
 }  // namespace
 
-TORCH_LIBRARY_FRAGMENT(kale_fast_cuda, m) { define_kale_schemas(m); }
-
-TORCH_LIBRARY_IMPL(kale_fast_cuda, CUDA, m) {
-  m.impl("kale_forward", &kale_forward);
-  m.impl("kale_backward", &kale_backward);
+TORCH_LIBRARY_IMPL(kale_fast, CUDA, m) {
+  m.impl("kale_loss_forward", &kale_loss_forward);
+  m.impl("kale_loss_backward", &kale_loss_backward);
   m.impl("log_mean_exp_forward", &log_mean_exp_forward);
   m.impl("log_mean_exp_backward", &log_mean_exp_backward);
 }

@@ -1,25 +1,13 @@
-// Device helpers of the streaming log-sum-exp shared by the CUDA kernels (twin of csrc/log_sum_exp.h).
+// Device side of the streaming log-sum-exp of the CUDA kernels: the per-element update and the warp and
+// block merges of the state that csrc/log_sum_exp_state.h defines for host and device code alike.
 #pragma once
 
 #include <cmath>
 
+#include "../csrc/log_sum_exp_state.h"
+#include "launch.cuh"
+
 namespace kale_fast {
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
-// Running (max, sum of exp(x - max)); lse = max + log(sum).
-template <typename acc_t>
-struct LogSumExpState {
-  acc_t max;
-  acc_t sum;
-};
-
-// exp(a - m), and 1 where a == m (equal infinities must not give exp(nan)).
-template <typename acc_t>
-__device__ __forceinline__ acc_t rescale(acc_t a, acc_t m) {
-  return a == m ? acc_t(1) : exp(a - m);
-}
 
 // Folds one element in with a single exp: exp(-|x - m|) is either the new term or the factor that rescales
 // the old sum. NaN x makes the sum NaN and never becomes the max.
@@ -35,18 +23,9 @@ __device__ __forceinline__ void online_update(LogSumExpState<acc_t>& state, acc_
 }
 
 template <typename acc_t>
-__device__ __forceinline__ LogSumExpState<acc_t> merge(LogSumExpState<acc_t> a, LogSumExpState<acc_t> b) {
-  const acc_t m = b.max > a.max ? b.max : a.max;
-  return {m, a.sum * rescale(a.max, m) + b.sum * rescale(b.max, m)};
-}
-
-template <typename acc_t>
 __device__ __forceinline__ LogSumExpState<acc_t> warp_merge(LogSumExpState<acc_t> state) {
-  for (int offset = 16; offset > 0; offset /= 2) {
-    LogSumExpState<acc_t> other{__shfl_down_sync(0xffffffff, state.max, offset),
-                                __shfl_down_sync(0xffffffff, state.sum, offset)};
-    state = merge(state, other);
-  }
+  for (int offset = 16; offset > 0; offset /= 2)
+    state.merge(__shfl_down_sync(0xffffffff, state.max, offset), __shfl_down_sync(0xffffffff, state.sum, offset));
   return state;
 }
 

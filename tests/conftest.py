@@ -11,9 +11,11 @@ if not torch.cuda.is_available():
 import kale_fast as kf  # noqa: E402
 from kale_fast.ops import _backend  # noqa: E402
 
-# Every fused backend with the device its kernels run on; a backend that cannot run here is skipped
-# with the reason (on a CPU machine: "cuda").
-FUSED_BACKENDS = [("cpp", "cpu"), ("triton", "cuda" if torch.cuda.is_available() else "cpu"), ("cuda", "cuda")]
+# Every backend with the device its kernels run on, the reference included (its kernel contract wraps the
+# oracle the tests compare with); a backend that cannot run here is skipped with the reason (on a CPU machine:
+# "cuda").
+FUSED_BACKENDS = [("reference", "cpu"), ("cpp", "cpu"), ("triton", "cuda" if torch.cuda.is_available() else "cpu"),
+                  ("cuda", "cuda")]
 
 
 @pytest.fixture(params=FUSED_BACKENDS, ids=[name for name, _ in FUSED_BACKENDS])

@@ -164,3 +164,26 @@ def test_bad_state_is_rejected():
         fused.ula_step(z, z, torch.ones(3))
     with pytest.raises(ValueError, match="z must be a contiguous"):
         fused.ula_step(torch.randn(4, 3, dtype=torch.float16), z, torch.ones(4))
+
+
+def test_kernels_for_runs_under_torch_compile_fullgraph(fused_backend_state):
+    """The kernels `kernels_for` returns trace as opaque ops (fake rules, in-place updates per their schemas)
+    and give the eager numbers, with in-kernel noise from one seed."""
+    s = fused_backend_state((8, 5), torch.float64)
+    seed = fused.seed(s["z"], torch.Generator(device=s["z"].device).manual_seed(1))
+
+    def steps(z, p, v, grad, step_size, friction):
+        kernels = fused.kernels_for(z)
+        kernels.leapfrog_kick_drift(z, p, grad, step_size, 0.5)
+        z_prop = kernels.mala_propose(z, grad, step_size, seed, None)
+        kernels.ula_step(z_prop, grad, step_size, seed, None)
+        kernels.kinetic_langevin_baoa(z_prop, v, grad, step_size, friction, seed, None)
+        momentum, kinetic = kernels.hmc_draw_momentum(z, seed)
+        return z_prop, momentum, kinetic
+
+    def run(fn):
+        state = [s[name].clone() for name in ("z", "p", "p", "grad", "step", "friction")]
+        return [*fn(*state), *state[:3]]
+
+    for actual, expected in zip(run(torch.compile(steps, fullgraph=True, backend="aot_eager")), run(steps)):
+        _close(actual, expected)

@@ -218,11 +218,16 @@ def test_custom_ops_pass_opcheck():
     ops = torch.ops.kale_fast
     torch.library.opcheck(ops.kale_loss, (e_data.requires_grad_(), e_gen.requires_grad_(), a, "cpp"))
     torch.library.opcheck(ops.kale_loss, (e_data, e_gen, None, "cpp"))
-    lse = torch.tensor(1.0, dtype=torch.float64)
-    torch.library.opcheck(ops.kale_loss_backward, (torch.tensor(1.0, dtype=torch.float64), e_data.detach(),
-                                                   e_gen.detach(), a.detach(), lse, "cpp"))
+    loss, lse = ops.kale_loss_forward(e_data.detach(), e_gen.detach(), a.detach())
+    for a_or_none in (a.detach(), None):
+        torch.library.opcheck(ops.kale_loss_forward, (e_data.detach(), e_gen.detach(), a_or_none))
+        torch.library.opcheck(ops.kale_loss_backward, (torch.tensor(1.0, dtype=torch.float64), e_data.detach(),
+                                                       e_gen.detach(), a_or_none, lse))
     rows = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(ops.log_mean_exp_rows, (rows, "cpp"))
+    out = ops.log_mean_exp_forward(rows.detach())
+    torch.library.opcheck(ops.log_mean_exp_forward, (rows.detach(),))
+    torch.library.opcheck(ops.log_mean_exp_backward, (torch.randn(3, dtype=torch.float64), rows.detach(), out))
 
 
 def test_torch_compile_fullgraph():

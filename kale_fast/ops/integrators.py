@@ -6,8 +6,11 @@ updated, and never build autograd graphs (samplers run them under torch.no_grad)
 kernel (counter-based Philox keyed by a seed drawn from `generator`, or torch's default generator) unless an
 explicit `noise` tensor is given, which the tests use to compare with kale_fast.reference.integrators.
 
-As in kale_fast.ops.kale, eager calls go straight to the backend's kernels, and under torch.compile each update
-is a torch.library custom op (mutating its state arguments) that the compiler keeps opaque.
+Two ways in. The public functions below check every argument, resolve the backend and launch one kernel. A
+sampler loop instead calls `kernels_for(z)` once per run (it checks z and resolves the backend) and then the
+kernels it returns, with the kernel contract (seed tensors instead of generators, no checks): eagerly the
+backend's own functions, under torch.compile ops of torch.ops.kale_fast with fake rules (mutating their state
+arguments as their schemas say), which the compiler keeps opaque.
 """
 from typing import Optional, Tuple
 
@@ -15,8 +18,7 @@ import torch
 from torch import Tensor
 
 from kale_fast.ops import _checks
-from kale_fast.ops._backend import kernels, resolve
-from kale_fast.reference import integrators as reference
+from kale_fast.ops._backend import kernels, resolve, traceable_kernels
 
 _FAMILY = "integrators"
 
@@ -37,19 +39,32 @@ def _check(z: Tensor, states: dict, per_chain: dict) -> None:
                              f"{_checks.describe(t) if isinstance(t, Tensor) else type(t).__name__}")
 
 
-def _seed(z: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-    """A fresh kernel seed from torch's generator, kept on z's device (no host synchronisation)."""
+def seed(z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """A fresh kernel seed (a one-element int64 tensor on z's device) from `generator` or torch's default one,
+    without host synchronisation: the `seed` argument of the kernels that draw noise."""
     return torch.randint(0, 2**62, (1,), generator=generator, device=z.device)
 
 
-def _reference_noise(z: Tensor, noise: Optional[Tensor], generator: Optional[torch.Generator]) -> Tensor:
-    return noise if noise is not None else torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+def _kernels(z: Tensor):
+    backend = resolve(z.device)
+    return traceable_kernels(backend, _FAMILY) if torch.compiler.is_compiling() else kernels(backend, _FAMILY)
 
 
-def _call(name: str, backend: str, *args):
-    if torch.compiler.is_compiling():
-        return getattr(torch.ops.kale_fast, name)(*args)
-    return getattr(kernels(backend, _FAMILY), name)(*args)
+def kernels_for(z: Tensor):
+    """The integrator kernels of the backend that runs on z's device, for a loop that checks its arguments once.
+
+    Checks z (a contiguous (B, L) fp32/fp64 tensor) and resolves the backend now; the caller keeps every other
+    state like z ((B, L), same dtype and device, contiguous) and per-chain values (B,) in z's dtype. Attributes,
+    with in-place updates as documented by the public functions of this module:
+    hmc_draw_momentum(z, seed) -> (p, kinetic); leapfrog_kick_drift(z, p, grad, step_size, kick_fraction);
+    hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform) ->
+    (accept_prob, accepted); mala_propose(z, grad, step_size, seed, noise) -> z_prop; mala_accept(z, potential,
+    grad, z_prop, potential_prop, grad_prop, step_size, log_uniform) -> (accept_prob, accepted);
+    ula_step(z, grad, step_size, seed, noise); kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise).
+    `seed` comes from `seed(z, generator)`; `noise` is None (drawn in the kernel) or a (B, L) tensor.
+    """
+    _check(z, {}, {})
+    return _kernels(z)
 
 
 # --- leapfrog --------------------------------------------------------------------------------------------
@@ -57,11 +72,7 @@ def _call(name: str, backend: str, *args):
 def hmc_draw_momentum(z: Tensor, *, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
     """Fresh momenta p ~ N(0, I) like z and their kinetic energies 0.5 |p|^2 (B,), in one kernel."""
     _check(z, {}, {})
-    backend = resolve(z.device)
-    if backend == "reference":
-        momentum = torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
-        return momentum, 0.5 * (momentum * momentum).sum(dim=1)
-    return _call("hmc_draw_momentum", backend, z, _seed(z, generator))
+    return _kernels(z).hmc_draw_momentum(z, seed(z, generator))
 
 
 def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, kick_fraction: float = 1.0) -> None:
@@ -70,12 +81,7 @@ def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, k
     kick_fraction is 0.5 for the first step of a trajectory (its opening half kick) and 1 after that.
     """
     _check(z, dict(p=p, grad=grad), dict(step_size=step_size))
-    backend = resolve(z.device)
-    if backend == "reference":
-        z_new, p_new = reference.leapfrog_kick_drift(z, p, grad, step_size, kick_fraction)
-        z.copy_(z_new), p.copy_(p_new)
-        return
-    _call("leapfrog_kick_drift", backend, z, p, grad, step_size, float(kick_fraction))
+    _kernels(z).leapfrog_kick_drift(z, p, grad, step_size, float(kick_fraction))
 
 
 def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0: Tensor, potential0: Tensor,
@@ -90,15 +96,8 @@ def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0
     _check(z, dict(p=p, grad=grad, z0=z0, grad0=grad0),
            dict(potential=potential, potential0=potential0, kinetic0=kinetic0, step_size=step_size,
                 log_uniform=log_uniform))
-    backend = resolve(z.device)
-    if backend == "reference":
-        *selected, accept_prob, accepted = reference.hmc_trajectory_end(
-            z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform)
-        for target, value in zip((z, potential, grad), selected):
-            target.copy_(value)
-        return accept_prob, accepted
-    return _call("hmc_trajectory_end", backend, z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size,
-                 log_uniform)
+    return _kernels(z).hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size,
+                                          log_uniform)
 
 
 # --- Langevin moves --------------------------------------------------------------------------------------
@@ -107,10 +106,7 @@ def mala_propose(z: Tensor, grad: Tensor, step_size: Tensor, *, generator: Optio
                  noise: Optional[Tensor] = None) -> Tensor:
     """The Langevin proposal z' = z - h grad U(z) + sqrt(2h) xi, as a new (B, L) tensor."""
     _check(z, dict(grad=grad, noise=noise), dict(step_size=step_size))
-    backend = resolve(z.device)
-    if backend == "reference":
-        return reference.mala_propose(z, grad, step_size, _reference_noise(z, noise, generator))
-    return _call("mala_propose", backend, z, grad, step_size, _seed(z, generator), noise)
+    return _kernels(z).mala_propose(z, grad, step_size, seed(z, generator), noise)
 
 
 def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, potential_prop: Tensor,
@@ -122,25 +118,14 @@ def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, pote
     """
     _check(z, dict(grad=grad, z_prop=z_prop, grad_prop=grad_prop),
            dict(potential=potential, potential_prop=potential_prop, step_size=step_size, log_uniform=log_uniform))
-    backend = resolve(z.device)
-    if backend == "reference":
-        *selected, accept_prob, accepted = reference.mala_accept(
-            z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
-        for target, value in zip((z_prop, potential_prop, grad_prop), selected):
-            target.copy_(value)
-        return accept_prob, accepted
-    return _call("mala_accept", backend, z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
+    return _kernels(z).mala_accept(z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
 
 
 def ula_step(z: Tensor, grad: Tensor, step_size: Tensor, *, generator: Optional[torch.Generator] = None,
              noise: Optional[Tensor] = None) -> None:
     """In place: z <- z - h grad U(z) + sqrt(2h) xi."""
     _check(z, dict(grad=grad, noise=noise), dict(step_size=step_size))
-    backend = resolve(z.device)
-    if backend == "reference":
-        z.copy_(reference.ula_step(z, grad, step_size, _reference_noise(z, noise, generator)))
-        return
-    _call("ula_step", backend, z, grad, step_size, _seed(z, generator), noise)
+    _kernels(z).ula_step(z, grad, step_size, seed(z, generator), noise)
 
 
 def kinetic_langevin_baoa(z: Tensor, v: Tensor, grad: Tensor, step_size: Tensor, friction: Tensor, *,
@@ -149,101 +134,4 @@ def kinetic_langevin_baoa(z: Tensor, v: Tensor, grad: Tensor, step_size: Tensor,
     v <- exp(-gamma h) v + sqrt(1 - exp(-2 gamma h)) xi; z += h/2 v. The closing half kick needs grad U at the new
     z and is the sampler's (one gradient per step)."""
     _check(z, dict(v=v, grad=grad, noise=noise), dict(step_size=step_size, friction=friction))
-    backend = resolve(z.device)
-    if backend == "reference":
-        z_new, v_new = reference.kinetic_langevin_baoa(z, v, grad, step_size, friction,
-                                                       _reference_noise(z, noise, generator))
-        z.copy_(z_new), v.copy_(v_new)
-        return
-    _call("kinetic_langevin_baoa", backend, z, v, grad, step_size, friction, _seed(z, generator), noise)
-
-
-# --- torch.compile front door: custom ops over the same kernels -------------------------------------------
-
-@torch.library.custom_op("kale_fast::hmc_draw_momentum", mutates_args=())
-def _hmc_draw_momentum_op(z: Tensor, seed: Tensor) -> Tuple[Tensor, Tensor]:
-    return kernels(resolve(z.device), _FAMILY).hmc_draw_momentum(z, seed)
-
-
-@torch.library.custom_op("kale_fast::leapfrog_kick_drift", mutates_args=("z", "p"))
-def _leapfrog_kick_drift_op(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, kick_fraction: float) -> None:
-    kernels(resolve(z.device), _FAMILY).leapfrog_kick_drift(z, p, grad, step_size, kick_fraction)
-
-
-@torch.library.custom_op("kale_fast::hmc_trajectory_end", mutates_args=("z", "grad", "potential"))
-def _hmc_trajectory_end_op(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0: Tensor, potential0: Tensor,
-                           grad0: Tensor, kinetic0: Tensor, step_size: Tensor, log_uniform: Tensor
-                           ) -> Tuple[Tensor, Tensor]:
-    return kernels(resolve(z.device), _FAMILY).hmc_trajectory_end(
-        z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform)
-
-
-@torch.library.custom_op("kale_fast::mala_propose", mutates_args=())
-def _mala_propose_op(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise: Optional[Tensor]) -> Tensor:
-    return kernels(resolve(z.device), _FAMILY).mala_propose(z, grad, step_size, seed, noise)
-
-
-@torch.library.custom_op("kale_fast::mala_accept", mutates_args=("z_prop", "potential_prop", "grad_prop"))
-def _mala_accept_op(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, potential_prop: Tensor,
-                    grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor) -> Tuple[Tensor, Tensor]:
-    return kernels(resolve(z.device), _FAMILY).mala_accept(
-        z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
-
-
-@torch.library.custom_op("kale_fast::ula_step", mutates_args=("z",))
-def _ula_step_op(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise: Optional[Tensor]) -> None:
-    kernels(resolve(z.device), _FAMILY).ula_step(z, grad, step_size, seed, noise)
-
-
-@torch.library.custom_op("kale_fast::kinetic_langevin_baoa", mutates_args=("z", "v"))
-def _kinetic_langevin_baoa_op(z: Tensor, v: Tensor, grad: Tensor, step_size: Tensor, friction: Tensor, seed: Tensor,
-                              noise: Optional[Tensor]) -> None:
-    kernels(resolve(z.device), _FAMILY).kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise)
-
-
-def _metropolis_outputs_fake(z, *args):
-    return z.new_empty(z.shape[:1]), z.new_empty(z.shape[:1], dtype=torch.bool)
-
-
-_hmc_trajectory_end_op.register_fake(_metropolis_outputs_fake)
-_mala_accept_op.register_fake(_metropolis_outputs_fake)
-_mala_propose_op.register_fake(lambda z, grad, step_size, seed, noise: torch.empty_like(z))
-_hmc_draw_momentum_op.register_fake(lambda z, seed: (torch.empty_like(z), z.new_empty(z.shape[:1])))
-
-
-def kernels_for(z: Tensor):
-    """The integrator kernels of the backend that runs on z's device, checked and resolved once (the samplers
-    call this once per run, then the kernels with no per-call checks)."""
-    _check(z, {}, {})
-    backend = resolve(z.device)
-    if backend == "reference":
-        return _CheckedKernels
-    return kernels(backend, _FAMILY)
-
-
-class _CheckedKernels:
-    """The reference backend under the kernel contract (seeded noise drawn by torch)."""
-
-    @staticmethod
-    def hmc_draw_momentum(z, seed):
-        return hmc_draw_momentum(z, generator=_generator(z, seed))
-
-    leapfrog_kick_drift = staticmethod(leapfrog_kick_drift)
-    hmc_trajectory_end = staticmethod(hmc_trajectory_end)
-    mala_accept = staticmethod(mala_accept)
-
-    @staticmethod
-    def mala_propose(z, grad, step_size, seed, noise):
-        return mala_propose(z, grad, step_size, generator=_generator(z, seed), noise=noise)
-
-    @staticmethod
-    def ula_step(z, grad, step_size, seed, noise):
-        ula_step(z, grad, step_size, generator=_generator(z, seed), noise=noise)
-
-    @staticmethod
-    def kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise):
-        kinetic_langevin_baoa(z, v, grad, step_size, friction, generator=_generator(z, seed), noise=noise)
-
-
-def _generator(z, seed):
-    return torch.Generator(device=z.device).manual_seed(int(seed.item()))
+    _kernels(z).kinetic_langevin_baoa(z, v, grad, step_size, friction, seed(z, generator), noise)

@@ -5,7 +5,7 @@ rows for log_mean_exp) and run the kernels of the backend chosen for the device 
 Each op has two front doors over the same kernel calls: in eager mode a torch.autograd.Function (its Python
 overhead is a third of a custom op's, which matters in the launch-bound training-batch regime), and under
 torch.compile a torch.library custom op with registered autograd and fake rules, which the compiler keeps
-as one opaque node. The "reference" backend runs kale_fast.reference under plain autograd instead.
+as one opaque node. Every backend, "reference" included, runs behind the same kernel contract.
 Gradients are first order (the backward kernels are not themselves differentiable).
 """
 import math
@@ -15,9 +15,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from kale_fast import reference
 from kale_fast.ops import _checks
-from kale_fast.ops._backend import kernels, resolve
+from kale_fast.ops._backend import kernels, resolve, traceable_kernels
 from kale_fast.reference.kale import accumulation_dtype
 
 _FAMILY = "kale"
@@ -25,22 +24,22 @@ _FAMILY = "kale"
 
 # --- kale_loss -------------------------------------------------------------------------------------------
 
-def _kale_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
+def _kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
     """(loss in e_data's dtype, lse = log sum exp(-e_gen) in the accumulation dtype); inputs 1-D contiguous."""
-    loss, lse = kernels(backend, _FAMILY).kale_forward(e_data, e_gen, log_partition)
+    loss, lse = kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
     return loss.to(e_data.dtype), lse
 
 
-def _kale_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
-                   backend: str):
+def _kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
+                   backend: str, backend_kernels=kernels):
     """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
-    return kernels(backend, _FAMILY).kale_backward(grad, e_data, e_gen, log_partition, lse)
+    return backend_kernels(backend, _FAMILY).kale_loss_backward(grad, e_data, e_gen, log_partition, lse)
 
 
 class _KaleLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, e_data, e_gen, log_partition, backend):
-        loss, lse = _kale_forward(e_data, e_gen, log_partition, backend)
+        loss, lse = _kale_loss_forward(e_data, e_gen, log_partition, backend)
         ctx.save_for_backward(e_data, e_gen, log_partition, lse)
         ctx.backend = backend
         return loss
@@ -49,30 +48,18 @@ class _KaleLoss(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad):
         e_data, e_gen, log_partition, lse = ctx.saved_tensors
-        grad_data, grad_gen, grad_a = _kale_backward(grad, e_data, e_gen, log_partition, lse, ctx.backend)
+        grad_data, grad_gen, grad_a = _kale_loss_backward(grad, e_data, e_gen, log_partition, lse, ctx.backend)
         return grad_data, grad_gen, grad_a if log_partition is not None else None, None
 
 
 @torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
 def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
-    return _kale_forward(e_data, e_gen, log_partition, backend)
+    return _kale_loss_forward(e_data, e_gen, log_partition, backend)
 
 
 @_kale_loss_op.register_fake
 def _(e_data, e_gen, log_partition, backend):
     return e_data.new_empty(()), e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype))
-
-
-@torch.library.custom_op("kale_fast::kale_loss_backward", mutates_args=())
-def _kale_loss_backward_op(
-    grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor, backend: str
-) -> Tuple[Tensor, Tensor, Tensor]:
-    return _kale_backward(grad, e_data, e_gen, log_partition, lse, backend)
-
-
-@_kale_loss_backward_op.register_fake
-def _(grad, e_data, e_gen, log_partition, lse, backend):
-    return torch.empty_like(e_data), torch.empty_like(e_gen), lse.new_empty(())
 
 
 def _kale_loss_setup_context(ctx, inputs, output):
@@ -84,7 +71,8 @@ def _kale_loss_setup_context(ctx, inputs, output):
 
 def _kale_loss_op_grad(ctx, grad_loss, _grad_lse):
     e_data, e_gen, log_partition, lse = ctx.saved_tensors
-    grad_data, grad_gen, grad_a = _kale_loss_backward_op(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend)
+    grad_data, grad_gen, grad_a = _kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend,
+                                                 traceable_kernels)
     return grad_data, grad_gen, grad_a if log_partition is not None else None, None
 
 
@@ -117,8 +105,6 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
             raise ValueError(f"log_partition must be a scalar (one element), got {_checks.describe(log_partition)}")
         log_partition = log_partition.reshape(()).to(acc)
     backend = resolve(e_gen.device)
-    if backend == "reference":
-        return reference.kale_loss(e_data, e_gen, log_partition)
     e_data, e_gen = e_data.reshape(-1).contiguous(), e_gen.reshape(-1).contiguous()
     if torch.compiler.is_compiling():
         return _kale_loss_op(e_data, e_gen, log_partition, backend)[0]
@@ -132,9 +118,9 @@ def _log_mean_exp_forward(rows: Tensor, backend: str) -> Tensor:
     return kernels(backend, _FAMILY).log_mean_exp_forward(rows).to(rows.dtype)
 
 
-def _log_mean_exp_backward(grad: Tensor, rows: Tensor, out: Tensor, backend: str) -> Tensor:
+def _log_mean_exp_backward(grad: Tensor, rows: Tensor, out: Tensor, backend: str, backend_kernels=kernels) -> Tensor:
     acc = accumulation_dtype(rows.dtype)
-    return kernels(backend, _FAMILY).log_mean_exp_backward(grad.to(acc).contiguous(), rows, out.to(acc).contiguous())
+    return backend_kernels(backend, _FAMILY).log_mean_exp_backward(grad.to(acc).contiguous(), rows, out.to(acc).contiguous())
 
 
 class _LogMeanExpRows(torch.autograd.Function):
@@ -162,16 +148,6 @@ def _(rows, backend):
     return rows.new_empty((rows.shape[0],))
 
 
-@torch.library.custom_op("kale_fast::log_mean_exp_rows_backward", mutates_args=())
-def _log_mean_exp_rows_backward_op(grad: Tensor, rows: Tensor, out: Tensor, backend: str) -> Tensor:
-    return _log_mean_exp_backward(grad, rows, out, backend)
-
-
-@_log_mean_exp_rows_backward_op.register_fake
-def _(grad, rows, out, backend):
-    return torch.empty_like(rows)
-
-
 def _log_mean_exp_setup_context(ctx, inputs, output):
     rows, backend = inputs
     ctx.save_for_backward(rows, output)
@@ -180,7 +156,7 @@ def _log_mean_exp_setup_context(ctx, inputs, output):
 
 def _log_mean_exp_op_grad(ctx, grad):
     rows, out = ctx.saved_tensors
-    return _log_mean_exp_rows_backward_op(grad, rows, out, ctx.backend), None
+    return _log_mean_exp_backward(grad, rows, out, ctx.backend, traceable_kernels), None
 
 
 torch.library.register_autograd(
@@ -215,8 +191,6 @@ def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim
         raise TypeError(f"keepdim must be a bool, got {type(keepdim).__name__}")
     dims = _reduced_dims(dim, x.dim())
     backend = resolve(x.device)
-    if backend == "reference":
-        return reference.log_mean_exp(x, dim, keepdim)
     kept = [d for d in range(x.dim()) if d not in dims]
     n_rows = math.prod([x.shape[d] for d in kept])
     rows = x.permute(kept + list(dims)).reshape(n_rows, -1).contiguous()

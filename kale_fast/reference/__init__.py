@@ -1,6 +1,7 @@
 """Plain-PyTorch implementations of every op: the oracle of the tests and the baseline of the benchmarks.
 
-Imports only torch. Each function here has a fused twin in kale_fast.ops with the same signature.
+Imports only torch. Each function here has a fused twin in kale_fast.ops with the same signature;
+kale_fast.reference.kernels wraps them in the kernel contract of the fused backends (the "reference" backend).
 """
 from kale_fast.reference import integrators
 from kale_fast.reference.kale import kale_loss, log_mean_exp

@@ -107,7 +107,7 @@ def _kale_combine_kernel(partial_ptr, a_ptr, loss_ptr, lse_ptr, n_data, log_n_ge
     _kale_finish(m_all, s_all, tl.sum(d, 0), a_ptr, loss_ptr, lse_ptr, n_data, log_n_gen, HAS_A)
 
 
-def kale_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
+def kale_loss_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
     """(loss, lse) in the accumulation dtype; lse = log sum exp(-e_gen)."""
     acc = torch.float64 if e_gen.dtype == torch.float64 else torch.float32
     n_data, n_gen = e_data.numel(), e_gen.numel()
@@ -149,7 +149,7 @@ def _kale_backward_kernel(grad_ptr, e_gen_ptr, a_ptr, lse_ptr, grad_data_ptr, gr
         tl.store(grad_a_ptr, g * (1.0 - tl.exp(lse - shift)))
 
 
-def kale_backward(grad: torch.Tensor, e_data: torch.Tensor, e_gen: torch.Tensor, log_partition, lse: torch.Tensor):
+def kale_loss_backward(grad: torch.Tensor, e_data: torch.Tensor, e_gen: torch.Tensor, log_partition, lse: torch.Tensor):
     """(d e_data, d e_gen, d A) in one launch; d A is zero when log_partition is None."""
     grad_data, grad_gen = torch.empty_like(e_data), torch.empty_like(e_gen)
     grad_a = torch.empty((), dtype=lse.dtype, device=lse.device)

@@ -1,0 +1,25 @@
+// The schemas of every kernel op of kale_fast, defined once under torch.ops.kale_fast. Each source file
+// registers its implementations for its dispatch key: csrc/*.cpp for CPU, kernels/*.cu for CUDA;
+// kale_fast/ops/_backend.py registers the fake (meta) rules and Triton for the CUDA key where no CUDA C++
+// kernel exists. Annotated arguments (Tensor(a!)) are updated in place.
+#include <torch/library.h>
+
+TORCH_LIBRARY(kale_fast, m) {
+  // KALE objective and log-mean-exp (csrc/kale.cpp, kernels/kale.cu)
+  m.def("kale_loss_forward(Tensor e_data, Tensor e_gen, Tensor? log_partition) -> (Tensor, Tensor)");
+  m.def("kale_loss_backward(Tensor grad, Tensor e_data, Tensor e_gen, Tensor? log_partition, Tensor lse) "
+        "-> (Tensor, Tensor, Tensor)");
+  m.def("log_mean_exp_forward(Tensor x) -> Tensor");
+  m.def("log_mean_exp_backward(Tensor grad, Tensor x, Tensor out) -> Tensor");
+  // MCMC updates (csrc/integrators.cpp, kernels/integrators.cu)
+  m.def("hmc_draw_momentum(Tensor z, Tensor seed) -> (Tensor, Tensor)");
+  m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");
+  m.def("hmc_trajectory_end(Tensor(a!) z, Tensor p, Tensor(b!) grad, Tensor(c!) potential, Tensor z0, "
+        "Tensor potential0, Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
+  m.def("mala_propose(Tensor z, Tensor grad, Tensor step_size, Tensor seed, Tensor? noise) -> Tensor");
+  m.def("mala_accept(Tensor z, Tensor potential, Tensor grad, Tensor(a!) z_prop, Tensor(b!) potential_prop, "
+        "Tensor(c!) grad_prop, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
+  m.def("ula_step(Tensor(a!) z, Tensor grad, Tensor step_size, Tensor seed, Tensor? noise) -> ()");
+  m.def("kinetic_langevin_baoa(Tensor(a!) z, Tensor(b!) v, Tensor grad, Tensor step_size, Tensor friction, "
+        "Tensor seed, Tensor? noise) -> ()");
+}

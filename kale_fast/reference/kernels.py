@@ -1,0 +1,100 @@
+"""The "reference" backend: the kernel contract of kale_fast.ops (the functions of csrc/kale.cpp and
+csrc/integrators.cpp, same arguments, outputs and in-place updates) over the plain-PyTorch twins of
+kale_fast.reference. Slow by design: it is the oracle run through the same wrappers as the fused kernels.
+
+In-kernel noise: the fused kernels draw Philox numbers keyed by a seed tensor; here the seed seeds a
+torch.Generator (one host synchronisation per draw), so a seed gives the same noise every time on a device.
+"""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from kale_fast.reference import integrators
+from kale_fast.reference.kale import accumulation_dtype, kale_loss, log_mean_exp
+
+# --- KALE objective and log-mean-exp ---------------------------------------------------------------------
+
+
+def kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
+    """(loss, lse = log sum exp(-e_gen)), both 0-dim in the accumulation dtype; e_data, e_gen 1-D."""
+    acc = accumulation_dtype(e_gen.dtype)
+    return (kale_loss(e_data.to(acc), e_gen.to(acc), log_partition),
+            torch.logsumexp(-e_gen.to(acc), dim=0))
+
+
+def kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    """(d e_data, d e_gen, d log_partition) by autograd through kale_loss; the last is zero without A."""
+    acc = accumulation_dtype(e_gen.dtype)
+    a = log_partition if log_partition is not None else torch.zeros((), dtype=acc, device=e_gen.device)
+    leaves = [t.detach().requires_grad_() for t in (e_data, e_gen, a)]
+    with torch.enable_grad():
+        loss = kale_loss(leaves[0].to(acc), leaves[1].to(acc), leaves[2] if log_partition is not None else None)
+        grads = torch.autograd.grad(loss, leaves, grad.to(acc), allow_unused=True)
+    grad_a = grads[2] if grads[2] is not None else torch.zeros_like(a)
+    return grads[0], grads[1], grad_a
+
+
+def log_mean_exp_forward(x: Tensor) -> Tensor:
+    """Row-wise log(mean(exp(x))) of (R, K) rows, (R,) in the accumulation dtype."""
+    return log_mean_exp(x.to(accumulation_dtype(x.dtype)), dim=1)
+
+
+def log_mean_exp_backward(grad: Tensor, x: Tensor, out: Tensor) -> Tensor:
+    """grad_x[r, k] = grad[r] * exp(x[r, k] - out[r]) / K, in x's dtype; grad and out (R,) accumulation dtype."""
+    acc = accumulation_dtype(x.dtype)
+    return (grad[:, None] * torch.exp(x.to(acc) - out[:, None]) / x.shape[1]).to(x.dtype)
+
+
+# --- MCMC updates ----------------------------------------------------------------------------------------
+
+
+def _noise(z: Tensor, seed: Tensor, noise: Optional[Tensor]) -> Tensor:
+    if noise is not None:
+        return noise
+    generator = torch.Generator(device=z.device).manual_seed(int(seed.item()))
+    return torch.randn(z.shape, generator=generator, dtype=z.dtype, device=z.device)
+
+
+def hmc_draw_momentum(z: Tensor, seed: Tensor) -> Tuple[Tensor, Tensor]:
+    momentum = _noise(z, seed, None)
+    return momentum, 0.5 * (momentum * momentum).sum(dim=1)
+
+
+def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, kick_fraction: float) -> None:
+    z_new, p_new = integrators.leapfrog_kick_drift(z, p, grad, step_size, kick_fraction)
+    z.copy_(z_new), p.copy_(p_new)
+
+
+def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0: Tensor, potential0: Tensor,
+                       grad0: Tensor, kinetic0: Tensor, step_size: Tensor, log_uniform: Tensor
+                       ) -> Tuple[Tensor, Tensor]:
+    *selected, accept_prob, accepted = integrators.hmc_trajectory_end(
+        z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform)
+    for target, value in zip((z, potential, grad), selected):
+        target.copy_(value)
+    return accept_prob, accepted
+
+
+def mala_propose(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise: Optional[Tensor]) -> Tensor:
+    return integrators.mala_propose(z, grad, step_size, _noise(z, seed, noise))
+
+
+def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, potential_prop: Tensor,
+                grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor) -> Tuple[Tensor, Tensor]:
+    *selected, accept_prob, accepted = integrators.mala_accept(
+        z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
+    for target, value in zip((z_prop, potential_prop, grad_prop), selected):
+        target.copy_(value)
+    return accept_prob, accepted
+
+
+def ula_step(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise: Optional[Tensor]) -> None:
+    z.copy_(integrators.ula_step(z, grad, step_size, _noise(z, seed, noise)))
+
+
+def kinetic_langevin_baoa(z: Tensor, v: Tensor, grad: Tensor, step_size: Tensor, friction: Tensor, seed: Tensor,
+                          noise: Optional[Tensor]) -> None:
+    z_new, v_new = integrators.kinetic_langevin_baoa(z, v, grad, step_size, friction, _noise(z, seed, noise))
+    z.copy_(z_new), v.copy_(v_new)
