@@ -79,7 +79,10 @@ def _train(args) -> None:
 
     overrides = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("config.")}
     config = TrainConfig.from_yaml(args.config, overrides)
-    run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    try:
+        run_dir = train(config, resume=args.resume, progress=not args.quiet)
+    except KeyboardInterrupt:
+        raise _Interrupted(Path(config.out_dir) / config.name) from None
     rank, size = rank_and_size()
     if size > 1:  # under torchrun: rank 0 evaluates alone
         torch.distributed.destroy_process_group()
@@ -87,6 +90,20 @@ def _train(args) -> None:
         print(f"trained: {run_dir}")
         if not args.no_eval:
             print(json.dumps(evaluate(run_dir, progress=not args.quiet), indent=1))
+
+
+class _Interrupted(Exception):
+    """Ctrl-C during training, with the run folder (args[0])."""
+
+
+def _resume_hint(argv: List[str], run_dir: Path) -> str:
+    """The one line printed after Ctrl-C: how to go on."""
+    from kale_fast.train.run_folder import CHECKPOINT
+
+    if not (run_dir / CHECKPOINT).exists():
+        return f"interrupted before the first checkpoint of {run_dir}; the same command starts the run over"
+    command = " ".join(["kale-fast", *(a for a in argv if a != "--resume"), "--resume"])
+    return f"interrupted: {run_dir / CHECKPOINT} keeps the last checkpoint; continue with: {command}"
 
 
 def _sample(args) -> None:
@@ -123,7 +140,11 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         return subprocess.call([sys.executable, "-m", "benchmarks", *argv[1:]])
     args = _parser().parse_args(argv)
-    {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
+    try:
+        {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
+    except _Interrupted as interrupted:
+        print(_resume_hint(argv, interrupted.args[0]), file=sys.stderr)
+        return 130  # the shell's code for a SIGINT ending
     return 0
 
 

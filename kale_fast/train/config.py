@@ -4,6 +4,7 @@ Unknown keys and wrong types are errors that name the key; nothing is coerced si
 where a float is expected, as YAML writes 1e-4 as a float but 1 as an int).
 """
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,9 +92,20 @@ class TrainConfig:
         for key in ("n_iter", "n_iter_d_init", "depth", "validate_every", "patience"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
+        for key in ("lr_energy", "lr_base", "step_size", "beta1", "beta2", "penalty", "energy_clamp"):
+            if getattr(self, key) is not None and not math.isfinite(getattr(self, key)):
+                raise ValueError(f"config key {key!r} must be a finite number, got {getattr(self, key)}")
         for key in ("lr_energy", "lr_base", "step_size"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"config key {key!r} must be > 0, got {getattr(self, key)}")
+        if self.penalty < 0:
+            raise ValueError(f"config key 'penalty' must be >= 0 (0: no gradient penalty), got {self.penalty}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ValueError(f"config key {key!r} must be in [0, 1), got {getattr(self, key)}")
+        if not self.name or self.name in (".", "..") or Path(self.name).name != self.name:
+            raise ValueError(f"config key 'name' must be a folder name inside out_dir (no '/', not '.' or '..'), "
+                             f"got {self.name!r}")
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
@@ -108,7 +120,7 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
-        values = yaml.safe_load(path.read_text()) or {}
+        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
         return cls.from_dict({**values, **(overrides or {})})
@@ -118,6 +130,21 @@ class TrainConfig:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                continue  # unhashable: the SafeLoader's own error names it
+            if key in seen:
+                raise ValueError(f"config key {key!r} is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 # Keys that may differ when a run resumes: where it writes, how long it runs, how it logs and evaluates.

@@ -26,17 +26,16 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import kale_fast as kf
-from kale_fast._io import atomic_torch_save, atomic_write_text
+from kale_fast._io import atomic_torch_save, atomic_write_text, load_torch_file
 from kale_fast.data import load_uci, read_csv, toy_dataset
 from kale_fast.data.tabular import UCI_FILES, data_dir, preprocess_uci
 from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, load_mnist5k
 from kale_fast.data.toy import TOY_DATASETS
 from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm
 from kale_fast.models.conv import ConvBase, ConvEnergy
-from kale_fast.train import distributed
+from kale_fast.train import distributed, run_folder
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
-
-CHECKPOINT, BEST, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "config.yaml", "metrics.jsonl", "summary.json"
+from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY  # noqa: F401 (SUMMARY: evaluate)
 
 
 class ClampedEnergy(nn.Module):
@@ -308,16 +307,27 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files.
-    Under torchrun (WORLD_SIZE > 1) the processes train data-parallel and rank 0 writes the files."""
+    """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files; the
+    folder is locked while training (a second process training the same run is refused with a RuntimeError),
+    and a run that stopped before its first checkpoint is started over (run_folder.prepare says how each case
+    goes). Under torchrun (WORLD_SIZE > 1) the processes train data-parallel and rank 0 owns the folder."""
     distributed.init_from_environment(torch.device(config.device))
-    rank, size = distributed.rank_and_size()
+    rank, _ = distributed.rank_and_size()
     run_dir = Path(config.out_dir) / config.name
+    lock = run_folder.RunFolderLock(run_dir) if rank == 0 else None
+    try:
+        resuming = run_folder.prepare(run_dir, resume) if rank == 0 else None
+        resuming = distributed.gather_objects(resuming)[0]  # rank 0's verdict, on every process
+        _train_in(run_dir, config, resuming, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+    return run_dir
+
+
+def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) -> None:
+    rank, size = distributed.rank_and_size()
     checkpoint = run_dir / CHECKPOINT
-    if resume and not checkpoint.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint}")
-    if not resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise FileExistsError(f"{run_dir} already holds a run: resume it (--resume) or choose another name")
     splits = load_data(config)
     if config.validate_every and splits.validation is None:
         raise ValueError(f"validate_every needs a data set with a validation split (UCI or CSV); {config.dataset!r} "
@@ -326,13 +336,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     validation_data = splits.validation.to(config.device) if config.validate_every else None
     trainer = Trainer.create(config, train_data)
     if resume:
-        state = torch.load(checkpoint, map_location=config.device, weights_only=False)
+        state = _read_state(checkpoint, config.device)
         _check_resumable(state["config"], config)
         trainer.load_state_dict(state)
-    distributed.gather_objects(None)  # every process has checked the folder before rank 0 writes to it
     writer = rank == 0
     if writer and not resume:
-        run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(config.to_yaml(), run_dir / CONFIG)
 
     def check_finite(done: int) -> None:
@@ -380,7 +388,20 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     if config.n_iter == 0 or trainer.rounds_done == 0:
         save()
     distributed.check_replicas_agree([*trainer.gebm.parameters(), trainer.log_partition])
-    return run_dir
+
+
+_CHECKPOINT_KEYS = ("config", "data_shape", "rounds_done", "gebm", "log_partition", "energy_optimizer",
+                    "base_optimizer", "rng")
+_BEST_KEYS = ("gebm", "rounds_done", "log_partition")
+
+
+def _read_state(path: Path, device: str, keys=_CHECKPOINT_KEYS) -> dict:
+    """A checkpoint (or best.pt) as tensors and plain data; no code in the file runs (load_torch_file)."""
+    state = load_torch_file(path, map_location=device)
+    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of `kale-fast train`: it lacks {missing}")
+    return state
 
 
 class TrainedRun(NamedTuple):
@@ -396,9 +417,9 @@ def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> 
     run_dir = Path(run_dir)
     if not (run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: is it a run folder of `kale-fast train`?")
-    state = torch.load(run_dir / CHECKPOINT, map_location=device or "cpu", weights_only=False)
+    state = _read_state(run_dir / CHECKPOINT, device or "cpu")
     if best and (run_dir / BEST).exists():
-        state.update(torch.load(run_dir / BEST, map_location=device or "cpu", weights_only=False))
+        state.update(_read_state(run_dir / BEST, device or "cpu", _BEST_KEYS))
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
     gebm = build_gebm(config, tuple(state["data_shape"])).to(config.device)
     gebm.load_state_dict(state["gebm"])

@@ -1,0 +1,78 @@
+"""A run folder <out_dir>/<name>, owned by one training process at a time.
+
+The folder is created with one mkdir (atomic; a second process's mkdir of the same name just finds it), then
+locked with fcntl.flock on its `.lock` file for the training's lifetime: a second writer is refused while the
+first lives, and the lock dies with its process (the kernel releases it, whatever killed the process), so a
+dead writer never blocks the folder. Under the lock, temporary files of atomic writes that a kill interrupted
+are deleted, and the folder's state decides what `train` does (`prepare`).
+"""
+import fcntl
+import os
+import shutil
+import socket
+import sys
+from pathlib import Path
+
+from kale_fast._io import remove_stale_temporaries
+
+CHECKPOINT, BEST, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "config.yaml", "metrics.jsonl", "summary.json"
+LOCK, TENSORBOARD = ".lock", "tensorboard"
+# What a run leaves behind before its first checkpoint: these are deleted when it starts over.
+_BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, BEST, TENSORBOARD)
+
+
+class RunFolderLock:
+    """Exclusive ownership of a run folder (created if missing) until `release` or the process's end."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.run_dir / LOCK, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            raise RuntimeError(f"{self.run_dir} is in use: {holder} is training this run. Wait for it to end, or "
+                               f"choose another name") from None
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+def prepare(run_dir: Path, resume: bool) -> bool:
+    """Make a locked run folder ready to train; returns True when training continues its checkpoint.
+
+    - a checkpoint and `resume`: continue it; a checkpoint without `resume`: FileExistsError (never overwrite);
+    - no checkpoint, but the files of a run that stopped before its first one: that run is started over
+      (its config, metrics and plots are deleted), with a message on stderr, with or without `resume`;
+    - any other file in the folder: FileExistsError (it is not a run folder).
+    """
+    run_dir = Path(run_dir)
+    for stale in remove_stale_temporaries(run_dir):
+        print(f"{run_dir}: deleted {stale.name}, left by a write that was interrupted", file=sys.stderr)
+    if (run_dir / CHECKPOINT).exists():
+        if not resume:
+            raise FileExistsError(f"{run_dir} already holds a run: resume it (--resume) or choose another name")
+        return True
+    present = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+    foreign = [name for name in present if name not in _BEFORE_FIRST_CHECKPOINT]
+    if foreign:
+        raise FileExistsError(f"{run_dir} holds files that are not a run's ({', '.join(foreign)}) and no "
+                              f"{CHECKPOINT}: choose another name")
+    if present:
+        for name in present:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        print(f"{run_dir}: the earlier run stopped before its first checkpoint; starting it over",
+              file=sys.stderr)
+    elif resume:
+        raise FileNotFoundError(f"--resume: no checkpoint at {run_dir / CHECKPOINT}")
+    return False
