@@ -6,14 +6,16 @@ Each op has two front doors over the same kernel calls: in eager mode a torch.au
 overhead is a third of a custom op's, which matters in the launch-bound training-batch regime), and under
 torch.compile a torch.library custom op with registered autograd and fake rules, which the compiler keeps
 as one opaque node. Every backend, "reference" included, runs behind the same kernel contract.
-Gradients are first order (the backward kernels are not themselves differentiable).
+Gradients: the first-order backward runs the backend's kernels, from the forward's fp32 (fp64) results
+whatever the input dtype; a backward with create_graph=True (double backward, torch.func.grad of a grad)
+runs the reference backend's backward instead, written in differentiable torch ops, so that higher
+derivatives are exact on every backend (eager mode; torch.compile does not support double backward).
 """
 import math
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from kale_fast.ops import _checks
 from kale_fast.ops._backend import kernels, resolve, traceable_kernels
@@ -22,44 +24,28 @@ from kale_fast.reference.kale import accumulation_dtype
 _FAMILY = "kale"
 
 
+def _backward_backend(ctx) -> str:
+    """The backend of an eager backward: the forward's, or "reference" (differentiable torch ops) when grad
+    mode is on, i.e. the backward was called with create_graph=True and must itself be differentiable."""
+    return "reference" if torch.is_grad_enabled() else ctx.backend
+
+
 # --- kale_loss -------------------------------------------------------------------------------------------
+# Both front doors return the loss in the accumulation dtype; kale_loss casts it to the energies' dtype
+# outside them, so that the backward receives, and its kernels use, fp32 (fp64) values only.
+
 
 def _kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
-    """(loss in e_data's dtype, lse = log sum exp(-e_gen) in the accumulation dtype); inputs 1-D contiguous."""
-    loss, lse = kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
-    return loss.to(e_data.dtype), lse
+    """(loss, lse = log sum exp(-e_gen)), both 0-dim in the accumulation dtype; inputs 1-D contiguous."""
+    return kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
 
 
 def _kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
-                   backend: str, backend_kernels=kernels):
-    """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
-    return backend_kernels(backend, _FAMILY).kale_loss_backward(grad, e_data, e_gen, log_partition, lse)
-
-
-class _KaleLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, e_data, e_gen, log_partition, backend):
-        loss, lse = _kale_loss_forward(e_data, e_gen, log_partition, backend)
-        ctx.save_for_backward(e_data, e_gen, log_partition, lse)
-        ctx.backend = backend
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        e_data, e_gen, log_partition, lse = ctx.saved_tensors
-        grad_data, grad_gen, grad_a = _kale_loss_backward(grad, e_data, e_gen, log_partition, lse, ctx.backend)
-        return grad_data, grad_gen, grad_a if log_partition is not None else None, None
-
-
-@torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
-def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
-    return _kale_loss_forward(e_data, e_gen, log_partition, backend)
-
-
-@_kale_loss_op.register_fake
-def _(e_data, e_gen, log_partition, backend):
-    return e_data.new_empty(()), e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype))
+                        backend: str, backend_kernels=kernels):
+    """(d e_data, d e_gen, d log_partition or None)."""
+    grad_data, grad_gen, grad_a = backend_kernels(backend, _FAMILY).kale_loss_backward(
+        grad, e_data, e_gen, log_partition, lse)
+    return grad_data, grad_gen, grad_a if log_partition is not None else None
 
 
 def _kale_loss_setup_context(ctx, inputs, output):
@@ -69,11 +55,47 @@ def _kale_loss_setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(output[1])
 
 
+class _KaleLoss(torch.autograd.Function):
+    """(loss, lse) of the backend's kernels; lse is a non-differentiable output kept for the backward.
+    setup_context style, so that torch.func transforms (grad, jacrev, vmap) accept it."""
+
+    @staticmethod
+    def forward(e_data, e_gen, log_partition, backend):
+        return _kale_loss_forward(e_data, e_gen, log_partition, backend)
+
+    setup_context = staticmethod(_kale_loss_setup_context)
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_lse):
+        e_data, e_gen, log_partition, lse = ctx.saved_tensors
+        return (*_kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, _backward_backend(ctx)), None)
+
+    @staticmethod
+    def vmap(info, in_dims, e_data, e_gen, log_partition, backend):
+        """torch.func.vmap: one call per batch element (the kernels reduce one 1-D pair of energies)."""
+        def element(t, dim, i):
+            return t if dim is None else t.select(dim, i).contiguous()
+
+        results = [_KaleLoss.apply(*[element(t, dim, i) for t, dim in zip((e_data, e_gen, log_partition), in_dims)],
+                                   backend) for i in range(info.batch_size)]
+        return tuple(torch.stack(parts) for parts in zip(*results)), (0, 0)
+
+
+@torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
+def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
+    return _kale_loss_forward(e_data, e_gen, log_partition, backend)
+
+
+@_kale_loss_op.register_fake
+def _(e_data, e_gen, log_partition, backend):
+    acc = accumulation_dtype(e_gen.dtype)
+    return e_data.new_empty((), dtype=acc), e_gen.new_empty((), dtype=acc)
+
+
 def _kale_loss_op_grad(ctx, grad_loss, _grad_lse):
     e_data, e_gen, log_partition, lse = ctx.saved_tensors
-    grad_data, grad_gen, grad_a = _kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend,
-                                                 traceable_kernels)
-    return grad_data, grad_gen, grad_a if log_partition is not None else None, None
+    return (*_kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend, traceable_kernels),
+            None)
 
 
 torch.library.register_autograd("kale_fast::kale_loss", _kale_loss_op_grad, setup_context=_kale_loss_setup_context)
@@ -107,35 +129,53 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     backend = resolve(e_gen.device)
     e_data, e_gen = e_data.reshape(-1).contiguous(), e_gen.reshape(-1).contiguous()
     if torch.compiler.is_compiling():
-        return _kale_loss_op(e_data, e_gen, log_partition, backend)[0]
-    return _KaleLoss.apply(e_data, e_gen, log_partition, backend)
+        loss = _kale_loss_op(e_data, e_gen, log_partition, backend)[0]
+    else:
+        loss = _KaleLoss.apply(e_data, e_gen, log_partition, backend)[0]
+    return loss.to(e_data.dtype)
 
 
 # --- log_mean_exp ----------------------------------------------------------------------------------------
 
+# Both front doors return the accumulation dtype (fp32, fp64 for fp64 rows); log_mean_exp casts outside them,
+# so that the backward gets the forward's unrounded result and an unrounded incoming gradient.
+
 def _log_mean_exp_forward(rows: Tensor, backend: str) -> Tensor:
-    """(R,) log(mean(exp(rows), dim=1)) in rows' dtype; rows (R, K) contiguous."""
-    return kernels(backend, _FAMILY).log_mean_exp_forward(rows).to(rows.dtype)
+    """(R,) log(mean(exp(rows), dim=1)) in the accumulation dtype; rows (R, K) contiguous."""
+    return kernels(backend, _FAMILY).log_mean_exp_forward(rows)
 
 
 def _log_mean_exp_backward(grad: Tensor, rows: Tensor, out: Tensor, backend: str, backend_kernels=kernels) -> Tensor:
-    acc = accumulation_dtype(rows.dtype)
-    return backend_kernels(backend, _FAMILY).log_mean_exp_backward(grad.to(acc).contiguous(), rows, out.to(acc).contiguous())
+    """d rows, in rows' dtype; grad and out (R,) in the accumulation dtype."""
+    return backend_kernels(backend, _FAMILY).log_mean_exp_backward(grad.contiguous(), rows, out)
+
+
+def _log_mean_exp_setup_context(ctx, inputs, output):
+    rows, backend = inputs
+    ctx.save_for_backward(rows, output)
+    ctx.backend = backend
 
 
 class _LogMeanExpRows(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, rows, backend):
-        out = _log_mean_exp_forward(rows, backend)
-        ctx.save_for_backward(rows, out)
-        ctx.backend = backend
-        return out
+    """setup_context style, so that torch.func transforms accept it."""
 
     @staticmethod
-    @once_differentiable
+    def forward(rows, backend):
+        return _log_mean_exp_forward(rows, backend)
+
+    setup_context = staticmethod(_log_mean_exp_setup_context)
+
+    @staticmethod
     def backward(ctx, grad):
         rows, out = ctx.saved_tensors
-        return _log_mean_exp_backward(grad, rows, out, ctx.backend), None
+        return _log_mean_exp_backward(grad, rows, out, _backward_backend(ctx)), None
+
+    @staticmethod
+    def vmap(info, in_dims, rows, backend):
+        """torch.func.vmap: the batch's rows are more rows, (B * R, K)."""
+        batched = rows.movedim(in_dims[0], 0)
+        out = _LogMeanExpRows.apply(batched.reshape(-1, batched.shape[-1]).contiguous(), backend)
+        return out.reshape(batched.shape[:2]), 0
 
 
 @torch.library.custom_op("kale_fast::log_mean_exp_rows", mutates_args=())
@@ -145,13 +185,7 @@ def _log_mean_exp_rows_op(rows: Tensor, backend: str) -> Tensor:
 
 @_log_mean_exp_rows_op.register_fake
 def _(rows, backend):
-    return rows.new_empty((rows.shape[0],))
-
-
-def _log_mean_exp_setup_context(ctx, inputs, output):
-    rows, backend = inputs
-    ctx.save_for_backward(rows, output)
-    ctx.backend = backend
+    return rows.new_empty((rows.shape[0],), dtype=accumulation_dtype(rows.dtype))
 
 
 def _log_mean_exp_op_grad(ctx, grad):
@@ -198,6 +232,7 @@ def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim
         out = _log_mean_exp_rows_op(rows, backend)
     else:
         out = _LogMeanExpRows.apply(rows, backend)
+    out = out.to(x.dtype)
     if keepdim:
         return out.reshape([1 if d in dims else x.shape[d] for d in range(x.dim())])
     return out.reshape([x.shape[d] for d in kept])

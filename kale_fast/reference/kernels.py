@@ -25,15 +25,21 @@ def kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Ten
 
 def kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor]:
-    """(d e_data, d e_gen, d log_partition) by autograd through kale_loss; the last is zero without A."""
+    """(d e_data, d e_gen, d log_partition); the last is zero without A.
+
+    Closed forms in differentiable torch ops, recomputed from the inputs (lse is not used), so that the result
+    is differentiable in grad, e_data, e_gen and A: kale_fast.ops runs this for create_graph=True backwards.
+    """
     acc = accumulation_dtype(e_gen.dtype)
-    a = log_partition if log_partition is not None else torch.zeros((), dtype=acc, device=e_gen.device)
-    leaves = [t.detach().requires_grad_() for t in (e_data, e_gen, a)]
-    with torch.enable_grad():
-        loss = kale_loss(leaves[0].to(acc), leaves[1].to(acc), leaves[2] if log_partition is not None else None)
-        grads = torch.autograd.grad(loss, leaves, grad.to(acc), allow_unused=True)
-    grad_a = grads[2] if grads[2] is not None else torch.zeros_like(a)
-    return grads[0], grads[1], grad_a
+    g = grad.to(acc)
+    if log_partition is None:
+        weights = torch.softmax(-e_gen.to(acc), dim=0)  # d lse / d(-e_gen)
+        grad_a = torch.zeros((), dtype=acc, device=e_gen.device)
+    else:
+        weights = torch.exp(-(e_gen.to(acc) + log_partition.to(acc))) / e_gen.numel()
+        grad_a = g * (1 - weights.sum())
+    grad_data = g / e_data.numel() * torch.ones_like(e_data, dtype=acc)
+    return grad_data.to(e_data.dtype), (-g * weights).to(e_gen.dtype), grad_a
 
 
 def log_mean_exp_forward(x: Tensor) -> Tensor:
@@ -42,7 +48,8 @@ def log_mean_exp_forward(x: Tensor) -> Tensor:
 
 
 def log_mean_exp_backward(grad: Tensor, x: Tensor, out: Tensor) -> Tensor:
-    """grad_x[r, k] = grad[r] * exp(x[r, k] - out[r]) / K, in x's dtype; grad and out (R,) accumulation dtype."""
+    """grad_x[r, k] = grad[r] * exp(x[r, k] - out[r]) / K, in x's dtype; grad and out (R,) accumulation dtype.
+    Differentiable in grad, x and out (out: the forward's output, whose own graph carries d out / d x)."""
     acc = accumulation_dtype(x.dtype)
     return (grad[:, None] * torch.exp(x.to(acc) - out[:, None]) / x.shape[1]).to(x.dtype)
 
