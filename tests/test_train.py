@@ -25,7 +25,7 @@ def _config(tmp_path, **changes):
 
 
 def _params(run_dir):
-    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["gebm"]
+    return torch.load(run_dir / "checkpoint.pt", weights_only=True)["gebm"]
 
 
 def _write_csv(path, rows):
@@ -113,7 +113,8 @@ def test_a_yaml_key_given_twice_is_rejected(tmp_path):
     ("a,b,c\n", "a header line and no rows"),
     ("a,b,c\n" + "\n".join(f"{i},{i * i % 7},{i % 3}" for i in range(10)), "at least 12 rows"),
     ("a,b,c\n" + "\n".join(f"{i},5,{i * i % 7}" for i in range(40)), r"column\(s\) \[1\].*single value"),
-    (",".join("abcdefghijkl") + "\n" + "\n".join(",".join(str((i * j + i * i) % 13) for j in range(1, 13)) for i in range(12)),
+    (",".join("abcdefghijkl") + "\n"
+     + "\n".join(",".join(str((i * j + i * i) % 13) for j in range(1, 13)) for i in range(12)),
      "10 training rows do not span the 12 columns"),
 ])
 def test_bad_csv_files_are_rejected_with_a_clear_error(tmp_path, text, match):
@@ -267,7 +268,7 @@ def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
     kale_dir = train(TrainConfig.from_dict({**common, "name": "kale", "energy_only": True, "base_from": str(ml_dir),
                                             "validate_every": 2}), progress=False)
     summary = evaluate(kale_dir)
-    best = torch.load(kale_dir / "best.pt", weights_only=False)  # the GEBM's validation NLL, A by Monte Carlo
+    best = torch.load(kale_dir / "best.pt", weights_only=True)  # the GEBM's validation NLL, A by Monte Carlo
     assert summary["rounds"] == best["rounds_done"] and math.isfinite(best["validation_nll"])
     assert math.isfinite(ml["nll_base"]) and ml["nll_base_se"] > 0
     assert summary["nll_base"] == pytest.approx(ml["nll_base"], rel=1e-5)  # the same frozen base
@@ -289,7 +290,7 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     validations = {line["round"]: line["validation_nll"] for line in lines if "validation_nll" in line}
     best_round = min(validations, key=validations.get)
-    last = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert last["rounds_done"] < 400, "the flow should have overfitted and stopped early"
     assert last["rounds_done"] == best_round + 4 * 5 == max(validations)  # 4 validations without improvement
     best = load_run(run_dir)
@@ -302,7 +303,7 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
     train(TrainConfig.from_dict({**common, "name": "split", "n_iter": 10}), progress=False)
     resumed = train(TrainConfig.from_dict({**common, "name": "split"}), resume=True, progress=False)
     for name in ("checkpoint.pt", "best.pt"):
-        a, b = (torch.load(d / name, weights_only=False)["gebm"] for d in (run_dir, resumed))
+        a, b = (torch.load(d / name, weights_only=True)["gebm"] for d in (run_dir, resumed))
         assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="validation split"):
         train(_config(tmp_path, name="toyval", base="realnvp", latent_dim=2, validate_every=2), progress=False)

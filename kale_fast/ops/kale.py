@@ -76,8 +76,8 @@ class _KaleLoss(torch.autograd.Function):
         def element(t, dim, i):
             return t if dim is None else t.select(dim, i).contiguous()
 
-        results = [_KaleLoss.apply(*[element(t, dim, i) for t, dim in zip((e_data, e_gen, log_partition), in_dims)],
-                                   backend) for i in range(info.batch_size)]
+        inputs = list(zip((e_data, e_gen, log_partition), in_dims))
+        results = [_KaleLoss.apply(*[element(t, dim, i) for t, dim in inputs], backend) for i in range(info.batch_size)]
         return tuple(torch.stack(parts) for parts in zip(*results)), (0, 0)
 
 

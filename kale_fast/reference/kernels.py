@@ -33,7 +33,8 @@ def kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partitio
     acc = accumulation_dtype(e_gen.dtype)
     g = grad.to(acc)
     if log_partition is None:
-        weights = torch.softmax(-e_gen.to(acc), dim=0)  # d lse / d(-e_gen)
+        neg = -e_gen.to(acc)
+        weights = torch.exp(neg - torch.logsumexp(neg, dim=0))  # d lse / d(-e_gen) (not softmax: its inf rules differ)
         grad_a = torch.zeros((), dtype=acc, device=e_gen.device)
     else:
         weights = torch.exp(-(e_gen.to(acc) + log_partition.to(acc))) / e_gen.numel()
