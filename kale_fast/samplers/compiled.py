@@ -35,7 +35,7 @@ def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tenso
 
 class CompiledLeapfrog:
     """n leapfrog steps as compiled chunks; the same contract as kale_fast.samplers.hmc.eager_leapfrog, except
-    that it returns new tensors rather than updating y and p in place. `exact_counts` are run as one chunk."""
+    that p is not updated in place (new tensors are returned). `exact_counts` are run as one chunk."""
 
     def __init__(self, potential):
         self.potential = potential
