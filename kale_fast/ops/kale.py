@@ -27,14 +27,14 @@ _FAMILY = "kale"
 
 def _kale_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
     """(loss in e_data's dtype, lse = log sum exp(-e_gen) in the accumulation dtype); inputs 1-D contiguous."""
-    loss, lse = kernels(backend, _FAMILY).kale_forward(e_data, e_gen, log_partition)
+    loss, lse = kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
     return loss.to(e_data.dtype), lse
 
 
 def _kale_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
                    backend: str):
     """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
-    return kernels(backend, _FAMILY).kale_backward(grad, e_data, e_gen, log_partition, lse)
+    return kernels(backend, _FAMILY).kale_loss_backward(grad, e_data, e_gen, log_partition, lse)
 
 
 class _KaleLoss(torch.autograd.Function):
