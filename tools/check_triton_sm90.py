@@ -5,24 +5,26 @@ Triton's launch intercepted: each recorded launch is specialised exactly as Trit
 (its own binder: argument types, divisibility, constexprs, num_warps) and compiled for GPUTarget("cuda", 90, 32)
 with Triton's bundled ptxas. So the grid, blocks and argument types checked here are the ones a GPU run uses.
 
-Fails (exit 1) when a kernel does not compile, uses local memory (register spills: cuobjdump's LOCAL/STACK
-bytes per thread), or takes a float scalar argument narrower than its data (TTIR signature: a float scalar
+Fails (exit 1) when a kernel does not compile, spills registers (ptxas -v: spill stores or loads), or takes a float scalar argument narrower than its data (TTIR signature: a float scalar
 must be f64 when a pointer argument is f64 -- a Python float passed to a kernel compiles as f32), or when a
 launch grid exceeds CUDA's limits. Prints one row per distinct compiled kernel and the total time.
 
 Usage: python tools/check_triton_sm90.py [--quick]   (run from the repository root; TRITON_INTERPRET unset)
 """
 import argparse
+import io
 import os
 import re
-import subprocess
 import sys
+import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 if os.environ.get("TRITON_INTERPRET") == "1":
     sys.exit("check_triton_sm90: unset TRITON_INTERPRET (the interpreter compiles nothing)")
+# A fresh cache: every kernel really compiles (honest times, and ptxas runs, which prints what we parse).
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="check_triton_sm90_")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
@@ -104,14 +106,22 @@ def specialise(kernel, args, kwargs, backend):
     return signature, constexprs, attrs, options
 
 
-def resource_usage(cubin: bytes, workdir: Path) -> dict:
-    """REG, STACK and LOCAL (bytes per thread) of the kernel in a cubin, from Triton's bundled cuobjdump."""
-    path = workdir / "kernel.cubin"
-    path.write_bytes(cubin)
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    text = subprocess.run([str(tool), "-res-usage", str(path)], check=True, capture_output=True, text=True).stdout
-    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", text)
-    return dict(zip(("regs", "stack", "shared", "local"), map(int, usage.groups())))
+def compile_with_ptxas_log(kernel, signature, constexprs, attrs, options):
+    """(compiled kernel, ptxas -v figures: registers, stack frame, spill store and load bytes per thread)."""
+    triton.knobs.nvidia.dump_ptxas_log = True  # Triton prints ptxas's log to stdout: caught here
+    log = io.StringIO()
+    with redirect_stdout(log):
+        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET,
+                                  options=options.__dict__)
+    text = log.getvalue()
+    figures = dict(regs=re.search(r"Used (\d+) registers", text),
+                   stack=re.search(r"(\d+) bytes stack frame", text),
+                   spill_stores=re.search(r"(\d+) bytes spill stores", text),
+                   spill_loads=re.search(r"(\d+) bytes spill loads", text))
+    missing = [name for name, match in figures.items() if match is None]
+    if missing:
+        raise RuntimeError(f"ptxas log lacks {missing}:\n{text}")
+    return compiled, {name: int(match.group(1)) for name, match in figures.items()}
 
 
 def scalar_type_problems(ttir: str) -> list:
@@ -123,11 +133,11 @@ def scalar_type_problems(ttir: str) -> list:
     return [f"{name}: {ty}" for name, ty in args if ty in ("f16", "bf16", "f32")]
 
 
-def describe(constexprs, signature, options):
-    names = dict(constexprs)
-    shown = [f"{k[0] if isinstance(k, tuple) else k}={v}" for k, v in names.items()]
+def describe(kernel, constexprs, signature, options):
+    """Data dtypes, warps and constexprs (by name; ints equal to 1 are constexprs too, as Triton specialises them)."""
+    shown = [f"{kernel.arg_names[path[0]]}={value}" for path, value in constexprs.items()]
     dtypes = sorted({v[1:] for v in signature.values() if v.startswith("*fp") or v.startswith("*bf")})
-    return f"{'/'.join(dtypes)} w{options.num_warps} " + " ".join(str(s) for s in shown)
+    return f"{'/'.join(dtypes)} w{options.num_warps} " + " ".join(shown)
 
 
 def main() -> int:
@@ -135,10 +145,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer shapes (a smoke run)")
     opts = parser.parse_args()
     backend = make_backend(TARGET)
-    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    print(f"triton {triton.__version__}, target {TARGET}, bundled ptxas: {tool.exists()}")
-    workdir = Path(os.environ.get("TMPDIR", "/tmp")) / f"check_triton_sm90_{os.getpid()}"
-    workdir.mkdir(parents=True, exist_ok=True)
+    ptxas = triton.knobs.nvidia.ptxas.path
+    print(f"triton {triton.__version__}, target {TARGET}, ptxas {ptxas} (bundled with triton: {'site-packages' in str(ptxas)})")
     failures, seen, start = [], {}, time.perf_counter()
     rows = []
     for label, run in [*kale_cases(opts.quick), *integrator_cases(opts.quick)]:
@@ -157,28 +165,26 @@ def main() -> int:
                 continue
             t0 = time.perf_counter()
             try:
-                compiled = triton.compile(ASTSource(kernel, signature, constexprs, attrs), target=TARGET,
-                                          options=options.__dict__)
+                compiled, usage = compile_with_ptxas_log(kernel, signature, constexprs, attrs, options)
             except Exception as error:  # report every kernel, then fail
                 seen[key] = None
                 failures.append(f"{label}: {kernel.fn.__name__}: compile error: {error}")
-                rows.append((kernel.fn.__name__, describe(constexprs, signature, options), "-", "-", "-",
+                rows.append((kernel.fn.__name__, describe(kernel, constexprs, signature, options), "-", "-", "-",
                              time.perf_counter() - t0, "COMPILE ERROR"))
                 continue
             seconds = time.perf_counter() - t0
-            usage = resource_usage(compiled.asm["cubin"], workdir)
             problems += scalar_type_problems(compiled.asm["ttir"])
-            if usage["local"] or usage["stack"]:
-                problems.append(f"spills: {usage['local']} B local, {usage['stack']} B stack per thread")
+            if usage["spill_stores"] or usage["spill_loads"]:
+                problems.append(f"spills {usage['spill_stores']} B stores, {usage['spill_loads']} B loads")
             seen[key] = compiled
             if problems:
                 failures.append(f"{label}: {kernel.fn.__name__}: {'; '.join(problems)}")
-            rows.append((kernel.fn.__name__, describe(constexprs, signature, options), usage["regs"],
-                         usage["local"], usage["stack"], seconds, "; ".join(problems) or "ok"))
+            rows.append((kernel.fn.__name__, describe(kernel, constexprs, signature, options), usage["regs"],
+                         usage["spill_stores"], usage["stack"], seconds, "; ".join(problems) or "ok"))
     total = time.perf_counter() - start
-    print(f"{'kernel':34} {'config':58} {'regs':>4} {'local':>5} {'stack':>5} {'secs':>6}  status")
-    for name, config, regs, local, stack, seconds, status in rows:
-        print(f"{name:34} {config[:58]:58} {regs:>4} {local:>5} {stack:>5} {seconds:6.2f}  {status}")
+    print(f"{'kernel':34} {'config':70} {'regs':>4} {'spill':>5} {'stack':>5} {'secs':>6}  status")
+    for name, config, regs, spill, stack, seconds, status in rows:
+        print(f"{name:34} {config[:70]:70} {regs:>4} {spill:>5} {stack:>5} {seconds:6.2f}  {status}")
     print(f"{len(rows)} kernels compiled in {total:.1f} s (triton {triton.__version__})")
     for failure in failures:
         print("FAIL", failure)

@@ -9,6 +9,7 @@ updates a third restores the rejected rows' tiles. Noise is Philox (tl.randint4x
 from torch's generator, at the 64-bit element offset row * L + column; fp64 states get fp64 normals (53-bit
 uniforms through Box-Muller in fp64), fp32 states tl.randn.
 """
+import os
 from dataclasses import dataclass
 
 import torch
@@ -17,9 +18,14 @@ import triton.language as tl
 
 from kale_fast.triton_kernels._launch import check_programs, on_device
 
-_MAX_TILE = 2048  # elements per program: 8 per thread at 8 warps (no spills in fp64 with Philox, sm_90)
-_MIN_TILE = 256  # 8 per thread at one warp
-_TARGET_PROGRAMS = 264  # two per SM of an H100: small states still spread over the device
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# On a GPU: at most 2048 elements per program, 8 per thread at 8 warps (no spills in fp64 with Philox on sm_90:
+# tools/check_triton_sm90.py), at least 256 (8 per thread at one warp), and programs enough for two per SM of an
+# H100 so that small states still spread over the device. The interpreter runs each program in Python: there,
+# few large programs (the tests set the GPU's tiles where they test the tiling itself).
+_MAX_TILE = 1 << 16 if _INTERPRETED else 2048
+_MIN_TILE = 256
+_TARGET_PROGRAMS = 1 if _INTERPRETED else 264
 _SUM_TILE = 1024  # partial sums one program of the second pass adds at a time
 
 
