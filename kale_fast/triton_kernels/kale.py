@@ -6,7 +6,10 @@ dtype (fp32, fp64 for fp64 inputs).
 
 The forward reduction keeps a running (max, rescaled sum) per lane, one exp per element, and finishes in
 the same kernel when one program covers the input (the training-batch regime: one launch) or in a small
-second kernel over the per-program partials (the only temporary buffer, 3 x programs).
+second kernel over the per-program partials (the only temporary buffer, 3 x programs). Log-mean-exp does the
+same per row when rows are too few to fill the device (dim=None: one row of every element), and its backward
+maps the flattened elements on a 1-D grid. Counts enter the kernels as integers and their logarithms are taken
+in the accumulation dtype (a Python float argument compiles as f32, too coarse for fp64 results).
 """
 import os
 
