@@ -31,7 +31,7 @@ def _kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Te
 
 
 def _kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
-                   backend: str, backend_kernels=kernels):
+                        backend: str, backend_kernels=kernels):
     """(d e_data, d e_gen, d log_partition); the last is zero when log_partition is None."""
     return backend_kernels(backend, _FAMILY).kale_loss_backward(grad, e_data, e_gen, log_partition, lse)
 
