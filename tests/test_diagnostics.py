@@ -44,6 +44,8 @@ TRACES = {
     "no dims": lambda seed: normal((2, 30), seed),
     "shifted chain": lambda seed: normal((4, 100, 2), seed) + torch.tensor([0.0, 0.0, 0.0, 3.0]).view(4, 1, 1),
     "heavy tails": lambda seed: normal((4, 150, 3), seed) ** 3,
+    "infinite draws": lambda seed: normal((3, 40, 3), seed).index_put_((torch.tensor([1]), torch.tensor([seed + 5])),
+                                                                       torch.tensor(math.inf, dtype=torch.float64)),
 }
 
 

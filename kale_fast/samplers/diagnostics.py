@@ -8,7 +8,8 @@ shape (*dims) on the trace's device, computed in float64 for all coordinates at 
 
 Edge cases, per coordinate:
 - fewer than 4 draws per chain: ValueError (ArviZ returns NaN).
-- a NaN anywhere in a coordinate's trace: NaN for that coordinate, as ArviZ.
+- a NaN anywhere in a coordinate's trace: NaN for that coordinate, as ArviZ. An infinite draw: the rank-based
+  R-hat, bulk and tail ESS are defined, ess_mean is NaN, as ArviZ.
 - a constant coordinate: R-hat is NaN (0/0) and every ESS is the number of split draws, 2 * chain * (draw // 2),
   as ArviZ (which returns the size of the split array whenever max - min < 1e-15). When only the folded draws
   |draw - median| are constant (e.g. half the draws at each of two values), R-hat is the bulk R-hat, as ArviZ.
@@ -109,7 +110,7 @@ def _quantile(ordered: Tensor, prob: float) -> Tensor:
     scipy.stats.mstats.mquantiles(alphap=1, betap=1) that ArviZ 0.23 uses (ArviZ 1.x's numpy.quantile agrees
     except where the interpolation rounds onto a neighbouring draw)."""
     size = ordered.shape[-1]
-    aleph = size * prob + (1 + prob * (1.0 - 1 - 1))
+    aleph = size * prob + (1 + prob * (1.0 - 1 - 1))  # n p + m, m = alphap + p (1 - alphap - betap)
     k = math.floor(min(max(aleph, 1), size - 1))
     gamma = min(max(aleph - k, 0.0), 1.0)
     return ((1.0 - gamma) * ordered[:, k - 1] + gamma * ordered[:, k]).reshape(-1, 1, 1)
@@ -164,6 +165,7 @@ def _ess(x: Tensor) -> Tensor:
 
     size = m * n
     ess = size / tau.clamp_min(1.0 / math.log10(size))
+    ess = ess.masked_fill(rho[:, 1].isnan(), math.nan)  # ArviZ: NaN if a kept rho is (e.g. infinite draws)
     flat = x.flatten(1)
     constant = (flat.amax(dim=-1) - flat.amin(dim=-1)) < _CONSTANT_RANGE
     return torch.where(constant, torch.full_like(ess, float(size)), ess)
