@@ -115,7 +115,7 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
         check_saved_state(state, sampler.name)
         z = state.chains.z
     else:
-        z = _check_z0(z0)
+        z = _check_z0(z0).detach().contiguous()
         if chunk_size is not None:
             check_count("chunk_size", chunk_size, 1)
             if z.shape[0] > chunk_size:
