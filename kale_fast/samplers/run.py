@@ -233,4 +233,5 @@ def _check_initial_potential(chains, z: Tensor) -> None:
                          f"{tuple(chains.grad.shape)}")
     bad = ~torch.isfinite(chains.potential)
     if bool(bad.any()):
-        raise ValueError(f"the potential is NaN or infinite at z0 for chains {torch.nonzero(bad).flatten().tolist()[:10]}")
+        chains_listed = torch.nonzero(bad).flatten().tolist()[:10]
+        raise ValueError(f"the potential is NaN or infinite at z0 for chains {chains_listed}")
