@@ -42,9 +42,5 @@ echo "gpu-check: built in $((SECONDS - start)) s"
 
 # tools/ first on sys.path, then the fresh copy: the checks import the package just built, not the in-place one.
 PYTHONPATH="$src" "$python" "$src/tools/check_cuda_registrations.py"
-if [[ -f "$src/tools/check_triton_sm90.py" ]]; then
-  PYTHONPATH="$src" "$python" "$src/tools/check_triton_sm90.py"
-else
-  echo "gpu-check: tools/check_triton_sm90.py not present; Triton compile check skipped"
-fi
+PYTHONPATH="$src" "$python" "$src/tools/check_triton_sm90.py"
 echo "gpu-check: passed in $((SECONDS - start)) s"

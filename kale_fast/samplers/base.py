@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from kale_fast.ops import integrators
 from kale_fast.samplers.metric import METRIC_KINDS, Metric
 
 ValueAndGrad = Callable[[Tensor], Tuple[Tensor, Tensor]]
@@ -37,7 +38,7 @@ class StepContext(NamedTuple):
 
     def seed(self, like: Tensor) -> Tensor:
         """A fresh kernel seed, kept on the chains' device (no host synchronisation)."""
-        return torch.randint(0, 2**62, (1,), generator=self.generator, device=like.device)
+        return integrators.seed(like, self.generator)
 
     def log_uniform(self, like: Tensor) -> Tensor:
         """log u, u ~ U(0, 1), one per chain, for Metropolis tests."""

@@ -21,21 +21,25 @@ from kale_fast.reference import integrators as reference
 from kale_fast.samplers.metric import Metric, unit_value_and_grad
 
 
-def _compile(fn: Callable) -> Callable:
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+def _compile(fn: Callable, name: str) -> Callable:
+    """torch.compile of fn under a code object of its own. TorchDynamo keeps one cache (of at most 8 entries) per
+    code object: without this, every potential's value-and-gradient and every chunk length of every potential
+    would share one cache and overflow it. Shapes become dynamic after a first change (the default)."""
+    fn.__code__ = fn.__code__.replace(co_name=name)
+    return torch.compile(fn, fullgraph=True)
 
 
 def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]:
     """(y, metric) -> (U_y(y), grad U_y(y)), compiled."""
     def value_and_grad(y: Tensor, scale: Optional[Tensor], cholesky: Optional[Tensor]):
         return unit_value_and_grad(potential, y, Metric(scale, cholesky))
-    compiled = _compile(value_and_grad)
+    compiled = _compile(value_and_grad, "unit_value_and_grad")
     return lambda y, metric: compiled(y, metric.scale, metric.cholesky)
 
 
 class CompiledLeapfrog:
     """n leapfrog steps as compiled chunks; the same contract as kale_fast.samplers.hmc.eager_leapfrog, except
-    that it returns new tensors rather than updating y and p in place. `exact_counts` are run as one chunk."""
+    that p is not updated in place (new tensors are returned). `exact_counts` are run as one chunk."""
 
     def __init__(self, potential):
         self.potential = potential
@@ -54,10 +58,7 @@ class CompiledLeapfrog:
                     value, grad = unit_value_and_grad(potential, y, metric)
                 return y, p, value, grad
 
-            # TorchDynamo keeps one cache (of at most 8 entries) per code object: each chunk length gets a code
-            # object of its own, so that ChEES's many lengths neither share nor overflow one cache.
-            chunk.__code__ = chunk.__code__.replace(co_name=f"leapfrog_chunk_{count}")
-            self.chunks[count] = _compile(chunk)
+            self.chunks[count] = _compile(chunk, f"leapfrog_chunk_{count}")
         return self.chunks[count]
 
     def counts(self, n: int):

@@ -17,10 +17,11 @@ from kale_fast.samplers.state import ChainState, Transition
 
 
 def eager_leapfrog(kernels, value_and_grad: ValueAndGrad):
-    """n leapfrog steps of step h (B,) with the fused kick-drift kernel, in place on y and p (tensors the
-    caller owns); the first step opens with a half kick. Returns (y, p, U(y), grad U(y)) at the trajectory's
-    end, before its closing half kick."""
+    """n leapfrog steps of step h (B,) with the fused kick-drift kernel, on a copy of y and in place on p (a
+    tensor the caller owns); the first step opens with a half kick. Returns (y, p, U(y), grad U(y)) at the
+    trajectory's end, before its closing half kick."""
     def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
+        y = y.clone()
         for i in range(n):
             kernels.leapfrog_kick_drift(y, p, grad, step_size, 0.5 if i == 0 else 1.0)
             value, grad = value_and_grad(y)
@@ -62,10 +63,10 @@ class HMC(Sampler):
         y0 = state.z
         step_size = params.step_size
         if self.jitter:
-            u = torch.rand(step_size.shape, generator=ctx.generator, dtype=step_size.dtype, device=step_size.device)
-            step_size = step_size * (1 + self.jitter * (2 * u - 1))
+            factor = torch.empty_like(step_size).uniform_(1 - self.jitter, 1 + self.jitter, generator=ctx.generator)
+            step_size = step_size * factor
         momentum, kinetic0 = ctx.kernels.hmc_draw_momentum(y0, ctx.seed(y0))
-        y, p, value, grad = ctx.leapfrog(y0.clone(), momentum, state.grad, step_size, params.n_leapfrog)
+        y, p, value, grad = ctx.leapfrog(y0, momentum, state.grad, step_size, params.n_leapfrog)
         nonfinite = ~torch.isfinite(value)
         proposal = self._proposal(y, p, grad, step_size) if params.adapting else None
         accept_prob, accepted = ctx.kernels.hmc_trajectory_end(y, p, grad, value, y0, state.potential, state.grad,

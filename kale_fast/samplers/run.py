@@ -115,7 +115,7 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
         check_saved_state(state, sampler.name)
         z = state.chains.z
     else:
-        z = _check_z0(z0)
+        z = _check_z0(z0).detach().contiguous()
         if chunk_size is not None:
             check_count("chunk_size", chunk_size, 1)
             if z.shape[0] > chunk_size:
@@ -233,4 +233,5 @@ def _check_initial_potential(chains, z: Tensor) -> None:
                          f"{tuple(chains.grad.shape)}")
     bad = ~torch.isfinite(chains.potential)
     if bool(bad.any()):
-        raise ValueError(f"the potential is NaN or infinite at z0 for chains {torch.nonzero(bad).flatten().tolist()[:10]}")
+        chains_listed = torch.nonzero(bad).flatten().tolist()[:10]
+        raise ValueError(f"the potential is NaN or infinite at z0 for chains {chains_listed}")

@@ -1,134 +1,277 @@
 """Triton kernels of the fused MCMC updates (GPU; CPU through TRITON_INTERPRET=1).
 
 Same functions and contracts as csrc/integrators.cpp: states (B, L) contiguous fp32/fp64, per-chain scalars
-(B,), updates in place. Each program owns ROWS whole chains, so per-chain reductions (kinetic energy, proposal
-densities) and the Metropolis select happen in registers within one launch. Noise comes from tl.randn
-(Philox) keyed by a seed tensor drawn from torch's generator, at offset row * L + column.
+(B,), updates in place. Each program owns a tile of at most _MAX_TILE elements: ROWS whole rows when L is
+small, or BLOCK_COLS columns of one row (`tiling`). Per-chain sums (kinetic energy, the MALA proposal densities)
+stay in registers when one tile spans a row (one launch); otherwise each tile writes its partial sum and a
+second kernel adds a row's partials in a fixed order (deterministic, no atomics), and for the Metropolis
+updates a third restores the rejected rows' tiles. Noise is Philox (tl.randint4x) keyed by a seed tensor drawn
+from torch's generator, at the 64-bit element offset row * L + column; fp64 states get fp64 normals (53-bit
+uniforms through Box-Muller in fp64), fp32 states tl.randn.
 """
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from kale_fast.triton_kernels._launch import check_programs, on_device
+
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
-_ELEMENTS_PER_PROGRAM = 1 << 16 if _INTERPRETED else 1 << 12
+# On a GPU: at most 2048 elements per program, 8 per thread at 8 warps (no spills in fp64 with Philox on sm_90:
+# tools/check_triton_sm90.py), at least 256 (8 per thread at one warp), and programs enough for two per SM of an
+# H100 so that small states still spread over the device. The interpreter runs each program in Python: there,
+# few large programs (the tests set the GPU's tiles where they test the tiling itself).
+_MAX_TILE = 1 << 16 if _INTERPRETED else 2048
+_MIN_TILE = 256
+_TARGET_PROGRAMS = 1 if _INTERPRETED else 264
+_SUM_TILE = 1024  # partial sums one program of the second pass adds at a time
 
 
-def _grid_and_blocks(z: torch.Tensor):
-    n_rows, n_cols = z.shape
-    block_cols = triton.next_power_of_2(n_cols)
-    rows = max(1, min(triton.next_power_of_2(n_rows), _ELEMENTS_PER_PROGRAM // block_cols))
-    return (triton.cdiv(n_rows, rows),), dict(ROWS=rows, BLOCK_COLS=block_cols)
+@dataclass(frozen=True)
+class Tiling:
+    """Launch configuration of the integrator kernels for a (B, L) state: a pure function of the shape."""
+    rows: int  # ROWS: rows per program (> 1 only when one tile spans a row)
+    block_cols: int  # BLOCK_COLS: columns per program
+    col_tiles: int  # programs per row
+    row_blocks: int
+    num_warps: int
+    sum_rows: int  # second pass (partial sums per row): rows per program ...
+    sum_block: int  # ... and partials per step
 
+    @property
+    def grid(self):
+        return (self.row_blocks * self.col_tiles,)
+
+
+def tiling(n_rows: int, n_cols: int) -> Tiling:
+    """The tiles for a (n_rows, n_cols) state (the dtype does not change them: 8 elements per thread either way)."""
+    block_cols = min(triton.next_power_of_2(n_cols), _MAX_TILE)
+    col_tiles = triton.cdiv(n_cols, block_cols)
+    spread = triton.next_power_of_2(triton.cdiv(n_rows * block_cols, _TARGET_PROGRAMS))
+    tile = min(max(spread, _MIN_TILE, block_cols), _MAX_TILE)
+    rows = max(1, min(tile // block_cols, triton.next_power_of_2(n_rows)))
+    row_blocks = triton.cdiv(n_rows, rows)
+    check_programs(row_blocks * col_tiles, f"a ({n_rows}, {n_cols}) integrator state")
+    sum_block = min(triton.next_power_of_2(col_tiles), _SUM_TILE)
+    sum_rows = max(1, min(_SUM_TILE // sum_block, triton.next_power_of_2(n_rows)))
+    return Tiling(rows, block_cols, col_tiles, row_blocks, max(1, min(8, rows * block_cols // 256)), sum_rows,
+                  sum_block)
+
+
+def _launch(kernel, z, tiles: Tiling, *args, **constexprs):
+    with on_device(z):
+        kernel[tiles.grid](*args, z.shape[0], z.shape[1], tiles.col_tiles, ROWS=tiles.rows,
+                           BLOCK_COLS=tiles.block_cols, num_warps=tiles.num_warps, **constexprs)
+
+
+def _partials(z, tiles: Tiling, out):
+    """Where a kernel writes its per-(row, tile) sums: `out` itself when one tile spans a row."""
+    if tiles.col_tiles == 1:
+        return out
+    return torch.empty(z.shape[0] * tiles.col_tiles, dtype=z.dtype, device=z.device)
+
+
+def _launch_sums(kernel, z, tiles: Tiling, *args):
+    """The second pass: one program adds the partials of sum_rows rows."""
+    with on_device(z):
+        kernel[(triton.cdiv(z.shape[0], tiles.sum_rows),)](*args, z.shape[0], tiles.col_tiles, ROWS=tiles.sum_rows, BLOCK=tiles.sum_block)
+
+
+# --- building blocks --------------------------------------------------------------------------------------
 
 @triton.jit
-def _tile(n_rows, n_cols, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    """Row indices (ROWS,), element offsets (ROWS, BLOCK_COLS) and their masks for this program."""
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    cols = tl.arange(0, BLOCK_COLS)
+def _tile(n_rows, n_cols, col_tiles, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    """This program's rows (ROWS,), column tile, element offsets (ROWS, BLOCK_COLS) (int64) and masks."""
+    pid = tl.program_id(0)
+    col_tile = pid % col_tiles
+    rows = (pid // col_tiles) * ROWS + tl.arange(0, ROWS)
+    cols = col_tile * BLOCK_COLS + tl.arange(0, BLOCK_COLS)
     row_mask = rows < n_rows
     mask = row_mask[:, None] & (cols[None, :] < n_cols)
-    return rows, row_mask, rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask
+    return rows, row_mask, col_tile, rows.to(tl.int64)[:, None] * n_cols + cols[None, :], mask
 
 
 @triton.jit
-def _noise(seed_ptr, noise_ptr, offs, mask, HAS_NOISE: tl.constexpr):
-    if HAS_NOISE:
-        xi = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+def _randn(seed_ptr, offs, DTYPE: tl.constexpr):
+    """Standard normals at 64-bit Philox counters `offs`; in fp64 from two 53-bit uniforms."""
+    seed = tl.load(seed_ptr)
+    if DTYPE == tl.float64:
+        r0, r1, r2, r3 = tl.randint4x(seed, offs)
+        a = ((r0.to(tl.uint64) << 32) | r1.to(tl.uint64)) >> 11
+        b = ((r2.to(tl.uint64) << 32) | r3.to(tl.uint64)) >> 11
+        u1 = (a.to(tl.float64) + 1.0) * 1.1102230246251565e-16  # (0, 1]: log(u1) is finite
+        u2 = b.to(tl.float64) * 1.1102230246251565e-16  # [0, 1)
+        xi = tl.sqrt(-2.0 * tl.log(u1)) * tl.cos(6.283185307179586 * u2)
     else:
-        xi = tl.randn(tl.load(seed_ptr), offs.to(tl.int32))
+        xi = tl.randn(seed, offs)
     return xi
 
 
 @triton.jit
-def _metropolis(log_ratio, log_uniform):
-    """(accept_prob, accepted); NaN and infinite log ratios are rejected."""
-    finite = (log_ratio == log_ratio) & (tl.abs(log_ratio) != float("inf"))
-    accept_prob = tl.where(finite, tl.exp(tl.minimum(log_ratio, 0.0)), 0.0)
-    return accept_prob, finite & (log_uniform < log_ratio)
+def _noise(seed_ptr, noise_ptr, offs, mask, HAS_NOISE: tl.constexpr, DTYPE: tl.constexpr):
+    if HAS_NOISE:
+        xi = tl.load(noise_ptr + offs, mask=mask, other=0.0)
+    else:
+        xi = _randn(seed_ptr, offs, DTYPE)
+    return xi
 
 
 @triton.jit
-def _hmc_draw_momentum_kernel(seed_ptr, p_ptr, kinetic_ptr, n_rows, n_cols, ROWS: tl.constexpr,
+def _store_partial(partial_ptr, rows, row_mask, col_tile, col_tiles, value):
+    """Per-row partial sum of a tile at [row, col_tile] of a (B, col_tiles) buffer (the result when one tile)."""
+    tl.store(partial_ptr + rows.to(tl.int64) * col_tiles + col_tile, value, mask=row_mask)
+
+
+@triton.jit
+def _sum_partials(partial_ptr, n_rows, col_tiles, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """(rows, row_mask, sums) of this program's rows' partials, added in a fixed order."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
+    row_mask = rows < n_rows
+    total = tl.zeros([ROWS, BLOCK], partial_ptr.dtype.element_ty)
+    for start in range(0, col_tiles, BLOCK):
+        cols = start + tl.arange(0, BLOCK)
+        mask = row_mask[:, None] & (cols[None, :] < col_tiles)
+        total += tl.load(partial_ptr + rows.to(tl.int64)[:, None] * col_tiles + cols[None, :], mask=mask, other=0.0)
+    return rows, row_mask, tl.sum(total, axis=1)
+
+
+@triton.jit
+def _sum_partials_kernel(partial_ptr, out_ptr, n_rows, col_tiles, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows, row_mask, total = _sum_partials(partial_ptr, n_rows, col_tiles, ROWS, BLOCK)
+    tl.store(out_ptr + rows, total, mask=row_mask)
+
+
+@triton.jit
+def _decide(log_ratio, rows, row_mask, lu_ptr, prob_ptr, accepted_ptr, u_ptr, u_old_ptr):
+    """Metropolis test per row: stores accept_prob and accepted, restores rejected rows' potential u.
+    NaN and infinite log ratios are rejected. Returns accepted (ROWS,) as int1."""
+    finite = (log_ratio == log_ratio) & (tl.abs(log_ratio) != float("inf"))
+    accepted = finite & (tl.load(lu_ptr + rows, mask=row_mask, other=0.0) < log_ratio)
+    tl.store(prob_ptr + rows, tl.where(finite, tl.exp(tl.minimum(log_ratio, 0.0)), 0.0), mask=row_mask)
+    tl.store(accepted_ptr + rows, accepted, mask=row_mask)
+    row_restore = row_mask & (accepted == 0)
+    tl.store(u_ptr + rows, tl.load(u_old_ptr + rows, mask=row_restore), mask=row_restore)
+    return accepted
+
+
+@triton.jit
+def _restore(accepted, offs, mask, z_ptr, z_old_ptr, grad_ptr, grad_old_ptr):
+    """Where a row is rejected, restore its (z, grad) tile from the previous state."""
+    restore = mask & (accepted == 0)[:, None]
+    tl.store(z_ptr + offs, tl.load(z_old_ptr + offs, mask=restore), mask=restore)
+    tl.store(grad_ptr + offs, tl.load(grad_old_ptr + offs, mask=restore), mask=restore)
+
+
+@triton.jit
+def _restore_rejected_kernel(accepted_ptr, z_ptr, z_old_ptr, grad_ptr, grad_old_ptr, n_rows, n_cols, col_tiles,
+                             ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    rows, row_mask, _, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
+    accepted = tl.load(accepted_ptr + rows, mask=row_mask, other=1)
+    _restore(accepted, offs, mask, z_ptr, z_old_ptr, grad_ptr, grad_old_ptr)
+
+
+# --- HMC --------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _hmc_draw_momentum_kernel(seed_ptr, p_ptr, partial_ptr, n_rows, n_cols, col_tiles, ROWS: tl.constexpr,
                               BLOCK_COLS: tl.constexpr):
-    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
-    p = tl.where(mask, tl.randn(tl.load(seed_ptr), offs.to(tl.int32)), 0.0).to(p_ptr.dtype.element_ty)
+    rows, row_mask, col_tile, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
+    p = tl.where(mask, _randn(seed_ptr, offs, p_ptr.dtype.element_ty), 0.0).to(p_ptr.dtype.element_ty)
     tl.store(p_ptr + offs, p, mask=mask)
-    tl.store(kinetic_ptr + rows, 0.5 * tl.sum(p * p, axis=1), mask=row_mask)
+    _store_partial(partial_ptr, rows, row_mask, col_tile, col_tiles, 0.5 * tl.sum(p * p, axis=1))
 
 
 def hmc_draw_momentum(z, seed):
     momentum, kinetic = torch.empty_like(z), torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
-    grid, blocks = _grid_and_blocks(z)
-    _hmc_draw_momentum_kernel[grid](seed, momentum, kinetic, z.shape[0], z.shape[1], **blocks)
+    tiles = tiling(*z.shape)
+    partials = _partials(z, tiles, kinetic)
+    _launch(_hmc_draw_momentum_kernel, z, tiles, seed, momentum, partials)
+    if tiles.col_tiles > 1:
+        _launch_sums(_sum_partials_kernel, z, tiles, partials, kinetic)
     return momentum, kinetic
 
 
 @triton.jit
-def _leapfrog_kick_drift_kernel(z_ptr, p_ptr, grad_ptr, step_ptr, kick_fraction, n_rows, n_cols,
-                                ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
+def _leapfrog_kick_drift_kernel(z_ptr, p_ptr, grad_ptr, step_ptr, kick_fraction: tl.float64, n_rows, n_cols,
+                                col_tiles, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    rows, row_mask, _, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=0.0)[:, None]
+    # kick_fraction is f64 (annotated: a Python float would compile as f32); a scalar times a tensor takes the
+    # tensor's dtype, so fp32 states stay in fp32
     p = tl.load(p_ptr + offs, mask=mask) - kick_fraction * h * tl.load(grad_ptr + offs, mask=mask)
     tl.store(p_ptr + offs, p, mask=mask)
     tl.store(z_ptr + offs, tl.load(z_ptr + offs, mask=mask) + h * p, mask=mask)
 
 
 def leapfrog_kick_drift(z, p, grad, step_size, kick_fraction: float) -> None:
-    grid, blocks = _grid_and_blocks(z)
-    _leapfrog_kick_drift_kernel[grid](z, p, grad, step_size, kick_fraction, z.shape[0], z.shape[1], **blocks)
-
-
-@triton.jit
-def _select_rows(accepted, offs, mask, rows, row_mask, z_ptr, z_old_ptr, grad_ptr, grad_old_ptr, u_ptr, u_old_ptr):
-    """Where a chain is rejected, restore its (z, grad, potential) from the previous state."""
-    restore = mask & (accepted == 0)[:, None]
-    tl.store(z_ptr + offs, tl.load(z_old_ptr + offs, mask=restore), mask=restore)
-    tl.store(grad_ptr + offs, tl.load(grad_old_ptr + offs, mask=restore), mask=restore)
-    row_restore = row_mask & (accepted == 0)
-    tl.store(u_ptr + rows, tl.load(u_old_ptr + rows, mask=row_restore), mask=row_restore)
+    _launch(_leapfrog_kick_drift_kernel, z, tiling(*z.shape), z, p, grad, step_size, float(kick_fraction))
 
 
 @triton.jit
 def _hmc_trajectory_end_kernel(z_ptr, p_ptr, grad_ptr, u_ptr, z0_ptr, u0_ptr, grad0_ptr, k0_ptr, step_ptr, lu_ptr,
-                               prob_ptr, accepted_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
+                               prob_ptr, accepted_ptr, partial_ptr, n_rows, n_cols, col_tiles, ROWS: tl.constexpr,
+                               BLOCK_COLS: tl.constexpr, FUSED: tl.constexpr):
+    """Kinetic energy after the closing half kick; with FUSED (one tile spans each row) also the Metropolis test
+    and the restore, else the tile's partial kinetic energy for _hmc_decide_kernel."""
+    rows, row_mask, col_tile, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=0.0)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0) - 0.5 * h[:, None] * tl.load(grad_ptr + offs, mask=mask, other=0.0)
     kinetic = 0.5 * tl.sum(p * p, axis=1)
+    if FUSED:
+        accepted = _decide(_hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr), rows, row_mask, lu_ptr,
+                           prob_ptr, accepted_ptr, u_ptr, u0_ptr)
+        _restore(accepted, offs, mask, z_ptr, z0_ptr, grad_ptr, grad0_ptr)
+    else:
+        _store_partial(partial_ptr, rows, row_mask, col_tile, col_tiles, kinetic)
+
+
+@triton.jit
+def _hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr):
     u = tl.load(u_ptr + rows, mask=row_mask, other=0.0)
-    log_ratio = (tl.load(u0_ptr + rows, mask=row_mask, other=0.0) + tl.load(k0_ptr + rows, mask=row_mask, other=0.0)
-                 ) - (u + kinetic)
-    accept_prob, accepted = _metropolis(log_ratio, tl.load(lu_ptr + rows, mask=row_mask, other=0.0))
-    tl.store(prob_ptr + rows, accept_prob, mask=row_mask)
-    tl.store(accepted_ptr + rows, accepted, mask=row_mask)
-    _select_rows(accepted.to(tl.int32), offs, mask, rows, row_mask, z_ptr, z0_ptr, grad_ptr, grad0_ptr, u_ptr, u0_ptr)
+    h0 = tl.load(u0_ptr + rows, mask=row_mask, other=0.0) + tl.load(k0_ptr + rows, mask=row_mask, other=0.0)
+    return h0 - (u + kinetic)
+
+
+@triton.jit
+def _hmc_decide_kernel(partial_ptr, u_ptr, u0_ptr, k0_ptr, lu_ptr, prob_ptr, accepted_ptr, n_rows, col_tiles,
+                       ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows, row_mask, kinetic = _sum_partials(partial_ptr, n_rows, col_tiles, ROWS, BLOCK)
+    _decide(_hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr), rows, row_mask, lu_ptr, prob_ptr,
+            accepted_ptr, u_ptr, u0_ptr)
 
 
 def hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform):
     accept_prob = torch.empty_like(potential)
     accepted = torch.empty(z.shape[0], dtype=torch.bool, device=z.device)
-    grid, blocks = _grid_and_blocks(z)
-    _hmc_trajectory_end_kernel[grid](z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform,
-                                     accept_prob, accepted, z.shape[0], z.shape[1], **blocks)
+    tiles = tiling(*z.shape)
+    fused = tiles.col_tiles == 1
+    partials = _partials(z, tiles, accept_prob)  # unused when fused
+    _launch(_hmc_trajectory_end_kernel, z, tiles, z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size,
+            log_uniform, accept_prob, accepted, partials, FUSED=fused)
+    if not fused:
+        _launch_sums(_hmc_decide_kernel, z, tiles, partials, potential, potential0, kinetic0, log_uniform,
+                     accept_prob, accepted)
+        _launch(_restore_rejected_kernel, z, tiles, accepted, z, z0, grad, grad0)
     return accept_prob, accepted
 
 
+# --- Langevin moves ---------------------------------------------------------------------------------------
+
 @triton.jit
-def _langevin_move_kernel(z_ptr, grad_ptr, step_ptr, seed_ptr, noise_ptr, out_ptr, n_rows, n_cols,
+def _langevin_move_kernel(z_ptr, grad_ptr, step_ptr, seed_ptr, noise_ptr, out_ptr, n_rows, n_cols, col_tiles,
                           HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
+    rows, row_mask, _, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=1.0)[:, None]
-    xi = _noise(seed_ptr, noise_ptr, offs, mask, HAS_NOISE)
+    xi = _noise(seed_ptr, noise_ptr, offs, mask, HAS_NOISE, z_ptr.dtype.element_ty)
     z = tl.load(z_ptr + offs, mask=mask) - h * tl.load(grad_ptr + offs, mask=mask) + tl.sqrt(2.0 * h) * xi
     tl.store(out_ptr + offs, z.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def _langevin_move(z, grad, step_size, seed, noise, out):
-    grid, blocks = _grid_and_blocks(z)
-    _langevin_move_kernel[grid](z, grad, step_size, seed, noise if noise is not None else z, out, z.shape[0],
-                                z.shape[1], HAS_NOISE=noise is not None, **blocks)
+    _launch(_langevin_move_kernel, z, tiling(*z.shape), z, grad, step_size, seed,
+            noise if noise is not None else z, out, HAS_NOISE=noise is not None)
 
 
 def mala_propose(z, grad, step_size, seed, noise):
@@ -143,44 +286,67 @@ def ula_step(z, grad, step_size, seed, noise) -> None:
 
 @triton.jit
 def _mala_accept_kernel(z_ptr, u_ptr, grad_ptr, zq_ptr, uq_ptr, gradq_ptr, step_ptr, lu_ptr, prob_ptr, accepted_ptr,
-                        n_rows, n_cols, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
+                        partial_ptr, n_rows, n_cols, col_tiles, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+                        FUSED: tl.constexpr):
+    """|forward|^2 - |backward|^2 of the proposal densities' exponents; with FUSED also the Metropolis test and
+    the restore, else the tile's partial for _mala_decide_kernel."""
+    rows, row_mask, col_tile, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=1.0)
     delta = tl.load(zq_ptr + offs, mask=mask, other=0.0) - tl.load(z_ptr + offs, mask=mask, other=0.0)
     forward = delta + h[:, None] * tl.load(grad_ptr + offs, mask=mask, other=0.0)
     backward = -delta + h[:, None] * tl.load(gradq_ptr + offs, mask=mask, other=0.0)
+    squares = tl.sum(forward * forward, axis=1) - tl.sum(backward * backward, axis=1)
+    if FUSED:
+        accepted = _decide(_mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr), rows, row_mask, lu_ptr,
+                           prob_ptr, accepted_ptr, uq_ptr, u_ptr)
+        _restore(accepted, offs, mask, zq_ptr, z_ptr, gradq_ptr, grad_ptr)
+    else:
+        _store_partial(partial_ptr, rows, row_mask, col_tile, col_tiles, squares)
+
+
+@triton.jit
+def _mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr):
     u = tl.load(u_ptr + rows, mask=row_mask, other=0.0)
-    uq = tl.load(uq_ptr + rows, mask=row_mask, other=0.0)
-    log_ratio = (u - uq) + (tl.sum(forward * forward, axis=1) - tl.sum(backward * backward, axis=1)) / (4.0 * h)
-    accept_prob, accepted = _metropolis(log_ratio, tl.load(lu_ptr + rows, mask=row_mask, other=0.0))
-    tl.store(prob_ptr + rows, accept_prob, mask=row_mask)
-    tl.store(accepted_ptr + rows, accepted, mask=row_mask)
-    _select_rows(accepted.to(tl.int32), offs, mask, rows, row_mask, zq_ptr, z_ptr, gradq_ptr, grad_ptr, uq_ptr, u_ptr)
+    return (u - tl.load(uq_ptr + rows, mask=row_mask, other=0.0)) + squares / (4.0 * h)
+
+
+@triton.jit
+def _mala_decide_kernel(partial_ptr, u_ptr, uq_ptr, step_ptr, lu_ptr, prob_ptr, accepted_ptr, n_rows, col_tiles,
+                        ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    rows, row_mask, squares = _sum_partials(partial_ptr, n_rows, col_tiles, ROWS, BLOCK)
+    h = tl.load(step_ptr + rows, mask=row_mask, other=1.0)
+    _decide(_mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr), rows, row_mask, lu_ptr, prob_ptr,
+            accepted_ptr, uq_ptr, u_ptr)
 
 
 def mala_accept(z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform):
     accept_prob = torch.empty_like(potential)
     accepted = torch.empty(z.shape[0], dtype=torch.bool, device=z.device)
-    grid, blocks = _grid_and_blocks(z)
-    _mala_accept_kernel[grid](z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform,
-                              accept_prob, accepted, z.shape[0], z.shape[1], **blocks)
+    tiles = tiling(*z.shape)
+    fused = tiles.col_tiles == 1
+    partials = _partials(z, tiles, accept_prob)  # unused when fused
+    _launch(_mala_accept_kernel, z, tiles, z, potential, grad, z_prop, potential_prop, grad_prop, step_size,
+            log_uniform, accept_prob, accepted, partials, FUSED=fused)
+    if not fused:
+        _launch_sums(_mala_decide_kernel, z, tiles, partials, potential, potential_prop, step_size, log_uniform,
+                     accept_prob, accepted)
+        _launch(_restore_rejected_kernel, z, tiles, accepted, z_prop, z, grad_prop, grad)
     return accept_prob, accepted
 
 
 @triton.jit
 def _kinetic_langevin_baoa_kernel(z_ptr, v_ptr, grad_ptr, step_ptr, friction_ptr, seed_ptr, noise_ptr, n_rows, n_cols,
-                                  HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
-    rows, row_mask, offs, mask = _tile(n_rows, n_cols, ROWS, BLOCK_COLS)
+                                  col_tiles, HAS_NOISE: tl.constexpr, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr):
+    rows, row_mask, _, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=0.0)[:, None]
     c = tl.exp(-tl.load(friction_ptr + rows, mask=row_mask, other=0.0)[:, None] * h)
     v = tl.load(v_ptr + offs, mask=mask) - 0.5 * h * tl.load(grad_ptr + offs, mask=mask)
     z = tl.load(z_ptr + offs, mask=mask) + 0.5 * h * v
-    v = c * v + tl.sqrt(1.0 - c * c) * _noise(seed_ptr, noise_ptr, offs, mask, HAS_NOISE)
+    v = c * v + tl.sqrt(1.0 - c * c) * _noise(seed_ptr, noise_ptr, offs, mask, HAS_NOISE, z_ptr.dtype.element_ty)
     tl.store(z_ptr + offs, (z + 0.5 * h * v).to(z_ptr.dtype.element_ty), mask=mask)
     tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=mask)
 
 
 def kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise) -> None:
-    grid, blocks = _grid_and_blocks(z)
-    _kinetic_langevin_baoa_kernel[grid](z, v, grad, step_size, friction, seed, noise if noise is not None else z,
-                                        z.shape[0], z.shape[1], HAS_NOISE=noise is not None, **blocks)
+    _launch(_kinetic_langevin_baoa_kernel, z, tiling(*z.shape), z, v, grad, step_size, friction, seed,
+            noise if noise is not None else z, HAS_NOISE=noise is not None)

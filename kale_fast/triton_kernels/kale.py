@@ -6,14 +6,18 @@ dtype (fp32, fp64 for fp64 inputs).
 
 The forward reduction keeps a running (max, rescaled sum) per lane, one exp per element, and finishes in
 the same kernel when one program covers the input (the training-batch regime: one launch) or in a small
-second kernel over the per-program partials (the only temporary buffer, 3 x programs).
+second kernel over the per-program partials (the only temporary buffer, 3 x programs). Log-mean-exp does the
+same per row when rows are too few to fill the device (dim=None: one row of every element), and its backward
+maps the flattened elements on a 1-D grid. Counts enter the kernels as integers and their logarithms are taken
+in the accumulation dtype (a Python float argument compiles as f32, too coarse for fp64 results).
 """
-import math
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from kale_fast.triton_kernels._launch import check_programs, on_device
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # The interpreter runs each program in Python: few, large programs. On a GPU: blocks that keep 8 lanes of
@@ -22,16 +26,24 @@ _REDUCE_BLOCK = 1024 if _INTERPRETED else 2048
 _MAP_BLOCK = 1024 if _INTERPRETED else 4096
 _NUM_WARPS = 8
 _SINGLE_PROGRAM_MAX = 1 << 16  # up to here one program reduces everything and writes the loss itself
-
-
-def _max_programs(device: torch.device) -> int:
-    if _INTERPRETED:
-        return 4
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+# Programs of a split reduction: four per SM of an H100 (132 SMs), a constant so that the launch configuration
+# is a function of the shape alone (tools/check_triton_sm90.py compiles exactly what runs).
+_MAX_PROGRAMS = 4 if _INTERPRETED else 4 * 132
 
 
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def reduce_programs(n_blocks: int) -> int:
+    """Programs of a reduction over n_blocks blocks of _REDUCE_BLOCK elements: each grid-strides over the rest."""
+    return min(n_blocks, _MAX_PROGRAMS)
+
+
+@triton.jit
+def _log_count(n, ACC: tl.constexpr):
+    """log(n) of an integer argument, in the accumulation dtype (a Python float argument would compile as f32)."""
+    return tl.log(tl.cast(n, ACC))
 
 
 @triton.jit
@@ -58,22 +70,22 @@ def _merge_lanes(m, s):
 
 
 @triton.jit
-def _kale_finish(m, s, data_sum, a_ptr, loss_ptr, lse_ptr, n_data, log_n_gen, HAS_A: tl.constexpr):
+def _kale_finish(m, s, data_sum, a_ptr, loss_ptr, lse_ptr, n_data, n_gen, HAS_A: tl.constexpr, ACC: tl.constexpr):
     lse = m + tl.log(s)
-    loss = data_sum / n_data
+    loss = data_sum / tl.cast(n_data, ACC)
     if HAS_A:
         a = tl.load(a_ptr)
-        loss += a + tl.exp(lse - a - log_n_gen) - 1.0
+        loss += a + tl.exp(lse - a - _log_count(n_gen, ACC)) - 1.0
     else:
-        loss += lse - log_n_gen
+        loss += lse - _log_count(n_gen, ACC)
     tl.store(loss_ptr, loss)
     tl.store(lse_ptr, lse)
 
 
 @triton.jit
-def _kale_forward_kernel(e_data_ptr, e_gen_ptr, a_ptr, partial_ptr, loss_ptr, lse_ptr, n_data, n_gen, log_n_gen,
-                         n_programs, iters, HAS_A: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr,
-                         BLOCK: tl.constexpr):
+def _kale_loss_forward_kernel(e_data_ptr, e_gen_ptr, a_ptr, partial_ptr, loss_ptr, lse_ptr, n_data, n_gen,
+                              n_programs, iters, HAS_A: tl.constexpr, SINGLE: tl.constexpr, ACC: tl.constexpr,
+                              BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     lanes = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], float("-inf"), ACC)
@@ -88,7 +100,7 @@ def _kale_forward_kernel(e_data_ptr, e_gen_ptr, a_ptr, partial_ptr, loss_ptr, ls
     m_all, s_all = _merge_lanes(m, s)
     d_all = tl.sum(d, 0)
     if SINGLE:
-        _kale_finish(m_all, s_all, d_all, a_ptr, loss_ptr, lse_ptr, n_data, log_n_gen, HAS_A)
+        _kale_finish(m_all, s_all, d_all, a_ptr, loss_ptr, lse_ptr, n_data, n_gen, HAS_A, ACC)
     else:
         tl.store(partial_ptr + pid, m_all)
         tl.store(partial_ptr + n_programs + pid, s_all)
@@ -96,15 +108,15 @@ def _kale_forward_kernel(e_data_ptr, e_gen_ptr, a_ptr, partial_ptr, loss_ptr, ls
 
 
 @triton.jit
-def _kale_combine_kernel(partial_ptr, a_ptr, loss_ptr, lse_ptr, n_data, log_n_gen, n_programs,
-                         HAS_A: tl.constexpr, BLOCK: tl.constexpr):
+def _kale_loss_combine_kernel(partial_ptr, a_ptr, loss_ptr, lse_ptr, n_data, n_gen, n_programs,
+                              HAS_A: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     offs = tl.arange(0, BLOCK)
     mask = offs < n_programs
     m = tl.load(partial_ptr + offs, mask=mask, other=float("-inf"))
     s = tl.load(partial_ptr + n_programs + offs, mask=mask, other=0.0)
     d = tl.load(partial_ptr + 2 * n_programs + offs, mask=mask, other=0.0)
     m_all, s_all = _merge_lanes(m, s)
-    _kale_finish(m_all, s_all, tl.sum(d, 0), a_ptr, loss_ptr, lse_ptr, n_data, log_n_gen, HAS_A)
+    _kale_finish(m_all, s_all, tl.sum(d, 0), a_ptr, loss_ptr, lse_ptr, n_data, n_gen, HAS_A, ACC)
 
 
 def kale_loss_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
@@ -115,97 +127,137 @@ def kale_loss_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
     lse = torch.empty((), dtype=acc, device=e_gen.device)
     n_blocks = triton.cdiv(max(n_data, n_gen), _REDUCE_BLOCK)
     single = max(n_data, n_gen) <= _SINGLE_PROGRAM_MAX
-    n_programs = 1 if single else min(n_blocks, _max_programs(e_gen.device))
+    n_programs = 1 if single else reduce_programs(n_blocks)
     partials = lse if single else torch.empty(3 * n_programs, dtype=acc, device=e_gen.device)
     a = log_partition if log_partition is not None else lse  # never read when HAS_A is False
-    common = dict(HAS_A=log_partition is not None)
-    _kale_forward_kernel[(n_programs,)](
-        e_data, e_gen, a, partials, loss, lse, n_data, n_gen, math.log(n_gen), n_programs,
-        triton.cdiv(n_blocks, n_programs), SINGLE=single, ACC=_acc_dtype(e_gen.dtype), BLOCK=_REDUCE_BLOCK,
-        num_warps=_NUM_WARPS, **common)
-    if not single:
-        _kale_combine_kernel[(1,)](partials, a, loss, lse, n_data, math.log(n_gen), n_programs,
-                                   BLOCK=triton.next_power_of_2(n_programs), **common)
+    common = dict(HAS_A=log_partition is not None, ACC=_acc_dtype(e_gen.dtype))
+    with on_device(e_gen):
+        _kale_loss_forward_kernel[(n_programs,)](
+            e_data, e_gen, a, partials, loss, lse, n_data, n_gen, n_programs, triton.cdiv(n_blocks, n_programs),
+            SINGLE=single, BLOCK=_REDUCE_BLOCK, num_warps=_NUM_WARPS, **common)
+        if not single:
+            _kale_loss_combine_kernel[(1,)](partials, a, loss, lse, n_data, n_gen, n_programs,
+                                            BLOCK=triton.next_power_of_2(n_programs), **common)
     return loss, lse
 
 
 @triton.jit
-def _kale_backward_kernel(grad_ptr, e_gen_ptr, a_ptr, lse_ptr, grad_data_ptr, grad_gen_ptr, grad_a_ptr,
-                          n_data, n_gen, log_n_gen, HAS_A: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _kale_loss_backward_kernel(grad_ptr, e_gen_ptr, a_ptr, lse_ptr, grad_data_ptr, grad_gen_ptr, grad_a_ptr,
+                               n_data, n_gen, HAS_A: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     g = tl.load(grad_ptr).to(ACC)
     lse = tl.load(lse_ptr)
     if HAS_A:
-        shift = tl.load(a_ptr) + log_n_gen
+        shift = tl.load(a_ptr) + _log_count(n_gen, ACC)
     else:
         shift = lse
     gen_mask = offs < n_gen
     x = tl.load(e_gen_ptr + offs, mask=gen_mask, other=0.0).to(ACC)
     tl.store(grad_gen_ptr + offs, (-g * tl.exp(-x - shift)).to(grad_gen_ptr.dtype.element_ty), mask=gen_mask)
-    data_grad = tl.full([BLOCK], 0.0, ACC) + g / n_data
+    data_grad = tl.full([BLOCK], 0.0, ACC) + g / tl.cast(n_data, ACC)
     tl.store(grad_data_ptr + offs, data_grad.to(grad_data_ptr.dtype.element_ty), mask=offs < n_data)
     if pid == 0:
         tl.store(grad_a_ptr, g * (1.0 - tl.exp(lse - shift)))
 
 
-def kale_loss_backward(grad: torch.Tensor, e_data: torch.Tensor, e_gen: torch.Tensor, log_partition, lse: torch.Tensor):
+def kale_loss_backward(grad: torch.Tensor, e_data: torch.Tensor, e_gen: torch.Tensor, log_partition,
+                       lse: torch.Tensor):
     """(d e_data, d e_gen, d A) in one launch; d A is zero when log_partition is None."""
     grad_data, grad_gen = torch.empty_like(e_data), torch.empty_like(e_gen)
     grad_a = torch.empty((), dtype=lse.dtype, device=lse.device)
     n_data, n_gen = e_data.numel(), e_gen.numel()
-    grid = (triton.cdiv(max(n_data, n_gen), _MAP_BLOCK),)
-    _kale_backward_kernel[grid](
-        grad, e_gen, log_partition if log_partition is not None else lse, lse, grad_data, grad_gen, grad_a,
-        n_data, n_gen, math.log(n_gen), HAS_A=log_partition is not None, ACC=_acc_dtype(e_gen.dtype),
-        BLOCK=_MAP_BLOCK, num_warps=_NUM_WARPS)
+    grid = (check_programs(triton.cdiv(max(n_data, n_gen), _MAP_BLOCK), "kale_loss_backward"),)
+    with on_device(e_gen):
+        _kale_loss_backward_kernel[grid](
+            grad, e_gen, log_partition if log_partition is not None else lse, lse, grad_data, grad_gen, grad_a,
+            n_data, n_gen, HAS_A=log_partition is not None, ACC=_acc_dtype(e_gen.dtype), BLOCK=_MAP_BLOCK,
+            num_warps=_NUM_WARPS)
     return grad_data, grad_gen, grad_a
 
 
+def log_mean_exp_splits(n_rows: int, n_cols: int) -> int:
+    """Programs per row of the log-mean-exp forward: one when there are rows enough to fill the device, else
+    up to one per block, so that a few long rows (dim=None: one row of every element) still spread out."""
+    n_blocks = triton.cdiv(n_cols, _REDUCE_BLOCK)
+    splits = max(1, min(n_blocks, _MAX_PROGRAMS // n_rows))
+    check_programs(n_rows * splits, f"log_mean_exp of ({n_rows}, {n_cols}) rows")
+    return splits
+
+
 @triton.jit
-def _log_mean_exp_forward_kernel(x_ptr, out_ptr, n_cols, log_n_cols, ACC: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
+def _log_mean_exp_forward_kernel(x_ptr, out_ptr, partial_ptr, n_rows, n_cols, splits, ACC: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    """Program (row, split) folds blocks split, split + splits, ... of its row; one split writes the row's
+    result, several write (max, sum) partials for _log_mean_exp_combine_kernel."""
+    pid = tl.program_id(0)
+    row = (pid // splits).to(tl.int64)
+    split = pid % splits
     lanes = tl.arange(0, BLOCK)
     m = tl.full([BLOCK], float("-inf"), ACC)
     s = tl.zeros([BLOCK], ACC)
-    for start in range(0, n_cols, BLOCK):
+    for start in range(split * BLOCK, n_cols, splits * BLOCK):
         offs = start + lanes
         mask = offs < n_cols
         x = tl.load(x_ptr + row * n_cols + offs, mask=mask, other=0.0).to(ACC)
         m, s = _online_update(m, s, x, mask)
     m_all, s_all = _merge_lanes(m, s)
-    tl.store(out_ptr + row, m_all + tl.log(s_all) - log_n_cols)
+    if splits == 1:
+        tl.store(out_ptr + row, m_all + tl.log(s_all) - _log_count(n_cols, ACC))
+    else:
+        tl.store(partial_ptr + pid, m_all)
+        tl.store(partial_ptr + n_rows * splits + pid, s_all)
+
+
+@triton.jit
+def _log_mean_exp_combine_kernel(partial_ptr, out_ptr, n_rows, n_cols, splits, ACC: tl.constexpr,
+                                 BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < splits
+    m = tl.load(partial_ptr + row * splits + offs, mask=mask, other=float("-inf"))
+    s = tl.load(partial_ptr + n_rows * splits + row * splits + offs, mask=mask, other=0.0)
+    m_all, s_all = _merge_lanes(m, s)
+    tl.store(out_ptr + row, m_all + tl.log(s_all) - _log_count(n_cols, ACC))
 
 
 def log_mean_exp_forward(x: torch.Tensor) -> torch.Tensor:
-    """Row-wise log(mean(exp(x))) of (R, K) rows, (R,) in the accumulation dtype; one program per row."""
+    """Row-wise log(mean(exp(x))) of (R, K) rows, (R,) in the accumulation dtype."""
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32
     n_rows, n_cols = x.shape
     out = torch.empty(n_rows, dtype=acc, device=x.device)
-    _log_mean_exp_forward_kernel[(n_rows,)](x, out, n_cols, math.log(n_cols), ACC=_acc_dtype(x.dtype),
-                                            BLOCK=min(_REDUCE_BLOCK, triton.next_power_of_2(n_cols)),
-                                            num_warps=_NUM_WARPS)
+    splits = log_mean_exp_splits(n_rows, n_cols)
+    partials = out if splits == 1 else torch.empty(2 * n_rows * splits, dtype=acc, device=x.device)
+    with on_device(x):
+        _log_mean_exp_forward_kernel[(n_rows * splits,)](
+            x, out, partials, n_rows, n_cols, splits, ACC=_acc_dtype(x.dtype),
+            BLOCK=min(_REDUCE_BLOCK, triton.next_power_of_2(n_cols)), num_warps=_NUM_WARPS)
+        if splits > 1:
+            _log_mean_exp_combine_kernel[(n_rows,)](partials, out, n_rows, n_cols, splits, ACC=_acc_dtype(x.dtype),
+                                                    BLOCK=triton.next_power_of_2(splits))
     return out
 
 
 @triton.jit
-def _log_mean_exp_backward_kernel(grad_ptr, x_ptr, out_ptr, grad_x_ptr, n_cols, log_n_cols, ACC: tl.constexpr,
+def _log_mean_exp_backward_kernel(grad_ptr, x_ptr, out_ptr, grad_x_ptr, n_elements, n_cols, ACC: tl.constexpr,
                                   BLOCK: tl.constexpr):
-    row = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_cols
-    shift = tl.load(out_ptr + row) + log_n_cols
-    x = tl.load(x_ptr + row * n_cols + offs, mask=mask, other=0.0).to(ACC)
-    grad_x = tl.load(grad_ptr + row) * tl.exp(x - shift)
-    tl.store(grad_x_ptr + row * n_cols + offs, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+    """grad_x over the flattened (R, K) elements: a 1-D grid holds any size (a (rows, column blocks) grid would
+    stop at 65535 blocks per row)."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    row = offs // n_cols
+    shift = tl.load(out_ptr + row, mask=mask, other=0.0) + _log_count(n_cols, ACC)
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(ACC)
+    grad_x = tl.load(grad_ptr + row, mask=mask, other=0.0) * tl.exp(x - shift)
+    tl.store(grad_x_ptr + offs, grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
 
 
 def log_mean_exp_backward(grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """grad_x = grad[r] * exp(x - out[r] - log K); grad and out (R,) in the accumulation dtype."""
     n_rows, n_cols = x.shape
     grad_x = torch.empty_like(x)
-    block = min(_MAP_BLOCK, triton.next_power_of_2(n_cols))
-    _log_mean_exp_backward_kernel[(n_rows, triton.cdiv(n_cols, block))](
-        grad, x, out, grad_x, n_cols, math.log(n_cols), ACC=_acc_dtype(x.dtype), BLOCK=block,
-        num_warps=_NUM_WARPS)
+    grid = (check_programs(triton.cdiv(x.numel(), _MAP_BLOCK), "log_mean_exp_backward"),)
+    with on_device(x):
+        _log_mean_exp_backward_kernel[grid](grad, x, out, grad_x, x.numel(), n_cols, ACC=_acc_dtype(x.dtype),
+                                            BLOCK=_MAP_BLOCK, num_warps=_NUM_WARPS)
     return grad_x
