@@ -108,7 +108,7 @@ def _resume_hint(argv: List[str], run_dir: Path) -> str:
 
 def _sample(args) -> None:
     from kale_fast.train.loop import load_run, make_sampler
-    from kale_fast.train.plots import scatter_samples
+    from kale_fast.train.plots import image_grid, scatter_samples
 
     config, gebm, _, _ = load_run(args.run, args.device)
     changes = {k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps, step_size=args.step_size).items()
@@ -119,8 +119,13 @@ def _sample(args) -> None:
                                   warmup=config.sampler_steps // 2, generator=generator, progress=True)
     out = Path(args.run) / f"samples-{config.sampler}.pt"
     torch.save(dict(samples=samples.cpu(), z=result.z.cpu(), accept_rate=result.accept_rate.cpu()), out)
-    scatter_samples({f"GEBM samples ({config.sampler})": samples, "base samples": gebm.base_sample(args.n)},
-                    out.with_suffix(".png"))
+    base_samples = gebm.base_sample(args.n)
+    if samples.dim() == 4:  # images (N, C, H, W): grids, not a scatter of two pixels
+        image_grid(samples, out.with_suffix(".png"), title=f"GEBM samples ({config.sampler})")
+        image_grid(base_samples, out.with_name(f"{out.stem}-base.png"), title="base samples")
+    else:
+        scatter_samples({f"GEBM samples ({config.sampler})": samples, "base samples": base_samples},
+                        out.with_suffix(".png"))
     print(f"{args.n} samples ({config.sampler}, {config.sampler_steps} steps, acceptance "
           f"{result.accept_rate.mean().item():.3f}) written to {out}")
 
