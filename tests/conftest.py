@@ -32,6 +32,8 @@ def fused(request):
 
 @pytest.fixture(autouse=True)
 def _restore_backend():
+    """Every test starts on "auto" whatever KALE_FAST_BACKEND says, and leaves it there."""
+    kf.set_backend("auto")
     yield
     kf.set_backend("auto")
 

@@ -8,6 +8,7 @@ import torch
 
 import kale_fast as kf
 from kale_fast import reference
+from kale_fast.ops import _backend
 
 SIZES = [1, 2, 127, 4099, 100_003]
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
@@ -260,6 +261,11 @@ def test_backend_selection():
     kf.set_backend("reference")
     e_data, e_gen = torch.randn(3), torch.randn(4)
     torch.testing.assert_close(kf.kale_loss(e_data, e_gen), reference.kale_loss(e_data, e_gen))
+    kf.set_backend("auto")
+    assert kf.get_backend("cpu") == ("cpp" if _backend._AVAILABILITY["cpp"]["cpu"] is None else "reference")
+    with kf.use_backend("reference"):
+        assert kf.get_backend() == "reference" and kf.get_backend("cpu") == "reference"
+    assert kf.get_backend() == "auto"
 
 
 def test_backend_environment_variable():

@@ -11,12 +11,13 @@ and fake rules, so that every backend traces as opaque nodes.
 Availability is settled once at import (cheap checks only; Triton itself is imported at its first launch),
 so that `resolve` is plain dictionary work that torch.compile traces without a graph break.
 """
+import contextlib
 import importlib
 import importlib.util
 import os
 import types
 import warnings
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional, Union
 
 import torch
 
@@ -105,9 +106,23 @@ def set_backend(name: str) -> None:
     _current = _checked(name, "backend")
 
 
-def get_backend() -> str:
-    """The name last given to `set_backend` (or KALE_FAST_BACKEND), "auto" by default."""
-    return _current
+def get_backend(device: Optional[Union[str, torch.device]] = None) -> str:
+    """The name last given to `set_backend` (or KALE_FAST_BACKEND), "auto" by default; given a device, the
+    concrete backend that runs there (what "auto" resolves to, e.g. get_backend("cpu") -> "cpp")."""
+    if device is None:
+        return _current
+    return resolve(torch.device(device))
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """`with kf.use_backend("reference"):` runs the block on that backend, then restores the previous one."""
+    previous = _current
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(previous)
 
 
 def resolve(device: torch.device) -> str:
