@@ -17,6 +17,7 @@ from typing import List, Optional
 
 import torch
 
+import kale_fast
 from kale_fast.train.config import SAMPLERS, TrainConfig
 
 
@@ -49,6 +50,7 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kale-fast", description="Generalized Energy-Based Models trained with KALE")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {kale_fast.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train a GEBM (then evaluate it)")
     train.add_argument("--config", required=True, type=Path, help="YAML file of config keys (configs/*.yaml)")

@@ -146,6 +146,10 @@ def test_cli_train_sample_eval(tmp_path, capsys):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["penalty"] == 0.5
     assert (run_dir / "samples.png").stat().st_size > 0 and (run_dir / "energy.png").stat().st_size > 0
     assert main(["sample", "--run", str(run_dir), "--sampler", "hmc", "--n", "50", "--steps", "3"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"kale-fast {kf.__version__}"
     saved = torch.load(run_dir / "samples-hmc.pt")
     assert saved["samples"].shape == (50, 2) and torch.isfinite(saved["samples"]).all()
     (run_dir / "summary.json").unlink()
