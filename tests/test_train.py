@@ -422,3 +422,14 @@ def test_feature_network_files_are_checked(tmp_path):
     else:
         with pytest.raises(Exception):  # torch-fidelity rejects a state dict that is not Inception's
             feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
+
+
+def test_a_missing_optional_package_is_named_with_its_install_line(monkeypatch):
+    import importlib.util
+
+    from kale_fast.data import images
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+    with pytest.raises(ImportError, match=r"dataset: digits needs the package 'sklearn'.*kale_fast\[images\]"):
+        images.load_digits()

