@@ -430,6 +430,7 @@ def test_a_missing_optional_package_is_named_with_its_install_line(monkeypatch):
     from kale_fast.data import images
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sklearn" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "sklearn" else find_spec(name, *args))
     with pytest.raises(ImportError, match=r"dataset: digits needs the package 'sklearn'.*kale_fast\[images\]"):
         images.load_digits()
