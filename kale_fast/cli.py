@@ -48,6 +48,17 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                            if isinstance(hints[field.name], type) else "VALUE")
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an int >= 1, else a usage error naming the value."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kale-fast", description="Generalized Energy-Based Models trained with KALE")
     parser.add_argument("--version", action="version", version=f"%(prog)s {kale_fast.__version__}")
@@ -61,8 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="draw GEBM samples from a trained run")
     sample.add_argument("--run", required=True, type=Path)
     sample.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's config")
-    sample.add_argument("--n", type=int, default=1000)
-    sample.add_argument("--steps", type=int, default=None, help="default: the run's sampler_steps")
+    sample.add_argument("--n", type=_positive_int, default=1000, help="number of samples (chains)")
+    sample.add_argument("--steps", type=_positive_int, default=None, help="default: the run's sampler_steps")
     sample.add_argument("--step-size", type=float, default=None)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--device", default=None)

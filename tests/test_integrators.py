@@ -164,6 +164,8 @@ def test_bad_state_is_rejected():
         fused.ula_step(z, z, torch.ones(3))
     with pytest.raises(ValueError, match="z must be a contiguous"):
         fused.ula_step(torch.randn(4, 3, dtype=torch.float16), z, torch.ones(4))
+    with pytest.raises(TypeError, match="kick_fraction must be a number"):
+        fused.leapfrog_kick_drift(z, torch.randn(4, 3), torch.randn(4, 3), torch.ones(4), "0.5")
 
 
 def test_kernels_for_runs_under_torch_compile_fullgraph(fused_backend_state):

@@ -146,6 +146,11 @@ def test_cli_train_sample_eval(tmp_path, capsys):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["penalty"] == 0.5
     assert (run_dir / "samples.png").stat().st_size > 0 and (run_dir / "energy.png").stat().st_size > 0
     assert main(["sample", "--run", str(run_dir), "--sampler", "hmc", "--n", "50", "--steps", "3"]) == 0
+    with pytest.raises(SystemExit):
+        main(["sample", "--run", str(run_dir), "--n", "-5"])
+    assert "--n: expected an integer >= 1, got -5" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="feature_net is for image runs"):
+        main(["eval", "--run", str(run_dir), "--feature-net", "features.pt"])
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(["--version"])

@@ -81,6 +81,8 @@ def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, k
     kick_fraction is 0.5 for the first step of a trajectory (its opening half kick) and 1 after that.
     """
     _check(z, dict(p=p, grad=grad), dict(step_size=step_size))
+    if isinstance(kick_fraction, bool) or not isinstance(kick_fraction, (int, float)):
+        raise TypeError(f"kick_fraction must be a number (0.5 or 1.0), got {type(kick_fraction).__name__}")
     _kernels(z).leapfrog_kick_drift(z, p, grad, step_size, float(kick_fraction))
 
 

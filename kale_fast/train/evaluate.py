@@ -58,6 +58,9 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
     if feature_net is not None:
         config = dataclasses.replace(config, feature_net=feature_net)
     splits = load_data(config)
+    if feature_net is not None and splits.test.dim() != 4:
+        raise ValueError(f"feature_net is for image runs (FID/KID); run {config.name!r} holds "
+                         f"{tuple(splits.test.shape[1:])}-shaped samples, not images")
     held_out = splits.test[: config.n_eval].to(config.device)
     generator = torch.Generator(device=config.device).manual_seed(config.seed + 2)
     start = time.perf_counter()
