@@ -76,7 +76,8 @@ def _partials(z, tiles: Tiling, out):
 def _launch_sums(kernel, z, tiles: Tiling, *args):
     """The second pass: one program adds the partials of sum_rows rows."""
     with on_device(z):
-        kernel[(triton.cdiv(z.shape[0], tiles.sum_rows),)](*args, z.shape[0], tiles.col_tiles, ROWS=tiles.sum_rows, BLOCK=tiles.sum_block)
+        kernel[(triton.cdiv(z.shape[0], tiles.sum_rows),)](*args, z.shape[0], tiles.col_tiles, ROWS=tiles.sum_rows,
+                                                           BLOCK=tiles.sum_block)
 
 
 # --- building blocks --------------------------------------------------------------------------------------
@@ -243,17 +244,27 @@ def _hmc_decide_kernel(partial_ptr, u_ptr, u0_ptr, k0_ptr, lu_ptr, prob_ptr, acc
 
 
 def hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform):
+    return _metropolis_test(z, potential, (_hmc_trajectory_end_kernel, z, p, grad, potential, z0, potential0, grad0,
+                                           kinetic0, step_size, log_uniform),
+                            (_hmc_decide_kernel, potential, potential0, kinetic0, log_uniform), (z, z0, grad, grad0))
+
+
+def _metropolis_test(z, potential, first_pass, decide, restore):
+    """A Metropolis test over (B, L) rows: `first_pass` (kernel, *args) alone when one tile spans each row (it
+    then decides and restores too), else followed by `decide` (kernel, *args: per-row sums of its partials and
+    the decision) and the restore of rejected rows' (z, z_old, grad, grad_old) = `restore`.
+    Returns (accept_prob, accepted), both (B,)."""
     accept_prob = torch.empty_like(potential)
     accepted = torch.empty(z.shape[0], dtype=torch.bool, device=z.device)
     tiles = tiling(*z.shape)
     fused = tiles.col_tiles == 1
     partials = _partials(z, tiles, accept_prob)  # unused when fused
-    _launch(_hmc_trajectory_end_kernel, z, tiles, z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size,
-            log_uniform, accept_prob, accepted, partials, FUSED=fused)
+    kernel, *args = first_pass
+    _launch(kernel, z, tiles, *args, accept_prob, accepted, partials, FUSED=fused)
     if not fused:
-        _launch_sums(_hmc_decide_kernel, z, tiles, partials, potential, potential0, kinetic0, log_uniform,
-                     accept_prob, accepted)
-        _launch(_restore_rejected_kernel, z, tiles, accepted, z, z0, grad, grad0)
+        kernel, *args = decide
+        _launch_sums(kernel, z, tiles, partials, *args, accept_prob, accepted)
+        _launch(_restore_rejected_kernel, z, tiles, accepted, *restore)
     return accept_prob, accepted
 
 
@@ -320,18 +331,10 @@ def _mala_decide_kernel(partial_ptr, u_ptr, uq_ptr, step_ptr, lu_ptr, prob_ptr, 
 
 
 def mala_accept(z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform):
-    accept_prob = torch.empty_like(potential)
-    accepted = torch.empty(z.shape[0], dtype=torch.bool, device=z.device)
-    tiles = tiling(*z.shape)
-    fused = tiles.col_tiles == 1
-    partials = _partials(z, tiles, accept_prob)  # unused when fused
-    _launch(_mala_accept_kernel, z, tiles, z, potential, grad, z_prop, potential_prop, grad_prop, step_size,
-            log_uniform, accept_prob, accepted, partials, FUSED=fused)
-    if not fused:
-        _launch_sums(_mala_decide_kernel, z, tiles, partials, potential, potential_prop, step_size, log_uniform,
-                     accept_prob, accepted)
-        _launch(_restore_rejected_kernel, z, tiles, accepted, z_prop, z, grad_prop, grad)
-    return accept_prob, accepted
+    return _metropolis_test(z, potential, (_mala_accept_kernel, z, potential, grad, z_prop, potential_prop, grad_prop,
+                                           step_size, log_uniform),
+                            (_mala_decide_kernel, potential, potential_prop, step_size, log_uniform),
+                            (z_prop, z, grad_prop, grad))
 
 
 @triton.jit
