@@ -35,6 +35,32 @@ def _close(actual, expected):
 DTYPES = [torch.float32, torch.float64]
 
 
+def check_hmc_trajectory_end(s: dict):
+    """The fused trajectory end on state s against the reference, outputs and in-place updates; returns
+    (accept_prob, accepted)."""
+    z, grad, potential = s["z"].clone(), s["grad"].clone(), s["potential"].clone()
+    prob, accepted = fused.hmc_trajectory_end(z, s["p"], grad, potential, s["z2"], s["potential2"], s["grad2"],
+                                              s["kinetic"], s["step"], s["log_u"])
+    expected = reference.hmc_trajectory_end(s["z"], s["p"], s["grad"], s["potential"], s["z2"], s["potential2"],
+                                            s["grad2"], s["kinetic"], s["step"], s["log_u"])
+    for actual, want in zip((z, potential, grad, prob), expected[:4]):
+        _close(actual, want)
+    assert torch.equal(accepted, expected[4])
+    return prob, accepted
+
+
+def check_mala_accept(s: dict):
+    """The fused MALA test on state s against the reference, outputs and in-place updates; returns accepted."""
+    z2, potential2, grad2 = s["z2"].clone(), s["potential2"].clone(), s["grad2"].clone()
+    prob, accepted = fused.mala_accept(s["z"], s["potential"], s["grad"], z2, potential2, grad2, s["step"], s["log_u"])
+    expected = reference.mala_accept(s["z"], s["potential"], s["grad"], s["z2"], s["potential2"], s["grad2"],
+                                     s["step"], s["log_u"])
+    for actual, want in zip((z2, potential2, grad2, prob), expected[:4]):
+        _close(actual, want)
+    assert torch.equal(accepted, expected[4])
+    return accepted
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_leapfrog_kick_drift_matches_reference(fused_backend_state, shape, dtype):
@@ -52,14 +78,7 @@ def test_hmc_trajectory_end_matches_reference(fused_backend_state, shape, dtype)
     s = fused_backend_state(shape, dtype)
     if shape[0] > 2:  # a NaN and an infinite proposal: both must be rejected
         s["potential"][0], s["potential"][1] = math.nan, -math.inf
-    z, grad, potential = s["z"].clone(), s["grad"].clone(), s["potential"].clone()
-    prob, accepted = fused.hmc_trajectory_end(z, s["p"], grad, potential, s["z2"], s["potential2"], s["grad2"],
-                                              s["kinetic"], s["step"], s["log_u"])
-    expected = reference.hmc_trajectory_end(s["z"], s["p"], s["grad"], s["potential"], s["z2"], s["potential2"],
-                                            s["grad2"], s["kinetic"], s["step"], s["log_u"])
-    for actual, want in zip((z, potential, grad, prob), expected[:4]):
-        _close(actual, want)
-    assert torch.equal(accepted, expected[4])
+    prob, accepted = check_hmc_trajectory_end(s)
     if shape[0] > 2:
         assert not accepted[:2].any() and (prob[:2] == 0).all()
     assert 0 < accepted.sum() < shape[0] or shape[0] < 5  # the random cases mix accepts and rejects
@@ -73,13 +92,7 @@ def test_mala_propose_and_accept_match_reference(fused_backend_state, shape, dty
     _close(z_prop, reference.mala_propose(s["z"], s["grad"], s["step"], s["noise"]))
     if shape[0] > 2:
         s["potential2"][0], s["potential2"][1] = math.nan, math.inf
-    z2, potential2, grad2 = s["z2"].clone(), s["potential2"].clone(), s["grad2"].clone()
-    prob, accepted = fused.mala_accept(s["z"], s["potential"], s["grad"], z2, potential2, grad2, s["step"], s["log_u"])
-    expected = reference.mala_accept(s["z"], s["potential"], s["grad"], s["z2"], s["potential2"], s["grad2"],
-                                     s["step"], s["log_u"])
-    for actual, want in zip((z2, potential2, grad2, prob), expected[:4]):
-        _close(actual, want)
-    assert torch.equal(accepted, expected[4])
+    accepted = check_mala_accept(s)
     if shape[0] > 2:
         assert not accepted[:2].any()
 
