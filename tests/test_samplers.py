@@ -233,6 +233,8 @@ def test_cuda_graph_request_on_cpu_warns_and_runs():
     (lambda t: kf.MALA(0.1, adapt_step_size=True, target_accept=1.5), ValueError, "target_accept"),
     (lambda t: kf.MALA(0.1).run(lambda z: z.sum(1) + math.inf, torch.zeros(3, 2), 1),
      ValueError, "potential is NaN or infinite at z0"),
+    (lambda t: kf.MALA(0.1).run(lambda z: (z * z).sum(1).double(), torch.zeros(3, 2), 1),
+     TypeError, "must have z's dtype torch.float32"),
 ])
 def test_bad_input_is_rejected(call, error, match):
     target = Gaussian(torch.zeros(2), torch.eye(2))
@@ -428,3 +430,14 @@ def test_a_given_metric_is_used_as_is():
     result = _final_states(kf.HMC(0.5, 4, metric=Metric(cholesky=chol)), target, 2000, 4, 60, 0, seed=27)
     assert torch.equal(result.metric.cholesky, chol)
     _assert_moments(result.z, target.mean, target.cov)
+
+
+def test_an_expanded_autograd_gradient_is_made_dense_for_the_fused_updates():
+    """U(z) = sum(z) has the gradient ones expanded from (B,) (stride 0): the fused kernels read the gradient as
+    a dense block, so every step must get it contiguous. MALA on this linear potential moves by -h + noise."""
+    value, grad = value_and_grad(lambda z: z.sum(1), torch.zeros(4, 3))
+    assert grad.is_contiguous() and torch.equal(grad, torch.ones(4, 3))
+    torch.manual_seed(0)
+    result = kf.ULA(0.01, metric="identity").run(lambda z: z.sum(1), torch.zeros(2000, 3, dtype=torch.float64), 50)
+    drift = result.z.mean().item()  # 50 steps of -h, plus noise of sd sqrt(2 h 50) / sqrt(6000)
+    assert abs(drift + 0.5) < 5 * math.sqrt(2 * 0.01 * 50 / 6000)

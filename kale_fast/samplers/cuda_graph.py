@@ -6,6 +6,7 @@ report, so one graph is captured per (n_leapfrog, adapting) seen, all in one mem
 into their static buffer before each replay, so warm-up adaptation works as in eager mode; the run's generator
 is registered with every graph, so replays draw fresh numbers.
 """
+import warnings
 from typing import Callable, Dict, Tuple
 
 import torch
@@ -26,7 +27,8 @@ class CapturedSteps:
         self.static_state = _clone(state)
         self.static_step_size = step_size.clone()
         self.pool = torch.cuda.graph_pool_handle()
-        self.graphs: Dict[Tuple[int, bool], Tuple[torch.cuda.CUDAGraph, object, object]] = {}
+        self.graphs: Dict[Tuple[int, bool], Tuple[torch.cuda.CUDAGraph, object]] = {}
+        self.failed = False
 
     def _capture(self, params: StepParams):
         graph = torch.cuda.CUDAGraph()
@@ -46,9 +48,16 @@ class CapturedSteps:
         return graph, transition
 
     def __call__(self, state, params: StepParams):
+        if self.failed:
+            return self.step(state, params)
         key = (params.n_leapfrog, params.adapting)
         if key not in self.graphs:
-            self.graphs[key] = self._capture(params)
+            try:
+                self.graphs[key] = self._capture(params)
+            except Exception as error:  # capture is impossible for this potential: say so and go on eagerly
+                warnings.warn(f"CUDA-graph capture failed, running the steps eagerly: {error}", stacklevel=3)
+                self.failed = True
+                return self.step(state, params)
         graph, transition = self.graphs[key]
         if state is not self.static_state:
             for target, value in zip(self.static_state, state):

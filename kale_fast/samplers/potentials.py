@@ -38,23 +38,25 @@ class LatentPotential:
 
 
 def value_and_grad(potential: Potential, z: Tensor) -> Tuple[Tensor, Tensor]:
-    """(U(z), grad_z U(z)) of any potential, both detached; uses potential.value_and_grad when it has one.
+    """(U(z), grad_z U(z)) of any potential, both detached, the gradient contiguous and never z itself (the
+    fused updates read it as a dense (B, L) block and update gradients in place; autograd can return an expanded
+    gradient, and a closed form of U = |z|^2 / 2 returns z); uses potential.value_and_grad when it has one.
 
     Under torch.compile the gradient is taken with torch.func (which the compiler traces) instead of
     torch.autograd.grad (which it does not), so a sampler's compiled path includes the potential's backward."""
     if hasattr(potential, "value_and_grad"):
         value, grad = potential.value_and_grad(z)
-        # A gradient that is z itself (U = |z|^2 / 2) is copied: the samplers update gradients in place.
-        return value.detach(), grad.detach().clone() if grad is z else grad.detach()
+        grad = grad.detach()
+        return value.detach(), grad.clone() if grad is z else grad.contiguous()
     if torch.compiler.is_compiling():
         def total(z):
             value = potential(z)
             return value.sum(), value.detach()
 
         grad, (_, value) = torch.func.grad_and_value(total, has_aux=True)(z)
-        return value, grad.detach()
+        return value, grad.detach().contiguous()
     with torch.enable_grad():
         z = z.detach().requires_grad_(True)
         value = potential(z)
         (grad,) = torch.autograd.grad(value.sum(), z)
-    return value.detach(), grad
+    return value.detach(), grad.contiguous()

@@ -64,7 +64,6 @@ class _Machinery:
                 if not isinstance(sampler, ChEES):  # a fixed count runs as one chunk
                     self.compiled_leapfrog.exact_counts.add(sampler.n_leapfrog)
         self.cuda_graph = cuda_graph
-        self.captured = None
 
     def context(self, metric: Metric) -> StepContext:
         if self.compiled_value_and_grad is not None:
@@ -231,6 +230,9 @@ def _check_initial_potential(chains, z: Tensor) -> None:
     if chains.grad.shape != z.shape:
         raise ValueError(f"the potential's gradient must have z's shape {tuple(z.shape)}, got "
                          f"{tuple(chains.grad.shape)}")
+    if chains.potential.dtype != z.dtype or chains.grad.dtype != z.dtype:
+        raise TypeError(f"the potential's value and gradient must have z's dtype {z.dtype}, got "
+                        f"{chains.potential.dtype} and {chains.grad.dtype}")
     bad = ~torch.isfinite(chains.potential)
     if bool(bad.any()):
         chains_listed = torch.nonzero(bad).flatten().tolist()[:10]
