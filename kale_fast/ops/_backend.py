@@ -21,6 +21,8 @@ from typing import Dict, Iterator, Optional, Union
 
 import torch
 
+from kale_fast.reference.kale import accumulation_dtype
+
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
 
 # The kernel contract, per op family (kale_fast/ops/<family>.py wraps them).
@@ -171,10 +173,6 @@ def traceable_kernels(backend: str, family: str):
 
 # --- registrations on the schemas of kale_fast._C ---------------------------------------------------------
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _metropolis_outputs(z: torch.Tensor):
     return z.new_empty(z.shape[:1]), z.new_empty(z.shape[:1], dtype=torch.bool)
 
@@ -182,11 +180,11 @@ def _metropolis_outputs(z: torch.Tensor):
 # Output metadata of every kernel op (shapes and dtypes only), for torch.compile's fake tensors.
 _FAKES = {
     "kale_loss_forward": lambda e_data, e_gen, log_partition: (
-        e_gen.new_empty((), dtype=_accumulation_dtype(e_gen.dtype)),
-        e_gen.new_empty((), dtype=_accumulation_dtype(e_gen.dtype))),
+        e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype)),
+        e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype))),
     "kale_loss_backward": lambda grad, e_data, e_gen, log_partition, lse: (
         torch.empty_like(e_data), torch.empty_like(e_gen), lse.new_empty(())),
-    "log_mean_exp_forward": lambda x: x.new_empty(x.shape[:1], dtype=_accumulation_dtype(x.dtype)),
+    "log_mean_exp_forward": lambda x: x.new_empty(x.shape[:1], dtype=accumulation_dtype(x.dtype)),
     "log_mean_exp_backward": lambda grad, x, out: torch.empty_like(x),
     "hmc_draw_momentum": lambda z, seed: (torch.empty_like(z), z.new_empty(z.shape[:1])),
     "leapfrog_kick_drift": lambda z, p, grad, step_size, kick_fraction: None,
