@@ -17,6 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kale_fast.reference.kale import accumulation_dtype
 from kale_fast.triton_kernels._launch import check_programs, on_device
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -121,7 +122,7 @@ def _kale_loss_combine_kernel(partial_ptr, a_ptr, loss_ptr, lse_ptr, n_data, n_g
 
 def kale_loss_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
     """(loss, lse) in the accumulation dtype; lse = log sum exp(-e_gen)."""
-    acc = torch.float64 if e_gen.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(e_gen.dtype)
     n_data, n_gen = e_data.numel(), e_gen.numel()
     loss = torch.empty((), dtype=acc, device=e_gen.device)
     lse = torch.empty((), dtype=acc, device=e_gen.device)
@@ -223,7 +224,7 @@ def _log_mean_exp_combine_kernel(partial_ptr, out_ptr, n_rows, n_cols, splits, A
 
 def log_mean_exp_forward(x: torch.Tensor) -> torch.Tensor:
     """Row-wise log(mean(exp(x))) of (R, K) rows, (R,) in the accumulation dtype."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc = accumulation_dtype(x.dtype)
     n_rows, n_cols = x.shape
     out = torch.empty(n_rows, dtype=acc, device=x.device)
     splits = log_mean_exp_splits(n_rows, n_cols)
