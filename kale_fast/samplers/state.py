@@ -4,14 +4,13 @@ Shapes: B chains of L latent coordinates; positions, gradients and velocities (B
 """
 import math
 import os
-import pickle
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional, Union
 
 import torch
 from torch import Tensor
 
-from kale_fast._io import atomic_torch_save
+from kale_fast._io import atomic_torch_save, load_torch_file
 from kale_fast.samplers import diagnostics
 from kale_fast.samplers.metric import Metric
 
@@ -66,8 +65,8 @@ class SamplerState:
     def load(cls, path: Union[str, os.PathLike], map_location=None) -> "SamplerState":
         """Read a saved state without executing code from the file (torch.load with weights_only=True)."""
         try:
-            data = torch.load(path, map_location=map_location, weights_only=True)
-        except (OSError, EOFError, RuntimeError, pickle.UnpicklingError) as error:
+            data = load_torch_file(path, map_location=map_location)
+        except (OSError, EOFError, RuntimeError, ValueError) as error:
             raise ValueError(f"{path} is not a readable sampler state ({type(error).__name__}: {error})") from error
         if not isinstance(data, dict) or data.get("format") != "kale_fast.SamplerState/2":
             raise ValueError(f"{path} is not a sampler state written by SamplerState.save of this version "
