@@ -40,12 +40,21 @@ def _flag_type(annotation):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per config key, its help, default and choices read from the TrainConfig field itself."""
     hints = typing.get_type_hints(TrainConfig)
-    group = parser.add_argument_group("config keys (override the YAML file)")
+    group = parser.add_argument_group("config keys (override the YAML file; default: the YAML's value, else the "
+                                      "one shown)")
     for field in dataclasses.fields(TrainConfig):
+        annotation = hints[field.name]
+        choices = field.metadata["choices"]
+        inner = next(a for a in typing.get_args(annotation) if a is not type(None)) if typing.get_args(
+            annotation) else annotation
+        metavar = "{" + ",".join(choices) + "}" if choices else inner.__name__.upper()
+        if inner is not annotation:
+            metavar += "|none"
         group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"config.{field.name}", default=argparse.SUPPRESS,
-                           type=_flag_type(hints[field.name]), metavar=hints[field.name].__name__
-                           if isinstance(hints[field.name], type) else "VALUE")
+                           type=_flag_type(annotation), choices=choices, metavar=metavar,
+                           help=f"{field.metadata['help']} (default: {field.default})")
 
 
 def _positive_int(text: str) -> int:

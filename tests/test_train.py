@@ -165,6 +165,18 @@ def test_cli_train_sample_eval(tmp_path, capsys):
     assert "invalid int value" in capsys.readouterr().err
 
 
+def test_cli_train_help_describes_every_config_key(capsys):
+    import dataclasses
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, at spaces and after hyphens
+    for field in dataclasses.fields(TrainConfig):
+        assert f"--{field.name.replace('_', '-')}" in text
+        assert "".join(field.metadata["help"].split()) + f"(default:{field.default})" in text
+    assert "--sampler{ula,mala,hmc,kinetic_langevin}" in text and "--energy-clampFLOAT|none" in text
+
+
 def test_cli_bench_runs_the_benchmark_suite(tmp_path):
     out = subprocess.run([sys.executable, "-m", "kale_fast.cli", "bench", "--quick", "--ops", "integrators", "--out",
                           str(tmp_path)], capture_output=True, text=True)

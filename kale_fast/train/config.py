@@ -8,7 +8,7 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
@@ -17,54 +17,64 @@ BASES = ("mlp", "realnvp", "conv", "sngan32")
 SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
 
 
+def _key(default: Any, help: str, choices: Optional[Tuple[str, ...]] = None):
+    """A config field with its one-line description (and allowed values), read by the CLI and the docs."""
+    return dataclasses.field(default=default, metadata=dict(help=help, choices=choices))
+
+
 @dataclass
 class TrainConfig:
-    name: str = "toy"                    # the run lives in <out_dir>/<name>
-    out_dir: str = "runs"
-    dataset: str = "8gaussians"          # a toy set (kale_fast.data.TOY_DATASETS), "redwine", "whitewine", a CSV path,
-                                         # or images: "digits" (8x8), "mnist5k" (28x28), "cifar10" (32x32, read
-                                         # from <data_dir>/cifar-10-batches-py)
-    data_dir: Optional[str] = None       # folder of the UCI files (default: $KALE_FAST_DATA or ../shared/data)
-    n_train: int = 20000                 # toy sets: points drawn for training / held out for evaluation
-    n_test: int = 2000
-    base: str = "mlp"                    # "mlp" generator, "realnvp" flow (exact likelihood; latent_dim = data dim),
-                                         # "conv" for images (ConvBase/ConvEnergy of width `hidden`), or "sngan32":
-                                         # the paper's 32x32 networks (SNGANBase32/SNGANEnergy32)
-    latent_dim: int = 2
-    hidden: int = 128                    # MLP width of the energy (and of an MLP base)
-    depth: int = 3                       # hidden layers of each MLP
-    flow_layers: int = 5                 # RealNVP: affine coupling layers (paper: 5) ...
-    flow_hidden: int = 100               # ... and their hidden width (paper: 100)
-    base_from: Optional[str] = None      # a run folder whose trained base initialises this run's base
-    objective: str = "kale"              # "kale": learned log-partition A; "dv": Donsker-Varadhan form;
-                                         # "ml": maximum likelihood of a flow base alone (the baseline)
-    n_iter: int = 1000                   # base steps (rounds); energy_only: rounds of n_iter_d energy steps
-    n_iter_d_init: int = 100             # energy steps before the first base step (paper: 100)
-    n_iter_d: int = 5                    # energy steps per base step (paper: 5)
-    batch_size: int = 256
-    lr_energy: float = 1e-4
-    lr_base: float = 1e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    penalty: float = 0.1                 # lambda of lambda * mean |grad_x E(x_hat)|^2 (paper: 1 images, 0.1 tabular)
-    energy_clamp: Optional[float] = None  # the authors' E >= -10 clamp when set; off by default
-    spectral_norm: bool = False          # spectral normalisation of every energy layer (the paper's image setting)
-    n_partition_samples: int = 10000     # base samples of the Monte-Carlo A: its initial value and validation NLLs
-    energy_only: bool = False            # keep the base frozen, train the energy only
-    sampler: str = "mala"                # for evaluation samples: ula | mala | hmc | kinetic_langevin
-    sampler_steps: int = 100
-    step_size: float = 0.05
-    n_eval: int = 2000                   # samples compared with held-out data at the end
-    feature_net: Optional[str] = None    # images: FID/KID features from this file (Inception-v3 weights, needs
-                                         # torch-fidelity; or .pt2 / TorchScript); default: a classifier of the
-                                         # data set's labels trained here, reported as "fid_like"
-    validate_every: int = 0              # rounds between validation NLLs (0: off); needs a flow base and a data set
-                                         # with a validation split (UCI, CSV); the best state is kept in best.pt
-    patience: int = 0                    # stop after this many validations without improvement (0: never stop early)
-    log_every: int = 50                  # rounds between metric lines
-    checkpoint_every: int = 200          # rounds between checkpoints (and one at the end)
-    seed: int = 0
-    device: str = "cpu"
+    """Every key of a training run. Each field's `help` (its metadata) is the one description of the key: the
+    CLI's `--help` and docs are generated from it."""
+    name: str = _key("toy", "the run's folder name: the run lives in <out_dir>/<name>")
+    out_dir: str = _key("runs", "folder that holds the run folders")
+    dataset: str = _key("8gaussians", "a toy set (kale_fast.data.TOY_DATASETS), 'redwine', 'whitewine', a CSV path, "
+                        "or images: 'digits' (8x8), 'mnist5k' (28x28), 'cifar10' (32x32, read from "
+                        "<data_dir>/cifar-10-batches-py)")
+    data_dir: Optional[str] = _key(None, "folder of the data files (default: $KALE_FAST_DATA, else ../shared/data)")
+    n_train: int = _key(20000, "toy sets: points drawn for training")
+    n_test: int = _key(2000, "toy sets: points held out for evaluation; images: held-out images (at most 1/5)")
+    base: str = _key("mlp", "'mlp' generator, 'realnvp' flow (exact likelihood; latent_dim = data dim), 'conv' for "
+                     "images (ConvBase/ConvEnergy of width `hidden`), or 'sngan32': the paper's 32x32 networks",
+                     choices=BASES)
+    latent_dim: int = _key(2, "dimension of the base's latent space (the MCMC chains run there)")
+    hidden: int = _key(128, "MLP width of the energy (and of an MLP base); conv: channel width")
+    depth: int = _key(3, "hidden layers of each MLP")
+    flow_layers: int = _key(5, "RealNVP: affine coupling layers (paper: 5)")
+    flow_hidden: int = _key(100, "RealNVP: hidden width of each coupling network (paper: 100)")
+    base_from: Optional[str] = _key(None, "a run folder whose trained base initialises this run's base")
+    objective: str = _key("kale", "'kale': learned log-partition A; 'dv': Donsker-Varadhan form; 'ml': maximum "
+                          "likelihood of a flow base alone (the baseline)", choices=OBJECTIVES)
+    n_iter: int = _key(1000, "rounds: base steps (energy_only: rounds of n_iter_d energy steps)")
+    n_iter_d_init: int = _key(100, "energy steps before the first base step (paper: 100)")
+    n_iter_d: int = _key(5, "energy steps per base step (paper: 5)")
+    batch_size: int = _key(256, "samples per step, per process (under torchrun the global batch is "
+                           "batch_size x processes)")
+    lr_energy: float = _key(1e-4, "Adam learning rate of the energy and of A")
+    lr_base: float = _key(1e-4, "Adam learning rate of the base")
+    beta1: float = _key(0.5, "Adam beta1 of both optimisers (paper: 0.5)")
+    beta2: float = _key(0.999, "Adam beta2 of both optimisers")
+    penalty: float = _key(0.1, "lambda of lambda * mean |grad_x E(x_hat)|^2 (paper: 1 images, 0.1 tabular; 0: off)")
+    energy_clamp: Optional[float] = _key(None, "clamp E >= this floor (the authors use -10); none: no clamp")
+    spectral_norm: bool = _key(False, "spectral normalisation of every energy layer (the paper's image setting)")
+    n_partition_samples: int = _key(10000, "base samples of the Monte-Carlo A: its initial value and validation "
+                                    "NLLs")
+    energy_only: bool = _key(False, "keep the base frozen, train the energy only")
+    sampler: str = _key("mala", "latent sampler of the evaluation samples", choices=SAMPLERS)
+    sampler_steps: int = _key(100, "MCMC iterations kept per evaluation chain (after sampler_steps // 2 warm-up "
+                              "iterations)")
+    step_size: float = _key(0.05, "initial step size of the sampler (MALA and HMC adapt it during warm-up)")
+    n_eval: int = _key(2000, "samples compared with held-out data at the end")
+    feature_net: Optional[str] = _key(None, "images: FID/KID features from this file (Inception-v3 weights, needs "
+                                      "torch-fidelity; or .pt2 / TorchScript); none: a classifier of the data set's "
+                                      "labels trained here, reported as 'fid_like'")
+    validate_every: int = _key(0, "rounds between validation NLLs (0: off); needs a flow base and a data set with a "
+                               "validation split (UCI, CSV); the best state is kept in best.pt")
+    patience: int = _key(0, "stop after this many validations without improvement (0: never stop early)")
+    log_every: int = _key(50, "rounds between metric lines")
+    checkpoint_every: int = _key(200, "rounds between checkpoints (and one at the end)")
+    seed: int = _key(0, "seed of the networks' initialisation, the batches and the evaluation")
+    device: str = _key("cpu", "torch device: cpu, cuda, cuda:1, ...")
 
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
