@@ -6,16 +6,22 @@ import torch
 from torch import Tensor
 
 
+_ANGLES = torch.arange(8) * (math.pi / 4)
+EIGHT_GAUSSIANS_CENTRES = 2.0 * torch.stack([torch.cos(_ANGLES), torch.sin(_ANGLES)], dim=1)  # (8, 2), equal weights
+EIGHT_GAUSSIANS_SD = 0.15
+RINGS_RADII = (0.75, 1.5, 2.25)  # equal weights
+RINGS_SD = 0.06
+
+
 def _eight_gaussians(n: int, gen: torch.Generator) -> Tensor:
-    angles = torch.randint(0, 8, (n,), generator=gen) * (math.pi / 4)
-    centres = 2.0 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
-    return centres + 0.15 * torch.randn(n, 2, generator=gen)
+    mode = torch.randint(0, 8, (n,), generator=gen)
+    return EIGHT_GAUSSIANS_CENTRES[mode] + EIGHT_GAUSSIANS_SD * torch.randn(n, 2, generator=gen)
 
 
 def _rings(n: int, gen: torch.Generator) -> Tensor:
-    radius = 0.75 * torch.randint(1, 4, (n,), generator=gen).float()
+    radius = torch.tensor(RINGS_RADII)[torch.randint(0, len(RINGS_RADII), (n,), generator=gen)]
     angle = 2 * math.pi * torch.rand(n, generator=gen)
-    return radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + 0.06 * torch.randn(n, 2, generator=gen)
+    return radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + RINGS_SD * torch.randn(n, 2, generator=gen)
 
 
 def _swiss_roll(n: int, gen: torch.Generator) -> Tensor:
