@@ -327,7 +327,8 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
         a, b = (torch.load(d / name, weights_only=True)["gebm"] for d in (run_dir, resumed))
         assert all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="validation split"):
-        train(_config(tmp_path, name="toyval", base="realnvp", latent_dim=2, validate_every=2), progress=False)
+        train(_config(tmp_path, name="digitsval", dataset="digits", base="conv", latent_dim=4, energy_only=True,
+                      validate_every=2), progress=False)
     with pytest.raises(ValueError, match="'patience' counts validations"):
         TrainConfig.from_dict({**common, "validate_every": 0})
 
@@ -467,3 +468,25 @@ def test_mode_scores_of_the_mixture_toys():
     assert mode_scores(torch.full((100, 2), 10.0), "8gaussians")["high_quality"] == 0
     with pytest.raises(ValueError, match="mixture toys"):
         mode_scores(one_mode, "moons")
+
+
+def test_energy_fine_tuning_on_a_frozen_base_is_selected_by_validation_kale(tmp_path):
+    """The authors' recipe: an energy trained on the frozen final base, the state of best validation KALE kept."""
+    base_dir = train(_config(tmp_path, name="joint"), progress=False)
+    run_dir = train(_config(tmp_path, name="tuned", base_from=str(base_dir), energy_only=True, n_iter=12,
+                            validate_every=3, lr_energy=1e-2), progress=False)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    validations = {line["round"]: line["validation_kale"] for line in lines if "validation_kale" in line}
+    assert sorted(validations) == [3, 6, 9, 12] and "validation_nll" not in lines[-1]
+    best_round = max(validations, key=validations.get)
+    best = load_run(run_dir)
+    assert best.rounds_done == best_round
+    from kale_fast.train.loop import load_data
+
+    validation = load_data(best.config).validation
+    generator = torch.Generator().manual_seed(best.config.seed + 3)
+    assert best.gebm.kale(validation, best.config.n_partition_samples, generator=generator).item() == pytest.approx(
+        validations[best_round], rel=1e-5, abs=1e-6)
+    assert torch.equal(best.gebm.base.net[0].weight, load_run(base_dir).gebm.base.net[0].weight)  # frozen
+    with pytest.raises(ValueError, match="a moving base without a density"):
+        _config(tmp_path, validate_every=3)

@@ -68,8 +68,9 @@ class TrainConfig:
     feature_net: Optional[str] = _key(None, "images: FID/KID features from this file (Inception-v3 weights, needs "
                                       "torch-fidelity; or .pt2 / TorchScript); none: a classifier of the data set's "
                                       "labels trained here, reported as 'fid_like'")
-    validate_every: int = _key(0, "rounds between validation NLLs (0: off); needs a flow base and a data set with a "
-                               "validation split (UCI, CSV); the best state is kept in best.pt")
+    validate_every: int = _key(0, "rounds between validations (0: off): the validation NLL with a flow base, else "
+                               "the validation KALE of an energy on a frozen base (energy_only); needs a data set "
+                               "with a validation split (toys, UCI, CSV); the best state is kept in best.pt")
     patience: int = _key(0, "stop after this many validations without improvement (0: never stop early)")
     log_every: int = _key(50, "rounds between metric lines")
     checkpoint_every: int = _key(200, "rounds between checkpoints (and one at the end)")
@@ -95,8 +96,10 @@ class TrainConfig:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         if self.n_partition_samples < 2:
             raise ValueError(f"config key 'n_partition_samples' must be >= 2, got {self.n_partition_samples}")
-        if self.validate_every and self.base != "realnvp":
-            raise ValueError("config key 'validate_every' scores a validation NLL: it needs base: realnvp")
+        if self.validate_every and self.base != "realnvp" and not self.energy_only:
+            raise ValueError("config key 'validate_every' scores a validation NLL (base: realnvp) or the validation "
+                             "KALE of an energy on a frozen base (energy_only: true); a moving base without a density "
+                             "has neither")
         if self.patience and not self.validate_every:
             raise ValueError("config key 'patience' counts validations: set validate_every too")
         for key in ("n_iter", "n_iter_d_init", "depth", "validate_every", "patience"):

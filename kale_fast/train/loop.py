@@ -10,7 +10,8 @@ Round k: n_iter_d_init (k = 0) or n_iter_d energy steps, then one base step (non
 With objective "ml" a flow base is trained by maximum likelihood alone (the baseline of the tabular results),
 and energy_only with base_from trains an energy on a frozen, pre-trained base.
 With validate_every, the validation NLL of the flow (ml) or of the GEBM (kale, dv; A by Monte Carlo) is scored
-every validate_every rounds; the best state goes to best.pt, which load_run prefers, and `patience` validations
+every validate_every rounds, or, without a density (an energy on a frozen non-flow base: the fine-tuning stage),
+the validation KALE; the best state goes to best.pt, which load_run prefers, and `patience` validations
 without improvement end training early (the literature's protocol for the tabular results).
 A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), best.pt, metrics.jsonl, summary.json, plots.
 """
@@ -58,7 +59,7 @@ def load_images(config: TrainConfig) -> Tuple[Tensor, Tensor]:
 
 class DataSplits(NamedTuple):
     train: Tensor
-    validation: Optional[Tensor]  # tabular data only
+    validation: Optional[Tensor]  # toys and tabular data
     test: Tensor                  # held out for evaluation
 
 
@@ -70,7 +71,8 @@ def load_data(config: TrainConfig) -> DataSplits:
         n_test = min(config.n_test, len(images) // 5)
         return DataSplits(images[order[:-n_test]], None, images[order[-n_test:]])
     if config.dataset in TOY_DATASETS:
-        return DataSplits(toy_dataset(config.dataset, config.n_train, seed=config.seed), None,
+        return DataSplits(toy_dataset(config.dataset, config.n_train, seed=config.seed),
+                          toy_dataset(config.dataset, config.n_test, seed=config.seed + 20_000),
                           toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
     if config.dataset in UCI_FILES:
         splits = load_uci(config.dataset, config.data_dir, seed=config.seed)
@@ -245,21 +247,36 @@ class Trainer:
         metrics["log_partition"] = self.log_partition.detach()
         return metrics
 
+    @property
+    def validation_key(self) -> str:
+        """What validation scores: 'validation_nll' (nats; lower is better) where the GEBM has a density (a flow
+        base), else 'validation_kale' (higher is better) of an energy on a frozen base."""
+        return "validation_nll" if self.config.base == "realnvp" else "validation_kale"
+
     @torch.no_grad()
-    def validation_nll(self, validation_data: Tensor) -> float:
-        """Mean NLL (nats) of the validation split: of the flow for "ml", else of the GEBM with A estimated from
-        n_partition_samples base samples of a fixed seed (common random numbers across validations; training's
-        RNG untouched)."""
+    def validation_score(self, validation_data: Tensor) -> float:
+        """The validation split's score, `validation_key`:
+        - validation_nll: mean NLL of the flow for "ml", else of the GEBM with A estimated from
+          n_partition_samples base samples;
+        - validation_kale: the KALE estimate -mean E(x_val) - log mean exp(-E(B(z))) over n_partition_samples base
+          samples, the authors' criterion for selecting an energy on a frozen base (larger: the energy explains
+          more of the data's difference from the base).
+        The base samples come from a fixed seed: common random numbers across validations, training's RNG untouched.
+        """
         if self.config.objective == "ml":
             return -self.gebm.base.log_prob(validation_data).mean().item()
         generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
+        if self.validation_key == "validation_kale":
+            return self.gebm.kale(validation_data, self.config.n_partition_samples, generator=generator).item()
         log_partition, _ = self.gebm.log_partition(self.config.n_partition_samples, generator=generator)
         return -self.gebm.log_prob(validation_data, log_partition).mean().item()
 
-    def record_validation(self, nll: float) -> bool:
-        """Update the early-stopping state with a validation NLL; True when it is the best so far."""
-        if nll < self.best_validation:
-            self.best_validation, self.stale_validations = nll, 0
+    def record_validation(self, score: float) -> bool:
+        """Update the early-stopping state with a validation score (`validation_key`); True when it is the best so
+        far. best_validation holds it as a loss (lower is better): the NLL, or minus the KALE estimate."""
+        loss = score if self.validation_key == "validation_nll" else -score
+        if loss < self.best_validation:
+            self.best_validation, self.stale_validations = loss, 0
             return True
         self.stale_validations += 1
         return False
@@ -330,7 +347,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
     checkpoint = run_dir / CHECKPOINT
     splits = load_data(config)
     if config.validate_every and splits.validation is None:
-        raise ValueError(f"validate_every needs a data set with a validation split (UCI or CSV); {config.dataset!r} "
+        raise ValueError(f"validate_every needs a data set with a validation split (toys, UCI, CSV); {config.dataset!r} "
                          f"has none")
     train_data = splits.train.to(config.device)
     validation_data = splits.validation.to(config.device) if config.validate_every else None
@@ -367,11 +384,11 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
             done = trainer.rounds_done
             validating = config.validate_every and done % config.validate_every == 0
             if validating:  # every process computes the same number: no collective needed
-                metrics["validation_nll"] = trainer.validation_nll(validation_data)
-                if trainer.record_validation(metrics["validation_nll"]) and writer:
-                    atomic_torch_save(dict(gebm=trainer.gebm.state_dict(), rounds_done=done,
-                                           log_partition=trainer.log_partition.detach().clone(),
-                                           validation_nll=trainer.best_validation), run_dir / BEST)
+                score = metrics[trainer.validation_key] = trainer.validation_score(validation_data)
+                if trainer.record_validation(score) and writer:
+                    atomic_torch_save({"gebm": trainer.gebm.state_dict(), "rounds_done": done,
+                                       "log_partition": trainer.log_partition.detach().clone(),
+                                       trainer.validation_key: score}, run_dir / BEST)
             logging = validating or done % config.log_every == 0 or done == config.n_iter
             saving = done % config.checkpoint_every == 0 or done == config.n_iter or trainer.stopped_early
             if logging or saving:
