@@ -6,7 +6,7 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 
-from benchmarks._timing import median_ms
+from benchmarks._timing import cell, interleaved_ms, ratio_spread, spread
 from kale_fast.ops import integrators as fused
 from kale_fast.reference import integrators as reference
 
@@ -54,15 +54,16 @@ def cases(s: dict) -> Dict[str, Tuple[Callable, Callable]]:
 
 
 def run(device: torch.device, quick: bool, progress) -> dict:
+    """Per update: fused and eager timed in interleaved rounds; eager / fused per round."""
     s = _state(4096, 128, device)
     ops = cases(s)
     progress.reset(total=len(ops))
     rows = []
     with torch.no_grad():
         for name, (fused_call, eager_call) in ops.items():
-            fused_ms = median_ms(fused_call, device, budget_s=0.2 if quick else 1.0)
-            eager_ms = median_ms(eager_call, device, budget_s=0.2 if quick else 1.0)
-            rows.append(dict(op=name, fused_ms=fused_ms, eager_ms=eager_ms))
+            ms = interleaved_ms({"fused": fused_call, "eager": eager_call}, device, budget_s=0.2 if quick else 1.0)
+            rows.append(dict(op=name, fused_ms=spread(ms["fused"]), eager_ms=spread(ms["eager"]),
+                             eager_over_fused=ratio_spread(ms["eager"], ms["fused"])))
             progress.update(1)
     return dict(rows=rows)
 
@@ -70,16 +71,22 @@ def run(device: torch.device, quick: bool, progress) -> dict:
 def markdown(record: dict) -> str:
     lines = ["| update | fused ms | eager ms | eager / fused |", "|---|---|---|---|"]
     for r in record["rows"]:
-        lines.append(f"| {r['op']} | {r['fused_ms']:.4f} | {r['eager_ms']:.4f} | {r['eager_ms'] / r['fused_ms']:.2f}x |")
+        lines.append(f"| {r['op']} | {cell(r['fused_ms'])} | {cell(r['eager_ms'])} | "
+                     f"{cell(r['eager_over_fused'], suffix='x')} |")
     return "\n".join(lines)
 
 
 @pytest.mark.parametrize("op", list(cases(_state(2, 2, torch.device("cpu")))))
 @pytest.mark.parametrize("impl", ["fused", "eager"])
 def test_update(benchmark, op, impl):
-    """Repeated in place on one state, the updates must keep it finite: a timing on NaNs measures nothing."""
+    """What is timed must be a real update: it writes the state in place or returns new tensors, and, repeated
+    in place on one state, everything stays finite (a timing on NaNs or on a no-op measures nothing)."""
     state = _state(4096, 128, torch.device("cpu"))
-    calls = cases(state)[op]
+    before = {k: t.clone() for k, t in state.items()}
+    call = cases(state)[op][0 if impl == "fused" else 1]
     with torch.no_grad():
-        benchmark(calls[0] if impl == "fused" else calls[1])
-    assert all(bool(torch.isfinite(t).all()) for t in state.values())
+        out = benchmark(call)
+    returned = [t for t in (out if isinstance(out, tuple) else (out,)) if t is not None]
+    changed = [k for k in state if not torch.equal(state[k], before[k])]
+    assert changed or returned, f"{impl} {op} neither wrote the state nor returned anything"
+    assert all(bool(torch.isfinite(t).all()) for t in [*state.values(), *returned] if t.is_floating_point())

@@ -11,14 +11,14 @@
 4. Overhead per leapfrog step: HMC with 10 leapfrog steps on a quadratic potential with a closed-form
    gradient at B = 1, L = 100 (where the arithmetic is negligible), eager and with compile=True, one thread.
 """
-from typing import Callable, List
+from typing import Callable, Dict, List
 
 import pytest
 import torch
 
 import kale_fast as kf
 from benchmarks import authors_samplers as authors
-from benchmarks._timing import median_ms
+from benchmarks._timing import cell, interleaved_ms, ratio_spread, scaled, spread
 from kale_fast.models import MLP, SNGANBase32, SNGANEnergy32
 from kale_fast.samplers import LatentPotential, value_and_grad
 
@@ -39,8 +39,9 @@ def samplers(n_leapfrog: int) -> dict:
             "mala": lambda: kf.MALA(0.01), "hmc": lambda: kf.HMC(0.01, n_leapfrog)}
 
 
-def _per_iteration_ms(run: Callable[[], object], device, budget_s) -> float:
-    return median_ms(run, device, budget_s=budget_s) / STEPS_PER_TIMING
+def _per_iteration_ms(fns: Dict[str, Callable[[], object]], device, budget_s, **kwargs) -> Dict[str, List[float]]:
+    """interleaved_ms of runs of STEPS_PER_TIMING iterations each, per iteration."""
+    return {k: scaled(v, 1 / STEPS_PER_TIMING) for k, v in interleaved_ms(fns, device, budget_s, **kwargs).items()}
 
 
 def _with_backend(name: str, fn: Callable) -> Callable:
@@ -59,9 +60,9 @@ def cheap_potential_rows(device, budget_s, progress) -> List[dict]:
     rows = []
     for name, make in samplers(n_leapfrog=5).items():
         run = lambda: make().run(StandardGaussian(), z0, STEPS_PER_TIMING)  # noqa: E731
-        fused_ms = _per_iteration_ms(run, device, budget_s)
-        eager_ms = _per_iteration_ms(_with_backend("reference", run), device, budget_s)
-        rows.append(dict(part="cheap", sampler=name, fused_ms=fused_ms, eager_ms=eager_ms))
+        ms = _per_iteration_ms({"fused": run, "eager": _with_backend("reference", run)}, device, budget_s)
+        rows.append(dict(part="cheap", sampler=name, fused_ms=spread(ms["fused"]), eager_ms=spread(ms["eager"]),
+                         eager_over_fused=ratio_spread(ms["eager"], ms["fused"])))
         progress.update(1)
     return rows
 
@@ -74,7 +75,6 @@ def paper_network_rows(device, batch_sizes, budget_s, progress) -> List[dict]:
     rows = []
     for b in batch_sizes:
         z0 = torch.randn(b, 100, device=device)
-        floor_ms = median_ms(lambda: value_and_grad(potential, z0), device, budget_s=budget_s)
         grad0 = authors._grad(authors_potential, z0)
         theirs = {
             "ula": lambda: authors.ula_step(authors_potential, z0, 0.01),
@@ -83,11 +83,16 @@ def paper_network_rows(device, batch_sizes, budget_s, progress) -> List[dict]:
             "hmc": lambda: authors.hmc_step(authors_potential, z0, grad0, 0.01, n_leapfrog=2),
         }
         for name, make in samplers(n_leapfrog=2).items():
-            ours_ms = _per_iteration_ms(lambda: make().run(potential, z0, STEPS_PER_TIMING), device, budget_s)
-            theirs_ms = median_ms(theirs[name], device, budget_s=budget_s)
+            # one round: the floor (one input gradient), ours (per iteration), theirs (one iteration per call)
+            ms = interleaved_ms({"floor": lambda: value_and_grad(potential, z0),
+                                 "ours": lambda: make().run(potential, z0, STEPS_PER_TIMING),
+                                 "authors": theirs[name]}, device, budget_s, min_rounds=3)
+            ms["ours"] = scaled(ms["ours"], 1 / STEPS_PER_TIMING)
             gradients = 2 if name == "hmc" else 1
-            rows.append(dict(part="paper", batch=b, sampler=name, ours_ms=ours_ms, authors_ms=theirs_ms,
-                             floor_ms=floor_ms, per_gradient_over_floor=ours_ms / gradients / floor_ms))
+            rows.append(dict(part="paper", batch=b, sampler=name, ours_ms=spread(ms["ours"]),
+                             authors_ms=spread(ms["authors"]), floor_ms=spread(ms["floor"]),
+                             authors_over_ours=ratio_spread(ms["authors"], ms["ours"]),
+                             per_gradient_over_floor=ratio_spread(scaled(ms["ours"], 1 / gradients), ms["floor"])))
             progress.update(1)
     return rows
 
@@ -96,17 +101,19 @@ def gpu_only_rows(device, budget_s, progress) -> List[dict]:
     torch.manual_seed(0)
     small = LatentPotential(MLP(2, 2, (128, 128)).to(device), MLP(2, 1, (128, 128)).to(device))
     z0 = torch.randn(4096, 2, device=device)
-    eager_ms = _per_iteration_ms(lambda: kf.ULA(0.01).run(small, z0, STEPS_PER_TIMING), device, budget_s)
-    graph_ms = _per_iteration_ms(lambda: kf.ULA(0.01).run(small, z0, STEPS_PER_TIMING, cuda_graph=True), device,
-                                 budget_s)
-    rows = [dict(part="cuda_graph", sampler="ula", eager_ms=eager_ms, graph_ms=graph_ms)]
+    ms = _per_iteration_ms({"eager": lambda: kf.ULA(0.01).run(small, z0, STEPS_PER_TIMING),
+                            "graph": lambda: kf.ULA(0.01).run(small, z0, STEPS_PER_TIMING, cuda_graph=True)},
+                           device, budget_s)
+    rows = [dict(part="cuda_graph", sampler="ula", eager_ms=spread(ms["eager"]), graph_ms=spread(ms["graph"]),
+                 eager_over_graph=ratio_spread(ms["eager"], ms["graph"]))]
     base, energy = SNGANBase32().to(device).eval(), SNGANEnergy32().to(device).eval()
     z0 = torch.randn(500, 100, device=device)
-    for dtype in (None, torch.bfloat16):
-        potential = LatentPotential(base, energy, autocast=dtype)
-        ms = _per_iteration_ms(lambda: kf.MALA(0.01).run(potential, z0, STEPS_PER_TIMING), device, budget_s)
+    potentials = {str(dtype): LatentPotential(base, energy, autocast=dtype) for dtype in (None, torch.bfloat16)}
+    ms = _per_iteration_ms({k: (lambda p=p: kf.MALA(0.01).run(p, z0, STEPS_PER_TIMING)) for k, p in potentials.items()},
+                           device, budget_s)
+    for dtype, potential in potentials.items():
         accept = kf.MALA(0.01).run(potential, z0, 50).accept_rate.mean().item()
-        rows.append(dict(part="autocast", sampler="mala", dtype=str(dtype), ms=ms, accept_rate=accept))
+        rows.append(dict(part="autocast", sampler="mala", dtype=dtype, ms=spread(ms[dtype]), accept_rate=accept))
     progress.update(1)
     return rows
 
@@ -121,15 +128,18 @@ def overhead_rows(device, budget_s, progress) -> List[dict]:
     try:
         potential = StandardGaussian()
         z0 = torch.randn(1, 100, device=device)
-        rows = []
+        runs = {}
         for compiled in (False, True):
             sampler = kf.HMC(0.1, OVERHEAD_LEAPFROG, metric="identity")
             state = sampler.run(potential, z0, 2, compile=compiled).state  # compiles once, outside the timing
-            ms = median_ms(lambda: sampler.run(potential, None, OVERHEAD_ITERATIONS, state=state, compile=compiled),
-                           device, budget_s=budget_s, max_repeat=20)
-            rows.append(dict(part="overhead", compiled=compiled,
-                             us_per_leapfrog=1e3 * ms / (OVERHEAD_ITERATIONS * OVERHEAD_LEAPFROG)))
-            progress.update(1)
+            runs["compiled" if compiled else "eager"] = (
+                lambda sampler=sampler, state=state, compiled=compiled:
+                sampler.run(potential, None, OVERHEAD_ITERATIONS, state=state, compile=compiled))
+        ms = interleaved_ms(runs, device, budget_s=budget_s, max_rounds=20)
+        rows = [dict(part="overhead", compiled=name == "compiled",
+                     us_per_leapfrog=spread(scaled(ms[name], 1e3 / (OVERHEAD_ITERATIONS * OVERHEAD_LEAPFROG))))
+                for name in runs]
+        progress.update(2)
     finally:
         torch.set_num_threads(threads)
     return rows
@@ -151,26 +161,26 @@ def markdown(record: dict) -> str:
     rows = record["rows"]
     lines = ["Cheap potential, B = 4096, L = 128 (HMC: 5 leapfrog steps):", "",
              "| sampler | fused ms/iter | eager-updates ms/iter | eager / fused |", "|---|---|---|---|"]
-    lines += [f"| {r['sampler']} | {r['fused_ms']:.3f} | {r['eager_ms']:.3f} | {r['eager_ms'] / r['fused_ms']:.2f}x |"
-              for r in rows if r["part"] == "cheap"]
+    lines += [f"| {r['sampler']} | {cell(r['fused_ms'])} | {cell(r['eager_ms'])} | "
+              f"{cell(r['eager_over_fused'], suffix='x')} |" for r in rows if r["part"] == "cheap"]
     paper = [r for r in rows if r["part"] == "paper"]
     if paper:
         lines += ["", "Paper networks (HMC: 2 leapfrog steps per iteration):", "",
                   "| B | sampler | ours ms/iter | authors ms/iter | authors / ours | floor ms | ours per gradient / floor |",
                   "|---|---|---|---|---|---|---|"]
-        lines += [f"| {r['batch']} | {r['sampler']} | {r['ours_ms']:.2f} | {r['authors_ms']:.2f} | "
-                  f"{r['authors_ms'] / r['ours_ms']:.2f}x | {r['floor_ms']:.2f} | {r['per_gradient_over_floor']:.2f} |"
-                  for r in paper]
+        lines += [f"| {r['batch']} | {r['sampler']} | {cell(r['ours_ms'])} | {cell(r['authors_ms'])} | "
+                  f"{cell(r['authors_over_ours'], suffix='x')} | {cell(r['floor_ms'])} | "
+                  f"{cell(r['per_gradient_over_floor'])} |" for r in paper]
     for r in rows:
         if r["part"] == "overhead":
             lines += ["", f"Overhead, HMC ({OVERHEAD_LEAPFROG} leapfrog steps) on a quadratic potential, B = 1, "
                           f"L = 100, 1 thread, {'compile=True' if r['compiled'] else 'eager'}: "
-                          f"{r['us_per_leapfrog']:.1f} us per leapfrog step"]
+                          f"{cell(r['us_per_leapfrog'])} us per leapfrog step"]
         if r["part"] == "cuda_graph":
-            lines += ["", f"cuda_graph, small MLP potential, B = 4096: eager {r['eager_ms']:.3f} ms/step, graph "
-                          f"{r['graph_ms']:.3f} ms/step ({r['eager_ms'] / r['graph_ms']:.1f}x)"]
+            lines += ["", f"cuda_graph, small MLP potential, B = 4096: eager {cell(r['eager_ms'])} ms/step, graph "
+                          f"{cell(r['graph_ms'])} ms/step, eager / graph {cell(r['eager_over_graph'], suffix='x')}"]
         if r["part"] == "autocast":
-            lines += [f"MALA on the paper networks, B = 500, autocast {r['dtype']}: {r['ms']:.2f} ms/iter, "
+            lines += [f"MALA on the paper networks, B = 500, autocast {r['dtype']}: {cell(r['ms'])} ms/iter, "
                       f"acceptance {r['accept_rate']:.3f}"]
     return "\n".join(lines)
 
@@ -181,11 +191,12 @@ def test_sampler_on_cheap_potential(benchmark, name, backend):
     z0 = torch.randn(512, 32)
     run = _with_backend(backend, lambda: samplers(5)[name]().run(StandardGaussian(), z0, STEPS_PER_TIMING))
     result = benchmark(run)
-    assert torch.isfinite(result.z).all()
+    assert result.z.shape == z0.shape and torch.isfinite(result.z).all() and not torch.equal(result.z, z0)
 
 
 def test_authors_reimplementation_runs():
-    """Smoke test of the comparison loops on tiny networks (their cost, not their numbers, is what matters)."""
+    """The comparison loops run on tiny networks, and on U(z) = |z|^2 / 2 they take the paper's steps (their
+    cost is what is benchmarked, so they must do the work of the real algorithm)."""
     torch.manual_seed(0)
     base, energy = MLP(3, 4, (8,)), MLP(4, 1, (8,))
     potential = lambda z: 0.5 * (z * z).sum(1) + energy(base(z)).squeeze(1)  # noqa: E731
@@ -195,3 +206,18 @@ def test_authors_reimplementation_runs():
     assert authors.kinetic_step(potential, z, torch.randn_like(z), 0.01, 1.0)[0].shape == z.shape
     assert authors.mala_step(potential, z, grad, 0.01)[0].shape == z.shape
     assert authors.hmc_step(potential, z, grad, 0.01)[0].shape == z.shape
+
+    quadratic = lambda z: 0.5 * (z * z).sum(1)  # noqa: E731  gradient z
+    gamma = 0.01
+    torch.testing.assert_close(authors._grad(quadratic, z), z)
+    torch.manual_seed(1)
+    moved = authors.ula_step(quadratic, z, gamma)
+    torch.manual_seed(1)
+    torch.testing.assert_close(moved, z - gamma / 2 * z + gamma**0.5 * torch.randn_like(z))
+    torch.manual_seed(2)
+    z_mala, grad_mala = authors.mala_step(quadratic, z, z.clone(), gamma)
+    torch.manual_seed(2)
+    proposal = z - gamma * z + (2 * gamma) ** 0.5 * torch.randn_like(z)
+    accepted = torch.isclose(z_mala, proposal).all(1)
+    assert (accepted | torch.isclose(z_mala, z).all(1)).all() and accepted.any()
+    torch.testing.assert_close(grad_mala, z_mala)
