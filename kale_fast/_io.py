@@ -1,7 +1,8 @@
 """Files in and out, safely.
 
 Writes are atomic: a temporary file in the target's folder, renamed over the target, so that a crash never
-leaves half a checkpoint or summary behind (and `remove_stale_temporaries` clears what a kill left behind).
+leaves half a checkpoint or summary behind (and `remove_stale_temporaries` clears what a kill left behind);
+the file gets the permissions of an ordinary write (0666 less the user's umask).
 Reads never run code from the file: checkpoints through torch.load(weights_only=True) (tensors and plain
 data only), pickled array files through an unpickler that knows numpy arrays and nothing else.
 """
@@ -18,11 +19,21 @@ PathLike = Union[str, os.PathLike]
 _TEMPORARY_PREFIX, _TEMPORARY_SUFFIX = "tmp-", ".tmp"
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path: PathLike, write) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMPORARY_PREFIX}{path.stem}-", suffix=_TEMPORARY_SUFFIX)
-    os.close(fd)
+    try:  # mkstemp makes the file 0600; a file written in place would get 0666 less the umask: so does this one
+        os.fchmod(fd, 0o666 & ~_umask())
+    finally:
+        os.close(fd)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -5,10 +5,14 @@
   kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--step-size 0.05]
   kale-fast eval --run runs/NAME [--feature-net inception.pth]
   kale-fast bench [--quick] [...]          (from a source checkout: runs `python -m benchmarks`)
+
+A user's mistake (a bad value, a missing file, a run folder in use) ends as one line on stderr with exit code 2;
+`--debug` (or KALE_FAST_DEBUG=1) shows its traceback. Anything else is a bug and keeps its traceback.
 """
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import typing
@@ -18,7 +22,8 @@ from typing import List, Optional
 import torch
 
 import kale_fast
-from kale_fast.train.config import SAMPLERS, TrainConfig
+from kale_fast.train.config import SAMPLERS, TrainConfig, unavailable_device
+from kale_fast.train.run_folder import RunFolderInUse
 
 
 def _parse_bool(text: str) -> bool:
@@ -68,27 +73,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    """argparse type: a torch device this machine has, else a usage error naming --device."""
+    problem = unavailable_device(text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+_DEBUG_HELP = "on an error, show its traceback (also: environment variable KALE_FAST_DEBUG=1)"
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kale-fast", description="Generalized Energy-Based Models trained with KALE")
     parser.add_argument("--version", action="version", version=f"%(prog)s {kale_fast.__version__}")
+    parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
+    # --debug is also taken after the verb; SUPPRESS keeps the top-level value when it is not given there
+    debug_after_verb = argparse.ArgumentParser(add_help=False)
+    debug_after_verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="train a GEBM (then evaluate it)")
+    add_verb = lambda name, **kwargs: commands.add_parser(name, parents=[debug_after_verb], **kwargs)  # noqa: E731
+    train = add_verb("train", help="train a GEBM (then evaluate it)")
     train.add_argument("--config", required=True, type=Path, help="YAML file of config keys (configs/*.yaml)")
     train.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_config_flags(train)
-    sample = commands.add_parser("sample", help="draw GEBM samples from a trained run")
+    sample = add_verb("sample", help="draw GEBM samples from a trained run")
     sample.add_argument("--run", required=True, type=Path)
     sample.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's config")
     sample.add_argument("--n", type=_positive_int, default=1000, help="number of samples (chains)")
     sample.add_argument("--steps", type=_positive_int, default=None, help="default: the run's sampler_steps")
     sample.add_argument("--step-size", type=float, default=None)
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--device", default=None)
-    evaluate = commands.add_parser("eval", help="evaluate a trained run (summary.json, plots)")
+    sample.add_argument("--device", type=_device, default=None, help="default: the run's config")
+    evaluate = add_verb("eval", help="evaluate a trained run (summary.json, plots)")
     evaluate.add_argument("--run", required=True, type=Path)
-    evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--device", type=_device, default=None, help="default: the run's config")
     evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file (Inception-v3 "
                           "weights, .pt2 or TorchScript) instead of the run's config")
     commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
@@ -158,6 +179,24 @@ def _eval(args) -> None:
     print(json.dumps(evaluate(args.run, args.device, feature_net=args.feature_net), indent=1))
 
 
+_KALE_FAST_DIR = Path(kale_fast.__file__).resolve().parent
+# Raised by kale_fast's own checks of what the user gave; from inside torch or numpy they are bugs of ours.
+_CHECK_ERRORS = (ValueError, TypeError, ImportError, FloatingPointError, RunFolderInUse)
+# About the user's files and folders (missing, existing, unreadable), wherever they are raised.
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def _is_user_error(error: BaseException) -> bool:
+    if isinstance(error, _FILE_ERRORS):
+        return True
+    if not isinstance(error, _CHECK_ERRORS) or error.__traceback__ is None:
+        return False
+    frame = error.__traceback__
+    while frame.tb_next is not None:  # the frame that raised it
+        frame = frame.tb_next
+    return _KALE_FAST_DIR in Path(frame.tb_frame.f_code.co_filename).resolve().parents
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark runner
@@ -167,11 +206,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         return subprocess.call([sys.executable, "-m", "benchmarks", *argv[1:]])
     args = _parser().parse_args(argv)
+    debug = args.debug or os.environ.get("KALE_FAST_DEBUG", "") not in ("", "0")
     try:
         {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
     except _Interrupted as interrupted:
         print(_resume_hint(argv, interrupted.args[0]), file=sys.stderr)
         return 130  # the shell's code for a SIGINT ending
+    except Exception as error:
+        if debug or not _is_user_error(error):
+            raise
+        message = " ".join(str(error).split())  # one line, whatever the message's own line breaks
+        print(f"kale-fast {args.command}: error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 2  # argparse's code for a usage error
     return 0
 
 

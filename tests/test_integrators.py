@@ -141,7 +141,7 @@ def test_hmc_draw_momentum_is_standard_normal_with_its_kinetic_energy(fused_back
 
 
 def _gaussian_grad(z):
-    return z  # U(z) = |z|^2 / 2
+    return z.clone()  # U(z) = |z|^2 / 2 (a copy: the in-place ops refuse a grad that aliases z)
 
 
 def _leapfrog(z, p, h, n_steps):

@@ -69,13 +69,13 @@ def test_resume_refuses_a_crafted_checkpoint(tmp_path, run_dir, marker):
 
 
 @pytest.mark.parametrize("name", ["checkpoint.pt", "best.pt"])
-def test_load_run_sample_and_eval_refuse_a_crafted_checkpoint(run_dir, marker, name):
+def test_load_run_sample_and_eval_refuse_a_crafted_checkpoint(run_dir, marker, name, capsys):
     _craft_checkpoint(run_dir / name, marker, like=run_dir / "checkpoint.pt")
     with pytest.raises(ValueError, match="refuses to load"):
         load_run(run_dir)
     for verb in ("sample", "eval"):
-        with pytest.raises(ValueError, match="refuses to load"):
-            main([verb, "--run", str(run_dir)])
+        assert main([verb, "--run", str(run_dir)]) == 2  # a user's mistake: one line, exit code 2
+        assert "refuses to load" in capsys.readouterr().err
 
 
 def test_base_from_refuses_a_crafted_checkpoint(tmp_path, run_dir, marker):
@@ -176,3 +176,157 @@ def test_ctrl_c_ends_with_a_resume_hint_and_the_run_resumes(tmp_path):
     rounds = torch.load(checkpoint, weights_only=True)["rounds_done"]
     assert main([*args, "--resume", "--n-iter", str(rounds + 3)]) == 0
     assert torch.load(checkpoint, weights_only=True)["rounds_done"] == rounds + 3
+
+
+def test_two_train_processes_on_one_run_name_one_is_refused(tmp_path):
+    """Two real `kale-fast train` processes started at once on one run: the one that loses the lock ends with
+    exit code 2 and names the holder; the other trains on (and is interrupted here)."""
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path), "n_iter": 10 ** 6}))
+    command = [sys.executable, "-m", "kale_fast.cli", "train", "--config", str(config_file), "--quiet", "--no-eval"]
+    processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while all(p.poll() is None for p in processes) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = next(p for p in processes if p.poll() is not None)
+        survivor = next(p for p in processes if p is not refused)
+        stderr = refused.stderr.read()
+        assert refused.returncode == 2 and f"is in use: process {survivor.pid}" in stderr, stderr
+        assert stderr.count("\n") == 1 and survivor.poll() is None
+        while not (tmp_path / "tiny" / "config.yaml").exists() and survivor.poll() is None:
+            time.sleep(0.05)  # the survivor is inside train(): Ctrl-C ends it with the resume hint
+        survivor.send_signal(signal.SIGINT)
+        assert survivor.wait(timeout=60) == 130, survivor.stderr.read()
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            process.stderr.close()
+
+
+# --- configs and files ------------------------------------------------------------------------------------
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path, capsys):
+    lines = ['a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 10)}]" for i in range(7)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines + ["name: *h"]) + "\n")  # 10^8 strings once expanded
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"anchors and aliases \(&name, \*name\) are not allowed .* \(line 1\)"):
+        TrainConfig.from_yaml(bomb)
+    assert time.perf_counter() - start < 5
+    anchored = tmp_path / "anchored.yaml"
+    anchored.write_text("name: &n tiny\n")
+    with pytest.raises(ValueError, match="anchors and aliases"):
+        TrainConfig.from_yaml(anchored)
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("name: tiny\n" + "# padding\n" * 200_000)
+    with pytest.raises(ValueError, match="at most 1048576 bytes"):
+        TrainConfig.from_yaml(huge)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_files_are_written_with_the_users_umask(tmp_path, umask):
+    from kale_fast._io import atomic_torch_save, atomic_write_text
+    from kale_fast.models import MLP
+    import kale_fast as kf
+
+    previous = os.umask(umask)
+    try:
+        atomic_write_text("text", tmp_path / "a.txt")
+        atomic_torch_save({"x": torch.zeros(2)}, tmp_path / "b.pt")
+        kf.GEBM(MLP(2, 2, (4,)), MLP(2, 1, (4,)), 2).save(tmp_path / "gebm.pt")
+        run_dir = train(_config(tmp_path), progress=False)
+    finally:
+        os.umask(previous)
+    written = [tmp_path / "a.txt", tmp_path / "b.pt", tmp_path / "gebm.pt",
+               *(p for p in run_dir.iterdir() if p.is_file())]
+    assert {p.name for p in written} >= {"checkpoint.pt", "config.yaml", "metrics.jsonl", ".lock"}
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
+
+
+# --- integrator ops: buffers updated in place ---------------------------------------------------------------
+
+# Each in-place op: its arguments and the ones it updates in place (names as in kale_fast.ops.integrators).
+IN_PLACE_OPS = {
+    "leapfrog_kick_drift": (("z", "p", "grad", "step_size"), ("z", "p")),
+    "hmc_trajectory_end": (("z", "p", "grad", "potential", "z0", "potential0", "grad0", "kinetic0", "step_size",
+                            "log_uniform"), ("z", "grad", "potential")),
+    "mala_accept": (("z", "potential", "grad", "z_prop", "potential_prop", "grad_prop", "step_size", "log_uniform"),
+                    ("z_prop", "potential_prop", "grad_prop")),
+    "ula_step": (("z", "grad", "step_size"), ("z",)),
+    "kinetic_langevin_baoa": (("z", "v", "grad", "step_size", "friction"), ("z", "v")),
+}
+
+
+def _arguments(b=4, n=3):
+    """Fresh, separate tensors for every argument name of IN_PLACE_OPS."""
+    gen = torch.Generator().manual_seed(0)
+    states = ("z", "p", "grad", "z0", "grad0", "z_prop", "grad_prop", "v")
+    per_chain = ("potential", "potential0", "kinetic0", "potential_prop", "log_uniform")
+    arguments = {name: torch.randn(b, n, generator=gen, dtype=torch.float64) for name in states}
+    arguments.update({name: torch.randn(b, generator=gen, dtype=torch.float64) for name in per_chain})
+    arguments.update(step_size=torch.full((b,), 0.1, dtype=torch.float64), friction=torch.ones(b, dtype=torch.float64))
+    return arguments
+
+
+def _call(op, **replace):
+    from kale_fast.ops import integrators
+
+    arguments = {**_arguments(), **replace}
+    return getattr(integrators, op)(*[arguments[name] for name in IN_PLACE_OPS[op][0]])
+
+
+@pytest.mark.parametrize("op", IN_PLACE_OPS)
+def test_in_place_buffers_that_require_grad_or_alias_another_are_refused(fused, op):
+    names, updated = IN_PLACE_OPS[op]
+    shapes = {name: t.shape for name, t in _arguments().items()}
+    _call(op)  # separate tensors: accepted
+    for name in updated:
+        leaf = _arguments()[name].requires_grad_()
+        with pytest.raises(ValueError, match=f"{name} is updated in place and must not require grad"):
+            _call(op, **{name: leaf})
+        with torch.no_grad():  # the check does not depend on grad mode
+            with pytest.raises(ValueError, match=f"{name} is updated in place and must not require grad"):
+                _call(op, **{name: leaf})
+        for other in names:
+            if other != name and shapes[other] == shapes[name]:
+                shared = _arguments()[name]
+                with pytest.raises(ValueError, match=f"(({name}|{other}) is updated in place and shares memory "
+                                                     f"with ({name}|{other}))"):
+                    _call(op, **{name: shared, other: shared})  # the very same tensor
+    buffer = torch.randn(5, 3, dtype=torch.float64)  # overlapping, not identical: two views of one buffer
+    other = next(n for n in names if n != updated[0] and shapes[n] == shapes[updated[0]])
+    with pytest.raises(ValueError, match="shares memory with"):
+        _call(op, **{updated[0]: buffer[:4], other: buffer[1:]})
+
+
+def test_disjoint_views_of_one_buffer_are_accepted():
+    from kale_fast.ops import integrators
+
+    buffer, step = torch.randn(8, 3, dtype=torch.float64), torch.full((4,), 0.1, dtype=torch.float64)
+    z, grad = buffer[:4], buffer[4:]
+    expected = z - 0.1 * grad
+    integrators.ula_step(z, grad, step, noise=torch.zeros(4, 3, dtype=torch.float64))
+    torch.testing.assert_close(buffer[:4], expected)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("dim, keepdim", [(1, False), ((0, 2), True), (-1, True), (None, False)])
+def test_log_mean_exp_compiles_fullgraph_with_dim(backend, dim, keepdim):
+    import kale_fast as kf
+
+    torch._dynamo.reset()
+    with kf.use_backend(backend):
+        compiled = torch.compile(lambda x: kf.log_mean_exp(x, dim=dim, keepdim=keepdim), fullgraph=True)
+        x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(compiled(x).sum(), x)
+        out = compiled(x)
+    dims = (0, 1, 2) if dim is None else dim
+    count = x[0, 0, 0].numel() * np.prod([x.shape[d] for d in ((dims,) if isinstance(dims, int) else dims)])
+    expected = torch.logsumexp(x, dim=dims, keepdim=keepdim) - np.log(count)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.sum(), x)[0])

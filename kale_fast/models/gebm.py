@@ -1,11 +1,13 @@
 """The Generalized Energy-Based Model Q(dx) = exp(-E(x) - A) G(dx), G = base # N(0, I_L)."""
 import itertools
+import json
 import math
-from typing import Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
+from kale_fast._io import PathLike, atomic_torch_save, load_torch_file
 from kale_fast.ops import kale_loss, log_mean_exp
 from kale_fast.samplers import LatentPotential, SampleResult, Sampler
 
@@ -14,13 +16,32 @@ class GEBM(nn.Module):
     """A base (generator, or flow) B: R^L -> X and an energy E: X -> R.
 
     Sampling runs MCMC on the latent posterior nu(z) ~ N(z; 0, I) exp(-E(B(z))) and maps x = B(z).
+    `spec` (JSON-able plain data, optional) says how to rebuild base and energy: `save` records it, so that
+    `kf.load_gebm` can rebuild the networks without being given them (the training loop records its config).
     """
 
-    def __init__(self, base: nn.Module, energy: nn.Module, latent_dim: int):
+    def __init__(self, base: nn.Module, energy: nn.Module, latent_dim: int, spec: Optional[Dict[str, Any]] = None):
         super().__init__()
         if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
-        self.base, self.energy, self.latent_dim = base, energy, latent_dim
+        self.base, self.energy, self.latent_dim, self.spec = base, energy, latent_dim, spec
+
+    def save(self, path: PathLike, log_partition: Optional[Tensor] = None) -> None:
+        """Write the GEBM to `path` (atomically) in kale_fast's safe format, read back by `kf.load_gebm`: the
+        weights of base and energy (their state_dicts, on the CPU), latent_dim, the learned log-partition A
+        (a scalar tensor, if given) and `self.spec` as a JSON string. The file holds tensors and plain data
+        only, so loading it runs no code; the networks' classes are not in it (see kf.load_gebm)."""
+        if log_partition is not None and (not isinstance(log_partition, Tensor) or log_partition.numel() != 1):
+            raise TypeError(f"log_partition must be a one-element tensor (the learned A) or None, got "
+                            f"{log_partition!r}")
+        try:
+            spec = json.dumps(self.spec)
+        except (TypeError, ValueError) as error:
+            raise TypeError(f"GEBM.spec must be JSON-able plain data (dicts, lists, strings, numbers): {error}") \
+                from None
+        atomic_torch_save({"format": GEBM_FILE_FORMAT, "latent_dim": self.latent_dim, "spec": spec,
+                           "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+                           "log_partition": None if log_partition is None else log_partition.detach().cpu()}, path)
 
     def _device(self) -> torch.device:
         for tensor in itertools.chain(self.parameters(), self.buffers()):
@@ -80,3 +101,39 @@ class GEBM(nn.Module):
             raise TypeError(f"log_prob needs a base with an exact density (a log_prob method, such as a flow); "
                             f"{type(self.base).__name__} has none")
         return self.base.log_prob(x) - self.energies(x) - log_partition
+
+
+GEBM_FILE_FORMAT = "kale_fast.gebm/1"  # the "format" entry of a file written by GEBM.save
+
+
+class SavedGEBM(NamedTuple):
+    """What `kf.load_gebm` returns."""
+    gebm: GEBM                       # in eval mode, on the requested device
+    log_partition: Optional[Tensor]  # the learned A (scalar), None if none was saved
+
+
+def read_gebm_file(path: PathLike, device: str = "cpu") -> dict:
+    """The contents of a GEBM.save file as tensors (on `device`) and plain data, checked; no code in the file
+    runs. Keys: latent_dim (int), spec (dict or None), state (the GEBM's state_dict), log_partition."""
+    saved = load_torch_file(path, map_location=device)
+    if not isinstance(saved, dict) or saved.get("format") != GEBM_FILE_FORMAT:
+        raise ValueError(f"{path} is not a file of GEBM.save (its 'format' is not {GEBM_FILE_FORMAT!r}); a run "
+                         f"folder of `kale-fast train` is loaded by passing the folder itself")
+    return {**saved, "spec": json.loads(saved["spec"])}
+
+
+def gebm_from_saved(saved: dict, base: nn.Module, energy: nn.Module, path: PathLike = "the file") -> GEBM:
+    """A GEBM of the given networks holding the weights of `saved` (read_gebm_file's dict), in eval mode; networks
+    whose parameters do not match the saved ones (names or shapes) get a ValueError."""
+    if not isinstance(base, nn.Module) or not isinstance(energy, nn.Module):
+        raise TypeError(f"base and energy must be torch.nn.Modules, got {type(base).__name__} and "
+                        f"{type(energy).__name__}")
+    state = saved["state"]
+    gebm = GEBM(base, energy, saved["latent_dim"], saved["spec"]).to(next(iter(state.values())).device
+                                                                    if state else "cpu")
+    try:
+        gebm.load_state_dict(state)
+    except RuntimeError as error:
+        raise ValueError(f"the base and energy given do not match the weights in {path}: "
+                         f"{' '.join(str(error).split())}") from None
+    return gebm.eval()

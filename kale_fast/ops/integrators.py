@@ -23,8 +23,9 @@ from kale_fast.ops._backend import kernels, resolve, traceable_kernels
 _FAMILY = "integrators"
 
 
-def _check(z: Tensor, states: dict, per_chain: dict) -> None:
-    """States must match z ((B, L), fp32/fp64, contiguous, one device); per-chain values must be (B,) alike."""
+def _check(z: Tensor, states: dict, per_chain: dict, updated: Tuple[str, ...] = ()) -> None:
+    """States must match z ((B, L), fp32/fp64, contiguous, one device); per-chain values must be (B,) alike; the
+    arguments named in `updated` (written in place) must not require grad nor share memory with another."""
     _checks.floating_tensor("z", z)
     if z.dim() != 2 or z.dtype not in (torch.float32, torch.float64) or not z.is_contiguous():
         raise ValueError(f"z must be a contiguous (B, L) fp32 or fp64 tensor, got {_checks.describe(z)}")
@@ -37,6 +38,10 @@ def _check(z: Tensor, states: dict, per_chain: dict) -> None:
         if not isinstance(t, Tensor) or t.shape != z.shape[:1] or t.dtype != z.dtype or t.device != z.device:
             raise ValueError(f"{name} must be a ({z.shape[0]},) tensor of z's dtype and device, got "
                              f"{_checks.describe(t) if isinstance(t, Tensor) else type(t).__name__}")
+    if updated:
+        arguments = dict(z=z, **states, **per_chain)
+        _checks.updatable_in_place({name: arguments[name] for name in updated},
+                                   {name: t for name, t in arguments.items() if name not in updated})
 
 
 def seed(z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
@@ -80,7 +85,7 @@ def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, k
 
     kick_fraction is 0.5 for the first step of a trajectory (its opening half kick) and 1 after that.
     """
-    _check(z, dict(p=p, grad=grad), dict(step_size=step_size))
+    _check(z, dict(p=p, grad=grad), dict(step_size=step_size), updated=("z", "p"))
     if isinstance(kick_fraction, bool) or not isinstance(kick_fraction, (int, float)):
         raise TypeError(f"kick_fraction must be a number (0.5 or 1.0), got {type(kick_fraction).__name__}")
     _kernels(z).leapfrog_kick_drift(z, p, grad, step_size, float(kick_fraction))
@@ -97,7 +102,7 @@ def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0
     """
     _check(z, dict(p=p, grad=grad, z0=z0, grad0=grad0),
            dict(potential=potential, potential0=potential0, kinetic0=kinetic0, step_size=step_size,
-                log_uniform=log_uniform))
+                log_uniform=log_uniform), updated=("z", "grad", "potential"))
     return _kernels(z).hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size,
                                           log_uniform)
 
@@ -119,14 +124,15 @@ def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, pote
     their current values back. Returns (accept_prob, accepted), both (B,).
     """
     _check(z, dict(grad=grad, z_prop=z_prop, grad_prop=grad_prop),
-           dict(potential=potential, potential_prop=potential_prop, step_size=step_size, log_uniform=log_uniform))
+           dict(potential=potential, potential_prop=potential_prop, step_size=step_size, log_uniform=log_uniform),
+           updated=("z_prop", "potential_prop", "grad_prop"))
     return _kernels(z).mala_accept(z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
 
 
 def ula_step(z: Tensor, grad: Tensor, step_size: Tensor, *, generator: Optional[torch.Generator] = None,
              noise: Optional[Tensor] = None) -> None:
     """In place: z <- z - h grad U(z) + sqrt(2h) xi."""
-    _check(z, dict(grad=grad, noise=noise), dict(step_size=step_size))
+    _check(z, dict(grad=grad, noise=noise), dict(step_size=step_size), updated=("z",))
     _kernels(z).ula_step(z, grad, step_size, seed(z, generator), noise)
 
 
@@ -135,5 +141,5 @@ def kinetic_langevin_baoa(z: Tensor, v: Tensor, grad: Tensor, step_size: Tensor,
     """In place, the B-A-O-A part of a BAOAB step: v -= h/2 grad U(z); z += h/2 v;
     v <- exp(-gamma h) v + sqrt(1 - exp(-2 gamma h)) xi; z += h/2 v. The closing half kick needs grad U at the new
     z and is the sampler's (one gradient per step)."""
-    _check(z, dict(v=v, grad=grad, noise=noise), dict(step_size=step_size, friction=friction))
+    _check(z, dict(v=v, grad=grad, noise=noise), dict(step_size=step_size, friction=friction), updated=("z", "v"))
     _kernels(z).kinetic_langevin_baoa(z, v, grad, step_size, friction, seed(z, generator), noise)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
+import torch
 import yaml
 
 OBJECTIVES = ("kale", "dv", "ml")
@@ -75,12 +76,15 @@ class TrainConfig:
     log_every: int = _key(50, "rounds between metric lines")
     checkpoint_every: int = _key(200, "rounds between checkpoints (and one at the end)")
     seed: int = _key(0, "seed of the networks' initialisation, the batches and the evaluation")
-    device: str = _key("cpu", "torch device: cpu, cuda, cuda:1, ...")
+    device: str = _key("cpu", "torch device: cpu, cuda, cuda:1, ... (one this machine has)")
 
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(self):
             _check_type(field.name, getattr(self, field.name), hints[field.name])
+        device_problem = unavailable_device(self.device)
+        if device_problem:
+            raise ValueError(f"config key 'device' (--device): {device_problem}")
         if self.objective not in OBJECTIVES:
             raise ValueError(f"config key 'objective' must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.base not in BASES:
@@ -133,7 +137,13 @@ class TrainConfig:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
-        values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise ValueError(f"config file {path} has {path.stat().st_size} bytes; a config is a list of keys, "
+                             f"at most {_MAX_CONFIG_BYTES} bytes")
+        try:
+            values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"config file {path} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
         return cls.from_dict({**values, **(overrides or {})})
@@ -145,8 +155,20 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+_MAX_CONFIG_BYTES = 1 << 20
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently), and
+    anchors and aliases: nested aliases expand exponentially (a "billion laughs" file of a few lines stalls the
+    loader), and a config has no use for them. With neither, what is loaded is as large as the file."""
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ValueError(f"YAML anchors and aliases (&name, *name) are not allowed in a config (line "
+                             f"{event.start_mark.line + 1}): write each value out")
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -158,6 +180,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise ValueError(f"config key {key!r} is given twice (line {key_node.start_mark.line + 1})")
             seen.add(key)
         return super().construct_mapping(node, deep)
+
+
+def unavailable_device(text: str) -> Optional[str]:
+    """Why the torch device named `text` cannot hold a run on this machine (unparsable, meta, absent), or None
+    when it can. Checked before anything is allocated, so that the error names the setting, not a kernel."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, TypeError) as error:
+        return f"{text!r} is not a torch device ({error}); expected cpu, cuda or cuda:<index>"
+    if device.type == "meta":
+        return "'meta' tensors hold no data, so nothing can be trained or sampled there; expected cpu or cuda"
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return f"{text!r}: this machine has no CUDA GPU that torch can use; use cpu"
+        if device.index is not None and device.index >= count:
+            return f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}"
+    elif device.type != "cpu":
+        backend = getattr(torch, device.type, None)  # mps, xpu: torch.<type>.is_available() says
+        if backend is None or not getattr(backend, "is_available", lambda: False)():
+            return f"{text!r}: no {device.type} device is available here; expected cpu or cuda"
+    return None
 
 
 # Keys that may differ when a run resumes: where it writes, how long it runs, how it logs and evaluates.

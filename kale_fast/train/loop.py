@@ -111,7 +111,8 @@ def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
         energy = with_spectral_norm(energy)
     if config.energy_clamp is not None:
         energy = ClampedEnergy(energy, config.energy_clamp)
-    return GEBM(base, energy, config.latent_dim)
+    spec = dict(config=config.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
+    return GEBM(base, energy, config.latent_dim, spec)
 
 
 def make_sampler(config: TrainConfig) -> kf.samplers.Sampler:

@@ -21,6 +21,10 @@ LOCK, TENSORBOARD = ".lock", "tensorboard"
 _BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, BEST, TENSORBOARD)
 
 
+class RunFolderInUse(RuntimeError):
+    """Another living process holds the run folder's lock."""
+
+
 class RunFolderLock:
     """Exclusive ownership of a run folder (created if missing) until `release` or the process's end."""
 
@@ -34,7 +38,7 @@ class RunFolderLock:
             self._file.seek(0)
             holder = self._file.read().strip() or "another process"
             self._file.close()
-            raise RuntimeError(f"{self.run_dir} is in use: {holder} is training this run. Wait for it to end, or "
+            raise RunFolderInUse(f"{self.run_dir} is in use: {holder} is training this run. Wait for it to end, or "
                                f"choose another name") from None
         self._file.seek(0)
         self._file.truncate()
