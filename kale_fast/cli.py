@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--step-size", type=float, default=None, help="MALA, HMC: the initial step (adapted during "
                         "warm-up); ULA, kinetic Langevin: the fixed step (default: derived from the step MALA adapts "
                         "to during warm-up, see kale_fast.train.sampling)")
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--seed", type=int, default=0, help="seed of the chains and the base samples")
     sample.add_argument("--device", default=None)
     evaluate = commands.add_parser("eval", help="evaluate a trained run (summary.json, plots)")
     evaluate.add_argument("--run", required=True, type=Path)
