@@ -1,9 +1,10 @@
-"""The `kale-fast` command: train, sample, eval, bench.
+"""The `kale-fast` command: train, sample, eval, report, bench.
 
   kale-fast train --config configs/X.yaml [--resume] [--<config key> value ...]
   torchrun --nproc-per-node N -m kale_fast.cli train ...   (data-parallel; rank 0 writes the run)
-  kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--step-size 0.05]
+  kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--warmup 50] [--step-size 0.05]
   kale-fast eval --run runs/NAME [--feature-net inception.pth]
+  kale-fast report runs/NAME-s0 runs/NAME-s1 ... [--out table.md]   (mean, sd, 95% t-interval over seeds)
   kale-fast bench [--quick] [...]          (from a source checkout: runs `python -m benchmarks`)
 
 A user's mistake (a bad value, a missing file, a run folder in use) ends as one line on stderr with exit code 2;
@@ -62,15 +63,20 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                            help=f"{field.metadata['help']} (default: {field.default})")
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an int >= 1, else a usage error naming the value."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
+def _int_at_least(minimum: int):
+    """argparse type: an int >= minimum, else a usage error naming the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+_positive_int = _int_at_least(1)
 
 
 def _device(text: str) -> str:
@@ -103,9 +109,14 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--run", required=True, type=Path)
     sample.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's config")
     sample.add_argument("--n", type=_positive_int, default=1000, help="number of samples (chains)")
-    sample.add_argument("--steps", type=_positive_int, default=None, help="default: the run's sampler_steps")
-    sample.add_argument("--step-size", type=float, default=None)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=_positive_int, default=None, help="iterations kept (the chains' state after "
+                        "the last one is the sample); default: the run's sampler_steps")
+    sample.add_argument("--warmup", type=_int_at_least(0), default=None, help="warm-up iterations before them, "
+                        "discarded (they adapt the step size and metric); default: steps // 2")
+    sample.add_argument("--step-size", type=float, default=None, help="MALA, HMC: the initial step (adapted during "
+                        "warm-up); ULA, kinetic Langevin: the fixed step (default: derived from the step MALA adapts "
+                        "to during warm-up, see kale_fast.train.sampling)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the chains and the base samples")
     sample.add_argument("--device", type=_device, default=None, help="default: the run's config")
     evaluate = add_verb("eval", help="evaluate a trained run (summary.json, plots)")
     evaluate.add_argument("--run", required=True, type=Path)
@@ -113,7 +124,14 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file (Inception-v3 "
                           "weights, .pt2 or TorchScript) instead of the run's config")
     commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
+    _add_report_parser(add_verb)
     return parser
+
+
+def _add_report_parser(add_verb) -> None:
+    report = add_verb("report", help="mean, sd and 95%% t-interval over seeds of runs' summary.json")
+    report.add_argument("runs", nargs="+", type=Path, help="run folders, one per seed (runs/NAME-s0 runs/NAME-s1 ...)")
+    report.add_argument("--out", type=Path, default=None, help="also write the Markdown table to this file")
 
 
 def _train(args) -> None:
@@ -150,33 +168,51 @@ def _resume_hint(argv: List[str], run_dir: Path) -> str:
 
 
 def _sample(args) -> None:
-    from kale_fast.train.loop import load_run, make_sampler
-    from kale_fast.train.plots import image_grid, scatter_samples
+    """GEBM samples of a run, with held-out data and base samples beside them: samples-<sampler>.pt (tensors
+    only), samples-<sampler>.png (image panels or a scatter) and, for vector data, samples-<sampler>.csv and a
+    per-column summary."""
+    from kale_fast.train.loop import load_data, load_run
+    from kale_fast.train.plots import image_panels, scatter_samples
+    from kale_fast.train.sampling import column_summary, draw_gebm_samples, write_csv
 
     config, gebm, _, _ = load_run(args.run, args.device)
-    changes = {k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps, step_size=args.step_size).items()
-               if v is not None}
-    config = dataclasses.replace(config, **changes)
+    config = dataclasses.replace(config, **{k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps)
+                                            .items() if v is not None})
+    warmup = config.sampler_steps // 2 if args.warmup is None else args.warmup
     generator = torch.Generator(device=config.device).manual_seed(args.seed)
-    samples, result = gebm.sample(args.n, make_sampler(config), config.sampler_steps,
-                                  warmup=config.sampler_steps // 2, generator=generator, progress=True)
-    out = Path(args.run) / f"samples-{config.sampler}.pt"
-    torch.save(dict(samples=samples.cpu(), z=result.z.cpu(), accept_rate=result.accept_rate.cpu()), out)
-    base_samples = gebm.base_sample(args.n)
-    if samples.dim() == 4:  # images (N, C, H, W): grids, not a scatter of two pixels
-        image_grid(samples, out.with_suffix(".png"), title=f"GEBM samples ({config.sampler})")
-        image_grid(base_samples, out.with_name(f"{out.stem}-base.png"), title="base samples")
+    drawn = draw_gebm_samples(gebm, config, args.n, warmup, generator, step_size=args.step_size, progress=True)
+    with torch.no_grad():
+        panels = {"held-out data": load_data(config).test[: args.n], "base": gebm.base_sample(args.n, generator).cpu(),
+                  f"GEBM ({config.sampler})": drawn.x.cpu()}
+    out = Path(args.run) / f"samples-{config.sampler}"
+    torch.save(dict(samples=drawn.x.cpu(), z=drawn.result.z.cpu(), base_samples=panels["base"],
+                    accept_rate=drawn.result.accept_rate.cpu(), step_size=drawn.result.step_size.cpu()),
+               out.with_suffix(".pt"))
+    written = [out.with_suffix(".pt"), out.with_suffix(".png")]
+    if drawn.x.dim() == 4:
+        image_panels(panels, written[1])
     else:
-        scatter_samples({f"GEBM samples ({config.sampler})": samples, "base samples": base_samples},
-                        out.with_suffix(".png"))
-    print(f"{args.n} samples ({config.sampler}, {config.sampler_steps} steps, acceptance "
-          f"{result.accept_rate.mean().item():.3f}) written to {out}")
+        scatter_samples(panels, written[1])
+        write_csv(drawn.x, written[1].with_suffix(".csv"))
+        written.append(written[1].with_suffix(".csv"))
+        print(column_summary(panels))
+    print(drawn.describe(config.sampler))
+    print(f"{args.n} samples written to {', '.join(map(str, written))}")
 
 
 def _eval(args) -> None:
     from kale_fast.train import evaluate
 
     print(json.dumps(evaluate(args.run, args.device, feature_net=args.feature_net), indent=1))
+
+
+def _report(args) -> None:
+    from kale_fast.train.report import markdown_table, over_seeds, read_summaries
+
+    table = markdown_table(over_seeds(read_summaries(args.runs)), [str(run) for run in args.runs])
+    print(table, end="")
+    if args.out is not None:
+        args.out.write_text(table)
 
 
 _KALE_FAST_DIR = Path(kale_fast.__file__).resolve().parent
@@ -208,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     debug = args.debug or os.environ.get("KALE_FAST_DEBUG", "") not in ("", "0")
     try:
-        {"train": _train, "sample": _sample, "eval": _eval}[args.command](args)
+        {"train": _train, "sample": _sample, "eval": _eval, "report": _report}[args.command](args)
     except _Interrupted as interrupted:
         print(_resume_hint(argv, interrupted.args[0]), file=sys.stderr)
         return 130  # the shell's code for a SIGINT ending

@@ -18,6 +18,7 @@ def test_two_processes_train_identical_replicas(tmp_path):
                "-m", "kale_fast.cli", "train", "--config", str(config), "--quiet"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("batch_size 32 per process: 2 processes, a global batch of 64") == 1  # rank 0 says it
     run_dir = tmp_path / "tiny"
     state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
     assert state["world_size"] == 2 and len(state["rng"]) == 2 and state["rounds_done"] == 4

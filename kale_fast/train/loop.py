@@ -36,6 +36,7 @@ from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, wit
 from kale_fast.models.conv import ConvBase, ConvEnergy
 from kale_fast.train import distributed, run_folder
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
+from kale_fast.train.plots import training_curves
 from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY  # noqa: F401 (SUMMARY: evaluate)
 
 
@@ -301,6 +302,7 @@ class MetricsLog:
             self.board = None
         else:
             self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=rounds_done + 1)
+            print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
 
     def write(self, round_done: int, time_s: float, values: Dict[str, float]) -> None:
         self.file.write(json.dumps(dict(round=round_done, time_s=time_s, **values)) + "\n")
@@ -377,6 +379,9 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
             atomic_torch_save({**state, "world_size": size}, checkpoint)
 
     start = time.perf_counter()
+    if writer and size > 1:
+        print(f"batch_size {config.batch_size} per process: {size} processes, a global batch of "
+              f"{config.batch_size * size}")
     log = MetricsLog(run_dir, trainer.rounds_done) if writer else None
     with tqdm(total=config.n_iter, initial=trainer.rounds_done, disable=not (progress and writer),
               desc=config.name) as bar:
@@ -403,6 +408,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
             bar.update(1)
     if log is not None:
         log.close()
+        training_curves(run_dir / METRICS, run_dir / "training.png")
     if config.n_iter == 0 or trainer.rounds_done == 0:
         save()
     distributed.check_replicas_agree([*trainer.gebm.parameters(), trainer.log_partition])

@@ -1,6 +1,9 @@
-"""Figures of a run (matplotlib, written as PNG): samples against held-out data, and the energy of 2-D runs."""
+"""Figures of a run (matplotlib, written as PNG): the training curves, samples against held-out data (scatter
+panels for vectors, image panels for images), and the energy of 2-D runs."""
+import json
+import math
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import matplotlib
 
@@ -60,3 +63,82 @@ def image_grid(images: Tensor, path: Path, columns: int = 10, title: str = "") -
     fig.suptitle(title)
     fig.savefig(path, dpi=80)
     plt.close(fig)
+
+
+def _tile(images: Tensor, columns: int) -> Tensor:
+    """Images (N, C, H, W) in [-1, 1] as one (rows * (H + 1) - 1, columns * (W + 1) - 1, C) array in [0, 1], a
+    one-pixel white gutter between images (an incomplete last row stays white)."""
+    n, channels, height, width = images.shape
+    rows = (n + columns - 1) // columns
+    canvas = torch.ones(rows * (height + 1) - 1, columns * (width + 1) - 1, channels)
+    images = ((images.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    for i, image in enumerate(images):
+        top, left = (i // columns) * (height + 1), (i % columns) * (width + 1)
+        canvas[top:top + height, left:left + width] = image
+    return canvas
+
+
+def image_panels(panels: Dict[str, Tensor], path: Path, columns: int = 8, rows: int = 8) -> None:
+    """One figure, one titled panel per named image set (N, C, H, W) in [-1, 1] (e.g. held-out data, base and
+    GEBM samples), side by side: the first columns * rows images of each as a grid (fewer columns for fewer
+    images, so that a panel stays about square)."""
+    if not panels:
+        raise ValueError("panels must name at least one image set")
+    for title, images in panels.items():
+        if images.dim() != 4 or images.shape[1] not in (1, 3) or len(images) == 0:
+            raise ValueError(f"panel {title!r}: expected images (N, C, H, W) with N >= 1 and C 1 or 3, got shape "
+                             f"{tuple(images.shape)}")
+    tiles = [_tile(images[: columns * rows], min(columns, math.ceil(math.sqrt(min(len(images), columns * rows)))))
+             for images in panels.values()]
+    height, width = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
+    panel_inches = 3.0 * width / max(height, width), 3.0 * height / max(height, width)
+    fig, axes = plt.subplots(1, len(tiles), squeeze=False, figsize=(panel_inches[0] * len(tiles) + 0.1 * len(tiles),
+                                                                     panel_inches[1] + 0.35))
+    for ax, title, tile in zip(axes.flat, panels, tiles):
+        ax.imshow(tile.squeeze(-1).numpy(), cmap="gray" if tile.shape[-1] == 1 else None, vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=10)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / (panel_inches[1] + 0.35), wspace=0.04)
+    fig.savefig(path, dpi=max(100, int(2 * height / panel_inches[1])))
+    plt.close(fig)
+
+
+# The training curves' panels: (title, [(metrics.jsonl key, legend label, sign)]); a panel is drawn when any of its
+# keys was logged. The KALE estimate is minus the energy loss (the loop minimises -KALE).
+_TRAINING_PANELS = (
+    ("losses", [("energy_loss", "energy loss", 1), ("penalty", "gradient penalty", 1), ("base_loss", "base loss", 1)]),
+    ("KALE estimate (minibatch)", [("energy_loss", "KALE = -energy loss", -1)]),
+    ("log-partition A", [("log_partition", "A", 1)]),
+    ("validation", [("validation_nll", "validation NLL (nats)", 1), ("validation_kale", "validation KALE", 1)]),
+)
+
+
+def training_curves(metrics_path: Path, path: Path) -> Optional[Path]:
+    """training.png from a run's metrics.jsonl: the losses, the KALE estimate, the log-partition A and the
+    validation score over rounds, one panel each (those that were logged). Returns path, or None when the file
+    holds no metric line."""
+    metrics_path = Path(metrics_path)
+    lines = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()] \
+        if metrics_path.exists() else []
+    lines = [line for line in lines if "round" in line]
+    panels = [(title, curves) for title, curves in _TRAINING_PANELS if any(key in line for line in lines
+                                                                            for key, _, _ in curves)]
+    if not panels:
+        return None
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    for ax, (title, curves) in zip(axes.flat, panels):
+        for key, label, sign in curves:
+            points = [(line["round"], sign * line[key]) for line in lines if key in line]
+            if points:
+                rounds, values = zip(*points)
+                ax.plot(rounds, values, marker="o" if len(points) < 30 else None, markersize=3, label=label)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("round")
+        ax.grid(alpha=0.3)
+        if len(curves) > 1:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

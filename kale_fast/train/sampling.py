@@ -1,0 +1,95 @@
+"""GEBM samples of a trained run with the warm-up spelled out, one rule for the step size of the unadjusted
+samplers, and vector samples as a CSV table and a per-column summary (the `sample` verb; evaluation can share it).
+
+ULA and kinetic Langevin have no acceptance rate to adapt a step size to. Unless a step size is given, their
+warm-up is MALA's (its step size and diagonal metric adapted by dual averaging towards acceptance 0.574), and
+they go on from MALA's chains with its metric and a step derived from MALA's step h:
+- kinetic Langevin: sqrt(2h), the leapfrog step of MALA's proposal (MALA is one leapfrog step of size sqrt(2h)
+  from a fresh velocity), so BAOAB moves at the scale MALA found stable; BAOAB samples the positions of a
+  Gaussian exactly at any stable step (measured: variance 1.006 on a unit Gaussian, L = 2, h = 1.30);
+- ULA: min(h, ULA_MAX_STEP). ULA is MALA's update without the test, but its stationary variance on a unit
+  Gaussian is 1 / (1 - h/2): at MALA's step it is far off (measured 2.81 at h = 1.30, L = 2; 1.41 at h = 0.58,
+  L = 16), so its step is capped where that bias is 11% in variance (5% in sd). In the metric's unit coordinates
+  the warm-up has scaled the target to about unit variance, which is what makes one cap fit every run.
+"""
+import dataclasses
+import math
+from pathlib import Path
+from typing import Dict, NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import kale_fast as kf
+from kale_fast.models import GEBM
+from kale_fast.samplers import LatentPotential, SampleResult
+from kale_fast.train.config import TrainConfig
+from kale_fast.train.loop import make_sampler
+
+UNADJUSTED = ("ula", "kinetic_langevin")
+ULA_MAX_STEP = 0.2  # 1 / (1 - 0.2/2) = 1.11: ULA's variance bias on a unit Gaussian at this step
+
+
+class GEBMSamples(NamedTuple):
+    x: Tensor              # GEBM samples B(z), (n, ...)
+    result: SampleResult   # of the kept iterations
+    warmup: int            # warm-up iterations (discarded)
+    kept: int              # sampling iterations; x is the chains' state after the last one
+    step_size: float       # the step size of the kept iterations (the sampler's own units)
+    step_size_from: str    # where it came from, in words
+
+    def describe(self, sampler: str) -> str:
+        """One line: iterations, step size and its origin, acceptance (or 'unadjusted')."""
+        accept = ("unadjusted (no Metropolis test)" if sampler in UNADJUSTED else
+                  f"acceptance {self.result.accept_rate.mean().item():.3f}")
+        return (f"{sampler}: {self.warmup + self.kept} iterations: {self.warmup} warm-up + {self.kept} kept; "
+                f"step size {self.step_size:.4g} ({self.step_size_from}); {accept}")
+
+
+def draw_gebm_samples(gebm: GEBM, config: TrainConfig, n: int, warmup: int, generator: torch.Generator,
+                      step_size: Optional[float] = None, progress: bool = False) -> GEBMSamples:
+    """n GEBM samples by config.sampler: `warmup` iterations, then config.sampler_steps kept ones. step_size: the
+    initial step of MALA and HMC (they adapt it during warm-up) or the fixed step of ULA and kinetic Langevin;
+    None: config.step_size for MALA and HMC, MALA's warm-up rule (module docstring) for the unadjusted samplers."""
+    kept = config.sampler_steps
+    initial = config.step_size if step_size is None else step_size
+    if config.sampler not in UNADJUSTED or step_size is not None or warmup == 0:
+        sampler = make_sampler(dataclasses.replace(config, step_size=initial))
+        x, result = gebm.sample(n, sampler, kept, warmup=warmup, generator=generator, progress=progress)
+        origin = ("adapted during warm-up" if config.sampler not in UNADJUSTED and warmup else
+                  "given" if step_size is not None else "the run's step_size")
+        return GEBMSamples(x, result, warmup, kept, result.step_size.mean().item(), origin)
+    _, warm = gebm.sample(n, kf.MALA(initial, adapt_step_size=True), 0, warmup=warmup, generator=generator,
+                          progress=progress)
+    mala_step = warm.step_size.mean().item()
+    if config.sampler == "ula":
+        sampler = kf.ULA(min(mala_step, ULA_MAX_STEP), metric=warm.metric)
+        origin = f"min(MALA's step h = {mala_step:.4g}, adapted during warm-up, and {ULA_MAX_STEP}: ULA's bias cap)"
+    else:
+        sampler = kf.KineticLangevin(math.sqrt(2 * mala_step), 1.0, metric=warm.metric)
+        origin = f"sqrt(2h) of MALA's step h = {mala_step:.4g}, adapted during warm-up"
+    result = sampler.run(LatentPotential(gebm.base, gebm.energy), warm.z, kept, generator=generator,
+                         progress=progress)
+    with torch.no_grad():
+        x = gebm.base(result.z)
+    return GEBMSamples(x, result, warmup, kept, result.step_size.mean().item(), origin)
+
+
+def write_csv(samples: Tensor, path: Path) -> None:
+    """Vector samples (n, D) as a CSV table with a header x1 ... xD (the model's coordinates: tabular data are
+    the preprocessed, whitened columns)."""
+    header = ",".join(f"x{j + 1}" for j in range(samples.shape[1]))
+    np.savetxt(path, samples.detach().cpu().double().numpy(), delimiter=",", header=header, comments="", fmt="%.6g")
+
+
+def column_summary(sets: Dict[str, Tensor]) -> str:
+    """A printable table of each column's mean and standard deviation in each named set of vectors (n, D)."""
+    names = list(sets)
+    width = max(16, *(len(name) + 2 for name in names))
+    lines = ["column " + "".join(f"{name:>{width}}" for name in names)]
+    stats = {name: (x.double().mean(0), x.double().std(0)) for name, x in sets.items()}
+    for j in range(next(iter(sets.values())).shape[1]):
+        cells = (f"{stats[name][0][j]:+.3f} ({stats[name][1][j]:.3f})" for name in names)
+        lines.append(f"x{j + 1:<5} " + "".join(f"{cell:>{width}}" for cell in cells))
+    return "mean (sd) per column\n" + "\n".join(lines)
