@@ -37,7 +37,8 @@ from kale_fast.models.conv import ConvBase, ConvEnergy
 from kale_fast.train import distributed, run_folder
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 from kale_fast.train.plots import training_curves
-from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY  # noqa: F401 (SUMMARY: evaluate)
+from kale_fast.train.run_folder import (  # noqa: F401 (SUMMARY: evaluate)
+    BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, TRAINING_PLOT)
 
 
 class ClampedEnergy(nn.Module):
@@ -408,9 +409,10 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
             bar.update(1)
     if log is not None:
         log.close()
-        training_curves(run_dir / METRICS, run_dir / "training.png")
     if config.n_iter == 0 or trainer.rounds_done == 0:
         save()
+    if writer:
+        training_curves(run_dir / METRICS, run_dir / TRAINING_PLOT)
     distributed.check_replicas_agree([*trainer.gebm.parameters(), trainer.log_partition])
 
 

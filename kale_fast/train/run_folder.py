@@ -16,9 +16,9 @@ from pathlib import Path
 from kale_fast._io import remove_stale_temporaries
 
 CHECKPOINT, BEST, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "config.yaml", "metrics.jsonl", "summary.json"
-LOCK, TENSORBOARD = ".lock", "tensorboard"
+LOCK, TENSORBOARD, TRAINING_PLOT = ".lock", "tensorboard", "training.png"
 # What a run leaves behind before its first checkpoint: these are deleted when it starts over.
-_BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, BEST, TENSORBOARD)
+_BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, BEST, TENSORBOARD, TRAINING_PLOT)
 
 
 class RunFolderInUse(RuntimeError):
