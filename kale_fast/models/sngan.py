@@ -27,10 +27,12 @@ class SNGANBase32(nn.Module):
 class SNGANEnergy32(nn.Module):
     """images (B, 3, 32, 32) -> energies (B,): seven convolutions 3->64 (3x3), 64->128 (4x4, stride 2), 128->128,
     128->256 (stride 2), 256->256, 256->512 (stride 2), 512->512, LeakyReLU(0.1) after each, then
-    Linear(8192 -> 1). About 5.9M parameters. spectral_norm (the paper's setting) normalises every layer; put
-    the module in eval() while sampling so that its power iteration does not run on every evaluation."""
+    Linear(8192 -> 1). About 5.9M parameters. spectral_norm (the paper's setting) normalises the convolutions
+    and, with spectral_norm_head (kale_fast's original setting; the authors' energy leaves it free), the last
+    Linear layer; put the module in eval() while sampling so that its power iteration does not run on every
+    evaluation."""
 
-    def __init__(self, spectral_norm: bool = True):
+    def __init__(self, spectral_norm: bool = True, spectral_norm_head: bool = True):
         super().__init__()
         specs = [(3, 64, 3, 1), (64, 128, 4, 2), (128, 128, 3, 1), (128, 256, 4, 2), (256, 256, 3, 1),
                  (256, 512, 4, 2), (512, 512, 3, 1)]
@@ -40,7 +42,7 @@ class SNGANEnergy32(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(4 * 4 * 512, 1)
         if spectral_norm:
-            with_spectral_norm(self)
+            with_spectral_norm(self, head=spectral_norm_head)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.features(x).flatten(1)).squeeze(1)

@@ -13,9 +13,14 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import yaml
 
+from kale_fast.models.init import INITS
+
 OBJECTIVES = ("kale", "dv", "ml")
 BASES = ("mlp", "realnvp", "conv", "sngan32")
 SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
+# What `faithful: true` sets: the authors' 32x32 networks and procedure (MichaelArbel/GeneralizedEBM).
+FAITHFUL_OPTIONS = dict(spectral_norm=True, spectral_norm_head=False, init="xavier", eval_idle_network=True,
+                        energy_clamp=-10.0)
 
 
 def _key(default: Any, help: str, choices: Optional[Tuple[str, ...]] = None):
@@ -58,6 +63,21 @@ class TrainConfig:
     penalty: float = _key(0.1, "lambda of lambda * mean |grad_x E(x_hat)|^2 (paper: 1 images, 0.1 tabular; 0: off)")
     energy_clamp: Optional[float] = _key(None, "clamp E >= this floor (the authors use -10); none: no clamp")
     spectral_norm: bool = _key(False, "spectral normalisation of every energy layer (the paper's image setting)")
+    # The authors' options below default to kale_fast's original behaviour: a run's saved config rebuilds the same
+    # networks (checkpoints without these keys load), and toy/tabular runs stay as recorded in docs/RESULTS.md.
+    spectral_norm_head: bool = _key(True, "with spectral_norm, normalise the energy's last Linear layer too (kale_fast's "
+                                    "original setting); the authors' 32x32 energy leaves it free: false")
+    init: str = _key("torch", "initial weights of both networks: 'torch' (PyTorch's defaults) or 'xavier' "
+                     "(Xavier-uniform, gain 1, on every Linear/Conv/ConvTranspose weight, the authors' 32x32 "
+                     "networks)", choices=INITS)
+    eval_idle_network: bool = _key(False, "put the network a step does not train in eval mode, as the authors do: "
+                                   "the base during energy steps (a batch-norm base then shows the energy the "
+                                   "samples it gives when sampling, with running statistics that move only in base "
+                                   "steps), the energy during base steps (no spectral-norm power iteration there)")
+    faithful: bool = _key(False, "the authors' 32x32 recipe in one key (for base: sngan32): sets spectral_norm: "
+                          "true, spectral_norm_head: false, init: xavier, eval_idle_network: true, energy_clamp: "
+                          "-10; an energy_clamp other than -10 is an error. Off by default so that existing "
+                          "configs keep their meaning")
     n_partition_samples: int = _key(10000, "base samples of the Monte-Carlo A: its initial value and validation "
                                     "NLLs")
     energy_only: bool = _key(False, "keep the base frozen, train the energy only")
@@ -85,6 +105,14 @@ class TrainConfig:
         device_problem = unavailable_device(self.device)
         if device_problem:
             raise ValueError(f"config key 'device' (--device): {device_problem}")
+        if self.init not in INITS:
+            raise ValueError(f"config key 'init' must be one of {INITS}, got {self.init!r}")
+        if self.faithful:
+            if self.energy_clamp not in (None, FAITHFUL_OPTIONS["energy_clamp"]):
+                raise ValueError(f"config key 'faithful' sets energy_clamp: {FAITHFUL_OPTIONS['energy_clamp']} (the "
+                                 f"authors' floor), but energy_clamp is {self.energy_clamp}: drop one of the two")
+            for key, value in FAITHFUL_OPTIONS.items():
+                setattr(self, key, value)
         if self.objective not in OBJECTIVES:
             raise ValueError(f"config key 'objective' must be one of {OBJECTIVES}, got {self.objective!r}")
         if self.base not in BASES:

@@ -32,7 +32,7 @@ from kale_fast.data import load_uci, read_csv, toy_dataset
 from kale_fast.data.tabular import UCI_FILES, data_dir, preprocess_uci
 from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, load_mnist5k
 from kale_fast.data.toy import TOY_DATASETS
-from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm
+from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm, xavier_uniform_init
 from kale_fast.models.conv import ConvBase, ConvEnergy
 from kale_fast.train import distributed, run_folder
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
@@ -107,10 +107,14 @@ def _base_and_energy(config: TrainConfig, data_shape: Tuple[int, ...]) -> Tuple[
 
 def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
     """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden`, or the paper's
-    32x32 networks, for images; the energy spectrally normalised and clamped where the config says so."""
+    32x32 networks, for images; Xavier-initialised, the energy spectrally normalised and clamped where the config
+    says so."""
     base, energy = _base_and_energy(config, data_shape)
+    if config.init == "xavier":  # before spectral norm, which reparametrises the weights
+        xavier_uniform_init(base)
+        xavier_uniform_init(energy)
     if config.spectral_norm:
-        energy = with_spectral_norm(energy)
+        energy = with_spectral_norm(energy, head=config.spectral_norm_head)
     if config.energy_clamp is not None:
         energy = ClampedEnergy(energy, config.energy_clamp)
     spec = dict(config=config.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
@@ -150,6 +154,8 @@ class Trainer:
         if config.base_from is not None:
             gebm.base.load_state_dict(load_run(Path(config.base_from), config.device).gebm.base.state_dict())
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
+        if config.eval_idle_network:  # the authors estimate the initial A in eval mode (running batch-norm statistics)
+            gebm.eval()
         # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
         initial_a, _ = gebm.log_partition(config.n_partition_samples, generator=generator)
         log_partition = nn.Parameter(initial_a.to(device))
@@ -200,6 +206,9 @@ class Trainer:
 
     def energy_step(self, train_data: Tensor) -> Dict[str, float]:
         config, gebm = self.config, self.gebm
+        if config.eval_idle_network:
+            gebm.base.eval()
+            gebm.energy.train()
         n = config.batch_size
         index = torch.randint(0, len(train_data), (n,), generator=self.generator, device=train_data.device)
         x_real = train_data[index]
@@ -223,6 +232,9 @@ class Trainer:
         return dict(energy_loss=loss.detach(), penalty=penalty.detach())
 
     def base_step(self, train_data: Tensor) -> Dict[str, float]:
+        if self.config.eval_idle_network:
+            self.gebm.base.train()
+            self.gebm.energy.eval()
         base_params = list(self.gebm.base.parameters())
         if self.config.objective == "ml":  # the baseline: maximum likelihood of the flow alone
             index = torch.randint(0, len(train_data), (self.config.batch_size,), generator=self.generator,
