@@ -114,7 +114,7 @@ def split_dkef(values: np.ndarray, seed: int, dequantise: bool, whiten: bool
         head = (values - mean)[:WHITENING_ROWS]
         transform = _whitening(head, np.sqrt(len(head)))
     values = (values - mean) @ transform
-    unpermute = np.argsort(order)  # x[:, order] - mean) @ W == (x - mean[unpermute]) @ W[unpermute]
+    unpermute = np.argsort(order)  # (x[:, order] - mean) @ W == (x - mean[unpermute]) @ W[unpermute]
     return (*_cut(values), mean[unpermute], transform[unpermute])
 
 

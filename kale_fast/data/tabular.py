@@ -69,7 +69,7 @@ def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[s
         raise _missing(path)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n"):
         raise ValueError(f"config key 'delimiter' must be one character (not a quote or line break), got {delimiter!r}")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
     if not text.strip():
         raise ValueError(f"{path} is empty: expected rows of numbers (and possibly a header line)")
     if delimiter is None:
