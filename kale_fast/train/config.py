@@ -52,7 +52,8 @@ class TrainConfig:
                       "(U(-gap, gap), columns permuted, whitening fitted on all rows)", choices=SPLIT_NAMES)
     split_seed: Optional[int] = _key(None, "seed of the split's shuffle and noise, apart from the training `seed`; "
                                      "none: 1 with split dkef (DKEF's), `seed` with split random (as before this key)")
-    dequantise: bool = _key(True, "add uniform noise of each column's median gap between distinct values")
+    dequantise: bool = _key(True, "add uniform noise of each column's median gap between distinct values (DKEF "
+                            "dequantises the wines only: set false for its other sets, e.g. Parkinsons)")
     whiten: bool = _key(True, "whiten: zero mean, unit covariance, from the SVD of the first 10^4 rows (see split)")
     n_train: int = _key(20000, "toy sets: points drawn for training")
     n_test: int = _key(2000, "toy sets: points held out for evaluation; images: held-out images (at most 1/5)")
