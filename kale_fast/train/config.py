@@ -31,7 +31,8 @@ class TrainConfig:
     CLI's `--help` and docs are generated from it."""
     name: str = _key("toy", "the run's folder name: the run lives in <out_dir>/<name>")
     out_dir: str = _key("runs", "folder that holds the run folders")
-    dataset: str = _key("8gaussians", "a toy set (kale_fast.data.TOY_DATASETS), 'redwine', 'whitewine', a CSV path, "
+    dataset: str = _key("8gaussians", "a toy set (kale_fast.data.TOY_DATASETS), 'redwine', 'whitewine', the path of "
+                        "a table (delimited text; or a .npz of train/validation/test arrays, taken as they are), "
                         "or images: 'digits' (8x8), 'mnist5k' (28x28), 'cifar10' (32x32, read from "
                         "<data_dir>/cifar-10-batches-py)")
     data_dir: Optional[str] = _key(None, "folder of the data files (default: $KALE_FAST_DATA, else ../shared/data); "
