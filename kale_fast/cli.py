@@ -36,12 +36,19 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _parse_columns(text: str) -> list:
+    """`columns` on the command line: comma-separated; an item of digits is a 0-based index, others are names."""
+    return [int(item) if item.strip().isdigit() else item.strip() for item in text.split(",")]
+
+
 def _flag_type(annotation):
     """argparse type of a config field; Optional fields also take 'none'."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Union:
         inner = _flag_type(next(a for a in args if a is not type(None)))
         return lambda text: None if text.lower() == "none" else inner(text)
+    if typing.get_origin(annotation) is list:
+        return _parse_columns
     return _parse_bool if annotation is bool else annotation
 
 
@@ -55,7 +62,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         choices = field.metadata["choices"]
         inner = next(a for a in typing.get_args(annotation) if a is not type(None)) if typing.get_args(
             annotation) else annotation
-        metavar = "{" + ",".join(choices) + "}" if choices else inner.__name__.upper()
+        metavar = ("{" + ",".join(choices) + "}" if choices else "A,B,..." if typing.get_origin(inner) is list
+                   else inner.__name__.upper())
         if inner is not annotation:
             metavar += "|none"
         group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"config.{field.name}", default=argparse.SUPPRESS,

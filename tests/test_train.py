@@ -10,8 +10,7 @@ import yaml
 
 import kale_fast as kf
 from kale_fast.cli import main
-from kale_fast.data import load_uci, read_csv, toy_dataset
-from kale_fast.data.tabular import data_dir
+from kale_fast.data import toy_dataset
 from kale_fast.metrics import energy_distance, mmd
 from kale_fast.models import MLP
 from kale_fast.train import TrainConfig, load_run, train
@@ -106,24 +105,6 @@ def test_a_yaml_key_given_twice_is_rejected(tmp_path):
         TrainConfig.from_yaml(path)
     path.write_text("n_iter: 10\npenalty: 0.1\n")
     assert TrainConfig.from_yaml(path).n_iter == 10
-
-
-@pytest.mark.parametrize("text, match", [
-    ("", "is empty"),
-    ("a,b,c\n", "a header line and no rows"),
-    ("a,b,c\n" + "\n".join(f"{i},{i * i % 7},{i % 3}" for i in range(10)), "at least 12 rows"),
-    ("a,b,c\n" + "\n".join(f"{i},5,{i * i % 7}" for i in range(40)), r"column\(s\) \[1\].*single value"),
-    (",".join("abcdefghijkl") + "\n"
-     + "\n".join(",".join(str((i * j + i * i) % 13) for j in range(1, 13)) for i in range(12)),
-     "10 training rows do not span the 12 columns"),
-])
-def test_bad_csv_files_are_rejected_with_a_clear_error(tmp_path, text, match):
-    from kale_fast.data.tabular import preprocess_uci
-
-    path = tmp_path / "data.csv"
-    path.write_text(text)
-    with pytest.raises(ValueError, match=match):
-        preprocess_uci(read_csv(path))
 
 
 def test_every_yaml_config_in_the_repository_loads():
@@ -225,29 +206,6 @@ def test_gaussian_nll_matches_scipy():
     assert result["nll_gaussian_se"] == pytest.approx(expected.std(ddof=1) / math.sqrt(50), rel=1e-9)
     with pytest.raises(ValueError, match="more rows than columns"):
         gaussian_nll(train_rows[:4], test_rows)
-
-
-def test_csv_errors_name_the_problem(tmp_path):
-    good = tmp_path / "good.csv"
-    good.write_text("a,b,quality\n1,2,5\n3,4,6\n")
-    assert read_csv(good, n_columns=2, drop=("quality",)).shape == (2, 2)
-    nan = tmp_path / "nan.csv"
-    nan.write_text("a,b\n1,nan\n")
-    with pytest.raises(ValueError, match="row 2, column 'b' is NaN"):
-        read_csv(nan)
-    with pytest.raises(ValueError, match="expected 4 columns"):
-        read_csv(good, n_columns=4)
-    with pytest.raises(FileNotFoundError, match="KALE_FAST_DATA"):
-        read_csv(tmp_path / "missing.csv")
-
-
-@pytest.mark.skipif(not (data_dir() / "uci/winequality-red.csv").exists(), reason="shared UCI data not present")
-def test_uci_red_wine_preprocessing():
-    splits = load_uci("redwine")
-    assert splits.train.shape == (1296, 11) and splits.validation.shape == (144, 11) and splits.test.shape == (159, 11)
-    torch.testing.assert_close(splits.train.mean(0), torch.zeros(11), atol=1e-4, rtol=0)
-    torch.testing.assert_close(torch.cov(splits.train.T), torch.eye(11), atol=1e-3, rtol=0)
-    assert torch.equal(load_uci("redwine").test, splits.test)  # the fixed seed fixes the split
 
 
 def test_energy_only_mode_keeps_the_base_frozen(tmp_path):

@@ -1,19 +1,26 @@
-"""Tabular data: the GEBM paper's UCI sets (RedWine, WhiteWine) with its preprocessing, and any user CSV.
+"""Tabular data: the GEBM paper's UCI sets (RedWine, WhiteWine), any delimited text table, and pre-split arrays.
 
-Files are read from a directory given by the caller, else the KALE_FAST_DATA environment variable, else
-../shared/data when it exists; nothing is downloaded.
+Named data sets are read from a folder given by the caller, else the KALE_FAST_DATA environment variable, else
+../shared/data; nothing is downloaded. A relative path to a table of one's own is read from the folder given by
+the caller (the config key `data_dir`) when there is one, else from the working directory: an explicit folder is
+the user saying where the data are, while the environment default only serves the named sets (so a run's
+relative path never changes meaning with the environment).
 """
 import csv
+import inspect
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from torch import Tensor
+
+from kale_fast.data.splits import TabularSplits, make_splits
 
 UCI_FILES = {"redwine": "uci/winequality-red.csv", "whitewine": "uci/winequality-white.csv"}
+UCI_DROPPED = ("quality",)  # the label column; the paper models the 11 features
+NPZ_SPLITS = ("train", "validation", "test")
+_DELIMITERS = ",;\t|"  # what csv.Sniffer may choose from: a number's '.', '-' or 'e' is never a delimiter
 
 
 def data_dir(explicit: Optional[Union[str, os.PathLike]] = None) -> Path:
@@ -25,84 +32,141 @@ def data_dir(explicit: Optional[Union[str, os.PathLike]] = None) -> Path:
     return Path("../shared/data")
 
 
-def read_csv(path: Union[str, os.PathLike], n_columns: Optional[int] = None, drop: tuple = ()) -> np.ndarray:
-    """A numeric CSV with one header line as float64 (rows, columns), without the columns named in `drop`.
-    Raises FileNotFoundError saying where to put a missing file, ValueError on NaN, non-numbers or a wrong
-    number of columns."""
+def table_path(dataset: str, explicit_dir: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """The file of `dataset`: a UCI name in data_dir(explicit_dir), an absolute path as it is, a relative path in
+    explicit_dir when given, else in the working directory."""
+    if dataset in UCI_FILES:
+        return data_dir(explicit_dir) / UCI_FILES[dataset]
+    path = Path(dataset)
+    return path if path.is_absolute() or explicit_dir is None else Path(explicit_dir) / path
+
+
+def _missing(path: Path) -> FileNotFoundError:
+    return FileNotFoundError(f"data file {path} not found: put it there, or point --data-dir / the KALE_FAST_DATA "
+                             f"environment variable at the folder that holds it")
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[str, int]]] = None,
+               delimiter: Optional[str] = None, header: Optional[bool] = None, drop: Sequence[str] = ()
+               ) -> Tuple[np.ndarray, Tuple[str, ...]]:
+    """A numeric delimited text table as float64 (rows, kept columns) and the kept columns' names.
+
+    delimiter: one character; None: csv.Sniffer's choice among , ; tab |. header: whether the first line names the
+    columns; None: it does when it holds a cell that is not a number. columns: the columns kept, in this order, by
+    header name or 0-based index (names need a header); None: all but those named in `drop`. Columns without a
+    header are named by their index. Raises FileNotFoundError saying where to put a missing file, ValueError naming
+    the row and column of a NaN or non-number, and ValueError / TypeError naming the config key of a bad option."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"data file {path} not found: put it there, or point --data-dir / the "
-                                f"KALE_FAST_DATA environment variable at the folder that holds it")
-    with open(path, newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows:
-        raise ValueError(f"{path} is empty: expected a header line, then rows of numbers")
-    header, body = rows[0], [r for r in rows[1:] if r]
+        raise _missing(path)
+    if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n"):
+        raise ValueError(f"config key 'delimiter' must be one character (not a quote or line break), got {delimiter!r}")
+    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
+    if not text.strip():
+        raise ValueError(f"{path} is empty: expected rows of numbers (and possibly a header line)")
+    if delimiter is None:
+        try:
+            delimiter = csv.Sniffer().sniff(text[:65536], delimiters=_DELIMITERS).delimiter
+        except csv.Error:  # a single column, or no consistent delimiter: one column per line
+            delimiter = ","
+    rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if row]
+    if header is None:
+        header = not all(_is_number(cell) for cell in rows[0])
+    names = [name.strip() for name in rows[0]] if header else [str(i) for i in range(len(rows[0]))]
+    body = rows[1:] if header else rows
     if not body:
         raise ValueError(f"{path} holds a header line and no rows of numbers")
-    keep = [i for i, name in enumerate(header) if name not in drop]
-    if n_columns is not None and len(keep) != n_columns:
-        raise ValueError(f"{path}: expected {n_columns} columns after dropping {list(drop)}, found {len(keep)}")
+    keep = _column_indices(names, columns, header, drop)
+    bad_width = next((i for i, row in enumerate(body) if len(row) != len(names)), None)
+    if bad_width is not None:
+        raise ValueError(f"{path}: line {bad_width + 1 + header} holds {len(body[bad_width])} fields, the first "
+                         f"line {len(names)} (delimiter {delimiter!r}; set the config key 'delimiter' if that is "
+                         f"not the file's)")
     try:
-        values = np.array([[float(r[i]) for i in keep] for r in body], dtype=np.float64)
-    except (ValueError, IndexError) as error:
-        raise ValueError(f"{path}: every row must hold {len(header)} numbers ({error})") from error
+        values = np.array([[float(row[i]) for i in keep] for row in body], dtype=np.float64)
+    except ValueError as error:
+        raise ValueError(f"{path}: every field of the kept columns must be a number ({error}); check the config "
+                         f"keys 'delimiter' (here {delimiter!r}) and 'header' (here {header})") from error
     if not np.isfinite(values).all():
-        bad = np.argwhere(~np.isfinite(values))[0]
-        raise ValueError(f"{path}: row {bad[0] + 2}, column {header[keep[bad[1]]]!r} is NaN or infinite")
-    return values
+        row, column = np.argwhere(~np.isfinite(values))[0]
+        raise ValueError(f"{path}: line {row + 1 + header}, column {names[keep[column]]!r} is NaN or infinite")
+    return values, tuple(names[i] for i in keep)
 
 
-_MIN_ROWS = 12  # 1 test row (10%), 1 validation row (10% of the rest), 10 training rows
+def _column_indices(names: List[str], columns, header: bool, drop: Sequence[str]) -> List[int]:
+    if columns is None:
+        return [i for i, name in enumerate(names) if name not in drop]
+    if not isinstance(columns, (list, tuple)) or not columns:
+        raise TypeError(f"config key 'columns' must be a non-empty list of column names or 0-based indices, "
+                        f"got {columns!r}")
+    indices = []
+    for column in columns:
+        if isinstance(column, int) and not isinstance(column, bool):
+            if not 0 <= column < len(names):
+                raise ValueError(f"config key 'columns': index {column} is outside the table's {len(names)} "
+                                 f"columns (counted from 0)")
+            indices.append(column)
+        elif isinstance(column, str):
+            if not header:
+                raise ValueError(f"config key 'columns': {column!r} is a name, but the table has no header line; "
+                                 f"give 0-based indices (or header: true)")
+            if column not in names:
+                raise ValueError(f"config key 'columns': no column named {column!r}; the header names {names}")
+            indices.append(names.index(column))
+        else:
+            raise TypeError(f"config key 'columns' holds {column!r} ({type(column).__name__}): expected a column "
+                            f"name (str) or 0-based index (int)")
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"config key 'columns' names a column twice: {list(columns)}")
+    return indices
 
 
-@dataclass
-class TabularSplits:
-    """Whitened train/validation/test splits (float32) and the affine map x_white = (x - mean) @ transform."""
-    train: Tensor
-    validation: Tensor
-    test: Tensor
-    mean: Tensor
-    transform: Tensor
+def read_npz(path: Union[str, os.PathLike]) -> TabularSplits:
+    """Pre-split arrays, taken as they are: a .npz with float arrays 'train', 'validation' and 'test' of shape
+    (rows, D) each (the same D), read without pickles. Nothing is shuffled, dequantised or whitened."""
+    path = Path(path)
+    if not path.is_file():
+        raise _missing(path)
+    with np.load(path, allow_pickle=False) as archive:
+        missing = [key for key in NPZ_SPLITS if key not in archive.files]
+        if missing:
+            raise ValueError(f"{path} lacks the array(s) {missing}: a pre-split .npz holds {list(NPZ_SPLITS)}")
+        arrays = {key: archive[key] for key in NPZ_SPLITS}
+    for key, array in arrays.items():
+        if array.ndim != 2 or array.shape[1] != arrays["train"].shape[1] or len(array) == 0:
+            raise ValueError(f"{path}: every array must be (rows >= 1, D) with the train array's D; {key!r} is "
+                             f"{array.shape}, 'train' {arrays['train'].shape}")
+        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
+            raise ValueError(f"{path}: {key!r} must hold finite numbers (dtype {array.dtype})")
+    dim = arrays["train"].shape[1]
+    train, validation, test = (torch.from_numpy(arrays[key].astype(np.float32)) for key in NPZ_SPLITS)
+    return TabularSplits(train, validation, test, torch.zeros(dim), torch.eye(dim), tuple(str(i) for i in range(dim)))
 
 
-def preprocess_uci(values: np.ndarray, seed: int = 0) -> TabularSplits:
-    """The paper's preprocessing (DKEF line of work): dequantise each column with uniform noise of the width of
-    its median gap between distinct sorted values; shuffle with a fixed seed; test = last 10%, validation =
-    min(10% of the rest, 1000), train = the rest; whiten with the SVD of the first 10^4 training rows."""
-    if values.ndim != 2 or len(values) < _MIN_ROWS:
-        raise ValueError(f"tabular data need at least {_MIN_ROWS} rows (10% test, 10% of the rest validation, at "
-                         f"least one each, and training rows), got an array of shape {values.shape}")
-    constant = [i for i, column in enumerate(values.T) if np.ptp(column) == 0]
-    if constant:
-        raise ValueError(f"column(s) {constant} (counted from 0, after dropped columns) hold a single value: a "
-                         f"constant column cannot be whitened; drop it")
-    rng = np.random.RandomState(seed)
-    gaps = np.array([np.median(np.diff(np.unique(column))) if len(np.unique(column)) > 1 else 0.0
-                     for column in values.T])
-    values = values + rng.uniform(size=values.shape) * gaps
-    values = values[rng.permutation(len(values))]
-    n_test = int(0.1 * len(values))
-    rest, test = values[:-n_test], values[-n_test:]
-    n_validation = min(int(0.1 * len(rest)), 1000)
-    train, validation = rest[:-n_validation], rest[-n_validation:]
-    head = train[:10_000]
-    mean = head.mean(0)
-    _, singular, vt = np.linalg.svd(head - mean, full_matrices=False)
-    if len(head) <= values.shape[1] or singular.min() <= 1e-10 * singular.max():
-        raise ValueError(f"the {len(head)} training rows do not span the {values.shape[1]} columns (too few rows, or "
-                         f"columns that are linear combinations of others): the data cannot be whitened")
-    transform = vt.T / singular * np.sqrt(len(head) - 1)  # unit covariance on the head rows
-
-    def whiten(x):
-        return torch.from_numpy((x - mean) @ transform).float()
-
-    return TabularSplits(whiten(train), whiten(validation), whiten(test), torch.from_numpy(mean).float(),
-                         torch.from_numpy(transform).float())
-
-
-def load_uci(name: str, directory: Optional[Union[str, os.PathLike]] = None, seed: int = 0) -> TabularSplits:
-    """RedWine or WhiteWine (11 features, `quality` dropped), preprocessed as in the paper."""
-    if name not in UCI_FILES:
-        raise ValueError(f"unknown UCI data set {name!r}; choose one of {sorted(UCI_FILES)}")
-    return preprocess_uci(read_csv(data_dir(directory) / UCI_FILES[name], n_columns=11, drop=("quality",)), seed)
+def load_tabular(dataset: str, directory: Optional[Union[str, os.PathLike]] = None, *,
+                 columns: Optional[Sequence[Union[str, int]]] = None, delimiter: Optional[str] = None,
+                 header: Optional[bool] = None, max_correlation: Optional[float] = None, split: str = "random",
+                 split_seed: int = 0, dequantise: bool = True, whiten: bool = True) -> TabularSplits:
+    """`dataset` ('redwine', 'whitewine', a delimited text file or a pre-split .npz; the file found by table_path)
+    read and preprocessed (kale_fast.data.splits.make_splits). A .npz is taken as it is: it refuses the reading
+    and preprocessing options other than at their defaults."""
+    path = table_path(dataset, directory)
+    if path.suffix == ".npz":
+        given = dict(columns=columns, delimiter=delimiter, header=header, max_correlation=max_correlation,
+                     split=split, dequantise=dequantise, whiten=whiten)
+        defaults = inspect.signature(load_tabular).parameters
+        changed = [key for key, value in given.items() if value != defaults[key].default]
+        if changed:
+            raise ValueError(f"config key(s) {changed} do not apply to {path}: a .npz holds its splits as they are "
+                             f"(nothing is selected, shuffled, dequantised or whitened)")
+        return read_npz(path)
+    values, names = read_table(path, columns, delimiter, header, UCI_DROPPED if dataset in UCI_FILES else ())
+    return make_splits(values, names, split, split_seed, dequantise, whiten, max_correlation)

@@ -8,12 +8,13 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 import yaml
 
 from kale_fast.models.init import INITS
+from kale_fast.data.splits import SPLITS
 
 OBJECTIVES = ("kale", "dv", "ml")
 BASES = ("mlp", "realnvp", "conv", "sngan32")
@@ -21,6 +22,7 @@ SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
 # What `faithful: true` sets: the authors' 32x32 networks and procedure (MichaelArbel/GeneralizedEBM).
 FAITHFUL_OPTIONS = dict(spectral_norm=True, spectral_norm_head=False, init="xavier", eval_idle_network=True,
                         energy_clamp=-10.0)
+SPLIT_NAMES = tuple(SPLITS)  # "random", "dkef"
 
 
 def _key(default: Any, help: str, choices: Optional[Tuple[str, ...]] = None):
@@ -34,10 +36,31 @@ class TrainConfig:
     CLI's `--help` and docs are generated from it."""
     name: str = _key("toy", "the run's folder name: the run lives in <out_dir>/<name>")
     out_dir: str = _key("runs", "folder that holds the run folders")
-    dataset: str = _key("8gaussians", "a toy set (kale_fast.data.TOY_DATASETS), 'redwine', 'whitewine', a CSV path, "
+    dataset: str = _key("8gaussians", "a toy set (kale_fast.data.TOY_DATASETS), 'redwine', 'whitewine', the path of "
+                        "a table (delimited text; or a .npz of train/validation/test arrays, taken as they are), "
                         "or images: 'digits' (8x8), 'mnist5k' (28x28), 'cifar10' (32x32, read from "
                         "<data_dir>/cifar-10-batches-py)")
-    data_dir: Optional[str] = _key(None, "folder of the data files (default: $KALE_FAST_DATA, else ../shared/data)")
+    data_dir: Optional[str] = _key(None, "folder of the data files (default: $KALE_FAST_DATA, else ../shared/data); "
+                                   "when set, a relative table path in `dataset` is read from it")
+    # Tables (redwine, whitewine, a delimited text file; a pre-split .npz takes none of these but `dataset`).
+    columns: Optional[List[Union[str, int]]] = _key(None, "the columns kept, in this order, by header name or 0-based "
+                                                    "index (CLI: comma-separated, digits are indices); none: all "
+                                                    "(redwine/whitewine: all but quality)")
+    delimiter: Optional[str] = _key(None, "the field delimiter, one character; none: detected (csv.Sniffer, among , ; "
+                                    "tab |)")
+    header: Optional[bool] = _key(None, "whether the first line names the columns; none: it does when it holds a "
+                                  "field that is not a number")
+    max_correlation: Optional[float] = _key(None, "drop columns until no two have |Pearson r| above this, greedily: "
+                                            "the lowest-index column with such a partner first (DKEF's rule; "
+                                            "Parkinsons: 0.98); none: keep all")
+    split: str = _key("random", "'random': the package's split (U(0, gap) dequantisation, whitening fitted on "
+                      "training rows); 'dkef': DKEF's loader bit for bit, the split of the published UCI numbers "
+                      "(U(-gap, gap), columns permuted, whitening fitted on all rows)", choices=SPLIT_NAMES)
+    split_seed: Optional[int] = _key(None, "seed of the split's shuffle and noise, apart from the training `seed`; "
+                                     "none: 1 with split dkef (DKEF's), `seed` with split random (as before this key)")
+    dequantise: bool = _key(True, "add uniform noise of each column's median gap between distinct values (DKEF "
+                            "dequantises the wines only: set false for its other sets, e.g. Parkinsons)")
+    whiten: bool = _key(True, "whiten: zero mean, unit covariance, from the SVD of the first 10^4 rows (see split)")
     n_train: int = _key(20000, "toy sets: points drawn for training")
     n_test: int = _key(2000, "toy sets: points held out for evaluation; images: held-out images (at most 1/5)")
     base: str = _key("mlp", "'mlp' generator, 'realnvp' flow (exact likelihood; latent_dim = data dim), 'conv' for "
@@ -120,6 +143,11 @@ class TrainConfig:
         if self.objective == "ml" and (self.base != "realnvp" or self.energy_only):
             raise ValueError("objective 'ml' trains a flow base by maximum likelihood: it needs base: realnvp and "
                              "energy_only: false")
+        if self.split not in SPLIT_NAMES:
+            raise ValueError(f"config key 'split' must be one of {SPLIT_NAMES}, got {self.split!r}")
+        if self.max_correlation is not None and not 0 < self.max_correlation < 1:
+            raise ValueError(f"config key 'max_correlation' must be in (0, 1) (none: no filter), got "
+                             f"{self.max_correlation}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"config key 'sampler' must be one of {SAMPLERS}, got {self.sampler!r}")
         for key in ("n_train", "n_test", "latent_dim", "hidden", "n_iter_d", "batch_size", "n_eval", "log_every",
@@ -238,14 +266,32 @@ RESUMABLE_CHANGES = {"out_dir", "n_iter", "log_every", "checkpoint_every", "devi
 
 
 def _check_type(name: str, value: Any, expected) -> None:
+    if not _has_type(value, expected):
+        raise TypeError(f"config key {name!r} must be {_type_name(expected)}, got {value!r} ({type(value).__name__})")
+
+
+def _has_type(value: Any, expected) -> bool:
+    """Strict: bool is not an int, an int is a float (YAML writes 1e-4 as a float but 1 as an int), nothing else."""
     origin, args = typing.get_origin(expected), typing.get_args(expected)
-    if origin is Union:  # Optional[X]
-        if value is None:
-            return
-        expected = next(a for a in args if a is not type(None))
-    ok = (isinstance(value, bool) if expected is bool else
-          isinstance(value, (int, float)) and not isinstance(value, bool) if expected is float else
-          isinstance(value, int) and not isinstance(value, bool) if expected is int else isinstance(value, expected))
-    if not ok:
-        raise TypeError(f"config key {name!r} must be {getattr(expected, '__name__', expected)}, "
-                        f"got {value!r} ({type(value).__name__})")
+    if origin is Union:  # Optional[X], Union[X, Y]
+        return any(_has_type(value, arg) for arg in args)
+    if origin is list:
+        return isinstance(value, list) and all(_has_type(item, args[0]) for item in value)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected in (int, float):
+        return isinstance(value, (int, float) if expected is float else int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def _type_name(expected) -> str:
+    """'int' for int and Optional[int] (None is named in the key's help), 'list of str or int' for
+    Optional[List[Union[str, int]]]."""
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin is Union:
+        return " or ".join(_type_name(arg) for arg in args if arg is not type(None))
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    return expected.__name__

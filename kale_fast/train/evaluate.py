@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from kale_fast._io import atomic_write_text
+from kale_fast.data import data_hash
 from kale_fast.metrics import energy_distance, gaussian_nll, mmd
 from kale_fast.metrics.image_scores import cached_feature_network, feature_network_from_file, fid_and_kid
 from kale_fast.train.config import SAMPLERS
@@ -69,7 +70,7 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
                                        warmup=config.sampler_steps // 2, generator=generator, progress=progress)
     log_partition, log_partition_se = gebm.log_partition(20_000, generator=generator)
     summary = dict(
-        run=config.name, dataset=config.dataset, rounds=rounds_done, n_eval=len(held_out), sampler=config.sampler,
+        run=config.name, dataset=config.dataset, data_hash=data_hash(splits), rounds=rounds_done, n_eval=len(held_out), sampler=config.sampler,
         sampler_steps=config.sampler_steps,
         accept_rate=result.accept_rate.mean().item(), step_size=result.step_size.mean().item(),
         mmd_base=mmd(base_samples, held_out).item(), mmd_gebm=mmd(gebm_samples, held_out).item(),

@@ -18,6 +18,7 @@ A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), best.pt, 
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, NamedTuple, Optional, Tuple
@@ -28,8 +29,8 @@ from tqdm.auto import tqdm
 
 import kale_fast as kf
 from kale_fast._io import atomic_torch_save, atomic_write_text, load_torch_file
-from kale_fast.data import load_uci, read_csv, toy_dataset
-from kale_fast.data.tabular import UCI_FILES, data_dir, preprocess_uci
+from kale_fast.data import data_dir, data_hash, load_tabular, toy_dataset
+from kale_fast.data.splits import DKEF_SEED
 from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, load_mnist5k
 from kale_fast.data.toy import TOY_DATASETS
 from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm, xavier_uniform_init
@@ -76,10 +77,11 @@ def load_data(config: TrainConfig) -> DataSplits:
         return DataSplits(toy_dataset(config.dataset, config.n_train, seed=config.seed),
                           toy_dataset(config.dataset, config.n_test, seed=config.seed + 20_000),
                           toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
-    if config.dataset in UCI_FILES:
-        splits = load_uci(config.dataset, config.data_dir, seed=config.seed)
-    else:
-        splits = preprocess_uci(read_csv(config.dataset), seed=config.seed)
+    split_seed = config.split_seed if config.split_seed is not None else (
+        DKEF_SEED if config.split == "dkef" else config.seed)
+    splits = load_tabular(config.dataset, config.data_dir, columns=config.columns, delimiter=config.delimiter,
+                          header=config.header, max_correlation=config.max_correlation, split=config.split,
+                          split_seed=split_seed, dequantise=config.dequantise, whiten=config.whiten)
     return DataSplits(splits.train, splits.validation, splits.test)
 
 
@@ -141,18 +143,23 @@ class Trainer:
     rounds_done: int = 0
     best_validation: float = math.inf  # early stopping: the best validation NLL so far (its state is in best.pt)
     stale_validations: int = 0         # and how many validations since have not improved on it
+    data_hash: Optional[str] = None    # kale_fast.data.data_hash of the run's splits
 
     @property
     def stopped_early(self) -> bool:
         return 0 < self.config.patience <= self.stale_validations
 
     @classmethod
-    def create(cls, config: TrainConfig, train_data: Tensor) -> "Trainer":
+    def create(cls, config: TrainConfig, train_data: Tensor, data_hash: Optional[str] = None) -> "Trainer":
+        """data_hash: the fingerprint of the run's splits; a base_from run trained on other data is refused."""
         torch.manual_seed(config.seed)
         device = torch.device(config.device)
         gebm = build_gebm(config, tuple(train_data.shape[1:])).to(device)
         if config.base_from is not None:
-            gebm.base.load_state_dict(load_run(Path(config.base_from), config.device).gebm.base.state_dict())
+            base_dir = Path(config.base_from)
+            gebm.base.load_state_dict(load_run(base_dir, config.device).gebm.base.state_dict())
+            _check_same_data(_read_state(base_dir / CHECKPOINT, "cpu").get("data_hash"), data_hash,
+                             f"base_from run {base_dir}")
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         if config.eval_idle_network:  # the authors estimate the initial A in eval mode (running batch-norm statistics)
             gebm.eval()
@@ -169,12 +176,13 @@ class Trainer:
                                             betas=betas, **adam)
         base_optimizer = torch.optim.Adam(gebm.base.parameters(), lr=config.lr_base, betas=betas, **adam)
         return cls(config, gebm, log_partition, energy_optimizer, base_optimizer, generator,
-                   tuple(train_data.shape[1:]))
+                   tuple(train_data.shape[1:]), data_hash=data_hash)
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the RNG states of every process are gathered."""
         rng = distributed.gather_objects((self.generator.get_state().cpu(), torch.get_rng_state()))
-        return dict(config=self.config.to_dict(), data_shape=self.data_shape, rounds_done=self.rounds_done,
+        return dict(config=self.config.to_dict(), data_shape=self.data_shape, data_hash=self.data_hash,
+                    rounds_done=self.rounds_done,
                     best_validation=self.best_validation, stale_validations=self.stale_validations,
                     gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
@@ -339,6 +347,20 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
                          "start a new run (another name) instead")
 
 
+def _check_same_data(saved_hash: Optional[str], data_hash: Optional[str], what: str) -> None:
+    """Refuse a checkpoint (`what`: this run's, or its base_from run's) whose data hash is not data_hash; one
+    written before runs recorded a data hash is accepted with a warning."""
+    if data_hash is None:
+        return
+    if saved_hash is None:
+        warnings.warn(f"the {what} records no data hash (written before runs recorded one): cannot check that it "
+                      f"was trained on the same data", stacklevel=3)
+    elif saved_hash != data_hash:
+        raise ValueError(f"the {what} was trained on other data (data hash {saved_hash[:12]}..., these data "
+                         f"{data_hash[:12]}...): the data file or a key that reads or preprocesses it (dataset, "
+                         f"data_dir, columns, split, split_seed, dequantise, ...) differs")
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files; the
     folder is locked while training (a second process training the same run is refused with a RuntimeError),
@@ -367,10 +389,11 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
                          f"has none")
     train_data = splits.train.to(config.device)
     validation_data = splits.validation.to(config.device) if config.validate_every else None
-    trainer = Trainer.create(config, train_data)
+    trainer = Trainer.create(config, train_data, data_hash(splits))
     if resume:
         state = _read_state(checkpoint, config.device)
         _check_resumable(state["config"], config)
+        _check_same_data(state.get("data_hash"), trainer.data_hash, f"checkpoint {checkpoint}")
         trainer.load_state_dict(state)
     writer = rank == 0
     if writer and not resume:
