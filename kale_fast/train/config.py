@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import yaml
 
-from kale_fast.models.init import INITS
 from kale_fast.data.splits import SPLITS
+from kale_fast.models.init import INITS
 
 OBJECTIVES = ("kale", "dv", "ml")
 BASES = ("mlp", "realnvp", "conv", "sngan32")
