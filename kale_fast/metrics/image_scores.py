@@ -2,6 +2,8 @@
 weights, which makes the numbers FID proper, or any network saved by torch.export or TorchScript), or,
 offline, a small classifier trained here on the data set's own labels (its numbers are "FID-like":
 comparable between models of one data set, not with published FIDs)."""
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Dict, Tuple, Union
 
@@ -109,19 +111,58 @@ def feature_network_from_file(path: Union[str, Path], image_shape: Tuple[int, ..
     return ScriptedFeatures(scripted, image_shape)  # its own errors (wrong image shape, ...) surface as they are
 
 
+def _unit(images: Tensor) -> Tensor:
+    """[-1, 1] images as the [0, 1] ones torchmetrics takes with normalize=True."""
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+@contextlib.contextmanager
+def _quiet_feature_buffers():
+    """torchmetrics warns, for every metric made, that FID and KID keep their features in memory: true of every
+    use here and no news to a user, so that one warning is kept off the console (the others are not)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Metric `.*` will save all extracted features in buffer",
+                                category=UserWarning)
+        yield
+
+
 @torch.no_grad()
-def fid_and_kid(real: Tensor, fake: Tensor, feature_net: nn.Module, kid_subset_size: int = 100) -> Dict[str, float]:
-    """FID and KID (cubic polynomial kernel, averaged over subsets, as the paper) of two image sets in [-1, 1].
-    feature_net: a module with `num_features` mapping [0, 1] images to features (DigitFeatures,
-    feature_network_from_file)."""
+def fid_and_kid(real: Tensor, fake: Tensor, feature_net: nn.Module, kid_subset_size: int = 100,
+                seed: int = 0) -> Dict[str, float]:
+    """FID and KID (cubic polynomial kernel, averaged over 50 random subsets, as the paper) of two image sets in
+    [-1, 1], with kid_std, the spread of KID over the subsets. The subsets are drawn from `seed`: the same images
+    give the same KID every time (the global RNG is left as it was). feature_net: a module with `num_features`
+    mapping [0, 1] images to features (DigitFeatures, feature_network_from_file)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    fid = FrechetInceptionDistance(feature=feature_net, normalize=True)
     subset = min(kid_subset_size, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=feature_net, subsets=50, subset_size=subset, normalize=True)
+    with _quiet_feature_buffers():
+        fid = FrechetInceptionDistance(feature=feature_net, normalize=True)
+        kid = KernelInceptionDistance(feature=feature_net, subsets=50, subset_size=subset, normalize=True)
     for metric in (fid, kid):
-        metric.update(((real + 1) / 2).clamp(0, 1), real=True)
-        metric.update(((fake + 1) / 2).clamp(0, 1), real=False)
-    kid_mean, kid_std = kid.compute()
+        metric.update(_unit(real), real=True)
+        metric.update(_unit(fake), real=False)
+    with torch.random.fork_rng(devices=[]):  # KID draws its subsets with torch.randperm on the CPU generator
+        torch.manual_seed(seed)
+        kid_mean, kid_std = kid.compute()
     return dict(fid=fid.compute().item(), kid=kid_mean.item(), kid_std=kid_std.item())
+
+
+class FidScorer:
+    """FID of many image sets against one reference set, whose features are computed once (the curves of FID
+    against MCMC steps). Images (N, C, H, W) in [-1, 1]."""
+
+    def __init__(self, real: Tensor, feature_net: nn.Module):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        with _quiet_feature_buffers():
+            self.fid = FrechetInceptionDistance(feature=feature_net, normalize=True, reset_real_features=False)
+        with torch.no_grad():
+            self.fid.update(_unit(real), real=True)
+
+    @torch.no_grad()
+    def __call__(self, fake: Tensor) -> float:
+        self.fid.reset()  # the fake features only (reset_real_features=False)
+        self.fid.update(_unit(fake), real=False)
+        return self.fid.compute().item()

@@ -18,7 +18,7 @@ from kale_fast.models.init import INITS
 
 OBJECTIVES = ("kale", "dv", "ml")
 BASES = ("mlp", "realnvp", "conv", "sngan32")
-SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin")
+SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin", "chees")
 # What `faithful: true` sets: the authors' 32x32 networks and procedure (MichaelArbel/GeneralizedEBM).
 FAITHFUL_OPTIONS = dict(spectral_norm=True, spectral_norm_head=False, init="xavier", eval_idle_network=True,
                         energy_clamp=-10.0)

@@ -1,93 +1,258 @@
-"""Evaluation of a run folder: GEBM and base samples against held-out data, KALE, the log-partition, plots;
-written to summary.json (atomically) beside the checkpoint."""
+"""Evaluation of a run folder, written to summary.json (atomically) beside the checkpoint, with its figures.
+
+1. Data. Validation: toys and tabular runs have a validation split (toys: points drawn from a seed of their own);
+   image runs split their held-out images in two by the run's fixed shuffle, the first half validating and the
+   second half being the test set. Sample metrics compare n_eval samples with the first n_eval points of a split;
+   test NLLs and the held-out KALE use every test point (n_test_total).
+2. Selection on validation data (kale_fast.train.selection): every sampler's chain from the same base draws, the
+   sample metric at each step count of step_grid(sampler_steps): MMD^2 (toys, tabular; the mixture toys also
+   record the share of high-quality samples, which does not select), FID for images (fid_like without a feature
+   network file). The lowest value gives the run's (sampler, steps): summary["selected"], the curves in
+   summary["curves"] and metric-vs-steps.png.
+3. Test: fresh chains (another seed) of the config's sampler for sampler_steps (the keys *_gebm, as before) and of
+   the selected pair (*_selected); the base samples are those chains' starting points. Image runs score every
+   sampler at sampler_steps (fid_*_gebm_<sampler>) and write image grids.
+4. The verdict, GEBM (selected) vs base (kale_fast.metrics.comparison): on test NLL where the base has a density,
+   else on the share of high-quality samples for the mixture toys, else on MMD^2 to test data (images: in the
+   feature network's space).
+eval_time_s covers all of it, split in eval_time_split_s: sampling, metrics, feature_net (obtaining the FID
+feature network: training it on first use).
+"""
+import contextlib
 import dataclasses
 import json
 import math
 import time
+from collections import defaultdict
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
+from torch import Tensor
 
-from kale_fast._io import atomic_write_text
+from kale_fast._io import atomic_write_text, load_torch_file
 from kale_fast.data import data_hash
-from kale_fast.metrics import energy_distance, gaussian_nll, mmd
-from kale_fast.metrics.image_scores import cached_feature_network, feature_network_from_file, fid_and_kid
-from kale_fast.train.config import SAMPLERS
-from kale_fast.train.loop import SUMMARY, load_data, load_images, load_run, make_sampler
-from kale_fast.train.plots import energy_landscape, image_grid, scatter_samples
+from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd, mmd_difference, mode_scores,
+                               paired_difference, share_difference, verdict)
+from kale_fast.metrics.image_scores import FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid
+from kale_fast.train.config import SAMPLERS, TrainConfig
+from kale_fast.train.loop import BEST, SUMMARY, DataSplits, load_data, load_images, load_run
+from kale_fast.train.plots import energy_landscape, image_grid, metric_vs_steps, scatter_samples
+from kale_fast.train.selection import chain_points, choose, curves_on, step_grid, tuned_sampler
+
+CURVES_FIGURE = "metric-vs-steps.png"
+
+
+class StageClock:
+    """Wall-clock seconds per named stage; CUDA is synchronised at both ends so that kernels count where they ran."""
+
+    def __init__(self, device: str):
+        self.device = torch.device(device)
+        self.seconds: Dict[str, float] = defaultdict(float)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str):
+        self._sync()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._sync()
+            self.seconds[stage] += time.perf_counter() - start
+
+
+def validation_and_test(splits: DataSplits) -> Tuple[Tensor, Tensor, str]:
+    """(validation data, test data, where the validation data come from)."""
+    if splits.validation is not None:
+        return splits.validation, splits.test, "the data set's validation split"
+    half = len(splits.test) // 2
+    return splits.test[:half], splits.test[half:], "the first half of the held-out images (the test set: the second)"
 
 
 @torch.no_grad()
 def test_nll(gebm, held_out, log_partition, log_partition_se) -> dict:
     """Negative log-likelihoods (nats) of held-out data under the flow base and under the GEBM, with standard
-    errors (over test points; the GEBM's adds the Monte-Carlo error of A in quadrature)."""
+    errors (over test points; the GEBM's adds the Monte-Carlo error of A in quadrature), and the verdict on them
+    (paired over test points: the GEBM's NLL minus the base's is E(x) + A)."""
     log_p_base = gebm.base.log_prob(held_out)
     log_q = log_p_base - gebm.energies(held_out) - log_partition
     n = len(held_out)
     se = lambda values: (values.std() / math.sqrt(n)).item()  # noqa: E731
-    return dict(nll_base=-log_p_base.mean().item(), nll_base_se=se(log_p_base), nll_gebm=-log_q.mean().item(),
-                nll_gebm_se=math.sqrt(se(log_q) ** 2 + log_partition_se.item() ** 2))
+    nll = dict(nll_base=-log_p_base.mean().item(), nll_base_se=se(log_p_base), nll_gebm=-log_q.mean().item(),
+               nll_gebm_se=math.sqrt(se(log_q) ** 2 + log_partition_se.item() ** 2))
+    difference, difference_se = paired_difference(-log_q, -log_p_base, log_partition_se.item())
+    return dict(nll, verdict=verdict("test NLL (nats)", nll["nll_gebm"], nll["nll_base"], difference, difference_se,
+                                     lower_is_better=True))
 
 
-def image_scores(config, gebm, held_out, base_samples, run_dir: Path, generator) -> dict:
-    """FID and KID of base samples and of GEBM samples from each sampler, against held-out images; image grids
-    of each. Features: config.feature_net's file, else a classifier trained on the data set's labels ("fid_like")."""
+def best_validation(run_dir: Path) -> dict:
+    """The best validation score of a run that validated (best.pt): best_validation_nll or best_validation_kale,
+    and best_validation_round; {} for a run that did not validate."""
+    if not (run_dir / BEST).exists():
+        return {}
+    best = load_torch_file(run_dir / BEST, map_location="cpu")
+    key = next(k for k in ("validation_nll", "validation_kale") if k in best)
+    return {f"best_{key}": float(best[key]), "best_validation_round": int(best["rounds_done"])}
+
+
+def feature_network(config: TrainConfig, image_shape: Tuple[int, ...]):
+    """(FID feature network, metric name): config.feature_net's file ("fid"), else a classifier trained on the
+    data set's labels ("fid_like")."""
     if config.feature_net is not None:
-        features, fid_name = feature_network_from_file(config.feature_net, tuple(held_out.shape[1:])), "fid"
-    else:
-        images, labels = load_images(config)
-        features = cached_feature_network(config.dataset, images, labels, Path(config.out_dir) / "feature-nets")
-        fid_name = "fid_like"
-    scores = {f"{k}_base": v for k, v in fid_and_kid(held_out, base_samples, features).items()}
-    image_grid(held_out, run_dir / "images-data.png", title="held-out data")
-    image_grid(base_samples, run_dir / "images-base.png", title="base samples")
-    for name in SAMPLERS:
-        sampler = make_sampler(dataclasses.replace(config, sampler=name))
-        samples, _ = gebm.sample(len(held_out), sampler, config.sampler_steps, warmup=config.sampler_steps // 2,
-                                 generator=generator)
-        scores.update({f"{k}_gebm_{name}": v for k, v in fid_and_kid(held_out, samples, features).items()})
-        image_grid(samples, run_dir / f"images-gebm-{name}.png", title=f"GEBM samples, {name}")
-    return {k.replace("fid", fid_name): v for k, v in scores.items()}
+        return feature_network_from_file(config.feature_net, image_shape), "fid"
+    images, labels = load_images(config)
+    return cached_feature_network(config.dataset, images, labels, Path(config.out_dir) / "feature-nets"), "fid_like"
+
+
+def _vector_scores(reference: Tensor, dataset: str) -> Callable[[Tensor], Dict[str, float]]:
+    """Samples -> their validation scores: mmd (which selects) and, for the mixture toys, high_quality."""
+    def scores(samples: Tensor) -> Dict[str, float]:
+        values = dict(mmd=mmd(samples, reference).item())
+        if dataset in MODE_DATASETS:
+            values["high_quality"] = mode_scores(samples, dataset)["high_quality"]
+        return values
+    return scores
 
 
 def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feature_net: Optional[str] = None) -> dict:
     """Evaluate the run folder's GEBM (its best validation state where it validated); feature_net overrides the
-    config's FID feature network. Writes and returns summary.json's contents."""
+    config's FID feature network. Writes and returns summary.json's contents. `progress` is accepted for the
+    callers' sake; the chains run without bars (they are many and short)."""
+    start = time.perf_counter()
     run_dir = Path(run_dir)
     config, gebm, learned_a, rounds_done = load_run(run_dir, device)
     if feature_net is not None:
         config = dataclasses.replace(config, feature_net=feature_net)
     splits = load_data(config)
-    if feature_net is not None and splits.test.dim() != 4:
+    images = splits.test.dim() == 4
+    if feature_net is not None and not images:
         raise ValueError(f"feature_net is for image runs (FID/KID); run {config.name!r} holds "
                          f"{tuple(splits.test.shape[1:])}-shaped samples, not images")
-    held_out = splits.test[: config.n_eval].to(config.device)
-    generator = torch.Generator(device=config.device).manual_seed(config.seed + 2)
-    start = time.perf_counter()
-    base_samples = gebm.base_sample(len(held_out), generator)
-    gebm_samples, result = gebm.sample(len(held_out), make_sampler(config), config.sampler_steps,
-                                       warmup=config.sampler_steps // 2, generator=generator, progress=progress)
-    log_partition, log_partition_se = gebm.log_partition(20_000, generator=generator)
-    summary = dict(
-        run=config.name, dataset=config.dataset, data_hash=data_hash(splits), rounds=rounds_done, n_eval=len(held_out), sampler=config.sampler,
-        sampler_steps=config.sampler_steps,
-        accept_rate=result.accept_rate.mean().item(), step_size=result.step_size.mean().item(),
-        mmd_base=mmd(base_samples, held_out).item(), mmd_gebm=mmd(gebm_samples, held_out).item(),
-        energy_distance_base=energy_distance(base_samples, held_out).item(),
-        energy_distance_gebm=energy_distance(gebm_samples, held_out).item(),
-        kale_held_out=gebm.kale(held_out, generator=generator).item(),
-        log_partition_learned=float(learned_a), log_partition_mc=log_partition.item(),
-        log_partition_mc_se=log_partition_se.item(), eval_time_s=time.perf_counter() - start)
-    if hasattr(gebm.base, "log_prob"):
-        summary.update(test_nll(gebm, held_out, log_partition, log_partition_se))
-        summary.update(gaussian_nll(splits.train, held_out.cpu()))
-    if held_out.dim() == 4:
-        summary.update(image_scores(config, gebm, held_out, base_samples, run_dir, generator))
+    clock = StageClock(config.device)
+    validation, test, validation_source = validation_and_test(splits)
+    validation = validation[: config.n_eval].to(config.device)
+    test = test.to(config.device)
+    n = min(config.n_eval, len(test))
+    test_reference = test[:n]
+    mixture = config.dataset in MODE_DATASETS
+
+    if images:
+        with clock("feature_net"):
+            features, fid_name = feature_network(config, tuple(test.shape[1:]))
+        with clock("metrics"):
+            fid = FidScorer(validation, features)
+        scores, metric_key, metric_name = (lambda samples: dict(fid=fid(samples))), "fid", fid_name
     else:
-        scatter_samples({"held-out data": held_out, "base samples": base_samples, "GEBM samples": gebm_samples},
+        scores, metric_key, metric_name = _vector_scores(validation, config.dataset), "mmd", "mmd"
+
+    # Selection on validation data.
+    grid = step_grid(config.sampler_steps)
+    z_validation = gebm.latent(len(validation), torch.Generator(device=config.device).manual_seed(config.seed + 2))
+    with clock("sampling"):
+        samplers = {name: tuned_sampler(gebm, config, name, len(validation),
+                                        torch.Generator(device=config.device).manual_seed(config.seed + 3))
+                    for name in SAMPLERS}
+    curves = curves_on(gebm, samplers, z_validation, grid, config.seed + 4, scores, clock)
+    selected = choose({name: values[metric_key] for name, values in curves.items()}, grid)
+
+    # Test samples: the config's sampler at sampler_steps, the selected pair, every sampler for image runs.
+    wanted = defaultdict(set)
+    for name in SAMPLERS if images else (config.sampler,):
+        wanted[name].add(config.sampler_steps)
+    wanted[selected.sampler].add(selected.steps)
+    z_test = gebm.latent(n, torch.Generator(device=config.device).manual_seed(config.seed + 5))
+    points = {}
+    with clock("sampling"):
+        for name, steps in wanted.items():
+            generator = torch.Generator(device=config.device).manual_seed(config.seed + 6)
+            points.update({(name, p.steps): p for p in chain_points(gebm, samplers[name], z_test, sorted(steps),
+                                                                    generator)})
+        with torch.no_grad():
+            base_samples = gebm.base(z_test)
+    gebm_point = points[(config.sampler, config.sampler_steps)]
+    selected_samples = points[(selected.sampler, selected.steps)].samples
+
+    summary = dict(
+        run=config.name, dataset=config.dataset, data_hash=data_hash(splits), rounds=rounds_done,
+        n_test_total=len(test), n_eval=n,
+        n_validation=len(validation), validation_data=validation_source, sampler=config.sampler,
+        sampler_steps=config.sampler_steps, accept_rate=gebm_point.accept_rate,
+        step_size=float(samplers[config.sampler].step_size),
+        selected=dict(sampler=selected.sampler, steps=selected.steps, metric=metric_name,
+                      validation_value=selected.value),
+        curves=dict(steps=grid, **{metric_name if key == metric_key else key: {name: values[key]
+                                                                              for name, values in curves.items()}
+                                   for key in curves[SAMPLERS[0]]}))
+    with clock("metrics"):
+        if images:
+            summary.update(_image_scores(test_reference, base_samples, points, selected_samples, features, fid_name,
+                                         config, run_dir))
+        else:
+            for label, samples in (("base", base_samples), ("gebm", gebm_point.samples),
+                                   ("selected", selected_samples)):
+                summary[f"mmd_{label}"] = mmd(samples, test_reference).item()
+                summary[f"energy_distance_{label}"] = energy_distance(samples, test_reference).item()
+                if mixture:
+                    summary[f"modes_{label}"] = mode_scores(samples, config.dataset)
+        generator = torch.Generator(device=config.device).manual_seed(config.seed + 7)
+        summary["kale_held_out"] = gebm.kale(test, generator=generator).item()
+        log_partition, log_partition_se = gebm.log_partition(20_000, generator=generator)
+        summary.update(log_partition_learned=float(learned_a), log_partition_mc=log_partition.item(),
+                       log_partition_mc_se=log_partition_se.item())
+        summary.update(best_validation(run_dir))
+        if hasattr(gebm.base, "log_prob"):
+            summary.update(test_nll(gebm, test, log_partition, log_partition_se))
+            summary.update(gaussian_nll(splits.train, test.cpu()))
+        elif mixture:
+            good = {label: summary[f"modes_{label}"]["high_quality"] for label in ("selected", "base")}
+            difference, se = share_difference(good["selected"], good["base"], n, n)
+            summary["verdict"] = verdict("share of samples within 3 sd of a mode", good["selected"], good["base"],
+                                         difference, se, lower_is_better=False)
+        else:
+            reference, gebm_x, base_x = (_features(x, features) if images else x
+                                         for x in (test_reference, selected_samples, base_samples))
+            difference, se = mmd_difference(reference, gebm_x, base_x, blocks=max(2, min(10, n // 20)))
+            space = f" in the {fid_name} feature space" if images else ""
+            summary["verdict"] = verdict(f"MMD^2 to test data{space}", mmd(gebm_x, reference).item(),
+                                         mmd(base_x, reference).item(), difference, se, lower_is_better=True)
+    summary["verdict"]["samples"] = f"GEBM: {selected.sampler}, {selected.steps} steps (selected on validation data)"
+    summary["verdict"]["text"] += f"; GEBM samples: {selected.sampler}, {selected.steps} steps"
+
+    metric_vs_steps(grid, summary["curves"][metric_name], run_dir / CURVES_FIGURE, metric_name,
+                    (selected.sampler, selected.steps))
+    if not images:
+        scatter_samples({"held-out data": test_reference, "base samples": base_samples,
+                         f"GEBM samples ({selected.sampler}, {selected.steps} steps)": selected_samples},
                         run_dir / "samples.png")
-    if held_out.dim() == 2 and held_out.shape[1] == 2:
-        energy_landscape(gebm.energies, held_out, run_dir / "energy.png")
+    if test.dim() == 2 and test.shape[1] == 2:
+        energy_landscape(gebm.energies, test_reference, run_dir / "energy.png")
+    summary["eval_time_split_s"] = dict(clock.seconds)
+    summary["eval_time_s"] = time.perf_counter() - start
     atomic_write_text(json.dumps(summary, indent=1) + "\n", run_dir / SUMMARY)
     return summary
+
+
+@torch.no_grad()
+def _features(images: Tensor, features) -> Tensor:
+    return features(((images + 1) / 2).clamp(0, 1)).double()
+
+
+def _image_scores(test: Tensor, base_samples: Tensor, points: dict, selected_samples: Tensor, features,
+                  fid_name: str, config: TrainConfig, run_dir: Path) -> dict:
+    """FID and KID (with its spread over subsets, seeded) of base samples, of every sampler's samples at
+    sampler_steps and of the selected pair, against the test images; image grids of each."""
+    sets = {"base": base_samples, "selected": selected_samples,
+            **{f"gebm_{name}": points[(name, config.sampler_steps)].samples for name in SAMPLERS}}
+    scores = {}
+    for label, samples in sets.items():
+        scores.update({f"{k.replace('fid', fid_name)}_{label}": v
+                       for k, v in fid_and_kid(test, samples, features, seed=config.seed).items()})
+    image_grid(test, run_dir / "images-data.png", title="held-out data")
+    image_grid(base_samples, run_dir / "images-base.png", title="base samples")
+    for name in SAMPLERS:
+        image_grid(sets[f"gebm_{name}"], run_dir / f"images-gebm-{name}.png", title=f"GEBM samples, {name}")
+    return scores

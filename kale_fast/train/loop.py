@@ -35,6 +35,7 @@ from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, loa
 from kale_fast.data.toy import TOY_DATASETS
 from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm, xavier_uniform_init
 from kale_fast.models.conv import ConvBase, ConvEnergy
+from kale_fast.samplers.state import SampleResult
 from kale_fast.train import distributed, run_folder
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 from kale_fast.train.plots import training_curves
@@ -123,11 +124,20 @@ def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
     return GEBM(base, energy, config.latent_dim, spec)
 
 
-def make_sampler(config: TrainConfig) -> kf.samplers.Sampler:
-    return {"ula": lambda: kf.ULA(config.step_size),
-            "mala": lambda: kf.MALA(config.step_size, adapt_step_size=True),
-            "hmc": lambda: kf.HMC(config.step_size, 5, adapt_step_size=True),
-            "kinetic_langevin": lambda: kf.KineticLangevin(config.step_size, 1.0)}[config.sampler]()
+def make_sampler(config: TrainConfig, tuned: Optional[SampleResult] = None) -> kf.samplers.Sampler:
+    """The config's sampler, adapting during warm-up (MALA, HMC, ChEES: step size; ChEES: trajectory length;
+    all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler, it is frozen at
+    what that warm-up adapted (the step size shared by its chains, its metric and trajectory length)."""
+    if tuned is None:
+        step, adapt, metric, length = config.step_size, True, "diag", 1.0
+    else:
+        step, adapt, metric, length = float(tuned.step_size.mean()), False, tuned.metric, tuned.trajectory_length
+    return {"ula": lambda: kf.ULA(step, metric=metric),
+            "mala": lambda: kf.MALA(step, metric=metric, adapt_step_size=adapt),
+            "hmc": lambda: kf.HMC(step, 5, metric=metric, adapt_step_size=adapt),
+            "kinetic_langevin": lambda: kf.KineticLangevin(step, 1.0, metric=metric),
+            "chees": lambda: kf.ChEES(step, trajectory_length=length, metric=metric, adapt_step_size=adapt),
+            }[config.sampler]()
 
 
 @dataclass

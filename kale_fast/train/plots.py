@@ -3,7 +3,7 @@ panels for vectors, image panels for images), and the energy of 2-D runs."""
 import json
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import matplotlib
 
@@ -142,3 +142,22 @@ def training_curves(metrics_path: Path, path: Path) -> Optional[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def metric_vs_steps(steps: Sequence[int], curves: Dict[str, Sequence[float]], path: Path, metric: str,
+                    chosen: Tuple[str, int]) -> None:
+    """The sample metric (lower is better) against MCMC steps, one line per sampler (the paper's FID-vs-steps
+    figure); steps 0 are the base samples; the (sampler, steps) pair chosen on validation data is circled."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for name, values in curves.items():
+        ax.plot(steps, values, marker="o", markersize=3, label=name)
+    name, chosen_steps = chosen
+    ax.scatter([chosen_steps], [curves[name][list(steps).index(chosen_steps)]], s=120, facecolors="none",
+               edgecolors="black", zorder=3, label=f"chosen: {name}, {chosen_steps} steps")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set_xlabel("MCMC steps (0: base samples)")
+    ax.set_ylabel(f"{metric} on validation data")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
