@@ -211,7 +211,9 @@ def _sample(args) -> None:
 def _eval(args) -> None:
     from kale_fast.train import evaluate
 
-    print(json.dumps(evaluate(args.run, args.device, feature_net=args.feature_net), indent=1))
+    summary = evaluate(args.run, args.device, feature_net=args.feature_net)
+    print(json.dumps(summary, indent=1))
+    print(summary["verdict"]["text"], file=sys.stderr)  # the line a user reads; stdout stays one JSON document
 
 
 def _report(args) -> None:

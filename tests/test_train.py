@@ -320,39 +320,6 @@ def test_image_loaders_read_local_files(tmp_path):
         load_cifar10(tmp_path / "missing")
 
 
-def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
-    from kale_fast.train import evaluate
-
-    config = TrainConfig.from_dict({**TINY, "dataset": "digits", "base": "conv", "latent_dim": 4, "hidden": 8,
-                                    "n_test": 100, "n_eval": 100, "out_dir": str(tmp_path), "n_iter": 3})
-    summary = evaluate(train(config, progress=False))
-    for name in ("base", "gebm_ula", "gebm_mala", "gebm_hmc", "gebm_kinetic_langevin"):
-        assert math.isfinite(summary[f"fid_like_{name}"]) and math.isfinite(summary[f"kid_{name}"])
-    assert (tmp_path / "tiny" / "images-gebm-hmc.png").exists()
-    assert (tmp_path / "feature-nets" / "digits.pt").exists()
-    from kale_fast.cli import main  # sampling an image run writes image panels (it used to crash on a scatter)
-
-    assert main(["sample", "--run", str(tmp_path / "tiny"), "--sampler", "mala", "--n", "20", "--steps", "2"]) == 0
-    assert (tmp_path / "tiny" / "samples-mala.png").exists()
-    # the same classifier given as a TorchScript file: FID proper keys, the same numbers
-    from kale_fast.metrics.image_scores import DigitFeatures
-
-    net = DigitFeatures()
-    net.load_state_dict(torch.load(tmp_path / "feature-nets" / "digits.pt", weights_only=True))
-    torch.jit.save(torch.jit.script(net.eval()), tmp_path / "features.pt")
-    from_file = evaluate(tmp_path / "tiny", feature_net=str(tmp_path / "features.pt"))
-    assert from_file["fid_base"] == pytest.approx(summary["fid_like_base"], rel=1e-4)
-    assert from_file["kid_gebm_hmc"] == pytest.approx(summary["kid_gebm_hmc"], rel=1e-4)
-    from kale_fast.metrics.image_scores import feature_network_from_file, fid_and_kid
-
-    images = torch.rand(64, 1, 8, 8) * 2 - 1
-    batch = torch.export.Dim("batch", min=2)
-    torch.export.save(torch.export.export(net, (images[:4],), dynamic_shapes={"x": {0: batch}}),
-                      tmp_path / "features.pt2")
-    exported = fid_and_kid(images[:32], images[32:], feature_network_from_file(tmp_path / "features.pt2", (1, 8, 8)))
-    assert exported["fid"] == pytest.approx(fid_and_kid(images[:32], images[32:], net)["fid"], rel=1e-4)
-
-
 def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(tmp_path):
     import pickle
 

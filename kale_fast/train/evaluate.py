@@ -222,7 +222,8 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
     summary["verdict"]["samples"] = f"GEBM: {selected.sampler}, {selected.steps} steps (selected on validation data)"
     summary["verdict"]["text"] += f"; GEBM samples: {selected.sampler}, {selected.steps} steps"
 
-    metric_vs_steps(grid, summary["curves"][metric_name], run_dir / CURVES_FIGURE, metric_name,
+    metric_vs_steps(grid, summary["curves"][metric_name], run_dir / CURVES_FIGURE,
+                    "MMD^2" if metric_name == "mmd" else metric_name.replace("_", "-").upper(),
                     (selected.sampler, selected.steps))
     if not images:
         scatter_samples({"held-out data": test_reference, "base samples": base_samples,

@@ -155,6 +155,7 @@ def metric_vs_steps(steps: Sequence[int], curves: Dict[str, Sequence[float]], pa
     ax.scatter([chosen_steps], [curves[name][list(steps).index(chosen_steps)]], s=120, facecolors="none",
                edgecolors="black", zorder=3, label=f"chosen: {name}, {chosen_steps} steps")
     ax.set_xscale("symlog", linthresh=10)
+    ax.set_xticks(list(steps), [str(k) for k in steps])
     ax.set_xlabel("MCMC steps (0: base samples)")
     ax.set_ylabel(f"{metric} on validation data")
     ax.legend(fontsize=8)

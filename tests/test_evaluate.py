@@ -1,0 +1,254 @@
+"""Evaluation of a run: the sampler and step count chosen on validation data, the curves, the GEBM-vs-base verdict
+and its standard errors, seeded KID, the summary's bookkeeping; the digits FID sweep (slow: `pytest -m slow`)."""
+import importlib
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+import kale_fast as kf
+from kale_fast.metrics import mmd_difference, paired_difference, share_difference, verdict
+from kale_fast.metrics.image_scores import DigitFeatures, FidScorer, fid_and_kid
+from kale_fast.models import GEBM, MLP
+from kale_fast.samplers import LatentPotential
+from kale_fast.train import TrainConfig, evaluate, train
+from kale_fast.train.config import SAMPLERS
+from kale_fast.train.selection import chain_points, choose, step_grid, tuned_sampler
+
+TINY = dict(name="tiny", dataset="8gaussians", n_train=512, n_test=128, hidden=16, depth=2, n_iter=6,
+            n_iter_d_init=3, n_iter_d=2, batch_size=32, n_eval=64, sampler_steps=12, log_every=2, checkpoint_every=3)
+
+
+def _config(tmp_path, **changes):
+    return TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path), **changes})
+
+
+def _gebm(seed=0):
+    torch.manual_seed(seed)
+    return GEBM(MLP(2, 2, (16,)), MLP(2, 1, (16,)), 2).eval()
+
+
+# --- selection ---------------------------------------------------------------------------------------------
+
+
+def test_step_grid():
+    assert step_grid(100) == [0, 10, 25, 50, 100]
+    assert step_grid(137) == [0, 10, 25, 50, 100, 137]
+    assert step_grid(1) == [0, 1]
+    with pytest.raises(ValueError, match="max_steps must be an int >= 1"):
+        step_grid(0)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_chain_points_are_one_chain_read_at_the_grid(name):
+    """The states at 0, 3, 7 steps of the segmented chain are those of one uninterrupted run of 7 steps (and of 3),
+    and 0 steps are the base samples of the starting points."""
+    gebm = _gebm()
+    config = TrainConfig(sampler_steps=8)
+    sampler = tuned_sampler(gebm, config, name, 40, torch.Generator().manual_seed(1))
+    z0 = gebm.latent(40, torch.Generator().manual_seed(2))
+    points = list(chain_points(gebm, sampler, z0, [0, 3, 7], torch.Generator().manual_seed(3)))
+    potential = LatentPotential(gebm.base, gebm.energy)
+    for steps, point in zip([0, 3, 7], points):
+        if steps == 0:
+            expected = z0
+        else:
+            expected = sampler.run(potential, z0, steps, generator=torch.Generator().manual_seed(3)).z
+        torch.testing.assert_close(point.samples, gebm.base(expected).detach(), rtol=1e-5, atol=1e-6)
+        assert point.steps == steps
+    assert math.isnan(points[0].accept_rate) and 0 < points[2].accept_rate <= 1
+    with pytest.raises(ValueError, match="increasing"):
+        next(chain_points(gebm, sampler, z0, [3, 0], torch.Generator()))
+
+
+def test_tuned_sampler_is_frozen_at_its_warm_ups_adaptation():
+    gebm = _gebm()
+    config = TrainConfig(sampler_steps=40, step_size=0.01)
+    tuned = tuned_sampler(gebm, config, "mala", 64, torch.Generator().manual_seed(0))
+    _, pilot = gebm.sample(64, kf.MALA(0.01, adapt_step_size=True), 0, warmup=20,
+                           generator=torch.Generator().manual_seed(0))
+    assert not tuned.adapt_step_size and tuned.step_size == pytest.approx(pilot.step_size.mean().item())
+    assert tuned.step_size > 0.05  # MALA adapts away from the too small 0.01 on this easy target
+    assert torch.equal(tuned.metric.scale, pilot.metric.scale)
+
+
+def test_choose_takes_the_lowest_value_and_breaks_ties_towards_fewer_steps():
+    steps = [0, 10, 25]
+    assert choose({"a": [3.0, 2.0, 1.0], "b": [3.0, 0.5, 4.0]}, steps) == ("b", 10, 0.5)
+    assert choose({"a": [1.0, 1.0, 2.0], "b": [1.0, 3.0, 3.0]}, steps)[:2] == ("a", 0)
+
+
+# --- GEBM vs base ------------------------------------------------------------------------------------------
+
+
+def test_mmd_difference_is_calibrated_under_the_null_and_detects_a_shift():
+    """Both sample sets from the reference's law: |difference| > 2 SE about 8% of the time (a t with 9 degrees of
+    freedom: 7.6%); one set shifted by half a standard deviation: detected (worse) nearly always."""
+    generator = torch.Generator().manual_seed(0)
+    draw = lambda shift=0.0: torch.randn(400, 2, generator=generator) + shift  # noqa: E731
+    false_alarms = sum(abs(d) > 2 * se for d, se in (mmd_difference(draw(), draw(), draw()) for _ in range(200)))
+    assert 0.02 <= false_alarms / 200 <= 0.15
+    detected = sum(d > 2 * se for d, se in (mmd_difference(draw(), draw(0.5), draw()) for _ in range(20)))
+    assert detected >= 18
+    with pytest.raises(ValueError, match="at least 20 samples"):
+        mmd_difference(draw()[:10], draw(), draw())
+
+
+def test_share_difference_se_matches_the_spread_over_repeats():
+    generator = torch.Generator().manual_seed(1)
+    differences = [(torch.rand(500, generator=generator) < 0.9).double().mean().item()
+                   - (torch.rand(800, generator=generator) < 0.8).double().mean().item() for _ in range(2000)]
+    _, se = share_difference(0.9, 0.8, 500, 800)
+    assert torch.tensor(differences).std().item() == pytest.approx(se, rel=0.06)
+
+
+def test_paired_difference():
+    a, b = torch.tensor([1.0, 2.0, 4.0]), torch.tensor([0.5, 1.0, 2.0])
+    difference, se = paired_difference(a, b, extra_se=0.3)
+    assert difference == pytest.approx(7 / 6)
+    assert se == pytest.approx(math.sqrt(torch.tensor([0.5, 1.0, 2.0]).std().item() ** 2 / 3 + 0.09))
+
+
+@pytest.mark.parametrize("difference, se, lower_is_better, outcome", [
+    (-0.5, 0.1, True, "better"), (0.5, 0.1, True, "worse"), (0.5, 0.1, False, "better"), (0.15, 0.1, True,
+                                                                                          "within noise"),
+    (0.0, 0.0, True, "within noise")])
+def test_verdict(difference, se, lower_is_better, outcome):
+    result = verdict("m", 1.0 + difference, 1.0, difference, se, lower_is_better)
+    assert result["outcome"] == outcome and result["text"].startswith(f"GEBM vs base: {outcome} on m")
+
+
+# --- image scores ------------------------------------------------------------------------------------------
+
+
+def test_kid_is_seeded_and_fid_scorer_matches_fid_and_kid_without_the_buffer_warning():
+    torch.manual_seed(0)
+    net = DigitFeatures().eval()
+    real, fake = torch.rand(60, 1, 8, 8) * 2 - 1, torch.rand(60, 1, 8, 8) ** 2 * 2 - 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        state = torch.get_rng_state()
+        first = fid_and_kid(real, fake, net, kid_subset_size=30)
+        assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left as it was
+        scorer = FidScorer(real, net)
+        fids = scorer(fake), scorer(real[:30]), scorer(fake)
+    assert not [w for w in caught if "extracted features in buffer" in str(w.message)]
+    assert fid_and_kid(real, fake, net, kid_subset_size=30) == first
+    assert fid_and_kid(real, fake, net, kid_subset_size=30, seed=1)["kid"] != first["kid"]
+    assert first["kid_std"] > 0
+    assert fids[0] == pytest.approx(first["fid"], rel=1e-6) and fids[2] == fids[0] and fids[1] < fids[0]
+
+
+# --- evaluate() on runs ------------------------------------------------------------------------------------
+
+
+def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path, monkeypatch):
+    run_dir = train(_config(tmp_path), progress=False)
+    summary = evaluate(run_dir)
+    grid = summary["curves"]["steps"]
+    assert grid == [0, 10, 12]
+    for key in ("mmd", "high_quality"):
+        assert set(summary["curves"][key]) == set(SAMPLERS)
+        assert all(len(values) == len(grid) for values in summary["curves"][key].values())
+        assert len({values[0] for values in summary["curves"][key].values()}) == 1  # the shared base samples
+    selected = summary["selected"]
+    best = min(min(values) for values in summary["curves"]["mmd"].values())
+    assert selected["validation_value"] == best and selected["metric"] == "mmd"
+    assert summary["curves"]["mmd"][selected["sampler"]][grid.index(selected["steps"])] == best
+    assert {"mmd_selected", "mmd_gebm", "mmd_base", "energy_distance_selected"} <= set(summary)
+    for label in ("base", "gebm", "selected"):
+        assert summary[f"modes_{label}"]["n_modes"] == 8
+    assert summary["verdict"]["metric"] == "share of samples within 3 sd of a mode"
+    assert summary["verdict"]["outcome"] in ("better", "worse", "within noise")
+    assert summary["verdict"]["base"] == summary["modes_base"]["high_quality"]
+    assert summary["n_test_total"] == 128 and summary["n_eval"] == 64 and summary["n_validation"] == 64
+    assert set(summary["eval_time_split_s"]) == {"sampling", "metrics"}
+    assert sum(summary["eval_time_split_s"].values()) <= summary["eval_time_s"]
+    assert (run_dir / "metric-vs-steps.png").stat().st_size > 0
+    assert "best_validation_nll" not in summary  # this run did not validate
+
+    timeless = lambda s: {k: v for k, v in s.items() if not k.startswith("eval_time")}  # noqa: E731
+    assert timeless(evaluate(run_dir)) == timeless(summary)  # seeded: the same numbers every time
+
+    # the test split never steers the choice: other test points, the same curves and choice
+    evaluate_module = importlib.import_module("kale_fast.train.evaluate")
+    real_load = evaluate_module.load_data
+    monkeypatch.setattr(evaluate_module, "load_data", lambda c: real_load(c)._replace(test=real_load(c).test + 5))
+    shifted = evaluate(run_dir)
+    assert shifted["curves"] == summary["curves"] and shifted["selected"] == summary["selected"]
+    assert shifted["mmd_selected"] > summary["mmd_selected"]
+
+
+def test_summary_holds_the_best_validation_nll_and_the_nll_verdict(tmp_path):
+    data = torch.randn(600, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in data.tolist()))
+    config = _config(tmp_path, dataset=str(csv_file), base="realnvp", latent_dim=3, flow_layers=2, flow_hidden=8,
+                     objective="ml", n_iter=20, validate_every=5)
+    run_dir = train(config, progress=False)
+    summary = evaluate(run_dir)
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    validations = {line["round"]: line["validation_nll"] for line in lines if "validation_nll" in line}
+    assert summary["best_validation_nll"] == pytest.approx(min(validations.values()))
+    assert summary["best_validation_round"] == min(validations, key=validations.get) == summary["rounds"]
+    assert summary["verdict"]["metric"] == "test NLL (nats)"
+    assert summary["verdict"]["difference"] == pytest.approx(summary["nll_gebm"] - summary["nll_base"], abs=1e-5)
+    assert summary["validation_data"] == "the data set's validation split"
+
+
+def _digits_config(tmp_path, **changes):
+    return _config(tmp_path, **{**dict(dataset="digits", base="conv", latent_dim=4, hidden=8, n_test=100,
+                                       n_eval=100, n_iter=3, sampler_steps=4), **changes})
+
+
+def test_digits_evaluation_selects_by_fid_on_half_the_held_out_images(tmp_path):
+    """The fast image test: a feature network put in the cache (an untrained one: the FID machinery is what is
+    tested here; the slow test trains it), validation and test halves of the held-out images, keys of every
+    sampler, seeded KID."""
+    torch.manual_seed(0)
+    (tmp_path / "feature-nets").mkdir()
+    torch.save(DigitFeatures().state_dict(), tmp_path / "feature-nets" / "digits.pt")
+    run_dir = train(_digits_config(tmp_path), progress=False)
+    summary = evaluate(run_dir)
+    assert summary["n_validation"] == 50 and summary["n_test_total"] == 50 and summary["n_eval"] == 50
+    assert summary["selected"]["metric"] == "fid_like" and set(summary["curves"]["fid_like"]) == set(SAMPLERS)
+    for label in ("base", "selected", *(f"gebm_{name}" for name in SAMPLERS)):
+        assert math.isfinite(summary[f"fid_like_{label}"]) and summary[f"kid_std_{label}"] >= 0
+    assert summary["verdict"]["metric"] == "MMD^2 to test data in the fid_like feature space"
+    assert set(summary["eval_time_split_s"]) == {"sampling", "metrics", "feature_net"}
+    assert evaluate(run_dir)["kid_selected"] == summary["kid_selected"]
+    assert (run_dir / "images-gebm-chees.png").exists() and (run_dir / "metric-vs-steps.png").exists()
+
+
+@pytest.mark.slow
+def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
+    """The full image path: the feature classifier trained on the digits' labels, the same network as TorchScript
+    and torch.export files giving the same numbers, the sample CLI on an image run."""
+    run_dir = train(_digits_config(tmp_path, sampler_steps=25), progress=False)
+    summary = evaluate(run_dir)
+    for name in ("base", "selected", *(f"gebm_{name}" for name in SAMPLERS)):
+        assert math.isfinite(summary[f"fid_like_{name}"]) and math.isfinite(summary[f"kid_{name}"])
+    assert summary["curves"]["steps"] == [0, 10, 25]
+    assert (tmp_path / "feature-nets" / "digits.pt").exists()
+    from kale_fast.cli import main  # sampling an image run writes image panels (it used to crash on a scatter)
+
+    assert main(["sample", "--run", str(run_dir), "--sampler", "mala", "--n", "20", "--steps", "2"]) == 0
+    assert (run_dir / "samples-mala.png").exists()
+    # the same classifier given as a TorchScript file: FID proper keys, the same numbers
+    net = DigitFeatures()
+    net.load_state_dict(torch.load(tmp_path / "feature-nets" / "digits.pt", weights_only=True))
+    torch.jit.save(torch.jit.script(net.eval()), tmp_path / "features.pt")
+    from_file = evaluate(run_dir, feature_net=str(tmp_path / "features.pt"))
+    assert from_file["fid_base"] == pytest.approx(summary["fid_like_base"], rel=1e-4)
+    assert from_file["kid_gebm_hmc"] == pytest.approx(summary["kid_gebm_hmc"], rel=1e-4)
+    assert from_file["selected"] == {**summary["selected"], "metric": "fid"}
+    from kale_fast.metrics.image_scores import feature_network_from_file
+
+    images = torch.rand(64, 1, 8, 8) * 2 - 1
+    batch = torch.export.Dim("batch", min=2)
+    torch.export.save(torch.export.export(net, (images[:4],), dynamic_shapes={"x": {0: batch}}),
+                      tmp_path / "features.pt2")
+    exported = fid_and_kid(images[:32], images[32:], feature_network_from_file(tmp_path / "features.pt2", (1, 8, 8)))
+    assert exported["fid"] == pytest.approx(fid_and_kid(images[:32], images[32:], net)["fid"], rel=1e-4)
