@@ -144,7 +144,7 @@ def test_kid_is_seeded_and_fid_scorer_matches_fid_and_kid_without_the_buffer_war
 # --- evaluate() on runs ------------------------------------------------------------------------------------
 
 
-def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path, monkeypatch):
+def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path, monkeypatch, capsys):
     run_dir = train(_config(tmp_path), progress=False)
     summary = evaluate(run_dir)
     grid = summary["curves"]["steps"]
@@ -168,6 +168,13 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     assert sum(summary["eval_time_split_s"].values()) <= summary["eval_time_s"]
     assert (run_dir / "metric-vs-steps.png").stat().st_size > 0
     assert "best_validation_nll" not in summary  # this run did not validate
+    from kale_fast.cli import main
+
+    capsys.readouterr()
+    assert main(["eval", "--run", str(run_dir)]) == 0
+    printed = capsys.readouterr()
+    assert json.loads(printed.out)["verdict"] == summary["verdict"]
+    assert printed.err.strip() == summary["verdict"]["text"]
 
     timeless = lambda s: {k: v for k, v in s.items() if not k.startswith("eval_time")}  # noqa: E731
     assert timeless(evaluate(run_dir)) == timeless(summary)  # seeded: the same numbers every time

@@ -207,20 +207,11 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
         if hasattr(gebm.base, "log_prob"):
             summary.update(test_nll(gebm, test, log_partition, log_partition_se))
             summary.update(gaussian_nll(splits.train, test.cpu()))
-        elif mixture:
-            good = {label: summary[f"modes_{label}"]["high_quality"] for label in ("selected", "base")}
-            difference, se = share_difference(good["selected"], good["base"], n, n)
-            summary["verdict"] = verdict("share of samples within 3 sd of a mode", good["selected"], good["base"],
-                                         difference, se, lower_is_better=False)
         else:
-            reference, gebm_x, base_x = (_features(x, features) if images else x
-                                         for x in (test_reference, selected_samples, base_samples))
-            difference, se = mmd_difference(reference, gebm_x, base_x, blocks=max(2, min(10, n // 20)))
-            space = f" in the {fid_name} feature space" if images else ""
-            summary["verdict"] = verdict(f"MMD^2 to test data{space}", mmd(gebm_x, reference).item(),
-                                         mmd(base_x, reference).item(), difference, se, lower_is_better=True)
-    summary["verdict"]["samples"] = f"GEBM: {selected.sampler}, {selected.steps} steps (selected on validation data)"
-    summary["verdict"]["text"] += f"; GEBM samples: {selected.sampler}, {selected.steps} steps"
+            summary["verdict"] = _sample_verdict(summary, test_reference, selected_samples, base_samples,
+                                                 features if images else None, metric_name)
+            summary["verdict"]["text"] += f"; GEBM samples: {selected.sampler}, {selected.steps} steps"
+            summary["verdict"]["samples"] = f"{selected.sampler}, {selected.steps} steps (selected on validation data)"
 
     metric_vs_steps(grid, summary["curves"][metric_name], run_dir / CURVES_FIGURE,
                     "MMD^2" if metric_name == "mmd" else metric_name.replace("_", "-").upper(),
@@ -235,6 +226,25 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
     summary["eval_time_s"] = time.perf_counter() - start
     atomic_write_text(json.dumps(summary, indent=1) + "\n", run_dir / SUMMARY)
     return summary
+
+
+def _sample_verdict(summary: dict, reference: Tensor, gebm_samples: Tensor, base_samples: Tensor,
+                    features, metric_name: str) -> dict:
+    """GEBM vs base without a density: on the share of high-quality samples for the mixture toys (from the
+    summary's modes_selected and modes_base), else on MMD^2 to the reference (images: in the feature network's
+    space, `features`; else None)."""
+    if "modes_base" in summary:
+        good, base = summary["modes_selected"]["high_quality"], summary["modes_base"]["high_quality"]
+        difference, se = share_difference(good, base, len(gebm_samples), len(base_samples))
+        return verdict("share of samples within 3 sd of a mode", good, base, difference, se, lower_is_better=False)
+    if features is not None:
+        reference, gebm_samples, base_samples = (_features(x, features) for x in (reference, gebm_samples,
+                                                                                   base_samples))
+    difference, se = mmd_difference(reference, gebm_samples, base_samples,
+                                    blocks=max(2, min(10, len(reference) // 20)))
+    space = f" in the {metric_name} feature space" if features is not None else ""
+    return verdict(f"MMD^2 to test data{space}", mmd(gebm_samples, reference).item(),
+                   mmd(base_samples, reference).item(), difference, se, lower_is_better=True)
 
 
 @torch.no_grad()
