@@ -47,7 +47,7 @@ def test_chain_points_are_one_chain_read_at_the_grid(name):
     and 0 steps are the base samples of the starting points."""
     gebm = _gebm()
     config = TrainConfig(sampler_steps=8)
-    sampler = tuned_sampler(gebm, config, name, 40, torch.Generator().manual_seed(1))
+    sampler = tuned_sampler(gebm, config, name, torch.Generator().manual_seed(1), n_chains=40)
     z0 = gebm.latent(40, torch.Generator().manual_seed(2))
     points = list(chain_points(gebm, sampler, z0, [0, 3, 7], torch.Generator().manual_seed(3)))
     potential = LatentPotential(gebm.base, gebm.energy)
@@ -66,7 +66,7 @@ def test_chain_points_are_one_chain_read_at_the_grid(name):
 def test_tuned_sampler_is_frozen_at_its_warm_ups_adaptation():
     gebm = _gebm()
     config = TrainConfig(sampler_steps=40, step_size=0.01)
-    tuned = tuned_sampler(gebm, config, "mala", 64, torch.Generator().manual_seed(0))
+    tuned = tuned_sampler(gebm, config, "mala", torch.Generator().manual_seed(0), n_chains=64)
     _, pilot = gebm.sample(64, kf.MALA(0.01, adapt_step_size=True), 0, warmup=20,
                            generator=torch.Generator().manual_seed(0))
     assert not tuned.adapt_step_size and tuned.step_size == pytest.approx(pilot.step_size.mean().item())
@@ -259,3 +259,13 @@ def test_digits_gebm_reports_fid_like_and_kid_for_every_sampler(tmp_path):
                       tmp_path / "features.pt2")
     exported = fid_and_kid(images[:32], images[32:], feature_network_from_file(tmp_path / "features.pt2", (1, 8, 8)))
     assert exported["fid"] == pytest.approx(fid_and_kid(images[:32], images[32:], net)["fid"], rel=1e-4)
+
+
+def test_reference_bandwidth_is_the_data_scale_and_fixes_the_kernel():
+    from kale_fast.metrics import median_bandwidth, mmd, reference_bandwidth
+
+    data = torch.randn(400, 2, generator=torch.Generator().manual_seed(0)) * 3
+    bandwidth = reference_bandwidth(data)
+    assert bandwidth == median_bandwidth(data[:200], data[200:]) and 3.5 < bandwidth < 5  # 3 sqrt(2 ln 4) = 5.0
+    # far apart, MMD^2 is the two within-sample kernel means: 1 / (1 + 2 * 3^2 / bandwidth^2) each (2-D Gaussians)
+    assert mmd(data + 100, data, bandwidth.item()) == pytest.approx(2 / (1 + 18 / bandwidth.item() ** 2), rel=0.1)

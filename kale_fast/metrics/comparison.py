@@ -18,7 +18,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-from kale_fast.metrics.distances import median_bandwidth, mmd
+from kale_fast.metrics.distances import mmd, reference_bandwidth
 
 NOISE_SE = 2.0  # |difference| / SE below this: "within noise"
 
@@ -33,8 +33,7 @@ def mmd_difference(reference: Tensor, a: Tensor, b: Tensor, blocks: int = 10) ->
     if size < 2:
         raise ValueError(f"each sample set needs at least {2 * blocks} samples for {blocks} blocks, got "
                          f"{len(reference)}, {len(a)} and {len(b)}")
-    half = len(reference) // 2
-    bandwidth = median_bandwidth(reference[:half], reference[half:]).item()
+    bandwidth = reference_bandwidth(reference).item()
     differences = torch.stack([
         mmd(a[i * size:(i + 1) * size], ref, bandwidth) - mmd(b[i * size:(i + 1) * size], ref, bandwidth)
         for i, ref in enumerate(reference[:blocks * size].split(size))])

@@ -20,6 +20,13 @@ def median_bandwidth(x: Tensor, y: Tensor) -> Tensor:
     return distances[torch.triu_indices(len(pooled), len(pooled), 1).unbind()].median()
 
 
+def reference_bandwidth(reference: Tensor) -> Tensor:
+    """The median distance between the two halves of a reference sample (n >= 2, ...): the data's own scale, for
+    a kernel that stays the same whatever samples are compared with the reference."""
+    half = len(reference) // 2
+    return median_bandwidth(reference[:half], reference[half:])
+
+
 def mmd(x: Tensor, y: Tensor, bandwidth: Optional[float] = None) -> Tensor:
     """Unbiased MMD^2 with the kernel exp(-|a - b|^2 / (2 bandwidth^2)); median heuristic by default."""
     x, y = _flat("x", x), _flat("y", y)

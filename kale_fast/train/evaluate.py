@@ -33,7 +33,7 @@ from torch import Tensor
 from kale_fast._io import atomic_write_text, load_torch_file
 from kale_fast.data import data_hash
 from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd, mmd_difference, mode_scores,
-                               paired_difference, share_difference, verdict)
+                               paired_difference, reference_bandwidth, share_difference, verdict)
 from kale_fast.metrics.image_scores import FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid
 from kale_fast.train.config import SAMPLERS, TrainConfig
 from kale_fast.train.loop import BEST, SUMMARY, DataSplits, load_data, load_images, load_run
@@ -109,9 +109,13 @@ def feature_network(config: TrainConfig, image_shape: Tuple[int, ...]):
 
 
 def _vector_scores(reference: Tensor, dataset: str) -> Callable[[Tensor], Dict[str, float]]:
-    """Samples -> their validation scores: mmd (which selects) and, for the mixture toys, high_quality."""
+    """Samples -> their validation scores: mmd (which selects; its kernel's bandwidth fixed by the reference alone,
+    so that every point of every curve is measured with the same kernel) and, for the mixture toys,
+    high_quality."""
+    bandwidth = reference_bandwidth(reference).item()
+
     def scores(samples: Tensor) -> Dict[str, float]:
-        values = dict(mmd=mmd(samples, reference).item())
+        values = dict(mmd=mmd(samples, reference, bandwidth).item())
         if dataset in MODE_DATASETS:
             values["high_quality"] = mode_scores(samples, dataset)["high_quality"]
         return values
@@ -153,7 +157,7 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
     grid = step_grid(config.sampler_steps)
     z_validation = gebm.latent(len(validation), torch.Generator(device=config.device).manual_seed(config.seed + 2))
     with clock("sampling"):
-        samplers = {name: tuned_sampler(gebm, config, name, len(validation),
+        samplers = {name: tuned_sampler(gebm, config, name,
                                         torch.Generator(device=config.device).manual_seed(config.seed + 3))
                     for name in SAMPLERS}
     curves = curves_on(gebm, samplers, z_validation, grid, config.seed + 4, scores, clock)

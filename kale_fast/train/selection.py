@@ -30,7 +30,11 @@ def step_grid(max_steps: int) -> List[int]:
     return [s for s in STEP_GRID if s < max_steps] + [max_steps]
 
 
-def tuned_sampler(gebm: GEBM, config: TrainConfig, name: str, n_chains: int, generator: torch.Generator) -> Sampler:
+PILOT_CHAINS = 512  # the adaptation averages over chains: this many pin it down, more only cost time
+
+
+def tuned_sampler(gebm: GEBM, config: TrainConfig, name: str, generator: torch.Generator,
+                  n_chains: int = PILOT_CHAINS) -> Sampler:
     """Sampler `name` frozen at what a warm-up of config.sampler_steps // 2 iterations of n_chains chains adapted
     (with no warm-up: as configured)."""
     config = dataclasses.replace(config, sampler=name)
