@@ -85,12 +85,13 @@ def test_choose_takes_the_lowest_value_and_breaks_ties_towards_fewer_steps():
 
 def test_mmd_difference_is_calibrated_under_the_null_and_detects_a_shift():
     """Both sample sets from the reference's law: |difference| > 2 SE about 8% of the time (a t with 9 degrees of
-    freedom: 7.6%); one set shifted by half a standard deviation: detected (worse) nearly always."""
+    freedom: 7.6%; 150 repeats: a standard deviation of 2.2%); one set shifted by 0.7 standard deviations: detected
+    (worse) nearly always."""
     generator = torch.Generator().manual_seed(0)
-    draw = lambda shift=0.0: torch.randn(400, 2, generator=generator) + shift  # noqa: E731
-    false_alarms = sum(abs(d) > 2 * se for d, se in (mmd_difference(draw(), draw(), draw()) for _ in range(200)))
-    assert 0.02 <= false_alarms / 200 <= 0.15
-    detected = sum(d > 2 * se for d, se in (mmd_difference(draw(), draw(0.5), draw()) for _ in range(20)))
+    draw = lambda shift=0.0: torch.randn(200, 2, generator=generator) + shift  # noqa: E731
+    false_alarms = sum(abs(d) > 2 * se for d, se in (mmd_difference(draw(), draw(), draw()) for _ in range(150)))
+    assert 0.01 <= false_alarms / 150 <= 0.15
+    detected = sum(d > 2 * se for d, se in (mmd_difference(draw(), draw(0.7), draw()) for _ in range(20)))
     assert detected >= 18
     with pytest.raises(ValueError, match="at least 20 samples"):
         mmd_difference(draw()[:10], draw(), draw())
@@ -168,16 +169,15 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     assert sum(summary["eval_time_split_s"].values()) <= summary["eval_time_s"]
     assert (run_dir / "metric-vs-steps.png").stat().st_size > 0
     assert "best_validation_nll" not in summary  # this run did not validate
-    from kale_fast.cli import main
+
+    from kale_fast.cli import main  # `kale-fast eval`: the same numbers (seeded), the verdict's line printed
 
     capsys.readouterr()
     assert main(["eval", "--run", str(run_dir)]) == 0
     printed = capsys.readouterr()
-    assert json.loads(printed.out)["verdict"] == summary["verdict"]
-    assert printed.err.strip() == summary["verdict"]["text"]
-
     timeless = lambda s: {k: v for k, v in s.items() if not k.startswith("eval_time")}  # noqa: E731
-    assert timeless(evaluate(run_dir)) == timeless(summary)  # seeded: the same numbers every time
+    assert timeless(json.loads(printed.out)) == json.loads(json.dumps(timeless(summary)))
+    assert printed.err.strip() == summary["verdict"]["text"]
 
     # the test split never steers the choice: other test points, the same curves and choice
     evaluate_module = importlib.import_module("kale_fast.train.evaluate")
@@ -225,7 +225,6 @@ def test_digits_evaluation_selects_by_fid_on_half_the_held_out_images(tmp_path):
         assert math.isfinite(summary[f"fid_like_{label}"]) and summary[f"kid_std_{label}"] >= 0
     assert summary["verdict"]["metric"] == "MMD^2 to test data in the fid_like feature space"
     assert set(summary["eval_time_split_s"]) == {"sampling", "metrics", "feature_net"}
-    assert evaluate(run_dir)["kid_selected"] == summary["kid_selected"]
     assert (run_dir / "images-gebm-chees.png").exists() and (run_dir / "metric-vs-steps.png").exists()
 
 

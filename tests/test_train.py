@@ -155,7 +155,7 @@ def test_cli_train_help_describes_every_config_key(capsys):
     for field in dataclasses.fields(TrainConfig):
         assert f"--{field.name.replace('_', '-')}" in text
         assert "".join(field.metadata["help"].split()) + f"(default:{field.default})" in text
-    assert "--sampler{ula,mala,hmc,kinetic_langevin}" in text and "--energy-clampFLOAT|none" in text
+    assert "--sampler{ula,mala,hmc,kinetic_langevin,chees}" in text and "--energy-clampFLOAT|none" in text
 
 
 def test_cli_bench_runs_the_benchmark_suite(tmp_path):
