@@ -72,6 +72,12 @@ def test_tuned_sampler_is_frozen_at_its_warm_ups_adaptation():
     assert not tuned.adapt_step_size and tuned.step_size == pytest.approx(pilot.step_size.mean().item())
     assert tuned.step_size > 0.05  # MALA adapts away from the too small 0.01 on this easy target
     assert torch.equal(tuned.metric.scale, pilot.metric.scale)
+    # the unadjusted samplers: the `sample` verb's rule on the same MALA warm-up
+    ula = tuned_sampler(gebm, config, "ula", torch.Generator().manual_seed(0), n_chains=64)
+    kinetic = tuned_sampler(gebm, config, "kinetic_langevin", torch.Generator().manual_seed(0), n_chains=64)
+    assert ula.step_size == pytest.approx(min(tuned.step_size, 0.2))
+    assert kinetic.step_size == pytest.approx(math.sqrt(2 * tuned.step_size))
+    assert torch.equal(ula.metric.scale, pilot.metric.scale) and torch.equal(kinetic.metric.scale, pilot.metric.scale)
 
 
 def test_choose_takes_the_lowest_value_and_breaks_ties_towards_fewer_steps():

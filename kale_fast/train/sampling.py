@@ -15,7 +15,7 @@ they go on from MALA's chains with its metric and a step derived from MALA's ste
 import dataclasses
 import math
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -47,6 +47,19 @@ class GEBMSamples(NamedTuple):
                 f"step size {self.step_size:.4g} ({self.step_size_from}); {accept}")
 
 
+def unadjusted_sampler(name: str, mala_warmup: SampleResult) -> Tuple[kf.samplers.Sampler, str]:
+    """ULA or kinetic Langevin (`name`) with the metric and the step derived from a MALA warm-up's result by the
+    rule of the module docstring, and where the step comes from, in words."""
+    mala_step = mala_warmup.step_size.mean().item()
+    if name == "ula":
+        return (kf.ULA(min(mala_step, ULA_MAX_STEP), metric=mala_warmup.metric),
+                f"min(MALA's step h = {mala_step:.4g}, adapted during warm-up, and {ULA_MAX_STEP}: ULA's bias cap)")
+    if name == "kinetic_langevin":
+        return (kf.KineticLangevin(math.sqrt(2 * mala_step), 1.0, metric=mala_warmup.metric),
+                f"sqrt(2h) of MALA's step h = {mala_step:.4g}, adapted during warm-up")
+    raise ValueError(f"name must be one of the unadjusted samplers {UNADJUSTED}, got {name!r}")
+
+
 def draw_gebm_samples(gebm: GEBM, config: TrainConfig, n: int, warmup: int, generator: torch.Generator,
                       step_size: Optional[float] = None, progress: bool = False) -> GEBMSamples:
     """n GEBM samples by config.sampler: `warmup` iterations, then config.sampler_steps kept ones. step_size: the
@@ -62,13 +75,7 @@ def draw_gebm_samples(gebm: GEBM, config: TrainConfig, n: int, warmup: int, gene
         return GEBMSamples(x, result, warmup, kept, result.step_size.mean().item(), origin)
     _, warm = gebm.sample(n, kf.MALA(initial, adapt_step_size=True), 0, warmup=warmup, generator=generator,
                           progress=progress)
-    mala_step = warm.step_size.mean().item()
-    if config.sampler == "ula":
-        sampler = kf.ULA(min(mala_step, ULA_MAX_STEP), metric=warm.metric)
-        origin = f"min(MALA's step h = {mala_step:.4g}, adapted during warm-up, and {ULA_MAX_STEP}: ULA's bias cap)"
-    else:
-        sampler = kf.KineticLangevin(math.sqrt(2 * mala_step), 1.0, metric=warm.metric)
-        origin = f"sqrt(2h) of MALA's step h = {mala_step:.4g}, adapted during warm-up"
+    sampler, origin = unadjusted_sampler(config.sampler, warm)
     result = sampler.run(LatentPotential(gebm.base, gebm.energy), warm.z, kept, generator=generator,
                          progress=progress)
     with torch.no_grad():

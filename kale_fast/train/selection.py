@@ -1,7 +1,8 @@
 """The sampler and the number of MCMC steps of a run's GEBM samples, chosen on validation data.
 
 Every sampler is tuned first: a warm-up run of sampler_steps // 2 iterations from prior draws adapts what it adapts
-(step size, metric, trajectory length), and the sampler is then frozen at those values. The measured chains start
+(step size, metric, trajectory length; ULA and kinetic Langevin: MALA's warm-up, as the `sample` verb), and the
+sampler is then frozen at those values. The measured chains start
 afresh from prior draws z0 with the frozen sampler, so that "k steps" counts every transition the samples went
 through and 0 steps are the base samples B(z0). One chain run per sampler is continued exactly segment by segment
 (Sampler.run(state=...)) and its states are read at each step count of the grid: a curve costs one chain, not one
@@ -19,6 +20,7 @@ from kale_fast.samplers import LatentPotential
 from kale_fast.samplers.base import Sampler
 from kale_fast.train.config import TrainConfig
 from kale_fast.train.loop import make_sampler
+from kale_fast.train.sampling import UNADJUSTED, unadjusted_sampler
 
 STEP_GRID = (0, 10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 
@@ -36,13 +38,15 @@ PILOT_CHAINS = 512  # the adaptation averages over chains: this many pin it down
 def tuned_sampler(gebm: GEBM, config: TrainConfig, name: str, generator: torch.Generator,
                   n_chains: int = PILOT_CHAINS) -> Sampler:
     """Sampler `name` frozen at what a warm-up of config.sampler_steps // 2 iterations of n_chains chains adapted
-    (with no warm-up: as configured)."""
+    (with no warm-up: as configured). ULA and kinetic Langevin, which have no acceptance rate to adapt to, take
+    their step and metric from a MALA warm-up by the `sample` verb's rule (kale_fast.train.sampling)."""
     config = dataclasses.replace(config, sampler=name)
     warmup = config.sampler_steps // 2
     if warmup == 0:
         return make_sampler(config)
-    _, pilot = gebm.sample(n_chains, make_sampler(config), 0, warmup=warmup, generator=generator)
-    return make_sampler(config, tuned=pilot)
+    warming = make_sampler(dataclasses.replace(config, sampler="mala") if name in UNADJUSTED else config)
+    _, pilot = gebm.sample(n_chains, warming, 0, warmup=warmup, generator=generator)
+    return unadjusted_sampler(name, pilot)[0] if name in UNADJUSTED else make_sampler(config, tuned=pilot)
 
 
 class ChainPoint(NamedTuple):
