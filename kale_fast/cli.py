@@ -158,7 +158,7 @@ def _train(args) -> None:
     if rank == 0:
         print(f"trained: {run_dir}")
         if not args.no_eval:
-            print(json.dumps(evaluate(run_dir, progress=not args.quiet), indent=1))
+            _print_summary(evaluate(run_dir, progress=not args.quiet))
 
 
 class _Interrupted(Exception):
@@ -211,7 +211,10 @@ def _sample(args) -> None:
 def _eval(args) -> None:
     from kale_fast.train import evaluate
 
-    summary = evaluate(args.run, args.device, feature_net=args.feature_net)
+    _print_summary(evaluate(args.run, args.device, feature_net=args.feature_net))
+
+
+def _print_summary(summary: dict) -> None:
     print(json.dumps(summary, indent=1))
     print(summary["verdict"]["text"], file=sys.stderr)  # the line a user reads; stdout stays one JSON document
 

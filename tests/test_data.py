@@ -302,3 +302,13 @@ def test_resume_and_base_from_refuse_other_data(tmp_path):
     torch.save({k: v for k, v in state.items() if k != "data_hash"}, base_dir / "checkpoint.pt")  # an older run
     with pytest.warns(UserWarning, match="records no data hash"):
         train(TrainConfig.from_dict({**energy, "name": "e3", "n_iter": 2}), progress=False)
+
+
+def test_an_unknown_data_set_name_lists_the_known_ones(tmp_path):
+    from kale_fast.train import TrainConfig
+    from kale_fast.train.loop import load_data
+
+    with pytest.raises(ValueError, match=r"'nosuch' is neither a data set of kale_fast \(toys: \['8gaussians'"):
+        load_data(TrainConfig(dataset="nosuch", out_dir=str(tmp_path)))
+    with pytest.raises(FileNotFoundError, match="missing.csv not found"):  # a file name: the file is missing
+        load_data(TrainConfig(dataset=str(tmp_path / "missing.csv"), out_dir=str(tmp_path)))

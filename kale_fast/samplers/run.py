@@ -201,8 +201,9 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
                     traces.append(position_from_unit(metric, chains.z).clone())
                     potential_traces.append(chains.potential.clone())
             if progress and (i % 10 == 0 or i == total - 1):  # reading these synchronises: only with a bar
-                bar.set_postfix(accept=f"{transition.accept_prob.mean().item():.3f}",
-                                step=f"{step_size.mean().item():.3g}")
+                accept = (f"{transition.accept_prob.mean().item():.3f}" if sampler.default_target_accept is not None
+                          else "unadjusted")  # ULA, kinetic Langevin: no Metropolis test, no acceptance rate
+                bar.set_postfix(accept=accept, step=f"{step_size.mean().item():.3g}")
             bar.update(1)
 
     final = _from_unit(type(chains)(*(t.clone() for t in chains)), metric)

@@ -40,7 +40,7 @@ class TrainConfig:
                         "a table (delimited text; or a .npz of train/validation/test arrays, taken as they are), "
                         "or images: 'digits' (8x8), 'mnist5k' (28x28), 'cifar10' (32x32, read from "
                         "<data_dir>/cifar-10-batches-py)")
-    data_dir: Optional[str] = _key(None, "folder of the data files (default: $KALE_FAST_DATA, else ../shared/data); "
+    data_dir: Optional[str] = _key(None, "folder of the named data sets' files (default: the KALE_FAST_DATA environment variable); "
                                    "when set, a relative table path in `dataset` is read from it")
     # Tables (redwine, whitewine, a delimited text file; a pre-split .npz takes none of these but `dataset`).
     columns: Optional[List[Union[str, int]]] = _key(None, "the columns kept, in this order, by header name or 0-based "

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 import kale_fast as kf
 from kale_fast._io import atomic_torch_save, atomic_write_text, load_torch_file
 from kale_fast.data import data_dir, data_hash, load_tabular, toy_dataset
+from kale_fast.data.tabular import UCI_FILES, table_path
 from kale_fast.data.splits import DKEF_SEED
 from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, load_mnist5k
 from kale_fast.data.toy import TOY_DATASETS
@@ -78,6 +79,11 @@ def load_data(config: TrainConfig) -> DataSplits:
         return DataSplits(toy_dataset(config.dataset, config.n_train, seed=config.seed),
                           toy_dataset(config.dataset, config.n_test, seed=config.seed + 20_000),
                           toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
+    path = table_path(config.dataset, config.data_dir)
+    if config.dataset not in UCI_FILES and not path.suffix and not path.exists():  # a name, not a file
+        raise ValueError(f"config key 'dataset': {config.dataset!r} is neither a data set of kale_fast (toys: "
+                         f"{sorted(TOY_DATASETS)}; tables: {sorted(UCI_FILES)}; images: {sorted(IMAGE_DATASETS)}) "
+                         f"nor a file (a .csv/.txt table or a pre-split .npz)")
     split_seed = config.split_seed if config.split_seed is not None else (
         DKEF_SEED if config.split == "dkef" else config.seed)
     splits = load_tabular(config.dataset, config.data_dir, columns=config.columns, delimiter=config.delimiter,
