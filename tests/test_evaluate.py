@@ -231,7 +231,7 @@ def test_digits_evaluation_selects_by_fid_on_half_the_held_out_images(tmp_path):
         assert math.isfinite(summary[f"fid_like_{label}"]) and summary[f"kid_std_{label}"] >= 0
     assert summary["verdict"]["metric"] == "MMD^2 to test data in the fid_like feature space"
     assert set(summary["eval_time_split_s"]) == {"sampling", "metrics", "feature_net"}
-    assert (run_dir / "images-gebm-chees.png").exists() and (run_dir / "metric-vs-steps.png").exists()
+    assert (run_dir / "images.png").stat().st_size > 0 and (run_dir / "metric-vs-steps.png").exists()
 
 
 @pytest.mark.slow

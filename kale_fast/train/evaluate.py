@@ -37,7 +37,7 @@ from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd
 from kale_fast.metrics.image_scores import FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid
 from kale_fast.train.config import SAMPLERS, TrainConfig
 from kale_fast.train.loop import BEST, SUMMARY, DataSplits, load_data, load_images, load_run
-from kale_fast.train.plots import energy_landscape, image_grid, metric_vs_steps, scatter_samples
+from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
 from kale_fast.train.selection import chain_points, choose, curves_on, step_grid, tuned_sampler
 
 CURVES_FIGURE = "metric-vs-steps.png"
@@ -259,15 +259,13 @@ def _features(images: Tensor, features) -> Tensor:
 def _image_scores(test: Tensor, base_samples: Tensor, points: dict, selected_samples: Tensor, features,
                   fid_name: str, config: TrainConfig, run_dir: Path) -> dict:
     """FID and KID (with its spread over subsets, seeded) of base samples, of every sampler's samples at
-    sampler_steps and of the selected pair, against the test images; image grids of each."""
+    sampler_steps and of the selected pair, against the test images; one figure of them side by side (images.png)."""
     sets = {"base": base_samples, "selected": selected_samples,
             **{f"gebm_{name}": points[(name, config.sampler_steps)].samples for name in SAMPLERS}}
     scores = {}
     for label, samples in sets.items():
         scores.update({f"{k.replace('fid', fid_name)}_{label}": v
                        for k, v in fid_and_kid(test, samples, features, seed=config.seed).items()})
-    image_grid(test, run_dir / "images-data.png", title="held-out data")
-    image_grid(base_samples, run_dir / "images-base.png", title="base samples")
-    for name in SAMPLERS:
-        image_grid(sets[f"gebm_{name}"], run_dir / f"images-gebm-{name}.png", title=f"GEBM samples, {name}")
+    image_panels({"held-out data": test, "base": base_samples,
+                  **{f"GEBM ({name})": sets[f"gebm_{name}"] for name in SAMPLERS}}, run_dir / "images.png")
     return scores

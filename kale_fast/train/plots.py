@@ -49,22 +49,6 @@ def energy_landscape(energy, data: Tensor, path: Path, resolution: int = 200) ->
     plt.close(fig)
 
 
-def image_grid(images: Tensor, path: Path, columns: int = 10, title: str = "") -> None:
-    """The first rows * columns images (N, C, H, W) in [-1, 1] as one grid."""
-    count = min(len(images), columns * columns)
-    images = ((images[:count].detach().cpu().float() + 1) / 2).clamp(0, 1)
-    rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(columns, rows + 0.4), squeeze=False)
-    for ax, image in zip(axes.flat, images):
-        ax.imshow(image.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if image.shape[0] == 1 else None,
-                  vmin=0, vmax=1)
-    for ax in axes.flat:
-        ax.axis("off")
-    fig.suptitle(title)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 def _tile(images: Tensor, columns: int) -> Tensor:
     """Images (N, C, H, W) in [-1, 1] as one (rows * (H + 1) - 1, columns * (W + 1) - 1, C) array in [0, 1], a
     one-pixel white gutter between images (an incomplete last row stays white)."""
