@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml setup.py $(wildcard csrc/*) 
 setup: $(VENV)/.installed
 
 # The default job: train a GEBM on a 2-D toy (a fresh run each time: the previous demo run is removed) and
-# write runs/toy-8gaussians/{summary.json,samples.png,energy.png,metrics.jsonl}.
+# write runs/toy-8gaussians/{summary.json,samples.png,energy.png,metric-vs-steps.png,training.png,metrics.jsonl}.
 demo: setup
 	rm -rf runs/toy-8gaussians
 	$(VENV)/bin/kale-fast train --config configs/toy_8gaussians.yaml
