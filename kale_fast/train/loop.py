@@ -324,9 +324,9 @@ class Trainer:
 class MetricsLog:
     """Metric lines of a run: metrics.jsonl, mirrored to TensorBoard (run_dir/tensorboard) when the tensorboard
     package is installed. Opened at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint,
-    so that a resume leaves each round logged once."""
+    so that a resume leaves each round logged once. `announce`: print the TensorBoard command (not when quiet)."""
 
-    def __init__(self, run_dir: Path, rounds_done: int):
+    def __init__(self, run_dir: Path, rounds_done: int, announce: bool = True):
         path = run_dir / METRICS
         if path.exists():
             kept = [line for line in path.read_text().splitlines(keepends=True)
@@ -339,7 +339,8 @@ class MetricsLog:
             self.board = None
         else:
             self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=rounds_done + 1)
-            print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
+            if announce:
+                print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
 
     def write(self, round_done: int, time_s: float, values: Dict[str, float]) -> None:
         self.file.write(json.dumps(dict(round=round_done, time_s=time_s, **values)) + "\n")
@@ -434,7 +435,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
     if writer and size > 1:
         print(f"batch_size {config.batch_size} per process: {size} processes, a global batch of "
               f"{config.batch_size * size}")
-    log = MetricsLog(run_dir, trainer.rounds_done) if writer else None
+    log = MetricsLog(run_dir, trainer.rounds_done, announce=progress) if writer else None
     with tqdm(total=config.n_iter, initial=trainer.rounds_done, disable=not (progress and writer),
               desc=config.name) as bar:
         while trainer.rounds_done < config.n_iter and not trainer.stopped_early:
