@@ -156,14 +156,18 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     summary = evaluate(run_dir)
     grid = summary["curves"]["steps"]
     assert grid == [0, 10, 12]
-    for key in ("mmd", "high_quality"):
+    for key in ("mmd", "high_quality", "modes_covered"):
         assert set(summary["curves"][key]) == set(SAMPLERS)
         assert all(len(values) == len(grid) for values in summary["curves"][key].values())
         assert len({values[0] for values in summary["curves"][key].values()}) == 1  # the shared base samples
-    selected = summary["selected"]
-    best = min(min(values) for values in summary["curves"]["mmd"].values())
-    assert selected["validation_value"] == best and selected["metric"] == "mmd"
-    assert summary["curves"]["mmd"][selected["sampler"]][grid.index(selected["steps"])] == best
+    # a mixture toy: chosen by the share of high-quality samples, among the pairs that lose no mode of the base's
+    selected, curves = summary["selected"], summary["curves"]
+    eligible = {(name, k): quality for name in SAMPLERS for k, quality, covered in
+                zip(grid, curves["high_quality"][name], curves["modes_covered"][name])
+                if covered >= curves["modes_covered"][name][0]}
+    assert selected["metric"] == "high_quality" and selected["validation_value"] == max(eligible.values())
+    assert (selected["sampler"], selected["steps"]) in eligible
+    assert curves["high_quality"][selected["sampler"]][grid.index(selected["steps"])] == max(eligible.values())
     assert {"mmd_selected", "mmd_gebm", "mmd_base", "energy_distance_selected"} <= set(summary)
     for label in ("base", "gebm", "selected"):
         assert summary[f"modes_{label}"]["n_modes"] == 8
@@ -274,3 +278,17 @@ def test_reference_bandwidth_is_the_data_scale_and_fixes_the_kernel():
     assert bandwidth == median_bandwidth(data[:200], data[200:]) and 3.5 < bandwidth < 5  # 3 sqrt(2 ln 4) = 5.0
     # far apart, MMD^2 is the two within-sample kernel means: 1 / (1 + 2 * 3^2 / bandwidth^2) each (2-D Gaussians)
     assert mmd(data + 100, data, bandwidth.item()) == pytest.approx(2 / (1 + 18 / bandwidth.item() ** 2), rel=0.1)
+
+
+def test_choose_and_the_mode_guard():
+    from kale_fast.train.selection import choose, mode_guarded_quality
+
+    grid = [0, 10, 25]
+    assert choose({"a": [3.0, 1.0, 1.0], "b": [3.0, 2.0, 0.5]}, grid) == ("b", 25, 0.5)
+    assert choose({"a": [3.0, 1.0, 1.0], "b": [3.0, 2.0, 1.0]}, grid) == ("a", 10, 1.0)  # ties: fewer steps
+    assert choose({"a": [0.8, 0.9, 0.95], "b": [0.8, 0.97, 0.9]}, grid, higher_is_better=True) == ("b", 10, 0.97)
+    curves = {"collapsing": dict(high_quality=[0.8, 0.99, 0.999], modes_covered=[8, 7, 2]),
+              "honest": dict(high_quality=[0.8, 0.9, 0.95], modes_covered=[8, 8, 8])}
+    guarded = mode_guarded_quality(curves)
+    assert guarded["collapsing"][1:] == [-math.inf, -math.inf]
+    assert choose(guarded, grid, higher_is_better=True) == ("honest", 25, 0.95)

@@ -130,7 +130,7 @@ def training_curves(metrics_path: Path, path: Path) -> Optional[Path]:
 
 def metric_vs_steps(steps: Sequence[int], curves: Dict[str, Sequence[float]], path: Path, metric: str,
                     chosen: Tuple[str, int]) -> None:
-    """The sample metric (lower is better) against MCMC steps, one line per sampler (the paper's FID-vs-steps
+    """The sample metric (named by `metric`) against MCMC steps, one line per sampler (the paper's FID-vs-steps
     figure); steps 0 are the base samples; the (sampler, steps) pair chosen on validation data is circled."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for name, values in curves.items():

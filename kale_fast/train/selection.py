@@ -10,6 +10,7 @@ per grid point. Chains of every sampler start from the same z0 (common random nu
 0-step point.
 """
 import dataclasses
+import math
 from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import torch
@@ -80,14 +81,24 @@ class Selection(NamedTuple):
     value: float  # the validation metric there
 
 
-def choose(curves: Dict[str, Sequence[float]], steps: Sequence[int]) -> Selection:
-    """The (sampler, steps) of the lowest value over the curves (one value per step count per sampler); ties
-    go to fewer steps, then to the sampler listed first."""
+def choose(curves: Dict[str, Sequence[float]], steps: Sequence[int], higher_is_better: bool = False) -> Selection:
+    """The (sampler, steps) of the lowest value (the highest with higher_is_better) over the curves (one value per
+    step count per sampler); ties go to fewer steps, then to the sampler listed first."""
+    sign = -1.0 if higher_is_better else 1.0
     candidates: List[Tuple[float, int, int, str]] = [
-        (value, k, order, name) for order, (name, values) in enumerate(curves.items())
+        (sign * value, k, order, name) for order, (name, values) in enumerate(curves.items())
         for k, value in zip(steps, values)]
-    value, k, _, name = min(candidates)
-    return Selection(name, k, value)
+    signed, k, _, name = min(candidates)
+    return Selection(name, k, sign * signed)
+
+
+def mode_guarded_quality(curves: Dict[str, Dict[str, List[float]]]) -> Dict[str, List[float]]:
+    """Per sampler, the high-quality share at each step count, or -inf where the samples cover fewer modes than
+    the base samples (step 0) do: the mixture toys' selection metric, which collapsing onto fewer modes cannot
+    win."""
+    return {name: [quality if covered >= values["modes_covered"][0] else -math.inf
+                   for quality, covered in zip(values["high_quality"], values["modes_covered"])]
+            for name, values in curves.items()}
 
 
 def curves_on(gebm: GEBM, samplers: Dict[str, Sampler], z0: Tensor, steps: Sequence[int], seed: int,
