@@ -35,6 +35,15 @@ def _close(actual, expected):
 DTYPES = [torch.float32, torch.float64]
 
 
+def check_leapfrog_kick_drift(s: dict) -> None:
+    """The fused kick-drift (half and full kick) against the reference on state s."""
+    for kick in (0.5, 1.0):
+        z, p = s["z"].clone(), s["p"].clone()
+        fused.leapfrog_kick_drift(z, p, s["grad"], s["step"], kick)
+        z_ref, p_ref = reference.leapfrog_kick_drift(s["z"], s["p"], s["grad"], s["step"], kick)
+        _close(z, z_ref), _close(p, p_ref)
+
+
 def check_hmc_trajectory_end(s: dict):
     """The fused trajectory end on state s against the reference, outputs and in-place updates; returns
     (accept_prob, accepted)."""
@@ -64,12 +73,7 @@ def check_mala_accept(s: dict):
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_leapfrog_kick_drift_matches_reference(fused_backend_state, shape, dtype):
-    s = fused_backend_state(shape, dtype)
-    for kick in (0.5, 1.0):
-        z, p = s["z"].clone(), s["p"].clone()
-        fused.leapfrog_kick_drift(z, p, s["grad"], s["step"], kick)
-        z_ref, p_ref = reference.leapfrog_kick_drift(s["z"], s["p"], s["grad"], s["step"], kick)
-        _close(z, z_ref), _close(p, p_ref)
+    check_leapfrog_kick_drift(fused_backend_state(shape, dtype))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
