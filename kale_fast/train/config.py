@@ -40,8 +40,9 @@ class TrainConfig:
                         "a table (delimited text; or a .npz of train/validation/test arrays, taken as they are), "
                         "or images: 'digits' (8x8), 'mnist5k' (28x28), 'cifar10' (32x32, read from "
                         "<data_dir>/cifar-10-batches-py)")
-    data_dir: Optional[str] = _key(None, "folder of the named data sets' files (default: the KALE_FAST_DATA environment variable); "
-                                   "when set, a relative table path in `dataset` is read from it")
+    data_dir: Optional[str] = _key(None, "folder of the named data sets' files (default: the KALE_FAST_DATA "
+                                   "environment variable); when set, a relative table path in `dataset` is read "
+                                   "from it")
     # Tables (redwine, whitewine, a delimited text file; a pre-split .npz takes none of these but `dataset`).
     columns: Optional[List[Union[str, int]]] = _key(None, "the columns kept, in this order, by header name or 0-based "
                                                     "index (CLI: comma-separated, digits are indices); none: all "
@@ -124,32 +125,25 @@ class TrainConfig:
     def __post_init__(self):
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(self):
-            _check_type(field.name, getattr(self, field.name), hints[field.name])
+            value, choices = getattr(self, field.name), field.metadata["choices"]
+            _check_type(field.name, value, hints[field.name])
+            if choices is not None and value not in choices:
+                raise ValueError(f"config key {field.name!r} must be one of {choices}, got {value!r}")
         device_problem = unavailable_device(self.device)
         if device_problem:
             raise ValueError(f"config key 'device' (--device): {device_problem}")
-        if self.init not in INITS:
-            raise ValueError(f"config key 'init' must be one of {INITS}, got {self.init!r}")
         if self.faithful:
             if self.energy_clamp not in (None, FAITHFUL_OPTIONS["energy_clamp"]):
                 raise ValueError(f"config key 'faithful' sets energy_clamp: {FAITHFUL_OPTIONS['energy_clamp']} (the "
                                  f"authors' floor), but energy_clamp is {self.energy_clamp}: drop one of the two")
             for key, value in FAITHFUL_OPTIONS.items():
                 setattr(self, key, value)
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"config key 'objective' must be one of {OBJECTIVES}, got {self.objective!r}")
-        if self.base not in BASES:
-            raise ValueError(f"config key 'base' must be one of {BASES}, got {self.base!r}")
         if self.objective == "ml" and (self.base != "realnvp" or self.energy_only):
             raise ValueError("objective 'ml' trains a flow base by maximum likelihood: it needs base: realnvp and "
                              "energy_only: false")
-        if self.split not in SPLIT_NAMES:
-            raise ValueError(f"config key 'split' must be one of {SPLIT_NAMES}, got {self.split!r}")
         if self.max_correlation is not None and not 0 < self.max_correlation < 1:
             raise ValueError(f"config key 'max_correlation' must be in (0, 1) (none: no filter), got "
                              f"{self.max_correlation}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"config key 'sampler' must be one of {SAMPLERS}, got {self.sampler!r}")
         for key in ("n_train", "n_test", "latent_dim", "hidden", "n_iter_d", "batch_size", "n_eval", "log_every",
                     "checkpoint_every", "sampler_steps", "flow_layers", "flow_hidden"):
             if getattr(self, key) < 1:
