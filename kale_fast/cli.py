@@ -183,7 +183,7 @@ def _sample(args) -> None:
     from kale_fast.train.plots import image_panels, scatter_samples
     from kale_fast.train.sampling import column_summary, draw_gebm_samples, write_csv
 
-    config, gebm, _, _ = load_run(args.run, args.device)
+    config, gebm = load_run(args.run, args.device)[:2]
     config = dataclasses.replace(config, **{k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps)
                                             .items() if v is not None})
     warmup = config.sampler_steps // 2 if args.warmup is None else args.warmup

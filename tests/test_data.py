@@ -291,6 +291,8 @@ def test_resume_and_base_from_refuse_other_data(tmp_path):
     with pytest.raises(ValueError, match="checkpoint .* was trained on other data"):
         train(TrainConfig.from_dict({**common, "name": "ml", "objective": "ml", "n_iter": 6}), resume=True,
               progress=False)
+    with pytest.raises(ValueError, match="run .* was trained on other data"):  # nor evaluated on other data
+        evaluate(base_dir)
     with pytest.raises(ValueError, match="another config .*split"):  # and data keys are not resumable changes
         train(TrainConfig.from_dict({**common, "name": "ml", "objective": "ml", "n_iter": 6, "split": "dkef"}),
               resume=True, progress=False)

@@ -210,7 +210,7 @@ def test_gaussian_nll_matches_scipy():
 
 def test_energy_only_mode_keeps_the_base_frozen(tmp_path):
     run_dir = train(_config(tmp_path, energy_only=True, n_iter=3), progress=False)
-    config, gebm, _, _ = load_run(run_dir)
+    config, gebm = load_run(run_dir)[:2]
     fresh = kf.train.Trainer.create(config, toy_dataset("8gaussians", 512))
     for name, value in gebm.base.state_dict().items():
         assert torch.equal(value, fresh.gebm.base.state_dict()[name])
@@ -344,7 +344,7 @@ def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(t
                                     "latent_dim": 8, "spectral_norm": True, "n_test": 4, "batch_size": 4,
                                     "n_partition_samples": 8,
                                     "n_iter": 2, "n_iter_d_init": 1, "n_iter_d": 1, "out_dir": str(tmp_path)})
-    _, gebm, _, rounds = load_run(train(config, progress=False))
+    _, gebm, _, rounds, _ = load_run(train(config, progress=False))
     assert rounds == 2 and gebm.base_sample(3).shape == (3, 3, 32, 32)
     with pytest.raises(ValueError, match=r"needs \(3, 32, 32\) images"):
         train(TrainConfig.from_dict({**TINY, "name": "bad", "dataset": "digits", "base": "sngan32",

@@ -36,7 +36,7 @@ from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd
                                paired_difference, reference_bandwidth, share_difference, verdict)
 from kale_fast.metrics.image_scores import FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid
 from kale_fast.train.config import SAMPLERS, TrainConfig
-from kale_fast.train.loop import BEST, SUMMARY, DataSplits, load_data, load_images, load_run
+from kale_fast.train.loop import BEST, SUMMARY, DataSplits, check_same_data, load_data, load_images, load_run
 from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
 from kale_fast.train.selection import (chain_points, choose, curves_on, mode_guarded_quality, step_grid,
                                        tuned_sampler)
@@ -130,10 +130,12 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
     callers' sake; the chains run without bars (they are many and short)."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    config, gebm, learned_a, rounds_done = load_run(run_dir, device)
+    config, gebm, learned_a, rounds_done, trained_on = load_run(run_dir, device)
     if feature_net is not None:
         config = dataclasses.replace(config, feature_net=feature_net)
     splits = load_data(config)
+    evaluated_on = data_hash(splits)
+    check_same_data(trained_on, evaluated_on, f"run {run_dir}")  # a data file changed since training: refused
     images = splits.test.dim() == 4
     if feature_net is not None and not images:
         raise ValueError(f"feature_net is for image runs (FID/KID); run {config.name!r} holds "
@@ -187,7 +189,7 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
     selected_samples = points[(selected.sampler, selected.steps)].samples
 
     summary = dict(
-        run=config.name, dataset=config.dataset, data_hash=data_hash(splits), rounds=rounds_done,
+        run=config.name, dataset=config.dataset, data_hash=evaluated_on, rounds=rounds_done,
         n_test_total=len(test), n_eval=n,
         n_validation=len(validation), validation_data=validation_source, sampler=config.sampler,
         sampler_steps=config.sampler_steps, accept_rate=gebm_point.accept_rate,

@@ -172,10 +172,9 @@ class Trainer:
         device = torch.device(config.device)
         gebm = build_gebm(config, tuple(train_data.shape[1:])).to(device)
         if config.base_from is not None:
-            base_dir = Path(config.base_from)
-            gebm.base.load_state_dict(load_run(base_dir, config.device).gebm.base.state_dict())
-            _check_same_data(_read_state(base_dir / CHECKPOINT, "cpu").get("data_hash"), data_hash,
-                             f"base_from run {base_dir}")
+            base_run = load_run(Path(config.base_from), config.device)
+            check_same_data(base_run.data_hash, data_hash, f"base_from run {config.base_from}")
+            gebm.base.load_state_dict(base_run.gebm.base.state_dict())
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         if config.eval_idle_network:  # the authors estimate the initial A in eval mode (running batch-norm statistics)
             gebm.eval()
@@ -364,9 +363,9 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
                          "start a new run (another name) instead")
 
 
-def _check_same_data(saved_hash: Optional[str], data_hash: Optional[str], what: str) -> None:
-    """Refuse a checkpoint (`what`: this run's, or its base_from run's) whose data hash is not data_hash; one
-    written before runs recorded a data hash is accepted with a warning."""
+def check_same_data(saved_hash: Optional[str], data_hash: Optional[str], what: str) -> None:
+    """Refuse a checkpoint (`what`: this run's, its base_from run's, or the run evaluated) whose data hash is not
+    data_hash; one written before runs recorded a data hash is accepted with a warning."""
     if data_hash is None:
         return
     if saved_hash is None:
@@ -410,7 +409,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
     if resume:
         state = _read_state(checkpoint, config.device)
         _check_resumable(state["config"], config)
-        _check_same_data(state.get("data_hash"), trainer.data_hash, f"checkpoint {checkpoint}")
+        check_same_data(state.get("data_hash"), trainer.data_hash, f"checkpoint {checkpoint}")
         trainer.load_state_dict(state)
     writer = rank == 0
     if writer and not resume:
@@ -487,6 +486,7 @@ class TrainedRun(NamedTuple):
     gebm: GEBM            # the checkpoint's weights, in eval mode
     log_partition: Tensor  # the learned A
     rounds_done: int      # the round of those weights
+    data_hash: Optional[str]  # kale_fast.data.data_hash of the data it was trained on (None: an older run)
 
 
 def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> TrainedRun:
@@ -501,4 +501,4 @@ def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> 
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
     gebm = build_gebm(config, tuple(state["data_shape"])).to(config.device)
     gebm.load_state_dict(state["gebm"])
-    return TrainedRun(config, gebm.eval(), state["log_partition"], state["rounds_done"])
+    return TrainedRun(config, gebm.eval(), state["log_partition"], state["rounds_done"], state.get("data_hash"))
