@@ -36,7 +36,7 @@ def read_summaries(run_dirs: Iterable[Path]) -> List[dict]:
     return summaries
 
 
-def over_seeds(summaries: List[dict], confidence: float = 0.95) -> List[MetricOverSeeds]:
+def over_seeds(summaries: List[dict]) -> List[MetricOverSeeds]:
     """One row per numeric entry (bools excluded), in order of first appearance, over the summaries holding it."""
     if len(summaries) < 2:
         raise ValueError(f"summaries: intervals over seeds need at least 2 runs, got {len(summaries)}")
@@ -48,8 +48,8 @@ def over_seeds(summaries: List[dict], confidence: float = 0.95) -> List[MetricOv
         if n < 2:
             rows.append(MetricOverSeeds(metric, n, mean, math.nan, math.nan, math.nan))
             continue
-        sd = float(values.std(ddof=1))
-        half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sd / math.sqrt(n)
+        sd = float(values.std(ddof=1))  # (by hand, not stats.t.interval, which gives nan for a zero spread)
+        half = float(stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
         rows.append(MetricOverSeeds(metric, n, mean, sd, mean - half, mean + half))
     return rows
 
