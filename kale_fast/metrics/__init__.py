@@ -6,5 +6,5 @@ from kale_fast.metrics.distances import energy_distance, median_bandwidth, mmd, 
 from kale_fast.metrics.likelihood import gaussian_nll
 from kale_fast.metrics.modes import MODE_DATASETS, mode_scores
 
-__all__ = ["MODE_DATASETS", "energy_distance", "gaussian_nll", "median_bandwidth", "mmd", "mmd_difference", "mode_scores",
-           "paired_difference", "reference_bandwidth", "share_difference", "verdict"]
+__all__ = ["MODE_DATASETS", "energy_distance", "gaussian_nll", "median_bandwidth", "mmd", "mmd_difference",
+           "mode_scores", "paired_difference", "reference_bandwidth", "share_difference", "verdict"]

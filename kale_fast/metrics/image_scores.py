@@ -37,7 +37,7 @@ def train_feature_network(images: Tensor, labels: Tensor, steps: int = 600, seed
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         index = torch.randint(0, len(images), (128,), generator=generator)
-        loss = nn.functional.cross_entropy(net.classify(net((images[index] + 1) / 2)), labels[index])
+        loss = nn.functional.cross_entropy(net.classify(net(unit_range(images[index]))), labels[index])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -111,8 +111,8 @@ def feature_network_from_file(path: Union[str, Path], image_shape: Tuple[int, ..
     return ScriptedFeatures(scripted, image_shape)  # its own errors (wrong image shape, ...) surface as they are
 
 
-def _unit(images: Tensor) -> Tensor:
-    """[-1, 1] images as the [0, 1] ones torchmetrics takes with normalize=True."""
+def unit_range(images: Tensor) -> Tensor:
+    """[-1, 1] images as the [0, 1] ones torchmetrics and the feature networks take (normalize=True)."""
     return ((images + 1) / 2).clamp(0, 1)
 
 
@@ -141,8 +141,8 @@ def fid_and_kid(real: Tensor, fake: Tensor, feature_net: nn.Module, kid_subset_s
         fid = FrechetInceptionDistance(feature=feature_net, normalize=True)
         kid = KernelInceptionDistance(feature=feature_net, subsets=50, subset_size=subset, normalize=True)
     for metric in (fid, kid):
-        metric.update(_unit(real), real=True)
-        metric.update(_unit(fake), real=False)
+        metric.update(unit_range(real), real=True)
+        metric.update(unit_range(fake), real=False)
     with torch.random.fork_rng(devices=[]):  # KID draws its subsets with torch.randperm on the CPU generator
         torch.manual_seed(seed)
         kid_mean, kid_std = kid.compute()
@@ -159,10 +159,10 @@ class FidScorer:
         with _quiet_feature_buffers():
             self.fid = FrechetInceptionDistance(feature=feature_net, normalize=True, reset_real_features=False)
         with torch.no_grad():
-            self.fid.update(_unit(real), real=True)
+            self.fid.update(unit_range(real), real=True)
 
     @torch.no_grad()
     def __call__(self, fake: Tensor) -> float:
         self.fid.reset()  # the fake features only (reset_real_features=False)
-        self.fid.update(_unit(fake), real=False)
+        self.fid.update(unit_range(fake), real=False)
         return self.fid.compute().item()

@@ -34,7 +34,8 @@ from kale_fast._io import atomic_write_text, load_torch_file
 from kale_fast.data import data_hash
 from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd, mmd_difference, mode_scores,
                                paired_difference, reference_bandwidth, share_difference, verdict)
-from kale_fast.metrics.image_scores import FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid
+from kale_fast.metrics.image_scores import (FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid,
+                                            unit_range)
 from kale_fast.train.config import SAMPLERS, TrainConfig
 from kale_fast.train.loop import BEST, SUMMARY, DataSplits, check_same_data, load_data, load_images, load_run
 from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
@@ -262,7 +263,7 @@ def _sample_verdict(summary: dict, reference: Tensor, gebm_samples: Tensor, base
 
 @torch.no_grad()
 def _features(images: Tensor, features) -> Tensor:
-    return features(((images + 1) / 2).clamp(0, 1)).double()
+    return features(unit_range(images)).double()
 
 
 def _image_scores(test: Tensor, base_samples: Tensor, points: dict, selected_samples: Tensor, features,
