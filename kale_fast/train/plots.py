@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from kale_fast.metrics.image_scores import unit_range  # noqa: E402
+
 
 def scatter_samples(samples: Dict[str, Tensor], path: Path) -> None:
     """One panel per named sample set (first two coordinates), on the axes of the first set (the data)."""
@@ -55,7 +57,7 @@ def _tile(images: Tensor, columns: int) -> Tensor:
     n, channels, height, width = images.shape
     rows = (n + columns - 1) // columns
     canvas = torch.ones(rows * (height + 1) - 1, columns * (width + 1) - 1, channels)
-    images = ((images.detach().cpu().float() + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    images = unit_range(images.detach().cpu().float()).permute(0, 2, 3, 1)
     for i, image in enumerate(images):
         top, left = (i // columns) * (height + 1), (i % columns) * (width + 1)
         canvas[top:top + height, left:left + width] = image
