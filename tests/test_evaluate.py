@@ -193,6 +193,9 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     evaluate_module = importlib.import_module("kale_fast.train.evaluate")
     real_load = evaluate_module.load_data
     monkeypatch.setattr(evaluate_module, "load_data", lambda c: real_load(c)._replace(test=real_load(c).test + 5))
+    with pytest.raises(ValueError, match="trained on other data"):  # other data than the run's are refused...
+        evaluate(run_dir)
+    monkeypatch.setattr(evaluate_module, "check_same_data", lambda *args: None)  # ...so this test lets them in
     shifted = evaluate(run_dir)
     assert shifted["curves"] == summary["curves"] and shifted["selected"] == summary["selected"]
     assert shifted["mmd_selected"] > summary["mmd_selected"]
