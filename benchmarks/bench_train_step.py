@@ -2,7 +2,8 @@
 (benchmarks/authors_train_step.py), the same networks, math and precision (fp32), side by side in one run.
 
 1. The paper's 32x32 networks as the authors set them up (`faithful: true`: spectral norm but for the last
-   layer, Xavier init, the idle network in eval mode, the clamp; latent 100, penalty 1, synthetic images): B = 128 on a GPU (the authors measured 24.8 ms per energy step and 11.2 ms per base step there);
+   layer, Xavier init, the idle network in eval mode, the clamp; latent 100, penalty 1, synthetic images):
+   B = 128 on a GPU (the authors measured 24.8 ms per energy step and 11.2 ms per base step there);
    B = 16 on CPU (full runs only).
 2. The toy config's MLPs (3 x 128, 2-D, B = 256).
 A round of the paper's schedule is 5 energy steps and one base step; the round ratio weighs them so.

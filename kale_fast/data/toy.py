@@ -21,7 +21,8 @@ def _eight_gaussians(n: int, gen: torch.Generator) -> Tensor:
 def _rings(n: int, gen: torch.Generator) -> Tensor:
     radius = torch.tensor(RINGS_RADII)[torch.randint(0, len(RINGS_RADII), (n,), generator=gen)]
     angle = 2 * math.pi * torch.rand(n, generator=gen)
-    return radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], 1) + RINGS_SD * torch.randn(n, 2, generator=gen)
+    circle = torch.stack([torch.cos(angle), torch.sin(angle)], 1)
+    return radius[:, None] * circle + RINGS_SD * torch.randn(n, 2, generator=gen)
 
 
 def _swiss_roll(n: int, gen: torch.Generator) -> Tensor:

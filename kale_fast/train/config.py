@@ -89,8 +89,9 @@ class TrainConfig:
     spectral_norm: bool = _key(False, "spectral normalisation of every energy layer (the paper's image setting)")
     # The authors' options below default to kale_fast's original behaviour: a run's saved config rebuilds the same
     # networks (checkpoints without these keys load), and toy/tabular runs stay as recorded in docs/RESULTS.md.
-    spectral_norm_head: bool = _key(True, "with spectral_norm, normalise the energy's last Linear layer too (kale_fast's "
-                                    "original setting); the authors' 32x32 energy leaves it free: false")
+    spectral_norm_head: bool = _key(True, "with spectral_norm, normalise the energy's last Linear layer too "
+                                    "(kale_fast's original setting); the authors' 32x32 energy leaves it free: "
+                                    "false")
     init: str = _key("torch", "initial weights of both networks: 'torch' (PyTorch's defaults) or 'xavier' "
                      "(Xavier-uniform, gain 1, on every Linear/Conv/ConvTranspose weight, the authors' 32x32 "
                      "networks)", choices=INITS)

@@ -401,8 +401,8 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
     checkpoint = run_dir / CHECKPOINT
     splits = load_data(config)
     if config.validate_every and splits.validation is None:
-        raise ValueError(f"validate_every needs a data set with a validation split (toys, UCI, CSV); {config.dataset!r} "
-                         f"has none")
+        raise ValueError(f"validate_every needs a data set with a validation split (toys, UCI, CSV); "
+                         f"{config.dataset!r} has none")
     train_data = splits.train.to(config.device)
     validation_data = splits.validation.to(config.device) if config.validate_every else None
     trainer = Trainer.create(config, train_data, data_hash(splits))
