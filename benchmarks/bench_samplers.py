@@ -173,7 +173,8 @@ def markdown(record: dict) -> str:
     paper = [r for r in rows if r["part"] == "paper"]
     if paper:
         lines += ["", "Paper networks (HMC: 2 leapfrog steps per iteration):", "",
-                  "| B | sampler | ours ms/iter | authors ms/iter | authors / ours | floor ms | ours per gradient / floor |",
+                  "| B | sampler | ours ms/iter | authors ms/iter | authors / ours | floor ms "
+                  "| ours per gradient / floor |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['batch']} | {r['sampler']} | {cell(r['ours_ms'])} | {cell(r['authors_ms'])} | "
                   f"{cell(r['authors_over_ours'], suffix='x')} | {cell(r['floor_ms'])} | "
