@@ -22,7 +22,8 @@ import torch
 from tqdm import tqdm
 
 from benchmarks import bench_integrators, bench_kale_loss, bench_peers, bench_samplers, bench_train_step
-from benchmarks._timing import SPREAD_LEGEND, cell, copy_bandwidth_gbps, load_warning, machine_load
+from benchmarks._timing import SPREAD_LEGEND, cell, load_warning, machine_load
+from benchmarks.floors import copy_gbps
 
 HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
@@ -48,7 +49,7 @@ def environment(device: torch.device) -> dict:
         device_name = f"{platform.processor() or platform.machine()} CPU, {threads} thread{'s' * (threads > 1)}"
     return dict(device=device.type, device_name=device_name, threads=threads, torch=torch.__version__,
                 triton=triton_version, cuda=torch.version.cuda, python=platform.python_version(),
-                date=datetime.datetime.now().isoformat(timespec="seconds"), copy_gbps=copy_bandwidth_gbps(device))
+                date=datetime.datetime.now().isoformat(timespec="seconds"), copy_gbps=copy_gbps(device))
 
 
 def run_with_load(op: str, device: torch.device, quick: bool, threads: int) -> dict:
@@ -67,7 +68,7 @@ def run_with_load(op: str, device: torch.device, quick: bool, threads: int) -> d
 
 def render(record: dict) -> str:
     env = record["env"]
-    copy = f", copy bandwidth {cell(env['copy_gbps'])} GB/s" if env["copy_gbps"] else ""
+    copy = f", copy bandwidth {cell(env['copy_gbps'])} GB/s (read + written)" if env["copy_gbps"] else ""
     module = ALL_BENCHES[record["op"]]
     # records written before the load was recorded (the peers table of 2026-11-25) carry their own load line
     load = record.get("load")

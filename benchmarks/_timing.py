@@ -131,14 +131,3 @@ def peak_extra_mib(fn: Callable[[], object], device: torch.device) -> Optional[f
     fn()
     torch.cuda.synchronize(device)
     return (torch.cuda.max_memory_allocated(device) - before) / 2**20
-
-
-def copy_bandwidth_gbps(device: torch.device, n: int = 1 << 28) -> Optional[dict]:
-    """Device-to-device copy bandwidth (bytes read + bytes written per second, GB/s), the ceiling of streaming
-    ops, as a spread over repeats; None on CPU."""
-    if device.type != "cuda":
-        return None
-    src = torch.randn(n, device=device)
-    dst = torch.empty_like(src)
-    ms = interleaved_ms({"copy": lambda: dst.copy_(src)}, device)["copy"]
-    return spread([2 * src.numel() * src.element_size() / t / 1e6 for t in ms])
