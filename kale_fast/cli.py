@@ -23,6 +23,7 @@ from typing import List, Optional
 import torch
 
 import kale_fast
+from kale_fast.data.tabular import parse_columns
 from kale_fast.train.config import SAMPLERS, TrainConfig, unavailable_device
 from kale_fast.train.run_folder import RunFolderInUse
 
@@ -36,11 +37,6 @@ def _parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
-def _parse_columns(text: str) -> list:
-    """`columns` on the command line: comma-separated; an item of digits is a 0-based index, others are names."""
-    return [int(item) if item.strip().isdigit() else item.strip() for item in text.split(",")]
-
-
 def _flag_type(annotation):
     """argparse type of a config field; Optional fields also take 'none'."""
     args = typing.get_args(annotation)
@@ -48,7 +44,7 @@ def _flag_type(annotation):
         inner = _flag_type(next(a for a in args if a is not type(None)))
         return lambda text: None if text.lower() == "none" else inner(text)
     if typing.get_origin(annotation) is list:
-        return _parse_columns
+        return parse_columns
     return _parse_bool if annotation is bool else annotation
 
 

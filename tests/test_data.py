@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from kale_fast.cli import _parse_columns
 from kale_fast.data import data_dir, data_hash, drop_correlated, load_tabular, make_splits, read_table
 from kale_fast.data.splits import split_dkef, split_random
+from kale_fast.data.tabular import parse_columns
 from kale_fast.metrics import gaussian_nll
 from kale_fast.train import TrainConfig, evaluate, train
 from kale_fast.train.loop import load_data
@@ -175,6 +175,34 @@ def test_columns_by_name_or_index(tmp_path):
         read_table(bare, columns=["a"])
 
 
+def test_column_ranges_and_mixtures(tmp_path):
+    values = np.random.default_rng(1).normal(size=(20, 6))
+    path = _write(tmp_path / "t.csv", values, header="a,b,c,d,e,f")
+    bare = _write(tmp_path / "bare.csv", values, header=None)
+    for columns, kept in [("2-4", [2, 3, 4]), ("3:", [3, 4, 5]), ("3-", [3, 4, 5]), ([0, "4:"], [0, 4, 5]),
+                          (["1-1", 5], [1, 5]), ("0-5", list(range(6)))]:
+        for table in (path, bare):
+            read, names = read_table(table, columns=columns)
+            assert np.array_equal(read, values[:, kept]), (columns, table)
+    assert np.array_equal(read_table(path, columns="f,0-1,c")[0], values[:, [5, 0, 1, 2]])
+    assert read_table(path, columns="e, 1-2")[1] == ("e", "b", "c")
+    for columns, match in [("2-6", "range '2-6' must run .* 6 columns \\(0 to 5\\)"), ("4-2", "range '4-2'"),
+                           ("6:", "range '6:'"), ("0-2,b", "names a column twice"), ("2:4", "no column named '2:4'"),
+                           ("-3", "no column named '-3'")]:
+        with pytest.raises(ValueError, match=match):
+            read_table(path, columns=columns)
+    named = _write(tmp_path / "named.csv", values, header="a,2-3,c,d,e,f")  # a header name before a range
+    assert read_table(named, columns=["2-3"])[1] == ("2-3",)
+
+
+def test_columns_as_one_string():
+    assert parse_columns("alcohol, 3,pH, 3-21, 4:") == ["alcohol", 3, "pH", "3-21", "4:"]
+    assert TrainConfig(columns="0,3-21").columns == [0, "3-21"]  # YAML `columns: 0,3-21` as on the command line
+    for text in ("", "a,,b", "a,"):
+        with pytest.raises(ValueError, match="config key 'columns'"):
+            parse_columns(text)
+
+
 @pytest.mark.parametrize("text, match", [
     ("", "is empty"),
     ("a,b,c\n", "a header line and no rows"),
@@ -245,7 +273,7 @@ def test_a_pre_split_npz_is_taken_as_it_is(tmp_path):
 # --- config keys -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("values, error, match", [
-    (dict(columns="a"), TypeError, "'columns' must be list of str or int"),
+    (dict(columns=3), TypeError, "'columns' must be list of str or int"),
     (dict(columns=[True]), TypeError, "'columns' must be list of str or int"),
     (dict(columns=[1.5]), TypeError, "'columns' must be list of str or int"),
     (dict(split="kfold"), ValueError, "'split' must be one of \\('random', 'dkef'\\)"),
@@ -259,10 +287,6 @@ def test_bad_data_keys_are_rejected(values, error, match):
     with pytest.raises(error, match=match):
         TrainConfig.from_dict(values)
     TrainConfig.from_dict(dict(columns=["a", 2], max_correlation=0.98, split="dkef", split_seed=3, header=False))
-
-
-def test_columns_on_the_command_line():
-    assert _parse_columns("alcohol, 3,pH") == ["alcohol", 3, "pH"]
 
 
 # --- the data hash -----------------------------------------------------------------------------------------------

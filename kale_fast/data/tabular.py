@@ -9,6 +9,7 @@ relative path never changes meaning with the environment).
 import csv
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
 
@@ -61,7 +62,8 @@ def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[s
 
     delimiter: one character; None: csv.Sniffer's choice among , ; tab |. header: whether the first line names the
     columns; None: it does when it holds a cell that is not a number. columns: the columns kept, in this order, by
-    header name or 0-based index (names need a header); None: all but those named in `drop`. Columns without a
+    header name, 0-based index or range of indices ("3-21": both included; "3:": to the last), as a list or one
+    comma-separated string (names need a header); None: all but those named in `drop`. Columns without a
     header are named by their index. Raises FileNotFoundError saying where to put a missing file, ValueError naming
     the row and column of a NaN or non-number, and ValueError / TypeError naming the config key of a bad option."""
     path = Path(path)
@@ -101,12 +103,44 @@ def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[s
     return values, tuple(names[i] for i in keep)
 
 
+_RANGE = re.compile(r"^(\d+)\s*(?:-\s*(\d+)|([-:]))$")  # "3-21" (both included), "3:" or "3-" (to the last)
+
+
+def parse_columns(text: str) -> List[Union[str, int]]:
+    """`columns` written as one string (the CLI flag, or a YAML string): comma-separated items, an item of digits
+    a 0-based index, any other a header name or a range ("3-21", "3:"; read_table resolves those)."""
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError(f"config key 'columns' must name at least one column, got {text!r}")
+    items = [item.strip() for item in text.split(",")]
+    if not all(items):
+        raise ValueError(f"config key 'columns': {text!r} holds an empty item (two commas in a row, or a trailing "
+                         f"comma)")
+    return [int(item) if item.isdigit() else item for item in items]
+
+
+def _column_range(item: str, names: List[str]) -> Optional[List[int]]:
+    """The indices of a range item ("3-21": 3 to 21, both included; "3:" or "3-": 3 to the last), None when the
+    item is not a range."""
+    match = _RANGE.match(item.strip())
+    if match is None:
+        return None
+    first = int(match.group(1))
+    last = int(match.group(2)) if match.group(2) is not None else len(names) - 1
+    if not first <= last < len(names):
+        raise ValueError(f"config key 'columns': range {item!r} must run from a first to a last 0-based index "
+                         f"(both included, first <= last) within the table's {len(names)} columns (0 to "
+                         f"{len(names) - 1})")
+    return list(range(first, last + 1))
+
+
 def _column_indices(names: List[str], columns, header: bool, drop: Sequence[str]) -> List[int]:
     if columns is None:
         return [i for i, name in enumerate(names) if name not in drop]
+    if isinstance(columns, str):
+        columns = parse_columns(columns)
     if not isinstance(columns, (list, tuple)) or not columns:
-        raise TypeError(f"config key 'columns' must be a non-empty list of column names or 0-based indices, "
-                        f"got {columns!r}")
+        raise TypeError(f"config key 'columns' must be a non-empty list of column names, 0-based indices or ranges "
+                        f"('3-21', '3:'), got {columns!r}")
     indices = []
     for column in columns:
         if isinstance(column, int) and not isinstance(column, bool):
@@ -115,15 +149,21 @@ def _column_indices(names: List[str], columns, header: bool, drop: Sequence[str]
                                  f"columns (counted from 0)")
             indices.append(column)
         elif isinstance(column, str):
-            if not header:
+            if header and column in names:  # a name first: a header may name a column "3-5"
+                indices.append(names.index(column))
+                continue
+            in_range = _column_range(column, names)
+            if in_range is not None:
+                indices.extend(in_range)
+            elif not header:
                 raise ValueError(f"config key 'columns': {column!r} is a name, but the table has no header line; "
-                                 f"give 0-based indices (or header: true)")
-            if column not in names:
-                raise ValueError(f"config key 'columns': no column named {column!r}; the header names {names}")
-            indices.append(names.index(column))
+                                 f"give 0-based indices or ranges ('3-21', '3:'), or header: true")
+            else:
+                raise ValueError(f"config key 'columns': no column named {column!r} (nor a range such as '3-21' or "
+                                 f"'3:'); the header names {names}")
         else:
             raise TypeError(f"config key 'columns' holds {column!r} ({type(column).__name__}): expected a column "
-                            f"name (str) or 0-based index (int)")
+                            f"name or range (str) or 0-based index (int)")
     if len(set(indices)) != len(indices):
         raise ValueError(f"config key 'columns' names a column twice: {list(columns)}")
     return indices

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from kale_fast.data.splits import SPLITS
+from kale_fast.data.tabular import parse_columns
 from kale_fast.models.init import INITS
 
 OBJECTIVES = ("kale", "dv", "ml")
@@ -44,9 +45,11 @@ class TrainConfig:
                                    "environment variable); when set, a relative table path in `dataset` is read "
                                    "from it")
     # Tables (redwine, whitewine, a delimited text file; a pre-split .npz takes none of these but `dataset`).
-    columns: Optional[List[Union[str, int]]] = _key(None, "the columns kept, in this order, by header name or 0-based "
-                                                    "index (CLI: comma-separated, digits are indices); none: all "
-                                                    "(redwine/whitewine: all but quality)")
+    columns: Optional[List[Union[str, int]]] = _key(None, "the columns kept, in this order: header names, 0-based "
+                                                    "indices and ranges of them ('3-21': both included; '3:': to "
+                                                    "the last), a list or one comma-separated string (e.g. "
+                                                    "'0,3-21,alcohol'); none: all (redwine/whitewine: all but "
+                                                    "quality)")
     delimiter: Optional[str] = _key(None, "the field delimiter, one character; none: detected (csv.Sniffer, among , ; "
                                     "tab |)")
     header: Optional[bool] = _key(None, "whether the first line names the columns; none: it does when it holds a "
@@ -124,6 +127,8 @@ class TrainConfig:
     device: str = _key("cpu", "torch device: cpu, cuda, cuda:1, ... (one this machine has)")
 
     def __post_init__(self):
+        if isinstance(self.columns, str):  # 'a,3-21' in YAML, as on the command line
+            self.columns = parse_columns(self.columns)
         hints = typing.get_type_hints(TrainConfig)
         for field in dataclasses.fields(self):
             value, choices = getattr(self, field.name), field.metadata["choices"]
