@@ -1,16 +1,19 @@
 """Files in and out, safely.
 
-Writes are atomic: a temporary file in the target's folder, renamed over the target, so that a crash never
-leaves half a checkpoint or summary behind (and `remove_stale_temporaries` clears what a kill left behind);
-the file gets the permissions of an ordinary write (0666 less the user's umask).
+Writes are atomic: a temporary file in the target's folder (created exclusively, never through a link), renamed
+over the target, so that a crash never leaves half a file behind (`remove_stale_temporaries` clears what a kill
+left behind) and a symbolic link planted at the target is replaced, not followed; the file gets the permissions
+of an ordinary write (0666 less the user's umask). A full disk or an unwritable folder ends the write with one
+line that says so (DiskFullError, PermissionError), the target keeping its previous contents.
 Reads never run code from the file: checkpoints through torch.load(weights_only=True) (tensors and plain
 data only), pickled array files through an unpickler that knows numpy arrays and nothing else.
 """
+import errno
 import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import torch
@@ -26,10 +29,38 @@ def _umask() -> int:
     return mask
 
 
-def _atomic(path: PathLike, write) -> None:
+class DiskFullError(OSError):
+    """A write failed for want of space (ENOSPC) or quota (EDQUOT); what was written before is intact."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(path: PathLike, error: OSError, kept: str) -> DiskFullError:
+    """The one-line error of a write to `path` that ran out of space; `kept`: what is intact, in words."""
+    return DiskFullError(error.errno, f"no space left on the device to write {path} ({error.strerror}); {kept}. "
+                                      f"Free some space and run the command again")
+
+
+def _unwritable(path: Path, error: OSError) -> OSError:
+    """PermissionError (or OSError for a read-only file system) naming the target and its folder, not a temporary
+    file's name."""
+    kind = PermissionError if isinstance(error, PermissionError) else OSError
+    return kind(error.errno, f"cannot write {path}: its folder {path.parent} is not writable ({error.strerror})")
+
+
+def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
+    """Write `path` atomically: write(tmp) fills a fresh temporary file (its name ends in .tmp: give writers that
+    read the format from the name, e.g. savefig, the format), which is then renamed over path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMPORARY_PREFIX}{path.stem}-", suffix=_TEMPORARY_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMPORARY_PREFIX}{path.stem}-",
+                                   suffix=_TEMPORARY_SUFFIX)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise _unwritable(path, error) from None
+        raise
     try:  # mkstemp makes the file 0600; a file written in place would get 0666 less the umask: so does this one
         os.fchmod(fd, 0o666 & ~_umask())
     finally:
@@ -37,20 +68,54 @@ def _atomic(path: PathLike, write) -> None:
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as error:
+        if error.errno in _FULL:
+            raise disk_full(path, error, f"{path.name} keeps its previous contents" if path.exists() else
+                            "nothing was written") from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+class _KeptWriteError:
+    """A binary file for torch.save that keeps the OSError of a failed write: torch's C++ writer reports it as
+    a RuntimeError ("[enforce fail at inline_container.cc...]") that does not say the disk is full."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(obj: Any, tmp: str) -> None:
+    with open(tmp, "wb") as handle:
+        writer = _KeptWriteError(handle)
+        try:
+            torch.save(obj, writer)
+        except (RuntimeError, OSError):
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
-    _atomic(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: _torch_save(obj, tmp))
 
 
 def atomic_write_text(text: str, path: PathLike) -> None:
     def write(tmp):
         with open(tmp, "w") as handle:
             handle.write(text)
-    _atomic(path, write)
+    atomic_write(path, write)
 
 
 def remove_stale_temporaries(folder: PathLike) -> list:
@@ -64,14 +129,33 @@ def remove_stale_temporaries(folder: PathLike) -> list:
 
 def load_torch_file(path: PathLike, map_location=None) -> Any:
     """torch.load of a file that must hold tensors and plain Python data only (dicts, lists, tuples, numbers,
-    strings): anything else is refused with a ValueError before it can run (weights_only=True)."""
+    strings): anything else is refused with a ValueError before it can run (weights_only=True), and so is a
+    file that torch.load cannot read (text, truncated, not written by torch.save), in one line."""
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
+    except OSError:  # missing, unreadable, a folder: the file system's own error names the path
+        raise
     except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path} holds Python objects other than tensors and plain data, which kale_fast refuses to load "
-            f"(loading them could run code from the file). Files written by kale_fast hold none: this one was "
-            f"written by something else or altered. Details: {str(error).splitlines()[0]}") from None
+        if "weights only load failed" in str(error).lower():
+            raise ValueError(
+                f"{path} holds Python objects other than tensors and plain data, which kale_fast refuses to load "
+                f"(loading them could run code from the file). Files written by kale_fast hold none: this one was "
+                f"written by something else or altered. Details: {_first_line(error, 'Unsupported global')}") from None
+        raise _not_torch_file(path, error) from None
+    except Exception as error:  # torch reports a damaged or foreign file by KeyError, EOFError, RuntimeError, ...
+        raise _not_torch_file(path, error) from None
+
+
+def _first_line(error: BaseException, prefer: str = "") -> str:
+    """The error's first sentence (or its line holding `prefer`): torch's messages run to paragraphs."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    line = next((line for line in lines if prefer and prefer in line), lines[0] if lines else type(error).__name__)
+    return line.split(". ")[0]
+
+
+def _not_torch_file(path: PathLike, error: BaseException) -> ValueError:
+    return ValueError(f"{path} is not a file written by torch.save, or it is damaged (truncated, edited): "
+                      f"torch.load failed with {type(error).__name__}: {_first_line(error)}")
 
 
 def _numpy_core():

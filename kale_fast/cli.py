@@ -125,8 +125,9 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = add_verb("eval", help="evaluate a trained run (summary.json, plots)")
     evaluate.add_argument("--run", required=True, type=Path)
     evaluate.add_argument("--device", type=_device, default=None, help="default: the run's config")
-    evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file (Inception-v3 "
-                          "weights, .pt2 or TorchScript) instead of the run's config")
+    evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file of weights "
+                          "(Inception-v3's or DigitFeatures', a state dict or .safetensors) instead of the run's "
+                          "config")
     commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
     _add_report_parser(add_verb)
     return parser

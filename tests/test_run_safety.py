@@ -110,6 +110,89 @@ def test_cifar_batches_refuse_a_crafted_pickle(tmp_path, marker):
         load_cifar10(folder)
 
 
+# --- feature networks: weights only ----------------------------------------------------------------------
+
+def _exported_digit_features(tmp_path):
+    """DigitFeatures as torch.export (.pt2) and TorchScript programs, and as a state dict."""
+    from kale_fast.metrics.image_scores import DigitFeatures
+
+    net = DigitFeatures().eval()
+    images = torch.rand(4, 1, 8, 8)
+    torch.export.save(torch.export.export(net, (images,), dynamic_shapes={"x": {0: torch.export.Dim("b", min=2)}}),
+                      tmp_path / "features.pt2")
+    torch.jit.save(torch.jit.script(net), tmp_path / "features.ts")
+    torch.save(net.state_dict(), tmp_path / "features.pt")
+    return net, images
+
+
+@pytest.fixture
+def no_program_loaders(monkeypatch):
+    """torch.export.load and torch.jit.load fail the test if called: a feature network file is never run."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a program file was loaded")
+    monkeypatch.setattr(torch.export, "load", refuse)
+    monkeypatch.setattr(torch.jit, "load", refuse)
+
+
+@pytest.mark.parametrize("name, kind", [("features.pt2", "torch.export program"), ("features.ts", "TorchScript"),
+                                        ("renamed.pt", "torch.export program")])
+def test_feature_network_programs_are_refused_unrun(tmp_path, no_program_loaders, name, kind):
+    from kale_fast.metrics.image_scores import feature_network_from_file
+
+    _exported_digit_features(tmp_path)
+    if name == "renamed.pt":  # a .pt2 renamed: refused by its contents, not its name
+        (tmp_path / "features.pt2").rename(tmp_path / name)
+    with pytest.raises(ValueError, match=f"is a {kind}.*holds code, which kale_fast does not run"):
+        feature_network_from_file(tmp_path / name, (1, 8, 8))
+
+
+def test_feature_network_weights_give_the_same_features(tmp_path, no_program_loaders):
+    from safetensors.torch import save_file
+
+    from kale_fast.metrics.image_scores import feature_network_from_file
+
+    net, images = _exported_digit_features(tmp_path)
+    save_file(net.state_dict(), tmp_path / "features.safetensors")
+    for name in ("features.pt", "features.safetensors"):
+        loaded = feature_network_from_file(tmp_path / name, (1, 8, 8))
+        assert not loaded.training
+        torch.testing.assert_close(loaded(images), net(images), rtol=0, atol=0)
+
+
+def test_feature_network_state_dict_with_a_payload_is_refused(tmp_path, marker):
+    from kale_fast.metrics.image_scores import feature_network_from_file
+
+    torch.save({"features.0.weight": _Payload(marker)}, tmp_path / "inception.pth")
+    with pytest.raises(ValueError, match="refuses to load"):
+        feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
+
+
+def test_eval_refuses_a_run_whose_config_names_a_program(tmp_path, no_program_loaders, capsys):
+    """A run folder whose saved config names a .pt2 feature network (item 7 of issue 20): `eval` refuses it
+    in one line, with `--feature-net` too; the refusal comes before the file is read."""
+    _exported_digit_features(tmp_path)
+    run_dir = train(TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path), "dataset": "digits", "base": "conv",
+                                           "latent_dim": 4, "n_test": 100, "n_eval": 16, "n_iter": 1,
+                                           "checkpoint_every": 1, "feature_net": str(tmp_path / "features.pt2")}),
+                    progress=False)
+    for args in ([], ["--feature-net", str(tmp_path / "features.ts")]):
+        assert main(["eval", "--run", str(run_dir), *args]) == 2
+        err = capsys.readouterr().err
+        assert "holds code, which kale_fast does not run" in err and err.count("\n") == 1, err
+
+
+def test_safetensors_that_are_damaged_get_one_line(tmp_path):
+    from kale_fast.metrics.image_scores import read_weights
+
+    (tmp_path / "bad.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(ValueError, match="is not a readable .safetensors file"):
+        read_weights(tmp_path / "bad.safetensors")
+    (tmp_path / "list.pt").write_bytes(b"")
+    torch.save([torch.zeros(2)], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match=r"is not a state dict \(\{name: tensor\}"):
+        read_weights(tmp_path / "list.pt")
+
+
 # --- the run folder ----------------------------------------------------------------------------------------
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_run(tmp_path):

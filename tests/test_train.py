@@ -352,18 +352,21 @@ def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(t
 
 
 def test_feature_network_files_are_checked(tmp_path):
-    from kale_fast.metrics.image_scores import feature_network_from_file
+    from kale_fast.metrics.image_scores import DigitFeatures, feature_network_from_file
 
-    with pytest.raises(FileNotFoundError, match="a TorchScript file, or torch-fidelity's Inception-v3 weights"):
+    with pytest.raises(FileNotFoundError, match="DigitFeatures or of torch-fidelity's Inception-v3"):
         feature_network_from_file(tmp_path / "missing.pt", (1, 8, 8))
-    torch.save({"weight": torch.zeros(3)}, tmp_path / "inception.pth")  # not TorchScript: read as Inception weights
+    torch.save(DigitFeatures(3).state_dict(), tmp_path / "digits-rgb.pt")
+    with pytest.raises(ValueError, match="takes 3-channel images, the run's have 1"):
+        feature_network_from_file(tmp_path / "digits-rgb.pt", (1, 8, 8))
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "inception.pth")  # not DigitFeatures: read as Inception
     try:
         import torch_fidelity  # noqa: F401
     except ImportError:
         with pytest.raises(ModuleNotFoundError, match="needs torch-fidelity"):
             feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
     else:
-        with pytest.raises(Exception):  # torch-fidelity rejects a state dict that is not Inception's
+        with pytest.raises(ValueError, match="does not hold torch-fidelity's Inception-v3 weights"):
             feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
 
 

@@ -114,8 +114,9 @@ class TrainConfig:
                               "iterations)")
     step_size: float = _key(0.05, "initial step size of the sampler (MALA and HMC adapt it during warm-up)")
     n_eval: int = _key(2000, "samples compared with held-out data at the end")
-    feature_net: Optional[str] = _key(None, "images: FID/KID features from this file (Inception-v3 weights, needs "
-                                      "torch-fidelity; or .pt2 / TorchScript); none: a classifier of the data set's "
+    feature_net: Optional[str] = _key(None, "images: FID/KID features from this file of weights (a state dict or "
+                                      ".safetensors, read without running code) of Inception-v3 (FID proper, needs "
+                                      "torch-fidelity) or of DigitFeatures; none: a classifier of the data set's "
                                       "labels trained here, reported as 'fid_like'")
     validate_every: int = _key(0, "rounds between validations (0: off): the validation NLL with a flow base, else "
                                "the validation KALE of an energy on a frozen base (energy_only); needs a data set "

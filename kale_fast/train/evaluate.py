@@ -25,10 +25,10 @@ import math
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from kale_fast._io import atomic_write_text, load_torch_file
 from kale_fast.data import data_hash
@@ -101,9 +101,11 @@ def best_validation(run_dir: Path) -> dict:
     return {f"best_{key}": float(best[key]), "best_validation_round": int(best["rounds_done"])}
 
 
-def feature_network(config: TrainConfig, image_shape: Tuple[int, ...]):
-    """(FID feature network, metric name): config.feature_net's file ("fid"), else a classifier trained on the
-    data set's labels ("fid_like")."""
+def feature_network(config: TrainConfig, image_shape: Tuple[int, ...], given: Optional[nn.Module] = None):
+    """(FID feature network, metric name): `given` (a network of the caller's), else config.feature_net's file of
+    weights ("fid"), else a classifier trained on the data set's labels ("fid_like")."""
+    if given is not None:
+        return given, "fid"
     if config.feature_net is not None:
         return feature_network_from_file(config.feature_net, image_shape), "fid"
     images, labels = load_images(config)
@@ -125,15 +127,22 @@ def _vector_scores(reference: Tensor, dataset: str) -> Callable[[Tensor], Dict[s
     return scores
 
 
-def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feature_net: Optional[str] = None) -> dict:
+def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
+             feature_net: Union[str, nn.Module, None] = None) -> dict:
     """Evaluate the run folder's GEBM (its best validation state where it validated); feature_net overrides the
-    config's FID feature network. Writes and returns summary.json's contents. `progress` is accepted for the
-    callers' sake; the chains run without bars (they are many and short)."""
+    config's FID feature network: a file of weights (see image_scores.feature_network_from_file) or a network
+    built in the caller's script (an nn.Module mapping [0, 1] images (B, C, H, W) to features (B, F), with
+    `num_features` F). Writes and returns summary.json's contents. `progress` is accepted for the callers' sake;
+    the chains run without bars (they are many and short)."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     config, gebm, learned_a, rounds_done, trained_on = load_run(run_dir, device)
-    if feature_net is not None:
-        config = dataclasses.replace(config, feature_net=feature_net)
+    given_net = feature_net if isinstance(feature_net, nn.Module) else None
+    if given_net is not None and not isinstance(getattr(given_net, "num_features", None), int):
+        raise TypeError("feature_net: a network given to evaluate needs an int attribute num_features (the "
+                        "length of its feature vectors), as torchmetrics' FID requires")
+    if feature_net is not None and given_net is None:
+        config = dataclasses.replace(config, feature_net=str(feature_net))
     splits = load_data(config)
     evaluated_on = data_hash(splits)
     check_same_data(trained_on, evaluated_on, f"run {run_dir}")  # a data file changed since training: refused
@@ -151,7 +160,7 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False, feat
 
     if images:
         with clock("feature_net"):
-            features, fid_name = feature_network(config, tuple(test.shape[1:]))
+            features, fid_name = feature_network(config, tuple(test.shape[1:]), given_net)
         with clock("metrics"):
             fid = FidScorer(validation, features)
         scores, metric_key, metric_name = (lambda samples: dict(fid=fid(samples))), "fid", fid_name
