@@ -176,7 +176,8 @@ def _sample(args) -> None:
     """GEBM samples of a run, with held-out data and base samples beside them: samples-<sampler>.pt (tensors
     only), samples-<sampler>.png (image panels or a scatter) and, for vector data, samples-<sampler>.csv and a
     per-column summary."""
-    from kale_fast.train.loop import load_data, load_run
+    from kale_fast.data import load_data
+    from kale_fast.train.checkpoints import load_run
     from kale_fast.train.plots import image_panels, scatter_samples
     from kale_fast.train.sampling import column_summary, draw_gebm_samples, write_csv
 

@@ -30,7 +30,7 @@ def load_gebm(path: PathLike, base: Optional[nn.Module] = None, energy: Optional
         if base is not None:
             raise ValueError(f"{path} is a run folder: its networks are rebuilt from its config; base and energy "
                              f"are for files of GEBM.save")
-        from kale_fast.train.loop import load_run
+        from kale_fast.train.checkpoints import load_run
 
         run = load_run(Path(path), device)
         return SavedGEBM(run.gebm, run.log_partition)
@@ -47,8 +47,8 @@ def _networks_from_spec(spec, path: PathLike, device: str):
     if not isinstance(spec, dict) or "config" not in spec or "data_shape" not in spec:
         raise ValueError(f"{path} holds a GEBM of networks of your own (no kale_fast spec was recorded): pass "
                          f"base= and energy=, modules of the same architecture, to load_gebm")
+    from kale_fast.models import build_gebm
     from kale_fast.train.config import TrainConfig
-    from kale_fast.train.loop import build_gebm
 
     config = TrainConfig.from_dict({**spec["config"], "device": device})
     rebuilt = build_gebm(config, tuple(spec["data_shape"]))

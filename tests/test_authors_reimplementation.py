@@ -26,7 +26,7 @@ from kale_fast.samplers.hmc import eager_leapfrog
 from kale_fast.samplers.potentials import value_and_grad
 from kale_fast.samplers.state import ChainState, KineticChainState
 from kale_fast.train import TrainConfig, Trainer
-from kale_fast.train.loop import build_gebm
+from kale_fast.models import build_gebm
 
 LATENT = 8
 

@@ -11,7 +11,7 @@ from kale_fast.data.splits import split_dkef, split_random
 from kale_fast.data.tabular import parse_columns
 from kale_fast.metrics import gaussian_nll
 from kale_fast.train import TrainConfig, evaluate, train
-from kale_fast.train.loop import load_data
+from kale_fast.data import load_data
 
 TINY = dict(name="tiny", hidden=16, depth=2, n_iter=4, n_iter_d_init=2, n_iter_d=2, batch_size=32, n_eval=32,
             sampler_steps=4, log_every=2, checkpoint_every=2)
@@ -332,7 +332,7 @@ def test_resume_and_base_from_refuse_other_data(tmp_path):
 
 def test_an_unknown_data_set_name_lists_the_known_ones(tmp_path):
     from kale_fast.train import TrainConfig
-    from kale_fast.train.loop import load_data
+    from kale_fast.data import load_data
 
     with pytest.raises(ValueError, match=r"'nosuch' is neither a data set of kale_fast \(toys: \['8gaussians'"):
         load_data(TrainConfig(dataset="nosuch", out_dir=str(tmp_path)))

@@ -274,7 +274,7 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
     assert last["rounds_done"] == best_round + 4 * 5 == max(validations)  # 4 validations without improvement
     best = load_run(run_dir)
     assert best.rounds_done == best_round and load_run(run_dir, best=False).rounds_done == last["rounds_done"]
-    from kale_fast.train.loop import load_data
+    from kale_fast.data import load_data
 
     validation = load_data(best.config).validation
     assert -best.gebm.base.log_prob(validation).mean().item() == pytest.approx(validations[best_round], rel=1e-6)
@@ -325,7 +325,7 @@ def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(t
 
     import numpy as np
 
-    from kale_fast.train.loop import build_gebm
+    from kale_fast.models import build_gebm
 
     gebm = build_gebm(TrainConfig.from_dict({**TINY, "spectral_norm": True}), (2,))
     for _ in range(30):  # power iterations run in train-mode forwards
@@ -409,7 +409,7 @@ def test_energy_fine_tuning_on_a_frozen_base_is_selected_by_validation_kale(tmp_
     best_round = max(validations, key=validations.get)
     best = load_run(run_dir)
     assert best.rounds_done == best_round
-    from kale_fast.train.loop import load_data
+    from kale_fast.data import load_data
 
     validation = load_data(best.config).validation
     generator = torch.Generator().manual_seed(best.config.seed + 3)

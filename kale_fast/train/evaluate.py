@@ -31,14 +31,15 @@ import torch
 from torch import Tensor, nn
 
 from kale_fast._io import atomic_write_text, load_torch_file
-from kale_fast.data import data_hash
+from kale_fast.data import DataSplits, data_hash, load_data, load_images
 from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd, mmd_difference, mode_scores,
                                paired_difference, reference_bandwidth, share_difference, verdict)
 from kale_fast.metrics.image_scores import (FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid,
                                             unit_range)
+from kale_fast.train.checkpoints import check_same_data, load_run
 from kale_fast.train.config import SAMPLERS, TrainConfig
-from kale_fast.train.loop import BEST, SUMMARY, DataSplits, check_same_data, load_data, load_images, load_run
 from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
+from kale_fast.train.run_folder import BEST, SUMMARY
 from kale_fast.train.selection import (chain_points, choose, curves_on, mode_guarded_quality, step_grid,
                                        tuned_sampler)
 

@@ -14,136 +14,29 @@ every validate_every rounds, or, without a density (an energy on a frozen non-fl
 the validation KALE; the best state goes to best.pt, which load_run prefers, and `patience` validations
 without improvement end training early (the literature's protocol for the tabular results).
 A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), best.pt, metrics.jsonl, summary.json, plots.
+The networks are built in kale_fast.models (build_gebm), the data read in kale_fast.data (load_data), checkpoints
+read and checked in train/checkpoints.py, metric lines written by train/metrics_log.py.
 """
-import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import kale_fast as kf
-from kale_fast._io import atomic_torch_save, atomic_write_text, load_torch_file
-from kale_fast.data import data_dir, data_hash, load_tabular, toy_dataset
-from kale_fast.data.tabular import UCI_FILES, table_path
-from kale_fast.data.splits import DKEF_SEED
-from kale_fast.data.images import IMAGE_DATASETS, load_cifar10, load_digits, load_mnist5k
-from kale_fast.data.toy import TOY_DATASETS
-from kale_fast.models import GEBM, MLP, RealNVP, SNGANBase32, SNGANEnergy32, with_spectral_norm, xavier_uniform_init
-from kale_fast.models.conv import ConvBase, ConvEnergy
-from kale_fast.samplers.state import SampleResult
+from kale_fast._io import atomic_torch_save, atomic_write_text
+from kale_fast.data import data_hash, load_data
+from kale_fast.models import GEBM, build_gebm
 from kale_fast.train import distributed, run_folder
-from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
+from kale_fast.train.checkpoints import check_resumable, check_same_data, load_run, read_state
+from kale_fast.train.config import TrainConfig
+from kale_fast.train.metrics_log import MetricsLog
 from kale_fast.train.plots import training_curves
-from kale_fast.train.run_folder import (  # noqa: F401 (SUMMARY: evaluate)
-    BEST, CHECKPOINT, CONFIG, METRICS, SUMMARY, TRAINING_PLOT)
-
-
-class ClampedEnergy(nn.Module):
-    """The authors' clamp E >= floor (an option, off by default)."""
-
-    def __init__(self, energy: nn.Module, floor: float):
-        super().__init__()
-        self.energy, self.floor = energy, floor
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.clamp(self.energy(x), min=self.floor)
-
-
-def load_images(config: TrainConfig) -> Tuple[Tensor, Tensor]:
-    """(images, labels) of the configured image data set."""
-    if config.dataset == "cifar10":
-        return load_cifar10(data_dir(config.data_dir) / "cifar-10-batches-py")
-    return {"digits": load_digits, "mnist5k": load_mnist5k}[config.dataset]()
-
-
-class DataSplits(NamedTuple):
-    train: Tensor
-    validation: Optional[Tensor]  # toys and tabular data
-    test: Tensor                  # held out for evaluation
-
-
-def load_data(config: TrainConfig) -> DataSplits:
-    """The configured data set's sample tensors."""
-    if config.dataset in IMAGE_DATASETS:  # a fixed-seed shuffle, then the last n_test images are held out
-        images, _ = load_images(config)
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))
-        n_test = min(config.n_test, len(images) // 5)
-        return DataSplits(images[order[:-n_test]], None, images[order[-n_test:]])
-    if config.dataset in TOY_DATASETS:
-        return DataSplits(toy_dataset(config.dataset, config.n_train, seed=config.seed),
-                          toy_dataset(config.dataset, config.n_test, seed=config.seed + 20_000),
-                          toy_dataset(config.dataset, config.n_test, seed=config.seed + 10_000))
-    path = table_path(config.dataset, config.data_dir)
-    if config.dataset not in UCI_FILES and not path.suffix and not path.exists():  # a name, not a file
-        raise ValueError(f"config key 'dataset': {config.dataset!r} is neither a data set of kale_fast (toys: "
-                         f"{sorted(TOY_DATASETS)}; tables: {sorted(UCI_FILES)}; images: {sorted(IMAGE_DATASETS)}) "
-                         f"nor a file (a .csv/.txt table or a pre-split .npz)")
-    split_seed = config.split_seed if config.split_seed is not None else (
-        DKEF_SEED if config.split == "dkef" else config.seed)
-    splits = load_tabular(config.dataset, config.data_dir, columns=config.columns, delimiter=config.delimiter,
-                          header=config.header, max_correlation=config.max_correlation, split=config.split,
-                          split_seed=split_seed, dequantise=config.dequantise, whiten=config.whiten)
-    return DataSplits(splits.train, splits.validation, splits.test)
-
-
-def _base_and_energy(config: TrainConfig, data_shape: Tuple[int, ...]) -> Tuple[nn.Module, nn.Module]:
-    if config.base in ("conv", "sngan32"):
-        if len(data_shape) != 3 or (config.base == "sngan32" and tuple(data_shape) != (3, 32, 32)):
-            expected = "(3, 32, 32) images" if config.base == "sngan32" else "image data (C, H, W)"
-            raise ValueError(f"base {config.base!r} needs {expected}, got samples of shape {tuple(data_shape)}")
-        if config.base == "sngan32":
-            return SNGANBase32(config.latent_dim), SNGANEnergy32(spectral_norm=False)
-        channels, size = data_shape[0], data_shape[1]
-        return ConvBase(config.latent_dim, channels, size, config.hidden), ConvEnergy(channels, size, config.hidden)
-    if len(data_shape) != 1:
-        raise ValueError(f"base {config.base!r} needs vector data, got samples of shape {tuple(data_shape)}: "
-                         f"use base: conv for images")
-    data_dim = data_shape[0]
-    hidden = (config.hidden,) * config.depth
-    if config.base == "realnvp":
-        if config.latent_dim != data_dim:
-            raise ValueError(f"a RealNVP base maps the latent space onto the data: latent_dim must be the data's "
-                             f"dimension {data_dim}, got {config.latent_dim}")
-        return RealNVP(data_dim, config.flow_layers, config.flow_hidden), MLP(data_dim, 1, hidden)
-    return MLP(config.latent_dim, data_dim, hidden), MLP(data_dim, 1, hidden)
-
-
-def build_gebm(config: TrainConfig, data_shape: Tuple[int, ...]) -> GEBM:
-    """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden`, or the paper's
-    32x32 networks, for images; Xavier-initialised, the energy spectrally normalised and clamped where the config
-    says so."""
-    base, energy = _base_and_energy(config, data_shape)
-    if config.init == "xavier":  # before spectral norm, which reparametrises the weights
-        xavier_uniform_init(base)
-        xavier_uniform_init(energy)
-    if config.spectral_norm:
-        energy = with_spectral_norm(energy, head=config.spectral_norm_head)
-    if config.energy_clamp is not None:
-        energy = ClampedEnergy(energy, config.energy_clamp)
-    spec = dict(config=config.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
-    return GEBM(base, energy, config.latent_dim, spec)
-
-
-def make_sampler(config: TrainConfig, tuned: Optional[SampleResult] = None) -> kf.samplers.Sampler:
-    """The config's sampler, adapting during warm-up (MALA, HMC, ChEES: step size; ChEES: trajectory length;
-    all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler, it is frozen at
-    what that warm-up adapted (the step size shared by its chains, its metric and trajectory length)."""
-    if tuned is None:
-        step, adapt, metric, length = config.step_size, True, "diag", 1.0
-    else:
-        step, adapt, metric, length = float(tuned.step_size.mean()), False, tuned.metric, tuned.trajectory_length
-    return {"ula": lambda: kf.ULA(step, metric=metric),
-            "mala": lambda: kf.MALA(step, metric=metric, adapt_step_size=adapt),
-            "hmc": lambda: kf.HMC(step, 5, metric=metric, adapt_step_size=adapt),
-            "kinetic_langevin": lambda: kf.KineticLangevin(step, 1.0, metric=metric),
-            "chees": lambda: kf.ChEES(step, trajectory_length=length, metric=metric, adapt_step_size=adapt),
-            }[config.sampler]()
+from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, TRAINING_PLOT
 
 
 @dataclass
@@ -320,63 +213,6 @@ class Trainer:
         return False
 
 
-class MetricsLog:
-    """Metric lines of a run: metrics.jsonl, mirrored to TensorBoard (run_dir/tensorboard) when the tensorboard
-    package is installed. Opened at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint,
-    so that a resume leaves each round logged once. `announce`: print the TensorBoard command (not when quiet)."""
-
-    def __init__(self, run_dir: Path, rounds_done: int, announce: bool = True):
-        path = run_dir / METRICS
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines(keepends=True)
-                    if json.loads(line)["round"] <= rounds_done]
-            atomic_write_text("".join(kept), path)
-        self.file = open(path, "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional
-            self.board = None
-        else:
-            self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=rounds_done + 1)
-            if announce:
-                print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
-
-    def write(self, round_done: int, time_s: float, values: Dict[str, float]) -> None:
-        self.file.write(json.dumps(dict(round=round_done, time_s=time_s, **values)) + "\n")
-        self.file.flush()
-        if self.board is not None:
-            for name, value in values.items():
-                self.board.add_scalar(name, value, round_done)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.board is not None:
-            self.board.close()
-
-
-def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    saved = {**TrainConfig().to_dict(), **saved}  # keys added since the checkpoint was written: their defaults
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
-    if changed:
-        differences = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
-        raise ValueError(f"the checkpoint comes from another config ({differences}); "
-                         "start a new run (another name) instead")
-
-
-def check_same_data(saved_hash: Optional[str], data_hash: Optional[str], what: str) -> None:
-    """Refuse a checkpoint (`what`: this run's, its base_from run's, or the run evaluated) whose data hash is not
-    data_hash; one written before runs recorded a data hash is accepted with a warning."""
-    if data_hash is None:
-        return
-    if saved_hash is None:
-        warnings.warn(f"the {what} records no data hash (written before runs recorded one): cannot check that it "
-                      f"was trained on the same data", stacklevel=3)
-    elif saved_hash != data_hash:
-        raise ValueError(f"the {what} was trained on other data (data hash {saved_hash[:12]}..., these data "
-                         f"{data_hash[:12]}...): the data file or a key that reads or preprocesses it (dataset, "
-                         f"data_dir, columns, split, split_seed, dequantise, ...) differs")
-
-
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) the run <out_dir>/<name>; returns its folder. Never overwrites another run's files; the
     folder is locked while training (a second process training the same run is refused with a RuntimeError),
@@ -407,8 +243,8 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
     validation_data = splits.validation.to(config.device) if config.validate_every else None
     trainer = Trainer.create(config, train_data, data_hash(splits))
     if resume:
-        state = _read_state(checkpoint, config.device)
-        _check_resumable(state["config"], config)
+        state = read_state(checkpoint, config.device)
+        check_resumable(state["config"], config)
         check_same_data(state.get("data_hash"), trainer.data_hash, f"checkpoint {checkpoint}")
         trainer.load_state_dict(state)
     writer = rank == 0
@@ -465,40 +301,3 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
     if writer:
         training_curves(run_dir / METRICS, run_dir / TRAINING_PLOT)
     distributed.check_replicas_agree([*trainer.gebm.parameters(), trainer.log_partition])
-
-
-_CHECKPOINT_KEYS = ("config", "data_shape", "rounds_done", "gebm", "log_partition", "energy_optimizer",
-                    "base_optimizer", "rng")
-_BEST_KEYS = ("gebm", "rounds_done", "log_partition")
-
-
-def _read_state(path: Path, device: str, keys=_CHECKPOINT_KEYS) -> dict:
-    """A checkpoint (or best.pt) as tensors and plain data; no code in the file runs (load_torch_file)."""
-    state = load_torch_file(path, map_location=device)
-    missing = [key for key in keys if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise ValueError(f"{path} is not a checkpoint of `kale-fast train`: it lacks {missing}")
-    return state
-
-
-class TrainedRun(NamedTuple):
-    config: TrainConfig
-    gebm: GEBM            # the checkpoint's weights, in eval mode
-    log_partition: Tensor  # the learned A
-    rounds_done: int      # the round of those weights
-    data_hash: Optional[str]  # kale_fast.data.data_hash of the data it was trained on (None: an older run)
-
-
-def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> TrainedRun:
-    """The trained GEBM of a run folder, rebuilt from its checkpoints alone (the data are not read): the state of
-    best validation (best.pt) where the run validated and `best`, else the last checkpoint."""
-    run_dir = Path(run_dir)
-    if not (run_dir / CHECKPOINT).exists():
-        raise FileNotFoundError(f"{run_dir} holds no {CHECKPOINT}: is it a run folder of `kale-fast train`?")
-    state = _read_state(run_dir / CHECKPOINT, device or "cpu")
-    if best and (run_dir / BEST).exists():
-        state.update(_read_state(run_dir / BEST, device or "cpu", _BEST_KEYS))
-    config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
-    gebm = build_gebm(config, tuple(state["data_shape"])).to(config.device)
-    gebm.load_state_dict(state["gebm"])
-    return TrainedRun(config, gebm.eval(), state["log_partition"], state["rounds_done"], state.get("data_hash"))

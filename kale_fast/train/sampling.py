@@ -1,5 +1,6 @@
-"""GEBM samples of a trained run with the warm-up spelled out, one rule for the step size of the unadjusted
-samplers, and vector samples as a CSV table and a per-column summary (the `sample` verb; evaluation can share it).
+"""The config's sampler (make_sampler), GEBM samples of a trained run with the warm-up spelled out, one rule for
+the step size of the unadjusted samplers, and vector samples as a CSV table and a per-column summary (the `sample`
+verb; evaluation can share it).
 
 ULA and kinetic Langevin have no acceptance rate to adapt a step size to. Unless a step size is given, their
 warm-up is MALA's (its step size and diagonal metric adapted by dual averaging towards acceptance 0.574), and
@@ -28,10 +29,25 @@ import kale_fast as kf
 from kale_fast.models import GEBM
 from kale_fast.samplers import LatentPotential, SampleResult
 from kale_fast.train.config import TrainConfig
-from kale_fast.train.loop import make_sampler
 
 UNADJUSTED = ("ula", "kinetic_langevin")
 ULA_MAX_STEP = 0.2  # 1 / (1 - 0.2/2) = 1.11: ULA's variance bias on a unit Gaussian at this step
+
+
+def make_sampler(config: TrainConfig, tuned: Optional[SampleResult] = None) -> kf.samplers.Sampler:
+    """The config's sampler, adapting during warm-up (MALA, HMC, ChEES: step size; ChEES: trajectory length;
+    all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler, it is frozen at
+    what that warm-up adapted (the step size shared by its chains, its metric and trajectory length)."""
+    if tuned is None:
+        step, adapt, metric, length = config.step_size, True, "diag", 1.0
+    else:
+        step, adapt, metric, length = float(tuned.step_size.mean()), False, tuned.metric, tuned.trajectory_length
+    return {"ula": lambda: kf.ULA(step, metric=metric),
+            "mala": lambda: kf.MALA(step, metric=metric, adapt_step_size=adapt),
+            "hmc": lambda: kf.HMC(step, 5, metric=metric, adapt_step_size=adapt),
+            "kinetic_langevin": lambda: kf.KineticLangevin(step, 1.0, metric=metric),
+            "chees": lambda: kf.ChEES(step, trajectory_length=length, metric=metric, adapt_step_size=adapt),
+            }[config.sampler]()
 
 
 class GEBMSamples(NamedTuple):

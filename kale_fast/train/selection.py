@@ -20,8 +20,7 @@ from kale_fast.models import GEBM
 from kale_fast.samplers import LatentPotential
 from kale_fast.samplers.base import Sampler
 from kale_fast.train.config import TrainConfig
-from kale_fast.train.loop import make_sampler
-from kale_fast.train.sampling import UNADJUSTED, unadjusted_sampler
+from kale_fast.train.sampling import UNADJUSTED, make_sampler, unadjusted_sampler
 
 STEP_GRID = (0, 10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
 

@@ -1,0 +1,70 @@
+"""kale_fast's own networks for a GEBM, built from a training config: MLPs or a RealNVP for vectors, conv nets or
+the paper's 32x32 networks for images, initialised, spectrally normalised and clamped where the config says so.
+
+`config` is read by attribute only (kale_fast.train.TrainConfig, or anything with its model keys: base,
+latent_dim, hidden, depth, flow_layers, flow_hidden, init, spectral_norm, spectral_norm_head, energy_clamp), so
+that models never imports train; kf.load_gebm rebuilds a saved GEBM's networks from its recorded config here.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+from kale_fast.models.conv import ConvBase, ConvEnergy
+from kale_fast.models.flows import RealNVP
+from kale_fast.models.gebm import GEBM
+from kale_fast.models.init import xavier_uniform_init
+from kale_fast.models.mlp import MLP
+from kale_fast.models.sngan import SNGANBase32, SNGANEnergy32
+from kale_fast.models.spectral_norm import with_spectral_norm
+
+
+class ClampedEnergy(nn.Module):
+    """The authors' clamp E >= floor (an option, off by default): energy(x) (N,) -> max(energy(x), floor)."""
+
+    def __init__(self, energy: nn.Module, floor: float):
+        super().__init__()
+        self.energy, self.floor = energy, floor
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.clamp(self.energy(x), min=self.floor)
+
+
+def base_and_energy(config, data_shape: Tuple[int, ...]) -> Tuple[nn.Module, nn.Module]:
+    """The config's base and energy networks for samples of shape data_shape, as constructed (no init, no
+    spectral norm, no clamp: build_gebm adds those)."""
+    if config.base in ("conv", "sngan32"):
+        if len(data_shape) != 3 or (config.base == "sngan32" and tuple(data_shape) != (3, 32, 32)):
+            expected = "(3, 32, 32) images" if config.base == "sngan32" else "image data (C, H, W)"
+            raise ValueError(f"base {config.base!r} needs {expected}, got samples of shape {tuple(data_shape)}")
+        if config.base == "sngan32":
+            return SNGANBase32(config.latent_dim), SNGANEnergy32(spectral_norm=False)
+        channels, size = data_shape[0], data_shape[1]
+        return ConvBase(config.latent_dim, channels, size, config.hidden), ConvEnergy(channels, size, config.hidden)
+    if len(data_shape) != 1:
+        raise ValueError(f"base {config.base!r} needs vector data, got samples of shape {tuple(data_shape)}: "
+                         f"use base: conv for images")
+    data_dim = data_shape[0]
+    hidden = (config.hidden,) * config.depth
+    if config.base == "realnvp":
+        if config.latent_dim != data_dim:
+            raise ValueError(f"a RealNVP base maps the latent space onto the data: latent_dim must be the data's "
+                             f"dimension {data_dim}, got {config.latent_dim}")
+        return RealNVP(data_dim, config.flow_layers, config.flow_hidden), MLP(data_dim, 1, hidden)
+    return MLP(config.latent_dim, data_dim, hidden), MLP(data_dim, 1, hidden)
+
+
+def build_gebm(config, data_shape: Tuple[int, ...]) -> GEBM:
+    """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden`, or the paper's
+    32x32 networks, for images; Xavier-initialised, the energy spectrally normalised and clamped where the config
+    says so. The GEBM records config.to_dict() and data_shape (GEBM.spec), from which kf.load_gebm rebuilds it."""
+    base, energy = base_and_energy(config, data_shape)
+    if config.init == "xavier":  # before spectral norm, which reparametrises the weights
+        xavier_uniform_init(base)
+        xavier_uniform_init(energy)
+    if config.spectral_norm:
+        energy = with_spectral_norm(energy, head=config.spectral_norm_head)
+    if config.energy_clamp is not None:
+        energy = ClampedEnergy(energy, config.energy_clamp)
+    spec = dict(config=config.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
+    return GEBM(base, energy, config.latent_dim, spec)
