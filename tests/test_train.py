@@ -4,6 +4,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -253,6 +254,15 @@ def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
     assert summary["nll_base"] == pytest.approx(ml["nll_base"], rel=1e-5)  # the same frozen base
     assert math.isfinite(summary["nll_gebm"]) and summary["nll_gebm_se"] > 0
     assert summary["nll_gaussian"] == pytest.approx(ml["nll_gaussian"])  # the yardstick of the same split
+    rows = np.loadtxt(kale_dir / "test-nll.csv", delimiter=",", skiprows=1)  # each test row's NLL, then its summary
+    assert (kale_dir / "test-nll.csv").read_text().startswith("row,nll_base,nll_gebm\n")
+    assert rows.shape == (summary["n_test_total"], 3) and np.array_equal(rows[:, 0], np.arange(len(rows)))
+    for column, label in ((1, "base"), (2, "gebm")):
+        assert rows[:, column].mean() == pytest.approx(summary[f"nll_{label}"], abs=1e-5)
+        assert summary[f"nll_{label}_median"] == pytest.approx(np.median(rows[:, column]), abs=1e-5)
+        worst = summary[f"nll_{label}_worst"]
+        assert [w["row"] for w in worst] == list(np.argsort(-rows[:, column])[:5])
+        assert summary[f"nll_{label}_max"] == pytest.approx(rows[:, column].max(), abs=1e-5) == worst[0]["nll"]
     with pytest.raises(ValueError, match="objective 'ml'"):
         TrainConfig.from_dict({**common, "objective": "ml", "base": "mlp"})
     with pytest.raises(ValueError, match="latent_dim must be the data's dimension 3"):

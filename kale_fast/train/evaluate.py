@@ -20,6 +20,7 @@ feature network: training it on first use).
 """
 import contextlib
 import dataclasses
+import io
 import json
 import math
 import time
@@ -27,13 +28,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from kale_fast._io import atomic_write_text, load_torch_file
 from kale_fast.data import DataSplits, data_hash, load_data, load_images
 from kale_fast.metrics import (MODE_DATASETS, energy_distance, gaussian_nll, mmd, mmd_difference, mode_scores,
-                               paired_difference, reference_bandwidth, share_difference, verdict)
+                               nll_breakdown, paired_difference, reference_bandwidth, share_difference, verdict)
 from kale_fast.metrics.image_scores import (FidScorer, cached_feature_network, feature_network_from_file, fid_and_kid,
                                             unit_range)
 from kale_fast.train.checkpoints import check_same_data, load_run
@@ -44,6 +46,8 @@ from kale_fast.train.selection import (chain_points, choose, curves_on, mode_gua
                                        tuned_sampler)
 
 CURVES_FIGURE = "metric-vs-steps.png"
+EVAL_PARTITION_SAMPLES = 20_000  # base samples of the test NLLs' Monte-Carlo A (n_partition_samples if more)
+ROW_NLLS = "test-nll.csv"  # each test row's NLL: what dominates the mean
 
 
 class StageClock:
@@ -90,6 +94,26 @@ def test_nll(gebm, held_out, log_partition, log_partition_se) -> dict:
     difference, difference_se = paired_difference(-log_q, -log_p_base, log_partition_se.item())
     return dict(nll, verdict=verdict("test NLL (nats)", nll["nll_gebm"], nll["nll_base"], difference, difference_se,
                                      lower_is_better=True))
+
+
+@torch.no_grad()
+def row_nlls(gebm, held_out: Tensor, log_partition: Optional[Tensor], path: Path) -> dict:
+    """Each held-out row's NLL (nats) under the flow base and, with a log_partition, under the GEBM, written to
+    `path` (CSV: row, the 0-based index into the test split, then nll_base[, nll_gebm]); returns their breakdowns
+    (median, max, worst rows: kale_fast.metrics.nll_breakdown), which show what a mean is made of."""
+    nlls = {"base": -gebm.base.log_prob(held_out)}
+    if log_partition is not None:
+        nlls["gebm"] = nlls["base"] + gebm.energies(held_out) + log_partition
+    columns = torch.stack([torch.arange(len(held_out), dtype=torch.float64),
+                           *(nll.double().cpu() for nll in nlls.values())], 1)
+    buffer = io.StringIO()
+    np.savetxt(buffer, columns.numpy(), delimiter=",", header=",".join(["row", *(f"nll_{k}" for k in nlls)]),
+               comments="", fmt=["%d"] + ["%.6f"] * len(nlls))
+    atomic_write_text(buffer.getvalue(), path)
+    breakdown = {}
+    for label, nll in nlls.items():
+        breakdown.update(nll_breakdown(nll, label))
+    return breakdown
 
 
 def best_validation(run_dir: Path) -> dict:
@@ -223,12 +247,14 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
                     summary[f"modes_{label}"] = mode_scores(samples, config.dataset)
         generator = torch.Generator(device=config.device).manual_seed(config.seed + 7)
         summary["kale_held_out"] = gebm.kale(test, generator=generator).item()
-        log_partition, log_partition_se = gebm.log_partition(20_000, generator=generator)
+        log_partition, log_partition_se = gebm.log_partition(max(EVAL_PARTITION_SAMPLES, config.n_partition_samples),
+                                                             generator=generator)
         summary.update(log_partition_learned=float(learned_a), log_partition_mc=log_partition.item(),
                        log_partition_mc_se=log_partition_se.item())
         summary.update(best_validation(run_dir))
         if hasattr(gebm.base, "log_prob"):
             summary.update(test_nll(gebm, test, log_partition, log_partition_se))
+            summary.update(row_nlls(gebm, test, log_partition, run_dir / ROW_NLLS))
             summary.update(gaussian_nll(splits.train, test.cpu()))
         else:
             summary["verdict"] = _sample_verdict(summary, test_reference, selected_samples, base_samples,
