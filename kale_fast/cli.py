@@ -176,6 +176,7 @@ def _sample(args) -> None:
     """GEBM samples of a run, with held-out data and base samples beside them: samples-<sampler>.pt (tensors
     only), samples-<sampler>.png (image panels or a scatter) and, for vector data, samples-<sampler>.csv and a
     per-column summary."""
+    from kale_fast._io import atomic_torch_save
     from kale_fast.data import load_data
     from kale_fast.train.checkpoints import load_run
     from kale_fast.train.plots import image_panels, scatter_samples
@@ -191,9 +192,9 @@ def _sample(args) -> None:
         panels = {"held-out data": load_data(config).test[: args.n], "base": gebm.base_sample(args.n, generator).cpu(),
                   f"GEBM ({config.sampler})": drawn.x.cpu()}
     out = Path(args.run) / f"samples-{config.sampler}"
-    torch.save(dict(samples=drawn.x.cpu(), z=drawn.result.z.cpu(), base_samples=panels["base"],
-                    accept_rate=drawn.result.accept_rate.cpu(), step_size=drawn.result.step_size.cpu()),
-               out.with_suffix(".pt"))
+    atomic_torch_save(dict(samples=drawn.x.cpu(), z=drawn.result.z.cpu(), base_samples=panels["base"],
+                           accept_rate=drawn.result.accept_rate.cpu(), step_size=drawn.result.step_size.cpu()),
+                      out.with_suffix(".pt"))
     written = [out.with_suffix(".pt"), out.with_suffix(".png")]
     if drawn.x.dim() == 4:
         image_panels(panels, written[1])
@@ -218,12 +219,13 @@ def _print_summary(summary: dict) -> None:
 
 
 def _report(args) -> None:
+    from kale_fast._io import atomic_write_text
     from kale_fast.train.report import markdown_table, over_seeds, read_summaries
 
     table = markdown_table(over_seeds(read_summaries(args.runs)), [str(run) for run in args.runs])
     print(table, end="")
     if args.out is not None:
-        args.out.write_text(table)
+        atomic_write_text(table, args.out)
 
 
 _KALE_FAST_DIR = Path(kale_fast.__file__).resolve().parent

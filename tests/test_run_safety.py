@@ -2,6 +2,7 @@
 folder has one writer at a time, survives kills and interrupts, and restarts a run that never checkpointed."""
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +288,77 @@ def test_two_train_processes_on_one_run_name_one_is_refused(tmp_path):
                 process.kill()
             process.wait()
             process.stderr.close()
+
+
+# --- planted links: nothing written through them ------------------------------------------------------
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file of the user's outside the run folder, which no write of a run may change."""
+    path = tmp_path / "victim.txt"
+    path.write_text("precious")
+    yield path
+    assert path.read_text() == "precious", "a write went through a planted link"
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_lock_planted_as_a_link_is_refused(tmp_path, victim, resume):
+    run_dir = train(_config(tmp_path), progress=False) if resume else tmp_path / "tiny"
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / ".lock").unlink(missing_ok=True)
+    (run_dir / ".lock").symlink_to(victim)
+    with pytest.raises(ValueError, match=r"\.lock is a symbolic link; kale_fast writes only plain files"):
+        train(_config(tmp_path, n_iter=6), resume=resume, progress=False)
+    (run_dir / ".lock").unlink()
+    os.link(victim, run_dir / ".lock")  # a hard link: the same file under the run's name
+    with pytest.raises(ValueError, match=r"\.lock is not a plain file of its own"):
+        train(_config(tmp_path, n_iter=6), resume=resume, progress=False)
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "training.png", "tensorboard"])
+def test_resume_refuses_a_run_folder_holding_links(tmp_path, run_dir, victim, name):
+    target = victim if name != "tensorboard" else tmp_path
+    path = run_dir / name
+    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    path.symlink_to(target)
+    with pytest.raises(ValueError, match=f"holds symbolic links \\({name}\\)"):
+        train(_config(tmp_path, n_iter=6), resume=True, progress=False)
+
+
+def test_eval_and_sample_replace_planted_links_and_never_write_through_them(tmp_path, run_dir, victim):
+    written = ["samples.png", "energy.png", "metric-vs-steps.png", "summary.json", "samples-mala.pt",
+               "samples-mala.png", "samples-mala.csv"]
+    for name in written:
+        (run_dir / name).unlink(missing_ok=True)
+        (run_dir / name).symlink_to(victim)
+    assert main(["eval", "--run", str(run_dir)]) == 0
+    assert main(["sample", "--run", str(run_dir), "--sampler", "mala", "--n", "8", "--steps", "2"]) == 0
+    for name in written:
+        assert not (run_dir / name).is_symlink() and (run_dir / name).stat().st_size > 0, name
+    out = tmp_path / "table.md"
+    out.symlink_to(victim)
+    assert main(["report", str(run_dir), str(run_dir), "--out", str(out)]) == 0
+    assert not out.is_symlink()
+
+
+def test_a_kill_during_a_plot_leaves_the_previous_png(tmp_path, monkeypatch):
+    """A plot is written whole or not at all: a write that dies half-way leaves the previous PNG as it was."""
+    from kale_fast.train import plots
+
+    points = {"data": torch.randn(50, 2), "base": torch.randn(50, 2)}
+    path = tmp_path / "samples.png"
+    plots.scatter_samples(points, path)
+    before = path.read_bytes()
+
+    def die_half_way(fig, tmp, **kwargs):
+        with open(tmp, "wb") as handle:
+            handle.write(before[: len(before) // 2])
+        raise KeyboardInterrupt  # as a kill's signal would end the write
+
+    monkeypatch.setattr(plots.plt.Figure, "savefig", lambda fig, tmp, **kw: die_half_way(fig, tmp, **kw))
+    with pytest.raises(KeyboardInterrupt):
+        plots.scatter_samples(points, path)
+    assert path.read_bytes() == before and not list(tmp_path.glob("tmp-*"))
 
 
 # --- configs and files ------------------------------------------------------------------------------------

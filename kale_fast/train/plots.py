@@ -12,7 +12,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import Tensor  # noqa: E402
 
+from kale_fast._io import atomic_write  # noqa: E402
 from kale_fast.metrics.image_scores import unit_range  # noqa: E402
+
+
+def _save(fig, path: Path, dpi: int) -> None:
+    """Write the figure to `path` as PNG atomically (a kill leaves the previous file or none, never half a PNG; a
+    link planted at path is replaced, not followed), and close it."""
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def scatter_samples(samples: Dict[str, Tensor], path: Path) -> None:
@@ -29,8 +39,7 @@ def scatter_samples(samples: Dict[str, Tensor], path: Path) -> None:
         ax.set_ylim(low[1].item(), high[1].item())
         ax.set_aspect("equal")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 @torch.no_grad()
@@ -47,8 +56,7 @@ def energy_landscape(energy, data: Tensor, path: Path, resolution: int = 200) ->
     ax.set_title("exp(-E(x)), rescaled")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def _tile(images: Tensor, columns: int) -> Tensor:
@@ -86,8 +94,7 @@ def image_panels(panels: Dict[str, Tensor], path: Path, columns: int = 8, rows: 
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / (panel_inches[1] + 0.35), wspace=0.04)
-    fig.savefig(path, dpi=max(100, int(2 * height / panel_inches[1])))
-    plt.close(fig)
+    _save(fig, path, dpi=max(100, int(2 * height / panel_inches[1])))
 
 
 # The training curves' panels: (title, [(metrics.jsonl key, legend label, sign)]); a panel is drawn when any of its
@@ -125,8 +132,7 @@ def training_curves(metrics_path: Path, path: Path) -> Optional[Path]:
         if len(curves) > 1:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
     return Path(path)
 
 
@@ -146,5 +152,4 @@ def metric_vs_steps(steps: Sequence[int], curves: Dict[str, Sequence[float]], pa
     ax.set_ylabel(f"{metric} on validation data")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)

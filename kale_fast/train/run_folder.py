@@ -4,12 +4,16 @@ The folder is created with one mkdir (atomic; a second process's mkdir of the sa
 locked with fcntl.flock on its `.lock` file for the training's lifetime: a second writer is refused while the
 first lives, and the lock dies with its process (the kernel releases it, whatever killed the process), so a
 dead writer never blocks the folder. Under the lock, temporary files of atomic writes that a kill interrupted
-are deleted, and the folder's state decides what `train` does (`prepare`).
+are deleted, and the folder's state decides what `train` does (`prepare`). Nothing is written through a link:
+the lock and the metrics log are opened with O_NOFOLLOW (`open_plain_file`), every other file is written
+atomically (a fresh file renamed over the name), and a folder holding symbolic links is refused.
 """
+import errno
 import fcntl
 import os
 import shutil
 import socket
+import stat
 import sys
 from pathlib import Path
 
@@ -19,6 +23,26 @@ CHECKPOINT, BEST, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "config
 LOCK, TENSORBOARD, TRAINING_PLOT = ".lock", "tensorboard", "training.png"
 # What a run leaves behind before its first checkpoint: these are deleted when it starts over.
 _BEFORE_FIRST_CHECKPOINT = (CONFIG, METRICS, BEST, TENSORBOARD, TRAINING_PLOT)
+
+
+def open_plain_file(path: Path, mode: str):
+    """open(path, mode) ("a", "a+") of a plain file of the run folder, created if missing, never through a link: a
+    symbolic link planted at `path` (O_NOFOLLOW) or a hard link to another file is refused with a ValueError, so
+    that no write of the run lands outside its folder."""
+    flags = os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ValueError(f"{path} is a symbolic link; kale_fast writes only plain files in a run folder, never "
+                             f"through a link: remove it") from None
+        raise
+    status = os.fstat(fd)
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink != 1:
+        os.close(fd)
+        raise ValueError(f"{path} is not a plain file of its own (a device, a pipe or a hard link to another "
+                         f"file); kale_fast writes only plain files in a run folder: remove it")
+    return os.fdopen(fd, mode)
 
 
 class RunFolderInUse(RuntimeError):
@@ -31,7 +55,7 @@ class RunFolderLock:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.run_dir / LOCK, "a+")
+        self._file = open_plain_file(self.run_dir / LOCK, "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -60,6 +84,10 @@ def prepare(run_dir: Path, resume: bool) -> bool:
     - any other file in the folder: FileExistsError (it is not a run folder).
     """
     run_dir = Path(run_dir)
+    links = sorted(p.name for p in run_dir.iterdir() if p.is_symlink())
+    if links:
+        raise ValueError(f"{run_dir} holds symbolic links ({', '.join(links)}); kale_fast writes only plain files "
+                         f"in a run folder, never through a link: remove them")
     for stale in remove_stale_temporaries(run_dir):
         print(f"{run_dir}: deleted {stale.name}, left by a write that was interrupted", file=sys.stderr)
     if (run_dir / CHECKPOINT).exists():

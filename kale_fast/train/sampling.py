@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 import kale_fast as kf
+from kale_fast._io import atomic_write
 from kale_fast.models import GEBM
 from kale_fast.samplers import LatentPotential, SampleResult
 from kale_fast.train.config import TrainConfig
@@ -106,7 +107,8 @@ def write_csv(samples: Tensor, path: Path) -> None:
     """Vector samples (n, D) as a CSV table with a header x1 ... xD (the model's coordinates: tabular data are
     the preprocessed, whitened columns)."""
     header = ",".join(f"x{j + 1}" for j in range(samples.shape[1]))
-    np.savetxt(path, samples.detach().cpu().double().numpy(), delimiter=",", header=header, comments="", fmt="%.6g")
+    values = samples.detach().cpu().double().numpy()
+    atomic_write(path, lambda tmp: np.savetxt(tmp, values, delimiter=",", header=header, comments="", fmt="%.6g"))
 
 
 def column_summary(sets: Dict[str, Tensor]) -> str:
