@@ -32,8 +32,11 @@ def _umask() -> int:
 class DiskFullError(OSError):
     """A write failed for want of space (ENOSPC) or quota (EDQUOT); what was written before is intact."""
 
+    def __str__(self) -> str:
+        return self.strerror  # the message alone: it says what failed, without "[Errno 28]"
 
-_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)  # no space, over quota
 
 
 def disk_full(path: PathLike, error: OSError, kept: str) -> DiskFullError:
@@ -42,11 +45,10 @@ def disk_full(path: PathLike, error: OSError, kept: str) -> DiskFullError:
                                       f"Free some space and run the command again")
 
 
-def _unwritable(path: Path, error: OSError) -> OSError:
-    """PermissionError (or OSError for a read-only file system) naming the target and its folder, not a temporary
+def _unwritable(path: Path, error: OSError) -> PermissionError:
+    """A PermissionError (also for a read-only file system) naming the target and its folder, not a temporary
     file's name."""
-    kind = PermissionError if isinstance(error, PermissionError) else OSError
-    return kind(error.errno, f"cannot write {path}: its folder {path.parent} is not writable ({error.strerror})")
+    return PermissionError(f"cannot write {path}: its folder {path.parent} is not writable ({error.strerror})")
 
 
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
@@ -57,7 +59,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_TEMPORARY_PREFIX}{path.stem}-",
                                    suffix=_TEMPORARY_SUFFIX)
-    except OSError as error:
+    except OSError as error:  # PermissionError, or EROFS
         if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise _unwritable(path, error) from None
         raise
@@ -69,7 +71,7 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
         write(tmp)
         os.replace(tmp, path)
     except OSError as error:
-        if error.errno in _FULL:
+        if error.errno in DISK_FULL_ERRNOS:
             raise disk_full(path, error, f"{path.name} keeps its previous contents" if path.exists() else
                             "nothing was written") from None
         raise

@@ -23,6 +23,7 @@ from typing import List, Optional
 import torch
 
 import kale_fast
+from kale_fast._io import DiskFullError
 from kale_fast.data.tabular import parse_columns
 from kale_fast.train.config import SAMPLERS, TrainConfig, unavailable_device
 from kale_fast.train.run_folder import RunFolderInUse
@@ -232,7 +233,8 @@ _KALE_FAST_DIR = Path(kale_fast.__file__).resolve().parent
 # Raised by kale_fast's own checks of what the user gave; from inside torch or numpy they are bugs of ours.
 _CHECK_ERRORS = (ValueError, TypeError, ImportError, FloatingPointError, RunFolderInUse)
 # About the user's files and folders (missing, existing, unreadable), wherever they are raised.
-_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
+_FILE_ERRORS = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError,
+                DiskFullError)
 
 
 def _is_user_error(error: BaseException) -> bool:

@@ -1,5 +1,7 @@
 """Nothing lost, nothing executed: every file kale_fast loads is read without running code from it, and a run
 folder has one writer at a time, survives kills and interrupts, and restarts a run that never checkpointed."""
+import errno
+import json
 import os
 import pickle
 import shutil
@@ -359,6 +361,108 @@ def test_a_kill_during_a_plot_leaves_the_previous_png(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         plots.scatter_samples(points, path)
     assert path.read_bytes() == before and not list(tmp_path.glob("tmp-*"))
+
+
+# --- runs that always go on: torn lines, full disks ---------------------------------------------------------
+
+def _rounds(run_dir):
+    return [json.loads(line)["round"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_a_torn_last_metric_line_is_dropped_with_a_warning_on_resume(tmp_path, run_dir):
+    with open(run_dir / "metrics.jsonl", "a") as handle:
+        handle.write('{"round": 5, "time_s": 0.1, "energy_lo')  # a kill or a full disk cut the write short
+    with pytest.warns(UserWarning, match="its last line is torn"):
+        train(_config(tmp_path, n_iter=6), resume=True, progress=False)
+    assert _rounds(run_dir) == [2, 4, 6]
+
+
+def test_a_damaged_metric_line_is_named_in_one_line(tmp_path, run_dir, capsys):
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (run_dir / "metrics.jsonl").write_text("\x00\xff garbage\n" + "".join(lines))
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path), "n_iter": 6}))
+    assert main(["train", "--config", str(config_file), "--resume", "--no-eval", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "metrics.jsonl: line 1 is not a metric line of kale_fast" in err and err.count("\n") == 1, err
+
+
+class _DiskFillsUp:
+    """A file whose writes fail as a full disk's do once `room` bytes are written: the bytes that fit are written,
+    then OSError(ENOSPC)."""
+
+    def __init__(self, handle, room):
+        self.handle, self.room = handle, room
+
+    def write(self, data):
+        fits = data[: max(0, self.room)]
+        self.room -= len(data)
+        self.handle.write(fits)
+        self.handle.flush()
+        if len(fits) < len(data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return len(data)
+
+    def __getattr__(self, name):
+        return getattr(self.handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.close()
+
+
+def test_a_full_disk_while_logging_says_so_and_loses_nothing(tmp_path, monkeypatch, capsys):
+    from kale_fast.train import metrics_log
+
+    real_open = metrics_log.open_plain_file
+    monkeypatch.setattr(metrics_log, "open_plain_file", lambda path, mode: _DiskFillsUp(real_open(path, mode), 200))
+    config_file = tmp_path / "tiny.yaml"
+    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path)}))
+    args = ["train", "--config", str(config_file), "--no-eval", "--quiet"]
+    assert main(args) == 2  # the round-2 line fits, the round-4 line does not
+    err = capsys.readouterr().err
+    assert err.startswith("kale-fast train: error: no space left on the device to write") and err.count("\n") == 1
+    assert "its lines before round 4 and the last checkpoint are intact" in err, err
+    run_dir = tmp_path / "tiny"
+    assert _rounds(run_dir) == [2]  # whole lines only: the torn one was cut off
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["rounds_done"] == 2
+    monkeypatch.setattr(metrics_log, "open_plain_file", real_open)  # space freed: the run goes on
+    assert main([*args, "--resume"]) == 0
+    assert _rounds(run_dir) == [2, 4]
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "text"])
+def test_a_full_disk_during_an_atomic_write_keeps_the_previous_file(tmp_path, monkeypatch, what):
+    from kale_fast import _io
+
+    path = tmp_path / ("checkpoint.pt" if what == "checkpoint" else "summary.json")
+    write = (lambda value: _io.atomic_torch_save({"x": torch.full((1000,), value)}, path)) if what == "checkpoint" \
+        else (lambda value: _io.atomic_write_text(str(value) * 5000, path))
+    write(1.0)
+    before = path.read_bytes()
+    real_open = open
+    monkeypatch.setattr(_io, "open", lambda *a, **k: _DiskFillsUp(real_open(*a, **k), 100), raising=False)
+    with pytest.raises(_io.DiskFullError, match=f"no space left on the device to write {path} .* {path.name} keeps "
+                                                f"its previous contents"):
+        write(2.0)
+    assert path.read_bytes() == before and not list(tmp_path.glob("tmp-*"))
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_an_unwritable_folder_is_named(run_dir, capsys, monkeypatch, code):
+    from kale_fast import _io
+
+    def refuse(*args, **kwargs):  # what mkstemp meets in a read-only folder (root is let through chmod 555)
+        raise (PermissionError if code == errno.EACCES else OSError)(code, os.strerror(code), kwargs.get("dir"))
+
+    monkeypatch.setattr(_io.tempfile, "mkstemp", refuse)
+    assert main(["sample", "--run", str(run_dir), "--n", "8", "--steps", "2"]) == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the sampler's progress bars
+    assert last.startswith(f"kale-fast sample: error: cannot write {run_dir}/samples-mala.pt: its folder {run_dir} "
+                           f"is not writable") and "Traceback" not in err, err
 
 
 # --- configs and files ------------------------------------------------------------------------------------
