@@ -38,18 +38,22 @@ def load_gebm(path: PathLike, base: Optional[nn.Module] = None, energy: Optional
         raise FileNotFoundError(f"{path}: no such file or run folder")
     saved = read_gebm_file(path, device or "cpu")
     if base is None:
-        base, energy = _networks_from_spec(saved["spec"], path, device or "cpu")
+        base, energy = _networks_from_spec(saved, path, device or "cpu")
     return SavedGEBM(gebm_from_saved(saved, base, energy, path), saved["log_partition"])
 
 
-def _networks_from_spec(spec, path: PathLike, device: str):
-    """kale_fast's own base and energy, rebuilt as the training loop built them (GEBM.spec of build_gebm)."""
+def _networks_from_spec(saved: dict, path: PathLike, device: str):
+    """kale_fast's own base and energy, rebuilt as the training loop built them (GEBM.spec of build_gebm), once
+    the spec is checked against the saved weights (nothing is allocated for a spec that does not fit them)."""
+    spec = saved["spec"]
     if not isinstance(spec, dict) or "config" not in spec or "data_shape" not in spec:
         raise ValueError(f"{path} holds a GEBM of networks of your own (no kale_fast spec was recorded): pass "
                          f"base= and energy=, modules of the same architecture, to load_gebm")
-    from kale_fast.models import build_gebm
+    from kale_fast.models.build import build_gebm_for_weights
     from kale_fast.train.config import TrainConfig
 
+    if not isinstance(spec["config"], dict):
+        raise ValueError(f"{path}: its spec's config is not a mapping of config keys")
     config = TrainConfig.from_dict({**spec["config"], "device": device})
-    rebuilt = build_gebm(config, tuple(spec["data_shape"]))
+    rebuilt = build_gebm_for_weights(config, spec["data_shape"], saved["state"], path)
     return rebuilt.base, rebuilt.energy

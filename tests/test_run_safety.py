@@ -113,6 +113,50 @@ def test_cifar_batches_refuse_a_crafted_pickle(tmp_path, marker):
         load_cifar10(folder)
 
 
+# --- sizes in a file's config: checked against its weights before anything is allocated ----------------------
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(hidden=60_000, depth=3), r"describes networks of 14400\d{6} numbers, its weights hold 75:"),  # 58 GB
+    (dict(hidden=200_000), "config key 'hidden' must be <= 65536"),
+    (dict(depth=10 ** 9), "config key 'depth' must be <= 1024"),
+    (dict(hidden=7), "its weights do not fit the networks its config describes"),  # smaller: built, then checked
+])
+def test_a_checkpoint_whose_config_outgrows_its_weights_is_refused_at_once(run_dir, changes, message, capsys):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "config": {**state["config"], **changes}}, run_dir / "checkpoint.pt")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=message):
+        load_run(run_dir)
+    assert time.perf_counter() - start < 10
+    assert main(["sample", "--run", str(run_dir)]) == 2 and "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data_shape, message", [([10 ** 9], "data_shape .* is larger than its"),
+                                                  (["2"], "data_shape must be"), ([2, 2], "data_shape must be")])
+def test_a_checkpoint_whose_data_shape_is_crafted_is_refused(run_dir, data_shape, message):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    torch.save({**state, "data_shape": data_shape}, run_dir / "checkpoint.pt")
+    with pytest.raises(ValueError, match=message):
+        load_run(run_dir)
+
+
+def test_a_gebm_file_whose_spec_outgrows_its_weights_is_refused_at_once(tmp_path, run_dir):
+    import json as json_module
+
+    import kale_fast as kf
+
+    gebm, log_partition = kf.load_gebm(run_dir)
+    gebm.save(tmp_path / "gebm.pt", log_partition)
+    saved = torch.load(tmp_path / "gebm.pt", weights_only=True)
+    spec = json_module.loads(saved["spec"])
+    spec["config"].update(hidden=60_000, depth=3)  # 4 x 60000^2 floats: 58 GB if built
+    torch.save({**saved, "spec": json_module.dumps(spec)}, tmp_path / "gebm.pt")
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=r"its config describes networks of 14400\d{6} numbers"):
+        kf.load_gebm(tmp_path / "gebm.pt")
+    assert time.perf_counter() - start < 10
+
+
 # --- feature networks: weights only ----------------------------------------------------------------------
 
 def _exported_digit_features(tmp_path):

@@ -5,6 +5,7 @@ the paper's 32x32 networks for images, initialised, spectrally normalised and cl
 latent_dim, hidden, depth, flow_layers, flow_hidden, init, spectral_norm, spectral_norm_head, energy_clamp), so
 that models never imports train; kf.load_gebm rebuilds a saved GEBM's networks from its recorded config here.
 """
+import math
 from typing import Tuple
 
 import torch
@@ -68,3 +69,27 @@ def build_gebm(config, data_shape: Tuple[int, ...]) -> GEBM:
         energy = ClampedEnergy(energy, config.energy_clamp)
     spec = dict(config=config.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
     return GEBM(base, energy, config.latent_dim, spec)
+
+
+def build_gebm_for_weights(config, data_shape, weights: dict, source) -> GEBM:
+    """build_gebm(config, data_shape) for saved weights (a GEBM's state_dict, e.g. a checkpoint's "gebm"), checked
+    before anything is allocated: the data shape is bounded by the weights' size (every energy reads the whole
+    sample), and the networks are laid out on the meta device (no memory) and must hold no more numbers than the
+    weights. So a config that is not the one the weights were trained with (a crafted file saying hidden: 200000
+    beside 48 KB of weights) is a ValueError naming `source` (the file), and what is built is about as large as the
+    weights already read; loading the weights then checks their names and shapes exactly."""
+    if not isinstance(weights, dict) or not all(isinstance(v, Tensor) for v in weights.values()):
+        raise ValueError(f"{source}: its weights are not a state dict of tensors")
+    if (not isinstance(data_shape, (list, tuple)) or len(data_shape) not in (1, 3)
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1 for n in data_shape)):
+        raise ValueError(f"{source}: its data_shape must be (D,) or (C, H, W) of positive ints, got {data_shape!r}")
+    saved = sum(v.numel() for v in weights.values())
+    if math.prod(data_shape) > saved:
+        raise ValueError(f"{source}: its data_shape {tuple(data_shape)} is larger than its {saved} weights allow: "
+                         f"the file was altered")
+    with torch.device("meta"):  # the networks as constructed (spectral norm, which adds vectors, left out)
+        layout = sum(p.numel() for net in base_and_energy(config, tuple(data_shape)) for p in net.state_dict().values())
+    if layout > saved:
+        raise ValueError(f"{source}: its config describes networks of {layout} numbers, its weights hold {saved}: "
+                         f"the file was altered, or its config is not the one it was trained with")
+    return build_gebm(config, tuple(data_shape))

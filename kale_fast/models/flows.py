@@ -40,8 +40,10 @@ class RealNVP(nn.Module):
         super().__init__()
         if dim < 2:
             raise ValueError(f"RealNVP needs dim >= 2, got {dim}")
-        masks = [(torch.arange(dim) + i) % 2 for i in range(n_layers)]
-        self.layers = nn.ModuleList(AffineCoupling(dim, hidden, m.float()) for m in masks)
+        # from Python numbers, not tensor ops: laid out on the meta device (a saved file's config checked against
+        # its weights, models.build), a tensor op would first load torch's meta kernels (seconds)
+        masks = [torch.tensor([float((j + i) % 2) for j in range(dim)]) for i in range(n_layers)]
+        self.layers = nn.ModuleList(AffineCoupling(dim, hidden, m) for m in masks)
         self.dim = dim
 
     def forward(self, z: Tensor) -> Tensor:

@@ -9,7 +9,8 @@ from typing import NamedTuple, Optional
 from torch import Tensor
 
 from kale_fast._io import load_torch_file
-from kale_fast.models import GEBM, build_gebm
+from kale_fast.models import GEBM
+from kale_fast.models.build import build_gebm_for_weights
 from kale_fast.train.config import RESUMABLE_CHANGES, TrainConfig
 from kale_fast.train.run_folder import BEST, CHECKPOINT
 
@@ -70,6 +71,10 @@ def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> 
     if best and (run_dir / BEST).exists():
         state.update(read_state(run_dir / BEST, device or "cpu", BEST_KEYS))
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
-    gebm = build_gebm(config, tuple(state["data_shape"])).to(config.device)
-    gebm.load_state_dict(state["gebm"])
+    gebm = build_gebm_for_weights(config, state["data_shape"], state["gebm"], run_dir / CHECKPOINT).to(config.device)
+    try:
+        gebm.load_state_dict(state["gebm"])
+    except RuntimeError as error:  # names or shapes that are not those of the config's networks
+        raise ValueError(f"{run_dir / CHECKPOINT}: its weights do not fit the networks its config describes: "
+                         f"{' '.join(str(error).split())[:400]}") from None
     return TrainedRun(config, gebm.eval(), state["log_partition"], state["rounds_done"], state.get("data_hash"))

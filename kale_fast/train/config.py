@@ -155,6 +155,13 @@ class TrainConfig:
                     "checkpoint_every", "sampler_steps", "flow_layers", "flow_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        for key, limit in _SIZE_LIMITS.items():
+            if getattr(self, key) is not None and getattr(self, key) > limit:
+                raise ValueError(f"config key {key!r} must be <= {limit}, got {getattr(self, key)}")
+        for key in ("seed", "split_seed"):
+            if getattr(self, key) is not None and getattr(self, key) < 0:
+                raise ValueError(f"config key {key!r} must be an integer from 0 to {_SIZE_LIMITS[key]}, got "
+                                 f"{getattr(self, key)}")
         if self.n_partition_samples < 2:
             raise ValueError(f"config key 'n_partition_samples' must be >= 2, got {self.n_partition_samples}")
         if self.validate_every and self.base != "realnvp" and not self.energy_only:
@@ -213,6 +220,11 @@ class TrainConfig:
 
 
 _MAX_CONFIG_BYTES = 1 << 20
+# The most a config may ask for: far above any real run, low enough that a typo (or a crafted saved config) ends
+# as an error naming its key, not as an allocation of terabytes; seeds as NumPy's legacy generator takes them.
+_SIZE_LIMITS = dict(n_train=10 ** 8, n_test=10 ** 8, latent_dim=1 << 16, hidden=1 << 16, flow_hidden=1 << 16,
+                    depth=1024, flow_layers=1024, batch_size=1 << 24, n_eval=10 ** 7, sampler_steps=10 ** 7,
+                    n_partition_samples=10 ** 10, seed=2 ** 32 - 1, split_seed=2 ** 32 - 1)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
