@@ -221,9 +221,9 @@ def _print_summary(summary: dict) -> None:
 
 def _report(args) -> None:
     from kale_fast._io import atomic_write_text
-    from kale_fast.train.report import markdown_table, over_seeds, read_summaries
+    from kale_fast.train.report import markdown_report, read_summaries
 
-    table = markdown_table(over_seeds(read_summaries(args.runs)), [str(run) for run in args.runs])
+    table = markdown_report(read_summaries(args.runs), [str(run) for run in args.runs])
     print(table, end="")
     if args.out is not None:
         atomic_write_text(table, args.out)

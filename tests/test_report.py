@@ -56,3 +56,22 @@ def test_report_needs_two_evaluated_runs(tmp_path):
     (tmp_path / "not-evaluated").mkdir()
     with pytest.raises(FileNotFoundError, match="not-evaluated holds no summary.json: evaluate the run first"):
         read_summaries([*run_dirs, tmp_path / "not-evaluated"])
+
+
+def test_report_leads_with_the_verdicts_metric_and_sets_constants_aside(tmp_path, capsys):
+    """A mixture toy's summaries: the share of high-quality samples (the verdict's metric, nested in the summary)
+    heads the report with each run's outcome; settings equal in every run are one line, not table rows."""
+    verdicts = [dict(metric="share of samples within 3 sd of a mode", lower_is_better=False, gebm=g, base=b,
+                     difference=g - b, se=0.008, outcome=o)
+                for g, b, o in ((0.988, 0.852, "better"), (0.987, 0.842, "better"), (0.85, 0.855, "within noise"))]
+    summaries = [dict(verdict=v, n_eval=2000, mmd_base=0.001 * (i + 1)) for i, v in enumerate(verdicts)]
+    assert main(["report", *map(str, _runs(tmp_path, summaries))]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("Verdict, GEBM vs base on share of samples within 3 sd of a mode (higher is better): better "
+                        "in 2, within noise in 1 of 3 runs.")
+    table = [line for line in lines if line.startswith("| ") and not line.startswith("| metric")]
+    assert [line.split(" | ")[0] for line in table] == ["| verdict: gebm", "| verdict: base",
+                                                         "| verdict: difference", "| mmd_base"]
+    gebm = np.array([0.988, 0.987, 0.85])
+    assert table[0].split(" | ")[2] == f"{gebm.mean():.4g}"
+    assert lines[-1] == "The same in every run: n_eval 2000."

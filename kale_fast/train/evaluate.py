@@ -89,11 +89,10 @@ def test_nll(gebm, held_out, log_partition, log_partition_se) -> dict:
     log_q = log_p_base - gebm.energies(held_out) - log_partition
     n = len(held_out)
     se = lambda values: (values.std() / math.sqrt(n)).item()  # noqa: E731
-    nll = dict(nll_base=-log_p_base.mean().item(), nll_base_se=se(log_p_base), nll_gebm=-log_q.mean().item(),
+    comparison = paired_difference(-log_q, -log_p_base, log_partition_se.item())
+    nll = dict(nll_base=comparison.b, nll_base_se=se(log_p_base), nll_gebm=comparison.a,
                nll_gebm_se=math.sqrt(se(log_q) ** 2 + log_partition_se.item() ** 2))
-    difference, difference_se = paired_difference(-log_q, -log_p_base, log_partition_se.item())
-    return dict(nll, verdict=verdict("test NLL (nats)", nll["nll_gebm"], nll["nll_base"], difference, difference_se,
-                                     lower_is_better=True))
+    return dict(nll, verdict=verdict("test NLL (nats)", comparison, lower_is_better=True))
 
 
 @torch.no_grad()
@@ -284,17 +283,16 @@ def _sample_verdict(summary: dict, reference: Tensor, gebm_samples: Tensor, base
     summary's modes_selected and modes_base), else on MMD^2 to the reference (images: in the feature network's
     space, `features`; else None)."""
     if "modes_base" in summary:
-        good, base = summary["modes_selected"]["high_quality"], summary["modes_base"]["high_quality"]
-        difference, se = share_difference(good, base, len(gebm_samples), len(base_samples))
-        return verdict("share of samples within 3 sd of a mode", good, base, difference, se, lower_is_better=False)
+        comparison = share_difference(summary["modes_selected"]["high_quality"], summary["modes_base"]["high_quality"],
+                                      len(gebm_samples), len(base_samples))
+        return verdict("share of samples within 3 sd of a mode", comparison, lower_is_better=False)
     if features is not None:
         reference, gebm_samples, base_samples = (_features(x, features) for x in (reference, gebm_samples,
                                                                                    base_samples))
-    difference, se = mmd_difference(reference, gebm_samples, base_samples,
-                                    blocks=max(2, min(10, len(reference) // 20)))
+    blocks = max(2, min(10, len(reference) // 20))
     space = f" in the {metric_name} feature space" if features is not None else ""
-    return verdict(f"MMD^2 to test data{space}", mmd(gebm_samples, reference).item(),
-                   mmd(base_samples, reference).item(), difference, se, lower_is_better=True)
+    return verdict(f"MMD^2 to test data{space}", mmd_difference(reference, gebm_samples, base_samples, blocks),
+                   lower_is_better=True, estimator=f"means over {blocks} blocks of {len(reference) // blocks} points")
 
 
 @torch.no_grad()

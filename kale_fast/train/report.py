@@ -1,9 +1,13 @@
 """Confidence intervals over seeds: the numeric entries of several runs' summary.json (one run per training seed)
-as mean, standard deviation and a 95% Student-t interval, in a Markdown table that docs/RESULTS.md can take."""
+as mean, standard deviation and a 95% Student-t interval, in a Markdown table that docs/RESULTS.md can take.
+
+The report leads with what the runs' verdicts compare (GEBM and base on the verdict's metric, e.g. the share of
+high-quality samples of the mixture toys, and the outcome of each run); entries equal in every run (settings such
+as n_eval) follow the table on one line instead of filling it."""
 import json
 import math
 from pathlib import Path
-from typing import Iterable, List, NamedTuple
+from typing import Iterable, List, NamedTuple, Tuple
 
 import numpy as np
 from scipy import stats
@@ -62,4 +66,37 @@ def markdown_table(rows: List[MetricOverSeeds], runs: List[str]) -> str:
         interval = "n/a" if math.isnan(row.low) else f"[{row.low:.4g}, {row.high:.4g}]"
         sd = "n/a" if math.isnan(row.sd) else f"{row.sd:.4g}"
         lines.append(f"| {row.metric} | {row.n} | {row.mean:.4g} | {sd} | {interval} |")
+    return "\n".join(lines) + "\n"
+
+
+def verdict_rows(summaries: List[dict]) -> Tuple[str, List[MetricOverSeeds]]:
+    """The line saying how each run's verdict came out, and rows over seeds of the verdict's GEBM value, base value
+    and difference; ("", []) when no summary holds a verdict."""
+    verdicts = [s["verdict"] for s in summaries if isinstance(s.get("verdict"), dict)]
+    if not verdicts:
+        return "", []
+    metrics = sorted({v["metric"] for v in verdicts})
+    outcomes = [v["outcome"] for v in verdicts]
+    counts = ", ".join(f"{outcome} in {outcomes.count(outcome)}" for outcome in dict.fromkeys(outcomes))
+    if len(metrics) > 1:
+        return f"Verdicts, GEBM vs base: {counts} of {len(summaries)} runs, on different metrics ({metrics}).", []
+    direction = "lower" if verdicts[0]["lower_is_better"] else "higher"
+    line = (f"Verdict, GEBM vs base on {metrics[0]} ({direction} is better): {counts} of {len(summaries)} "
+            f"runs.")
+    if len(verdicts) < 2:
+        return line, []
+    rows = over_seeds([{f"verdict: {key}": v[key] for key in ("gebm", "base", "difference")} for v in verdicts])
+    return line, rows
+
+
+def markdown_report(summaries: List[dict], runs: List[str]) -> str:
+    """The report of `kale-fast report`: the verdict's line and its rows first, then every other entry that
+    varies over the runs; the entries equal in every run on one line after the table."""
+    headline, rows = verdict_rows(summaries)
+    every = over_seeds(summaries)
+    constant = [row for row in every if row.n == len(summaries) and row.sd == 0]
+    table = markdown_table(rows + [row for row in every if row not in constant], runs)
+    lines = ([headline, ""] if headline else []) + [table.rstrip("\n")]
+    if constant:
+        lines += ["", "The same in every run: " + ", ".join(f"{row.metric} {row.mean:.6g}" for row in constant) + "."]
     return "\n".join(lines) + "\n"
