@@ -1,18 +1,21 @@
 """The `kale-fast` command: train, sample, eval, report, bench.
 
-  kale-fast train --config configs/X.yaml [--resume] [--<config key> value ...]
+  kale-fast train --config NAME_OR_FILE [--resume] [--<config key> value ...]   (NAME: a shipped config)
   torchrun --nproc-per-node N -m kale_fast.cli train ...   (data-parallel; rank 0 writes the run)
   kale-fast sample --run runs/NAME [--sampler mala] [--n 1000] [--steps 100] [--warmup 50] [--step-size 0.05]
   kale-fast eval --run runs/NAME [--feature-net inception.pth]
   kale-fast report runs/NAME-s0 runs/NAME-s1 ... [--out table.md]   (mean, sd, 95% t-interval over seeds)
   kale-fast bench [--quick] [...]          (from a source checkout: runs `python -m benchmarks`)
 
-A user's mistake (a bad value, a missing file, a run folder in use) ends as one line on stderr with exit code 2;
-`--debug` (or KALE_FAST_DEBUG=1) shows its traceback. Anything else is a bug and keeps its traceback.
+A user's mistake (a bad flag or value, a missing file, a run folder in use) ends as one line on stderr with exit code
+2, with the closest flag, key or choice where one is near; `--debug` (or KALE_FAST_DEBUG=1) shows its traceback.
+Anything else is a bug and keeps its traceback.
 """
 import argparse
 import dataclasses
 import json
+import re
+import textwrap
 import os
 import subprocess
 import sys
@@ -25,6 +28,7 @@ import torch
 import kale_fast
 from kale_fast._io import DiskFullError
 from kale_fast.data.tabular import parse_columns
+from kale_fast._suggest import did_you_mean
 from kale_fast.train.config import SAMPLERS, TrainConfig, unavailable_device
 from kale_fast.train.run_folder import RunFolderInUse
 
@@ -95,20 +99,58 @@ def _device(text: str) -> str:
 _DEBUG_HELP = "on an error, show its traceback (also: environment variable KALE_FAST_DEBUG=1)"
 
 
+class _UsageError(Exception):
+    """A command-line mistake, already worded as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line (no usage block) with the closest choice where one is near."""
+
+    def error(self, message: str):
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            message += did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+        raise _UsageError(f"{self.prog}: error: {message} ({self.prog} --help lists every option)")
+
+
+CONFIGS_DIR = Path(kale_fast.__file__).resolve().parent / "configs"  # the configs shipped with the package
+
+
+def shipped_configs() -> List[str]:
+    """The names of the configs shipped with the package (kale_fast/configs/<name>.yaml)."""
+    return sorted(path.stem for path in CONFIGS_DIR.glob("*.yaml"))
+
+
+def config_path(text: str) -> Path:
+    """--config: a YAML file, else the name of a shipped config (toy_8gaussians, ...)."""
+    path = Path(text)
+    if path.is_file() or "/" in text or path.suffix in (".yaml", ".yml"):
+        return path  # a file (a missing one is named by TrainConfig.from_yaml)
+    shipped = CONFIGS_DIR / f"{text}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = shipped_configs()
+    raise argparse.ArgumentTypeError(f"{text!r} is neither a config file nor a shipped config ({', '.join(names)})"
+                                     f"{did_you_mean(path.stem, names)}")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="kale-fast", description="Generalized Energy-Based Models trained with KALE")
+    parser = _Parser(prog="kale-fast", description="Generalized Energy-Based Models trained with KALE")
     parser.add_argument("--version", action="version", version=f"%(prog)s {kale_fast.__version__}")
     parser.add_argument("--debug", action="store_true", help=_DEBUG_HELP)
     # --debug is also taken after the verb; SUPPRESS keeps the top-level value when it is not given there
-    debug_after_verb = argparse.ArgumentParser(add_help=False)
+    debug_after_verb = _Parser(add_help=False)
     debug_after_verb.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=_DEBUG_HELP)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     add_verb = lambda name, **kwargs: commands.add_parser(name, parents=[debug_after_verb], **kwargs)  # noqa: E731
     train = add_verb("train", help="train a GEBM (then evaluate it)")
-    train.add_argument("--config", required=True, type=Path, help="YAML file of config keys (configs/*.yaml)")
+    train.add_argument("--config", required=True, type=config_path, help="a YAML file of config keys, or the name "
+                       f"of a shipped config: {', '.join(shipped_configs())}")
     train.add_argument("--resume", action="store_true", help="continue the run's checkpoint")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation after training")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--json", action="store_true", help="print the evaluation's summary.json instead of its "
+                       "summary for people")
     _add_config_flags(train)
     sample = add_verb("sample", help="draw GEBM samples from a trained run")
     sample.add_argument("--run", required=True, type=Path)
@@ -129,6 +171,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--feature-net", default=None, help="images: FID features from this file of weights "
                           "(Inception-v3's or DigitFeatures', a state dict or .safetensors) instead of the run's "
                           "config")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress lines")
+    evaluate.add_argument("--json", action="store_true", help="print summary.json instead of the summary for people")
     commands.add_parser("bench", help="run the benchmark suite (source checkout only)", add_help=False)
     _add_report_parser(add_verb)
     return parser
@@ -146,6 +190,8 @@ def _train(args) -> None:
 
     overrides = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("config.")}
     config = TrainConfig.from_yaml(args.config, overrides)
+    if not args.quiet and rank_and_size()[0] == 0:
+        print(resolved_config(config, args.config, overrides))
     try:
         run_dir = train(config, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -156,7 +202,16 @@ def _train(args) -> None:
     if rank == 0:
         print(f"trained: {run_dir}")
         if not args.no_eval:
-            _print_summary(evaluate(run_dir, progress=not args.quiet))
+            _print_summary(evaluate(run_dir, progress=not args.quiet), run_dir, args.json)
+
+
+def resolved_config(config: TrainConfig, path: Path, overrides: dict) -> str:
+    """The config a run starts with, for people: every key that differs from its default (flags marked *)."""
+    defaults = TrainConfig().to_dict()
+    keys = [f"{key}={value}{'*' if key in overrides else ''}" for key, value in config.to_dict().items()
+            if value != defaults[key] or key in overrides]
+    return textwrap.fill(f"config {path} (* from flags; other keys at their defaults): {' '.join(keys)}", 120,
+                         subsequent_indent="  ", break_on_hyphens=False)
 
 
 class _Interrupted(Exception):
@@ -211,12 +266,15 @@ def _sample(args) -> None:
 def _eval(args) -> None:
     from kale_fast.train import evaluate
 
-    _print_summary(evaluate(args.run, args.device, feature_net=args.feature_net))
+    _print_summary(evaluate(args.run, args.device, progress=not args.quiet, feature_net=args.feature_net), args.run,
+                   args.json)
 
 
-def _print_summary(summary: dict) -> None:
-    print(json.dumps(summary, indent=1))
-    print(summary["verdict"]["text"], file=sys.stderr)  # the line a user reads; stdout stays one JSON document
+def _print_summary(summary: dict, run_dir: Path, as_json: bool) -> None:
+    """summary.json's contents (--json: stdout is then one JSON document), else the lines people read."""
+    from kale_fast.train.evaluate import summary_text
+
+    print(json.dumps(summary, indent=1) if as_json else summary_text(summary, run_dir))
 
 
 def _report(args) -> None:
@@ -248,6 +306,21 @@ def _is_user_error(error: BaseException) -> bool:
     return _KALE_FAST_DIR in Path(frame.tb_frame.f_code.co_filename).resolve().parents
 
 
+def _parse(argv: List[str]) -> argparse.Namespace:
+    """The parsed command line; an unknown flag is a _UsageError naming the verb's closest flag."""
+    parser = _parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+        verb = verbs[args.command]
+        flags = [flag for action in verb._actions for flag in action.option_strings]
+        first = next((item for item in unknown if item.startswith("-")), unknown[0])
+        raise _UsageError(f"{verb.prog}: error: unrecognized argument{'s' if len(unknown) > 1 else ''} "
+                          f"{' '.join(unknown)}{did_you_mean(first.split('=')[0], flags)} ({verb.prog} --help lists "
+                          f"every option)")
+    return args
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:  # everything after `bench` belongs to the benchmark runner
@@ -256,7 +329,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                   file=sys.stderr)
             return 2
         return subprocess.call([sys.executable, "-m", "benchmarks", *argv[1:]])
-    args = _parser().parse_args(argv)
+    try:
+        args = _parse(argv)
+    except _UsageError as error:
+        print(error, file=sys.stderr)
+        return 2  # argparse's code for a usage error
     debug = args.debug or os.environ.get("KALE_FAST_DEBUG", "") not in ("", "0")
     try:
         {"train": _train, "sample": _sample, "eval": _eval, "report": _report}[args.command](args)

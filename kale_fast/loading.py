@@ -11,7 +11,8 @@ from kale_fast.models.gebm import SavedGEBM, gebm_from_saved, read_gebm_file
 
 def load_gebm(path: PathLike, base: Optional[nn.Module] = None, energy: Optional[nn.Module] = None,
               device: Optional[str] = None) -> SavedGEBM:
-    """A trained GEBM and its learned log-partition A, as `SavedGEBM(gebm, log_partition)`; gebm in eval mode.
+    """A trained GEBM and its learned log-partition A, as `SavedGEBM(gebm, log_partition)`; gebm in eval mode, A
+    attached to it (gebm.known_log_partition), so that gebm.log_prob(x) needs no second argument.
 
     path: a file written by `GEBM.save`, or a run folder of `kale-fast train` (read by kale_fast.train.load_run:
       its best validated state where it has one, else its last checkpoint).
@@ -33,13 +34,16 @@ def load_gebm(path: PathLike, base: Optional[nn.Module] = None, energy: Optional
         from kale_fast.train.checkpoints import load_run
 
         run = load_run(Path(path), device)
+        run.gebm.known_log_partition = run.log_partition
         return SavedGEBM(run.gebm, run.log_partition)
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such file or run folder")
     saved = read_gebm_file(path, device or "cpu")
     if base is None:
         base, energy = _networks_from_spec(saved, path, device or "cpu")
-    return SavedGEBM(gebm_from_saved(saved, base, energy, path), saved["log_partition"])
+    gebm = gebm_from_saved(saved, base, energy, path)
+    gebm.known_log_partition = saved["log_partition"]
+    return SavedGEBM(gebm, saved["log_partition"])
 
 
 def _networks_from_spec(saved: dict, path: PathLike, device: str):

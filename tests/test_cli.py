@@ -2,6 +2,7 @@
 --debug or KALE_FAST_DEBUG=1), a device the machine lacks is refused by name, and a bug keeps its traceback."""
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -107,14 +108,58 @@ def test_a_device_the_machine_lacks_is_refused_for_every_verb(tmp_path, config_f
     config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path), "device": device}))
     assert main(["train", "--config", str(config_file)]) == 2
     _one_line_error(capsys, "'device' (--device)")
-    for verb in ("sample", "eval"):
-        with pytest.raises(SystemExit) as exit_info:
-            main([verb, "--run", str(tmp_path / "tiny"), "--device", device])
-        assert exit_info.value.code == 2
-        assert "argument --device:" in capsys.readouterr().err
+    for verb in ("sample", "eval"):  # one line, no usage block
+        assert main([verb, "--run", str(tmp_path / "tiny"), "--device", device]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and f"kale-fast {verb}: error: argument --device:" in err
     with pytest.raises(ValueError, match="config key 'device'"):
         TrainConfig(device=device)
 
 
 def test_cpu_is_a_device_every_machine_has():
     assert TrainConfig(device="cpu").device == "cpu"
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["train", "--config", "toy_8gaussians", "--sampler", "nuts"], "invalid choice: 'nuts'"),
+    (["train", "--config", "toy_8gaussians", "--sampler", "hcm"], "did you mean hmc?"),
+    (["train", "--config", "toy_8gaussians", "--n-iterations", "5"], "did you mean --n-iter"),
+    (["train", "--config", "toy_8gausians"], "did you mean toy_8gaussians"),
+    (["trian"], "did you mean train?"),
+    (["sample", "--run", "runs/x", "--n", "0"], "argument --n: expected an integer >= 1, got 0"),
+])
+def test_every_command_line_mistake_is_one_line_with_the_closest_match(argv, expected, capsys):
+    assert main(argv) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and len(printed.err.splitlines()) == 1, printed.err
+    assert printed.err.startswith("kale-fast") and expected in printed.err and "usage:" not in printed.err
+
+
+def test_an_unknown_yaml_key_names_the_closest_key(tmp_path):
+    (tmp_path / "typo.yaml").write_text("dataset: moons\nn_iterations: 5\nlr: 0.1\n")
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) \['lr', 'n_iterations'\] \('lr': did you mean "
+                                         r"lr_\w+.*\) \('n_iterations': did you mean n_iter"):
+        TrainConfig.from_yaml(tmp_path / "typo.yaml")
+
+
+def test_shipped_configs_are_found_by_name_and_a_path_still_works(tmp_path, capsys):
+    from kale_fast.cli import CONFIGS_DIR, config_path, shipped_configs
+
+    assert {"toy_8gaussians", "toy_8gaussians_tuned", "digits"} <= set(shipped_configs())
+    assert config_path("toy_8gaussians") == CONFIGS_DIR / "toy_8gaussians.yaml"
+    assert config_path("configs/toy_8gaussians.yaml") == Path("configs/toy_8gaussians.yaml")
+    for name in shipped_configs():  # every shipped config is a valid config
+        TrainConfig.from_yaml(config_path(name))
+    # the resolved config is printed at the start of training (the keys off their defaults; flags marked)
+    assert main(["train", "--config", "toy_8gaussians", "--n-iter", "2", "--n-iter-d-init", "1", "--out-dir",
+                 str(tmp_path), "--no-eval"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"config {CONFIGS_DIR / 'toy_8gaussians.yaml'} (* from flags") and "n_iter=2*" in out
+
+
+def test_the_demo_requirements_are_pinned_as_the_tests_are():
+    root = Path(__file__).resolve().parents[1]
+    pins = lambda name: {line.split("#")[0].strip() for line in (root / name).read_text().splitlines()  # noqa: E731
+                         if line.split("#")[0].strip()}
+    assert pins("requirements-demo.txt") <= pins("requirements.txt")
+    assert any(pin.startswith("torch==") for pin in pins("requirements-demo.txt"))

@@ -1,5 +1,6 @@
 """Evaluation of a run: the sampler and step count chosen on validation data, the curves, the GEBM-vs-base verdict
 and its standard errors, seeded KID, the summary's bookkeeping; the digits FID sweep (slow: `pytest -m slow`)."""
+import dataclasses
 import importlib
 import json
 import math
@@ -220,7 +221,7 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     assert summary["verdict"]["outcome"] in ("better", "worse", "within noise")
     assert summary["verdict"]["base"] == summary["modes_base"]["high_quality"]
     assert summary["n_test_total"] == 128 and summary["n_eval"] == 64 and summary["n_validation"] == 64
-    assert set(summary["eval_time_split_s"]) == {"sampling", "metrics"}
+    assert set(summary["eval_time_split_s"]) == {"sampling", "metrics", "figures"}
     assert sum(summary["eval_time_split_s"].values()) <= summary["eval_time_s"]
     assert (run_dir / "metric-vs-steps.png").stat().st_size > 0
     assert "best_validation_nll" not in summary  # this run did not validate
@@ -228,11 +229,19 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     from kale_fast.cli import main  # `kale-fast eval`: the same numbers (seeded), the verdict's line printed
 
     capsys.readouterr()
-    assert main(["eval", "--run", str(run_dir)]) == 0
+    assert main(["eval", "--run", str(run_dir), "--json", "--quiet"]) == 0
     printed = capsys.readouterr()
     timeless = lambda s: {k: v for k, v in s.items() if not k.startswith("eval_time")}  # noqa: E731
     assert timeless(json.loads(printed.out)) == json.loads(json.dumps(timeless(summary)))
-    assert printed.err.strip() == summary["verdict"]["text"]
+    assert printed.err == ""
+    # for people: a few lines ending with the verdict and the files; progress as plain lines off a terminal
+    assert main(["eval", "--run", str(run_dir)]) == 0
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert len(lines) <= 8 and lines[0].startswith(f"evaluated {run_dir} in ")
+    assert "  " + summary["verdict"]["text"] in lines and "summary.json holds every number" in lines[-1]
+    assert "\r" not in printed.err and "eval: validation curves" in printed.err
+    assert all(line.startswith("eval: ") for line in printed.err.splitlines())
 
     # the test split never steers the choice: other test points, the same curves and choice
     evaluate_module = importlib.import_module("kale_fast.train.evaluate")
@@ -251,7 +260,7 @@ def test_summary_holds_the_best_validation_nll_and_the_nll_verdict(tmp_path):
     csv_file = tmp_path / "data.csv"
     csv_file.write_text("a,b,c\n" + "\n".join(",".join(f"{v:.6f}" for v in row) for row in data.tolist()))
     config = _config(tmp_path, dataset=str(csv_file), base="realnvp", latent_dim=3, flow_layers=2, flow_hidden=8,
-                     objective="ml", n_iter=20, validate_every=5)
+                     n_iter=20, validate_every=5)
     run_dir = train(config, progress=False)
     summary = evaluate(run_dir)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -261,6 +270,11 @@ def test_summary_holds_the_best_validation_nll_and_the_nll_verdict(tmp_path):
     assert summary["verdict"]["metric"] == "test NLL (nats)"
     assert summary["verdict"]["difference"] == summary["nll_gebm"] - summary["nll_base"]
     assert summary["validation_data"] == "the data set's validation split"
+    # a base-only run (objective ml): the flow's numbers, no MCMC and no verdict about an untrained energy
+    base_only = evaluate(train(dataclasses.replace(config, name="ml", objective="ml"), progress=False))
+    assert {"nll_base", "nll_base_se", "nll_gaussian", "mmd_base", "evaluated"} <= set(base_only)
+    assert not {"verdict", "selected", "curves", "nll_gebm", "log_partition_mc"} & set(base_only)
+    assert "sampling" not in base_only["eval_time_split_s"]
 
 
 def _digits_config(tmp_path, **changes):
@@ -282,7 +296,7 @@ def test_digits_evaluation_selects_by_fid_on_half_the_held_out_images(tmp_path):
     for label in ("base", "selected", *(f"gebm_{name}" for name in SAMPLERS)):
         assert math.isfinite(summary[f"fid_like_{label}"]) and summary[f"kid_std_{label}"] >= 0
     assert summary["verdict"]["metric"] == "MMD^2 to test data in the fid_like feature space"
-    assert set(summary["eval_time_split_s"]) == {"sampling", "metrics", "feature_net"}
+    assert set(summary["eval_time_split_s"]) == {"sampling", "metrics", "feature_net", "figures"}
     assert (run_dir / "images.png").stat().st_size > 0 and (run_dir / "metric-vs-steps.png").exists()
 
 

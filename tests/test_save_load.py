@@ -84,3 +84,27 @@ def test_loading_a_crafted_gebm_file_runs_no_code(tmp_path):
     with pytest.raises(ValueError, match="refuses to load"):
         kf.load_gebm(tmp_path / "crafted.pt", base=MLP(3, 2, (8,)), energy=MLP(2, 1, (8,)))
     assert not marker.exists()
+
+
+def test_log_prob_knows_the_loaded_log_partition_and_other_files_are_named(tmp_path):
+    """kf.load_gebm attaches the learned A: gebm.log_prob(x) needs no second argument (a flow base); gebm(x) and
+    a GEBM without a known A say what to call instead; a CSV, an empty file or bytes say what they are."""
+    torch.manual_seed(0)
+    gebm = kf.GEBM(kf.models.RealNVP(2, 2, 8), MLP(2, 1, (8,)), latent_dim=2)
+    with pytest.raises(ValueError, match="log_prob needs the log-partition A: pass log_partition="):
+        gebm.log_prob(torch.randn(3, 2))
+    with pytest.raises(TypeError, match=r"no single forward: gebm.energies\(x\)"):
+        gebm(torch.randn(3, 2))
+    gebm.save(tmp_path / "flow.pt", torch.tensor(0.25))
+    loaded, log_partition = kf.load_gebm(tmp_path / "flow.pt", base=kf.models.RealNVP(2, 2, 8),
+                                         energy=MLP(2, 1, (8,)))
+    x = torch.randn(6, 2)
+    assert torch.equal(loaded.log_prob(x), loaded.log_prob(x, log_partition))
+    assert torch.equal(loaded.log_prob(x, torch.tensor(0.0)), loaded.log_prob(x) + 0.25)
+    (tmp_path / "mix.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "noise.bin").write_bytes(bytes(range(200, 256)) * 3)
+    for name, what in (("mix.csv", "text, starting 'a,b'"), ("empty.pt", "empty"),
+                       ("noise.bin", "binary data of another format")):
+        with pytest.raises(ValueError, match=f"not a file of GEBM.save .*this one is {what}"):
+            kf.load_gebm(tmp_path / name)

@@ -2,6 +2,7 @@
 import itertools
 import json
 import math
+import zipfile
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
@@ -18,6 +19,8 @@ class GEBM(nn.Module):
     Sampling runs MCMC on the latent posterior nu(z) ~ N(z; 0, I) exp(-E(B(z))) and maps x = B(z).
     `spec` (JSON-able plain data, optional) says how to rebuild base and energy: `save` records it, so that
     `kf.load_gebm` can rebuild the networks without being given them (the training loop records its config).
+    `known_log_partition` (a scalar tensor or None) is the log-partition A that `log_prob` uses when given none:
+    `kf.load_gebm` sets it to the learned A of the file or run.
     """
 
     def __init__(self, base: nn.Module, energy: nn.Module, latent_dim: int, spec: Optional[Dict[str, Any]] = None):
@@ -25,6 +28,11 @@ class GEBM(nn.Module):
         if not isinstance(latent_dim, int) or isinstance(latent_dim, bool) or latent_dim < 1:
             raise ValueError(f"latent_dim must be a positive int, got {latent_dim!r}")
         self.base, self.energy, self.latent_dim, self.spec = base, energy, latent_dim, spec
+        self.known_log_partition: Optional[Tensor] = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        raise TypeError("a GEBM has no single forward: gebm.energies(x) gives E(x) (B,), gebm.log_prob(x) the log "
+                        "density (flow bases), gebm.sample(n, sampler, n_steps) samples, gebm.base(z) base samples")
 
     def save(self, path: PathLike, log_partition: Optional[Tensor] = None) -> None:
         """Write the GEBM to `path` (atomically) in kale_fast's safe format, read back by `kf.load_gebm`: the
@@ -95,11 +103,19 @@ class GEBM(nn.Module):
         return -kale_loss(self.energies(x), self.energies(self.base_sample(n_base, generator)))
 
     @torch.no_grad()
-    def log_prob(self, x: Tensor, log_partition: Tensor) -> Tensor:
-        """log q(x) = log p_G(x) - E(x) - A, for bases with an exact density (a `log_prob` method, e.g. a flow)."""
+    def log_prob(self, x: Tensor, log_partition: Optional[Tensor] = None) -> Tensor:
+        """log q(x) = log p_G(x) - E(x) - A (nats, (B,)), for bases with an exact density (a `log_prob` method,
+        e.g. a flow). A: `log_partition` if given, else `known_log_partition` (the learned A that kf.load_gebm
+        attaches); gebm.log_partition(n) estimates it by Monte Carlo."""
         if not hasattr(self.base, "log_prob"):
             raise TypeError(f"log_prob needs a base with an exact density (a log_prob method, such as a flow); "
                             f"{type(self.base).__name__} has none")
+        if log_partition is None:
+            if self.known_log_partition is None:
+                raise ValueError("log_prob needs the log-partition A: pass log_partition=, e.g. "
+                                 "gebm.log_partition(20_000)[0] (Monte Carlo), or load the GEBM with kf.load_gebm, "
+                                 "which attaches the learned A")
+            log_partition = self.known_log_partition.to(x.device)
         return self.base.log_prob(x) - self.energies(x) - log_partition
 
 
@@ -115,11 +131,27 @@ class SavedGEBM(NamedTuple):
 def read_gebm_file(path: PathLike, device: str = "cpu") -> dict:
     """The contents of a GEBM.save file as tensors (on `device`) and plain data, checked; no code in the file
     runs. Keys: latent_dim (int), spec (dict or None), state (the GEBM's state_dict), log_partition."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a file of GEBM.save (those are torch zip archives; this one is "
+                         f"{_what_file(path)}); a run folder of `kale-fast train` is loaded by passing the folder")
     saved = load_torch_file(path, map_location=device)
     if not isinstance(saved, dict) or saved.get("format") != GEBM_FILE_FORMAT:
         raise ValueError(f"{path} is not a file of GEBM.save (its 'format' is not {GEBM_FILE_FORMAT!r}); a run "
                          f"folder of `kale-fast train` is loaded by passing the folder itself")
     return {**saved, "spec": json.loads(saved["spec"])}
+
+
+def _what_file(path: PathLike) -> str:
+    """A few words on what a file that is not a zip archive holds: empty, text (with its first line), or bytes."""
+    with open(path, "rb") as file:
+        head = file.read(200)
+    if not head:
+        return "empty"
+    try:
+        first_line = head.decode("utf-8").splitlines()[0]
+    except (UnicodeDecodeError, IndexError):
+        return "binary data of another format"
+    return f"text, starting {first_line[:40]!r}"
 
 
 def gebm_from_saved(saved: dict, base: nn.Module, energy: nn.Module, path: PathLike = "the file") -> GEBM:

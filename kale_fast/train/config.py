@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import yaml
 
+from kale_fast._suggest import did_you_mean
 from kale_fast.data.splits import SPLITS
 from kale_fast.data.tabular import parse_columns
 from kale_fast.models.init import INITS
@@ -135,7 +136,8 @@ class TrainConfig:
             value, choices = getattr(self, field.name), field.metadata["choices"]
             _check_type(field.name, value, hints[field.name])
             if choices is not None and value not in choices:
-                raise ValueError(f"config key {field.name!r} must be one of {choices}, got {value!r}")
+                raise ValueError(f"config key {field.name!r} must be one of {choices}, got {value!r}"
+                                 f"{did_you_mean(value, choices)}")
         device_problem = unavailable_device(self.device)
         if device_problem:
             raise ValueError(f"config key 'device' (--device): {device_problem}")
@@ -193,7 +195,10 @@ class TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+            hints = "".join(did_you_mean(key, known).replace(";", f" ({key!r}:", 1).rstrip("?") + "?)"
+                            for key in unknown if did_you_mean(key, known))
+            raise ValueError(f"unknown config key(s) {unknown}{hints}; every key: kale-fast train --help, or "
+                             f"docs/training.md")
         return cls(**values)
 
     @classmethod

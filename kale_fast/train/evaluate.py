@@ -40,6 +40,7 @@ from kale_fast.metrics.image_scores import (FidScorer, cached_feature_network, f
                                             unit_range)
 from kale_fast.train.checkpoints import check_same_data, load_run
 from kale_fast.train.config import SAMPLERS, TrainConfig
+from kale_fast.train.progress import stage
 from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
 from kale_fast.train.run_folder import BEST, SUMMARY
 from kale_fast.train.selection import (chain_points, choose, curves_on, mode_guarded_quality, step_grid,
@@ -81,17 +82,23 @@ def validation_and_test(splits: DataSplits) -> Tuple[Tensor, Tensor, str]:
 
 
 @torch.no_grad()
+def _base_nll(gebm, held_out: Tensor) -> dict:
+    """The flow base's mean negative log-likelihood (nats) of held-out data and its standard error over points."""
+    nll = -gebm.base.log_prob(held_out).double()
+    return dict(nll_base=nll.mean().item(), nll_base_se=(nll.std() / math.sqrt(len(nll))).item())
+
+
+@torch.no_grad()
 def test_nll(gebm, held_out, log_partition, log_partition_se) -> dict:
     """Negative log-likelihoods (nats) of held-out data under the flow base and under the GEBM, with standard
     errors (over test points; the GEBM's adds the Monte-Carlo error of A in quadrature), and the verdict on them
     (paired over test points: the GEBM's NLL minus the base's is E(x) + A)."""
     log_p_base = gebm.base.log_prob(held_out)
     log_q = log_p_base - gebm.energies(held_out) - log_partition
-    n = len(held_out)
-    se = lambda values: (values.std() / math.sqrt(n)).item()  # noqa: E731
     comparison = paired_difference(-log_q, -log_p_base, log_partition_se.item())
-    nll = dict(nll_base=comparison.b, nll_base_se=se(log_p_base), nll_gebm=comparison.a,
-               nll_gebm_se=math.sqrt(se(log_q) ** 2 + log_partition_se.item() ** 2))
+    nll = dict(_base_nll(gebm, held_out), nll_gebm=comparison.a,
+               nll_gebm_se=math.sqrt((log_q.std() / math.sqrt(len(log_q))).item() ** 2
+                                     + log_partition_se.item() ** 2))
     return dict(nll, verdict=verdict("test NLL (nats)", comparison, lower_is_better=True))
 
 
@@ -156,8 +163,9 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
     """Evaluate the run folder's GEBM (its best validation state where it validated); feature_net overrides the
     config's FID feature network: a file of weights (see image_scores.feature_network_from_file) or a network
     built in the caller's script (an nn.Module mapping [0, 1] images (B, C, H, W) to features (B, F), with
-    `num_features` F). Writes and returns summary.json's contents. `progress` is accepted for the callers' sake;
-    the chains run without bars (they are many and short)."""
+    `num_features` F). Writes and returns summary.json's contents. `progress`: a bar per stage on a terminal, a
+    line per stage elsewhere (stderr). A base-only run (objective ml) is evaluated as a base: no MCMC, no verdict
+    about an energy that was never trained."""
     start = time.perf_counter()
     run_dir = Path(run_dir)
     config, gebm, learned_a, rounds_done, trained_on = load_run(run_dir, device)
@@ -180,8 +188,45 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
     test = test.to(config.device)
     n = min(config.n_eval, len(test))
     test_reference = test[:n]
-    mixture = config.dataset in MODE_DATASETS
+    summary = dict(run=config.name, dataset=config.dataset, data_hash=evaluated_on, rounds=rounds_done,
+                   n_test_total=len(test), n_eval=n)
+    if config.objective == "ml":
+        summary.update(_evaluate_base_only(gebm, config, splits, test, test_reference, clock, progress, run_dir))
+    else:
+        summary.update(_evaluate_gebm(gebm, config, learned_a, splits, validation, validation_source, test,
+                                      test_reference, images, given_net, clock, progress, run_dir))
+    summary.update(best_validation(run_dir))
+    summary["eval_time_split_s"] = dict(clock.seconds)
+    summary["eval_time_s"] = time.perf_counter() - start
+    atomic_write_text(json.dumps(summary, indent=1) + "\n", run_dir / SUMMARY)
+    return summary
 
+
+def _evaluate_base_only(gebm, config: TrainConfig, splits: DataSplits, test: Tensor, test_reference: Tensor,
+                        clock: StageClock, progress: bool, run_dir: Path) -> dict:
+    """A flow trained alone (objective ml): its test NLL, the Gaussian floor, and its samples against test data."""
+    summary = dict(evaluated="base only (objective: ml): no energy was trained, so no MCMC and no GEBM verdict")
+    with stage("eval: base NLL and samples", 2, progress) as bar, clock("metrics"):
+        summary.update(_base_nll(gebm, test))
+        summary.update(row_nlls(gebm, test, None, run_dir / ROW_NLLS))
+        summary.update(gaussian_nll(splits.train, test.cpu()))
+        bar.update(1)
+        base_samples = gebm.base_sample(len(test_reference), torch.Generator(device=config.device)
+                                        .manual_seed(config.seed + 5))
+        summary.update(mmd_base=mmd(base_samples, test_reference).item(),
+                       energy_distance_base=energy_distance(base_samples, test_reference).item())
+        bar.update(1)
+    with clock("figures"):
+        scatter_samples({"held-out data": test_reference, "base samples": base_samples}, run_dir / "samples.png")
+    return summary
+
+
+def _evaluate_gebm(gebm, config: TrainConfig, learned_a, splits: DataSplits, validation: Tensor,
+                   validation_source: str, test: Tensor, test_reference: Tensor, images: bool,
+                   given_net: Optional[nn.Module], clock: StageClock, progress: bool, run_dir: Path) -> dict:
+    """Steps 2-4 of the module docstring: selection on validation data, test samples and metrics, the verdict."""
+    n = len(test_reference)
+    mixture = config.dataset in MODE_DATASETS
     if images:
         with clock("feature_net"):
             features, fid_name = feature_network(config, tuple(test.shape[1:]), given_net)
@@ -194,11 +239,16 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
     # Selection on validation data.
     grid = step_grid(config.sampler_steps)
     z_validation = gebm.latent(len(validation), torch.Generator(device=config.device).manual_seed(config.seed + 2))
-    with clock("sampling"):
-        samplers = {name: tuned_sampler(gebm, config, name,
-                                        torch.Generator(device=config.device).manual_seed(config.seed + 3))
-                    for name in SAMPLERS}
-    curves = curves_on(gebm, samplers, z_validation, grid, config.seed + 4, scores, clock)
+    samplers = {}
+    with stage(f"eval: tuning {len(SAMPLERS)} samplers ({config.sampler_steps // 2} warm-up steps)", len(SAMPLERS),
+               progress) as bar, clock("sampling"):
+        for name in SAMPLERS:
+            samplers[name] = tuned_sampler(gebm, config, name,
+                                           torch.Generator(device=config.device).manual_seed(config.seed + 3))
+            bar.update(1)
+    with stage(f"eval: validation curves ({len(validation)} chains, steps {grid})", len(SAMPLERS) * len(grid),
+               progress) as bar:
+        curves = curves_on(gebm, samplers, z_validation, grid, config.seed + 4, scores, clock, bar)
     if mixture:  # what users look at there; MMD^2 at n_eval points cannot resolve these curves (docs/evaluation.md)
         metric_key = metric_name = "high_quality"
         selected = choose(mode_guarded_quality(curves), grid, higher_is_better=True)
@@ -212,19 +262,18 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
     wanted[selected.sampler].add(selected.steps)
     z_test = gebm.latent(n, torch.Generator(device=config.device).manual_seed(config.seed + 5))
     points = {}
-    with clock("sampling"):
+    with stage(f"eval: test chains ({n} chains)", len(wanted), progress) as bar, clock("sampling"):
         for name, steps in wanted.items():
             generator = torch.Generator(device=config.device).manual_seed(config.seed + 6)
             points.update({(name, p.steps): p for p in chain_points(gebm, samplers[name], z_test, sorted(steps),
                                                                     generator)})
+            bar.update(1)
         with torch.no_grad():
             base_samples = gebm.base(z_test)
     gebm_point = points[(config.sampler, config.sampler_steps)]
     selected_samples = points[(selected.sampler, selected.steps)].samples
 
     summary = dict(
-        run=config.name, dataset=config.dataset, data_hash=evaluated_on, rounds=rounds_done,
-        n_test_total=len(test), n_eval=n,
         n_validation=len(validation), validation_data=validation_source, sampler=config.sampler,
         sampler_steps=config.sampler_steps, accept_rate=gebm_point.accept_rate,
         step_size=float(samplers[config.sampler].step_size),
@@ -233,34 +282,46 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
         curves=dict(steps=grid, **{metric_name if key == metric_key else key: {name: values[key]
                                                                               for name, values in curves.items()}
                                    for key in curves[SAMPLERS[0]]}))
-    with clock("metrics"):
-        if images:
-            summary.update(_image_scores(test_reference, base_samples, points, selected_samples, features, fid_name,
-                                         config, run_dir))
-        else:
-            for label, samples in (("base", base_samples), ("gebm", gebm_point.samples),
-                                   ("selected", selected_samples)):
-                summary[f"mmd_{label}"] = mmd(samples, test_reference).item()
-                summary[f"energy_distance_{label}"] = energy_distance(samples, test_reference).item()
-                if mixture:
-                    summary[f"modes_{label}"] = mode_scores(samples, config.dataset)
-        generator = torch.Generator(device=config.device).manual_seed(config.seed + 7)
-        summary["kale_held_out"] = gebm.kale(test, generator=generator).item()
-        log_partition, log_partition_se = gebm.log_partition(max(EVAL_PARTITION_SAMPLES, config.n_partition_samples),
-                                                             generator=generator)
-        summary.update(log_partition_learned=float(learned_a), log_partition_mc=log_partition.item(),
-                       log_partition_mc_se=log_partition_se.item())
-        summary.update(best_validation(run_dir))
-        if hasattr(gebm.base, "log_prob"):
-            summary.update(test_nll(gebm, test, log_partition, log_partition_se))
-            summary.update(row_nlls(gebm, test, log_partition, run_dir / ROW_NLLS))
-            summary.update(gaussian_nll(splits.train, test.cpu()))
-        else:
-            summary["verdict"] = _sample_verdict(summary, test_reference, selected_samples, base_samples,
-                                                 features if images else None, metric_name)
-            summary["verdict"]["text"] += f"; GEBM samples: {selected.sampler}, {selected.steps} steps"
-            summary["verdict"]["samples"] = f"{selected.sampler}, {selected.steps} steps (selected on validation data)"
+    with stage("eval: test metrics and figures", 3, progress) as bar:
+        with clock("metrics"):
+            if images:
+                summary.update(_image_scores(test_reference, base_samples, points, selected_samples, features,
+                                             fid_name, config, run_dir))
+            else:
+                for label, samples in (("base", base_samples), ("gebm", gebm_point.samples),
+                                       ("selected", selected_samples)):
+                    summary[f"mmd_{label}"] = mmd(samples, test_reference).item()
+                    summary[f"energy_distance_{label}"] = energy_distance(samples, test_reference).item()
+                    if mixture:
+                        summary[f"modes_{label}"] = mode_scores(samples, config.dataset)
+            bar.update(1)
+            generator = torch.Generator(device=config.device).manual_seed(config.seed + 7)
+            summary["kale_held_out"] = gebm.kale(test, generator=generator).item()
+            log_partition, log_partition_se = gebm.log_partition(
+                max(EVAL_PARTITION_SAMPLES, config.n_partition_samples), generator=generator)
+            summary.update(log_partition_learned=float(learned_a), log_partition_mc=log_partition.item(),
+                           log_partition_mc_se=log_partition_se.item())
+            if hasattr(gebm.base, "log_prob"):
+                summary.update(test_nll(gebm, test, log_partition, log_partition_se))
+                summary.update(row_nlls(gebm, test, log_partition, run_dir / ROW_NLLS))
+                summary.update(gaussian_nll(splits.train, test.cpu()))
+            else:
+                summary["verdict"] = _sample_verdict(summary, test_reference, selected_samples, base_samples,
+                                                     features if images else None, metric_name)
+                summary["verdict"]["text"] += f"; GEBM samples: {selected.sampler}, {selected.steps} steps"
+                summary["verdict"]["samples"] = (f"{selected.sampler}, {selected.steps} steps (selected on "
+                                                 f"validation data)")
+            bar.update(1)
+        with clock("figures"):
+            _figures(summary, grid, metric_name, selected, test, test_reference, base_samples, selected_samples,
+                     gebm, images, run_dir)
+        bar.update(1)
+    return summary
 
+
+def _figures(summary: dict, grid, metric_name: str, selected, test: Tensor, test_reference: Tensor,
+             base_samples: Tensor, selected_samples: Tensor, gebm, images: bool, run_dir: Path) -> None:
+    """metric-vs-steps.png; samples.png (vectors); energy.png (2-D data)."""
     metric_vs_steps(grid, summary["curves"][metric_name], run_dir / CURVES_FIGURE,
                     {"mmd": "MMD^2", "high_quality": "share within 3 sd of a mode (higher is better)"}.get(
                         metric_name, metric_name.replace("_", "-").upper()),
@@ -271,10 +332,6 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
                         run_dir / "samples.png")
     if test.dim() == 2 and test.shape[1] == 2:
         energy_landscape(gebm.energies, test_reference, run_dir / "energy.png")
-    summary["eval_time_split_s"] = dict(clock.seconds)
-    summary["eval_time_s"] = time.perf_counter() - start
-    atomic_write_text(json.dumps(summary, indent=1) + "\n", run_dir / SUMMARY)
-    return summary
 
 
 def _sample_verdict(summary: dict, reference: Tensor, gebm_samples: Tensor, base_samples: Tensor,
@@ -313,3 +370,34 @@ def _image_scores(test: Tensor, base_samples: Tensor, points: dict, selected_sam
     image_panels({"held-out data": test, "base": base_samples,
                   **{f"GEBM ({name})": sets[f"gebm_{name}"] for name in SAMPLERS}}, run_dir / "images.png")
     return scores
+
+
+def summary_text(summary: dict, run_dir) -> str:
+    """A few lines for people: what was chosen, the headline numbers of base and GEBM, the verdict, the files."""
+    split = ", ".join(f"{stage} {seconds:.0f} s" for stage, seconds in summary["eval_time_split_s"].items())
+    lines = [f"evaluated {run_dir} in {summary['eval_time_s']:.0f} s ({split}): {summary['dataset']}, round "
+             f"{summary['rounds']}, {summary['n_eval']} samples against {summary['n_test_total']} test points"]
+    if "evaluated" in summary:
+        lines.append(f"  {summary['evaluated']}")
+    if "selected" in summary:
+        chosen = summary["selected"]
+        lines.append(f"  chosen on validation data: {chosen['sampler']}, {chosen['steps']} MCMC steps "
+                     f"({chosen['metric']} {chosen['validation_value']:.4g})")
+    if "modes_base" in summary:
+        share = lambda m: f"{m['high_quality']:.1%} ({m['modes_covered']} of {m['n_modes']} modes)"  # noqa: E731
+        lines.append(f"  within 3 sd of a mode: base {share(summary['modes_base'])}, GEBM "
+                     f"{share(summary['modes_selected'])}")
+    if "mmd_base" in summary:
+        gebm = f", GEBM {summary['mmd_selected']:.3g}" if "mmd_selected" in summary else ""
+        lines.append(f"  MMD^2 to test data: base {summary['mmd_base']:.3g}{gebm}")
+    if "nll_base" in summary:
+        gebm = (f", GEBM {summary['nll_gebm']:.3f} +- {summary['nll_gebm_se']:.2g}" if "nll_gebm" in summary
+                else "")
+        lines.append(f"  test NLL (nats): base {summary['nll_base']:.3f} +- {summary['nll_base_se']:.2g}{gebm}, "
+                     f"a Gaussian {summary['nll_gaussian']:.3f}")
+    if "verdict" in summary:
+        lines.append(f"  {summary['verdict']['text']}")
+    written = [SUMMARY] + [name for name in ("samples.png", "images.png", "energy.png", CURVES_FIGURE,
+                                             "training.png") if (Path(run_dir) / name).exists()]
+    lines.append(f"  written to {run_dir}: {', '.join(written)} ({SUMMARY} holds every number)")
+    return "\n".join(lines)

@@ -101,9 +101,10 @@ def mode_guarded_quality(curves: Dict[str, Dict[str, List[float]]]) -> Dict[str,
 
 
 def curves_on(gebm: GEBM, samplers: Dict[str, Sampler], z0: Tensor, steps: Sequence[int], seed: int,
-              scores: Callable[[Tensor], Dict[str, float]], clock) -> Dict[str, Dict[str, List[float]]]:
+              scores: Callable[[Tensor], Dict[str, float]], clock, bar=None) -> Dict[str, Dict[str, List[float]]]:
     """Per sampler, per score name: the scores of its chain's samples at each step count. Each chain draws its
-    randomness from a generator seeded with `seed`; `clock` (a StageClock) times sampling and scoring apart."""
+    randomness from a generator seeded with `seed`; `clock` (a StageClock) times sampling and scoring apart;
+    `bar` (kale_fast.train.progress.stage's), if given, advances by one per point scored."""
     curves = {}
     for name, sampler in samplers.items():
         generator = torch.Generator(device=z0.device).manual_seed(seed)
@@ -115,5 +116,7 @@ def curves_on(gebm: GEBM, samplers: Dict[str, Sampler], z0: Tensor, steps: Seque
             with clock("metrics"):
                 for key, value in scores(point.samples).items():
                     values.setdefault(key, []).append(value)
+            if bar is not None:
+                bar.update(1)
         curves[name] = values
     return curves
