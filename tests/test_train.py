@@ -128,8 +128,7 @@ def test_cli_train_sample_eval(tmp_path, capsys):
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["penalty"] == 0.5
     assert (run_dir / "samples.png").stat().st_size > 0 and (run_dir / "energy.png").stat().st_size > 0
     assert main(["sample", "--run", str(run_dir), "--sampler", "hmc", "--n", "50", "--steps", "3"]) == 0
-    with pytest.raises(SystemExit):
-        main(["sample", "--run", str(run_dir), "--n", "-5"])
+    assert main(["sample", "--run", str(run_dir), "--n", "-5"]) == 2  # a usage mistake: one line, exit code 2
     assert "--n: expected an integer >= 1, got -5" in capsys.readouterr().err
     capsys.readouterr()
     assert main(["eval", "--run", str(run_dir), "--feature-net", "features.pt"]) == 2
@@ -142,8 +141,7 @@ def test_cli_train_sample_eval(tmp_path, capsys):
     (run_dir / "summary.json").unlink()
     assert main(["eval", "--run", str(run_dir)]) == 0
     assert (run_dir / "summary.json").exists()
-    with pytest.raises(SystemExit):
-        main(["train", "--config", str(config_file), "--n-iter", "ten"])
+    assert main(["train", "--config", str(config_file), "--n-iter", "ten"]) == 2
     assert "invalid int value" in capsys.readouterr().err
 
 
