@@ -20,87 +20,170 @@
 namespace kale_fast {
 namespace {
 
-constexpr int64_t kGrain = 1 << 15;  // elements per parallel task: large enough to amortise a task
+constexpr int64_t kGrainBlocks = (1 << 15) / kBlock;  // blocks per parallel task: enough to amortise a task
 
-// Returns (loss, lse) in the accumulation dtype: lse = log sum exp(-e_gen) and
-// loss = mean(e_data) + lse - log M (A absent) or mean(e_data) + A + exp(lse - A - log M) - 1.
+// The few scalar operations that finish a reduction (means, the loss, gradient scales) run in long double
+// (x86: 64-bit mantissa, 15-bit exponent), so that they add no rounding of their own and cannot overflow.
+using wide_t = long double;
+
+template <typename acc_t>
+LogSumExpState<acc_t> merged(LogSumExpState<acc_t> a, const LogSumExpState<acc_t>& b) {
+  a.merge(b);
+  return a;
+}
+
+template <typename acc_t>
+acc_t plus(acc_t a, acc_t b) {
+  return a + b;
+}
+
+template <typename acc_t>
+struct KaleSums {
+  LogSumExpState<acc_t> gen;  // of t = -e_gen - A (A absent: -e_gen)
+  acc_t data = 0;             // of e_data * data_scale
+};
+
+// One parallel region over the blocks of both inputs: block b of e_gen and block b of e_data in the same task,
+// so that reading e_data overlaps the exp work on e_gen. Pairwise within tasks (Cascade), tasks (one per
+// thread) combined in order.
+template <typename scalar_t, typename acc_t>
+KaleSums<acc_t> kale_sums(const scalar_t* gen, int64_t n_gen, acc_t offset, const scalar_t* data, int64_t n_data,
+                          acc_t data_scale) {
+  const int64_t n_blocks = (std::max(n_gen, n_data) + kBlock - 1) / kBlock;
+  return at::parallel_reduce(
+      0, n_blocks, kGrainBlocks, KaleSums<acc_t>{},
+      [&](int64_t begin, int64_t end, KaleSums<acc_t> partial) {
+        Cascade<LogSumExpState<acc_t>> gen_blocks;
+        Cascade<acc_t> data_blocks;
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t start = b * kBlock;
+          if (start < n_gen)
+            gen_blocks.push(block_log_sum_exp(gen + start, std::min(kBlock, n_gen - start), acc_t(-1), offset,
+                                              gen + std::min(end * kBlock, n_gen)),
+                            merged<acc_t>);
+          if (start < n_data) data_blocks.push(block_sum(data + start, std::min(kBlock, n_data - start), data_scale),
+                                               plus<acc_t>);
+        }
+        partial.gen.merge(gen_blocks.total(LogSumExpState<acc_t>{}, merged<acc_t>));
+        partial.data += data_blocks.total(acc_t(0), plus<acc_t>);
+        return partial;
+      },
+      [](KaleSums<acc_t> a, const KaleSums<acc_t>& b) {
+        a.gen.merge(b.gen);
+        a.data += b.data;
+        return a;
+      });
+}
+
+// Scaling by 2^-64 (exact) keeps the sum of any int64 count of finite values finite; used when the plain sum
+// overflowed, so that the mean of finite values is finite.
+constexpr int kOverflowScaleBits = 64;
+
+// mean(e_data) without overflow: the pairwise sum, redone on e_data * 2^-64 when it is not finite (which
+// leaves infinities and NaN as they were, and finite values finite).
+template <typename scalar_t, typename acc_t>
+wide_t data_mean(const scalar_t* data, int64_t n_data, acc_t data_sum) {
+  if (std::isfinite(data_sum)) return wide_t(data_sum) / wide_t(n_data);
+  const acc_t scale = std::ldexp(acc_t(1), -kOverflowScaleBits);
+  const acc_t scaled = kale_sums<scalar_t, acc_t>(data, 0, acc_t(0), data, n_data, scale).data;
+  return std::ldexp(wide_t(scaled), kOverflowScaleBits) / wide_t(n_data);
+}
+
+// mean_i exp(t_i) = (sum / n) * exp(max) of a log-sum-exp state over n terms, in long double (no overflow where
+// the mean is finite, no rounding of log n).
+template <typename acc_t>
+wide_t mean_exp(const LogSumExpState<acc_t>& state, int64_t n) {
+  return wide_t(state.sum) / wide_t(n) * std::exp(wide_t(state.max));
+}
+
+// Returns (loss, state) in the accumulation dtype: state = (max, sum) of the log-sum-exp of t_i = -e_gen_i - A
+// (A absent: -e_gen_i), and loss = mean(e_data) + A + mean(exp(t)) - 1 (A absent: mean(e_data) + log mean exp(t)).
 std::tuple<at::Tensor, at::Tensor> kale_loss_forward(const at::Tensor& e_data, const at::Tensor& e_gen,
                                                 const std::optional<at::Tensor>& log_partition) {
   check_flat(e_data, c10::kCPU, "e_data");
   check_flat(e_gen, c10::kCPU, "e_gen");
   const auto acc_dtype = acc_type_of(e_gen.scalar_type());
   auto loss = at::empty({}, e_gen.options().dtype(acc_dtype));
-  auto lse = at::empty({}, e_gen.options().dtype(acc_dtype));
+  auto state = at::empty({2}, e_gen.options().dtype(acc_dtype));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* gen = e_gen.const_data_ptr<scalar_t>();
     const scalar_t* data = e_data.const_data_ptr<scalar_t>();
     const int64_t n_gen = e_gen.numel(), n_data = e_data.numel();
-    const auto state = at::parallel_reduce(
-        0, n_gen, kGrain, LogSumExpState<acc_t>{},
-        [&](int64_t begin, int64_t end, LogSumExpState<acc_t> partial) {
-          accumulate_log_sum_exp<scalar_t, acc_t>(gen + begin, end - begin, acc_t(-1), partial);
-          return partial;
-        },
-        [](LogSumExpState<acc_t> a, const LogSumExpState<acc_t>& b) {
-          a.merge(b);
-          return a;
-        });
-    const acc_t data_sum = at::parallel_reduce(
-        0, n_data, kGrain, acc_t(0),
-        [&](int64_t begin, int64_t end, acc_t partial) { return partial + lane_sum<scalar_t, acc_t>(data + begin, end - begin); },
-        [](acc_t a, acc_t b) { return a + b; });
-    const acc_t log_n_gen = std::log(static_cast<acc_t>(n_gen));
-    const acc_t lse_value = state.value();
-    acc_t loss_value = data_sum / static_cast<acc_t>(n_data);
-    if (log_partition.has_value()) {
-      const acc_t a = log_partition->item<acc_t>();
-      loss_value += a + std::exp(lse_value - a - log_n_gen) - acc_t(1);
-    } else {
-      loss_value += lse_value - log_n_gen;
-    }
-    *loss.mutable_data_ptr<acc_t>() = loss_value;
-    *lse.mutable_data_ptr<acc_t>() = lse_value;
+    const acc_t a = log_partition.has_value() ? log_partition->item<acc_t>() : acc_t(0);
+    const auto sums = kale_sums<scalar_t, acc_t>(gen, n_gen, a, data, n_data, acc_t(1));
+    const wide_t mean = data_mean<scalar_t, acc_t>(data, n_data, sums.data);
+    const wide_t loss_value =
+        log_partition.has_value()
+            ? mean + wide_t(a) + mean_exp(sums.gen, n_gen) - 1
+            : mean + wide_t(sums.gen.max) + (std::log(wide_t(sums.gen.sum)) - std::log(wide_t(n_gen)));
+    *loss.mutable_data_ptr<acc_t>() = static_cast<acc_t>(loss_value);
+    acc_t* state_out = state.mutable_data_ptr<acc_t>();
+    state_out[0] = sums.gen.max;
+    state_out[1] = sums.gen.sum;
   });
-  return {loss, lse};
+  return {loss, state};
 }
 
-// Returns (d e_data, d e_gen, d A): grad / N, -grad * exp(-e_gen - shift) with shift = lse (A absent)
-// or A + log M, and grad * (1 - exp(lse - shift)) (zero when A is absent; the caller drops it).
+// Returns (d e_data, d e_gen, d A), from the forward's state (max, sum):
+// d e_data = grad / N (one value, expanded: no N-element write), d e_gen_i = -grad/M * exp(-e_gen_i - A)
+// (A absent: -grad/sum * exp(-e_gen_i - max)), d A = grad * (1 - mean(exp(-e_gen - A))) (zero without A).
+// 1/M and 1/sum multiply the exp instead of entering its exponent as log M, which |A| would round away.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_loss_backward(const at::Tensor& grad, const at::Tensor& e_data,
                                                              const at::Tensor& e_gen,
                                                              const std::optional<at::Tensor>& log_partition,
-                                                             const at::Tensor& lse) {
+                                                             const at::Tensor& state) {
   check_flat(e_data, c10::kCPU, "e_data");
   check_flat(e_gen, c10::kCPU, "e_gen");
-  const auto acc_dtype = acc_type_of(e_gen.scalar_type());
+  check_kale_state(grad, state, e_gen);
   auto grad_gen = at::empty_like(e_gen);
-  auto grad_data = at::empty_like(e_data);
-  auto grad_log_partition = at::empty({}, e_gen.options().dtype(acc_dtype));
+  auto grad_data_value = at::empty({}, e_data.options());
+  auto grad_log_partition = at::empty({}, state.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const acc_t g = grad.item<acc_t>();
-    const acc_t lse_value = lse.item<acc_t>();
+    const wide_t g = grad.item<acc_t>();
+    const acc_t* st = state.const_data_ptr<acc_t>();
+    const LogSumExpState<acc_t> gen_state{st[0], st[1]};
     const int64_t n_gen = e_gen.numel();
-    const acc_t shift = log_partition.has_value()
-                            ? log_partition->item<acc_t>() + std::log(static_cast<acc_t>(n_gen))
-                            : lse_value;
-    const int64_t n_data = e_data.numel();
-    const scalar_t data_grad = static_cast<scalar_t>(g / static_cast<acc_t>(n_data));
+    *grad_data_value.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(g / wide_t(e_data.numel()));
+    // exponent -e_gen_i - shift - post_shift, factor scale, lean exp where the exponent is at most the max (<= 88)
+    acc_t shift = gen_state.max, post_shift = 0, scale = static_cast<acc_t>(-g / wide_t(gen_state.sum));
+    bool lean = true;
+    acc_t grad_a = 0;
+    if (log_partition.has_value()) {
+      shift = log_partition->item<acc_t>();
+      grad_a = static_cast<acc_t>(g * (1 - mean_exp(gen_state, n_gen)));
+      lean = gen_state.max <= kLeanExpMax<acc_t>;
+      // beyond, exp(t) alone would overflow where exp(t) / M need not: log M moves into the exponent
+      post_shift = lean ? acc_t(0) : static_cast<acc_t>(std::log(wide_t(n_gen)));
+      scale = static_cast<acc_t>(lean ? -g / wide_t(n_gen) : -g);
+    }
+    *grad_log_partition.mutable_data_ptr<acc_t>() = grad_a;
     const scalar_t* gen = e_gen.const_data_ptr<scalar_t>();
     scalar_t* gen_out = grad_gen.mutable_data_ptr<scalar_t>();
-    scalar_t* data_out = grad_data.mutable_data_ptr<scalar_t>();
-    // One parallel region writes both gradients: [begin, end) indexes e_gen and e_data alike.
-    at::parallel_for(0, std::max(n_gen, n_data), kGrain, [&](int64_t begin, int64_t end) {
-      if (begin < n_gen) {
-        const int64_t gen_end = std::min(end, n_gen);
-        write_scaled_exp<scalar_t, acc_t>(gen + begin, gen_out + begin, gen_end - begin, acc_t(-1), shift, -g);
-      }
-      if (begin < n_data) std::fill(data_out + begin, data_out + std::min(end, n_data), data_grad);
+    at::parallel_for(0, n_gen, kGrainBlocks * kBlock, [&](int64_t begin, int64_t end) {
+      if (lean)
+        write_scaled_exp<true>(gen + begin, gen_out + begin, end - begin, acc_t(-1), shift, post_shift, scale);
+      else
+        write_scaled_exp<false>(gen + begin, gen_out + begin, end - begin, acc_t(-1), shift, post_shift, scale);
     });
-    *grad_log_partition.mutable_data_ptr<acc_t>() = g * (acc_t(1) - std::exp(lse_value - shift));
   });
-  return {grad_data, grad_gen, grad_log_partition};
+  return {grad_data_value.expand({e_data.numel()}), grad_gen, grad_log_partition};
+}
+
+// The log-sum-exp state of one row (or a slice of it), pairwise over its blocks.
+template <typename scalar_t, typename acc_t>
+LogSumExpState<acc_t> row_log_sum_exp(const scalar_t* x, int64_t n) {
+  Cascade<LogSumExpState<acc_t>> blocks;
+  for (int64_t start = 0; start < n; start += kBlock)
+    blocks.push(block_log_sum_exp(x + start, std::min(kBlock, n - start), acc_t(1), acc_t(0), x + n), merged<acc_t>);
+  return blocks.total(LogSumExpState<acc_t>{}, merged<acc_t>);
+}
+
+// log(mean(exp)) of a row from its state: max + log(sum) - log K, in long double.
+template <typename acc_t>
+acc_t log_mean_exp_value(const LogSumExpState<acc_t>& state, int64_t cols) {
+  return static_cast<acc_t>(wide_t(state.max) + (std::log(wide_t(state.sum)) - std::log(wide_t(cols))));
 }
 
 // Row-wise log(mean(exp(x))) of a (R, K) tensor, in the accumulation dtype, shape (R,).
@@ -112,34 +195,28 @@ at::Tensor log_mean_exp_forward(const at::Tensor& x) {
     const int64_t rows = x.size(0), cols = x.size(1);
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     acc_t* result = out.mutable_data_ptr<acc_t>();
-    const acc_t log_cols = std::log(static_cast<acc_t>(cols));
-    if (rows == 1) {  // one long row: split it across threads
+    if (rows == 1) {  // one long row: its blocks split across threads
       const auto state = at::parallel_reduce(
-          0, cols, kGrain, LogSumExpState<acc_t>{},
+          0, (cols + kBlock - 1) / kBlock, kGrainBlocks, LogSumExpState<acc_t>{},
           [&](int64_t begin, int64_t end, LogSumExpState<acc_t> partial) {
-            accumulate_log_sum_exp<scalar_t, acc_t>(in + begin, end - begin, acc_t(1), partial);
+            const int64_t start = begin * kBlock;
+            partial.merge(row_log_sum_exp<scalar_t, acc_t>(in + start, std::min(end * kBlock, cols) - start));
             return partial;
           },
-          [](LogSumExpState<acc_t> a, const LogSumExpState<acc_t>& b) {
-            a.merge(b);
-            return a;
-          });
-      result[0] = state.value() - log_cols;
+          merged<acc_t>);
+      result[0] = log_mean_exp_value(state, cols);
       return;
     }
-    at::parallel_for(0, rows, std::max<int64_t>(1, kGrain / cols), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        LogSumExpState<acc_t> state;
-        accumulate_log_sum_exp<scalar_t, acc_t>(in + r * cols, cols, acc_t(1), state);
-        result[r] = state.value() - log_cols;
-      }
+    at::parallel_for(0, rows, std::max<int64_t>(1, kGrainBlocks * kBlock / cols), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) result[r] = log_mean_exp_value(row_log_sum_exp<scalar_t, acc_t>(in + r * cols, cols), cols);
     });
   });
   return out;
 }
 
-// grad_x[r, k] = grad[r] * exp(x[r, k] - out[r] - log K), with out the forward's (R,) result;
-// grad and out in the accumulation dtype.
+// grad_x[r, k] = grad[r] / K * exp(x[r, k] - out[r]), with out the forward's (R,) result (log-mean-exp, so the
+// exponent is at most log K: lean exp); grad and out in the accumulation dtype. 1/K multiplies the exp instead of
+// entering its exponent as log K, which a large |out| would round away.
 at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out) {
   check_rows(x, c10::kCPU);
   check_row_values(grad, out, x);
@@ -151,11 +228,11 @@ at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, co
     const acc_t* o = out.const_data_ptr<acc_t>();
     const scalar_t* in = x.const_data_ptr<scalar_t>();
     scalar_t* result = grad_x.mutable_data_ptr<scalar_t>();
-    const acc_t log_cols = std::log(static_cast<acc_t>(cols));
-    at::parallel_for(0, rows * cols, kGrain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, rows * cols, kGrainBlocks * kBlock, [&](int64_t begin, int64_t end) {
       while (begin < end) {  // the flat range may start and end inside rows
         const int64_t r = begin / cols, row_end = std::min(end, (r + 1) * cols);
-        write_scaled_exp<scalar_t, acc_t>(in + begin, result + begin, row_end - begin, acc_t(1), o[r] + log_cols, g[r]);
+        const acc_t scale = static_cast<acc_t>(wide_t(g[r]) / wide_t(cols));
+        write_scaled_exp<true>(in + begin, result + begin, row_end - begin, acc_t(1), o[r], acc_t(0), scale);
         begin = row_end;
       }
     });

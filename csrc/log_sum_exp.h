@@ -1,5 +1,11 @@
-// Streaming log-sum-exp and scaled-exp loops of the CPU kernels, over explicit SIMD vectors (vec_math.h) with
-// a scalar tail; their running state (log_sum_exp_state.h) is shared with the CUDA kernels. Inputs of any floating dtype are widened to acc_t (float or double).
+// The reductions and the gradient map of the CPU KALE kernels, over explicit SIMD vectors (vec_math.h); their
+// running state (log_sum_exp_state.h) is shared with the CUDA kernels. Inputs of any floating dtype are widened to
+// acc_t (float or double).
+//
+// Accuracy at any size: every sum is pairwise. Inside a block of kBlock elements, vector leaves of kLeafVectors
+// vectors are summed directly and the leaves pairwise (Cascade); blocks are combined pairwise too, so each
+// element goes through O(log n) roundings of like-sized partials (a running sum would take O(n)). The sum of
+// the constant 0.1 over 2^26 elements is then exact to fp32 rounding.
 #pragma once
 
 #include <algorithm>
@@ -12,7 +18,38 @@
 
 namespace kale_fast {
 
-constexpr int64_t kBlock = 2048;  // elements per block: 8-16 KiB stay in L1 between the two reads
+constexpr int64_t kBlock = 2048;      // elements per block: 8-16 KiB stay in L1 between the max and the exp pass
+constexpr int64_t kLeafVectors = 8;   // vectors summed directly before the pairwise tree (64 fp32 elements)
+constexpr int64_t kPrefetchAhead = kBlock;  // elements ahead that the exp pass asks the cache for
+
+// Pairwise combination of values pushed one at a time: a binary counter whose level l holds the combination of
+// 2^l pushed values, so each value goes through at most log2(count) + 1 combinations. T: a vector, a scalar sum
+// or a LogSumExpState; Combine(earlier, later) -> T.
+template <typename T>
+struct Cascade {
+  T level[64];
+  int64_t count = 0;
+
+  template <typename Combine>
+  void push(T value, Combine combine) {
+    int l = 0;
+    for (int64_t c = count; c & 1; c >>= 1, ++l) value = combine(level[l], value);
+    level[l] = value;
+    ++count;
+  }
+  // The combination of everything pushed (lower levels hold later values), `empty` if nothing was.
+  template <typename Combine>
+  T total(T empty, Combine combine) const {
+    T result = empty;
+    bool any = false;
+    for (int l = 0; l < 64; ++l) {
+      if (!((count >> l) & 1)) continue;
+      result = any ? combine(level[l], result) : level[l];
+      any = true;
+    }
+    return result;
+  }
+};
 
 template <typename acc_t, typename V>
 inline acc_t horizontal_max(V v) {
@@ -21,16 +58,59 @@ inline acc_t horizontal_max(V v) {
   return m;
 }
 
+// Pairwise sum of a vector's lanes.
 template <typename acc_t, typename V>
 inline acc_t horizontal_sum(V v) {
-  acc_t s = 0;
-  for (int64_t j = 0; j < Simd<acc_t>::kWidth; ++j) s += v[j];
-  return s;
+  for (int64_t w = Simd<acc_t>::kWidth / 2; w > 0; w /= 2)
+    for (int64_t j = 0; j < w; ++j) v[j] += v[j + w];
+  return v[0];
 }
 
-// max_i sign * x[i] (NaN elements are skipped here; lane_sum_rescaled turns them into a NaN sum).
+template <typename V>
+inline V add(V a, V b) {
+  return a + b;
+}
+
+// Pairwise sum of f(V load at x + i) over the whole vectors of x[0:n), and the count of elements they cover.
+// f maps a loaded acc_t vector to the vector of terms (exp(x - m), scale * x, ...).
+template <typename scalar_t, typename acc_t, typename F>
+inline acc_t pairwise_vector_sum(const scalar_t* x, int64_t n, F f, int64_t& covered) {
+  using V = typename Simd<acc_t>::Vec;
+  constexpr int64_t W = Simd<acc_t>::kWidth;
+  Cascade<V> leaves;
+  int64_t i = 0;
+  for (; i + kLeafVectors * W <= n; i += kLeafVectors * W) {
+    V a = f(load_vec<acc_t>(x + i)), b = f(load_vec<acc_t>(x + i + W));
+    for (int64_t j = 2; j < kLeafVectors; j += 2) {
+      a += f(load_vec<acc_t>(x + i + j * W));
+      b += f(load_vec<acc_t>(x + i + (j + 1) * W));
+    }
+    leaves.push(a + b, add<V>);
+  }
+  if (i + W <= n) {
+    V a = f(load_vec<acc_t>(x + i));
+    for (i += W; i + W <= n; i += W) a += f(load_vec<acc_t>(x + i));
+    leaves.push(a, add<V>);
+  }
+  covered = i;
+  return horizontal_sum<acc_t>(leaves.total(splat<V>(acc_t(0)), add<V>));
+}
+
+// sum_i scale * x[i] over one block (pairwise); scale is a power of two (exact) or 1.
 template <typename scalar_t, typename acc_t>
-inline acc_t lane_max(const scalar_t* x, int64_t n, acc_t sign) {
+inline acc_t block_sum(const scalar_t* x, int64_t n, acc_t scale) {
+  using V = typename Simd<acc_t>::Vec;
+  const V scale_v = splat<V>(scale);
+  int64_t i = 0;
+  acc_t s = pairwise_vector_sum<scalar_t, acc_t>(x, n, [&](V v) { return v * scale_v; }, i);
+  acc_t tail = 0;
+  for (; i < n; ++i) tail += scale * static_cast<acc_t>(x[i]);
+  return s + tail;
+}
+
+// max_i (sign * x[i]) over one block; NaN elements are skipped (the exp pass turns them into a NaN sum).
+template <typename scalar_t, typename acc_t>
+inline acc_t block_max(const scalar_t* x, int64_t n, acc_t sign) {
   using V = typename Simd<acc_t>::Vec;
   constexpr int64_t W = Simd<acc_t>::kWidth;
   V lanes = splat<V>(-std::numeric_limits<acc_t>::infinity());
@@ -47,52 +127,47 @@ inline acc_t lane_max(const scalar_t* x, int64_t n, acc_t sign) {
   return m;
 }
 
-// sum_i rescale(sign * x[i], m); NaN elements make the sum NaN.
+// (max, sum exp(t - max)) of t_i = sign * x[i] - offset over one block: the max pass, then the exp pass from L1
+// (which also asks for the next block, so that its max pass does not wait on memory). offset is A in the KALE
+// objective with A (t = -e_gen - A, the exponent of its gradient) and 0 elsewhere.
 template <typename scalar_t, typename acc_t>
-inline acc_t lane_sum_rescaled(const scalar_t* x, int64_t n, acc_t sign, acc_t m) {
+inline LogSumExpState<acc_t> block_log_sum_exp(const scalar_t* x, int64_t n, acc_t sign, acc_t offset,
+                                               const scalar_t* prefetch_end) {
   using V = typename Simd<acc_t>::Vec;
-  constexpr int64_t W = Simd<acc_t>::kWidth;
-  const V mv = splat<V>(m);
-  V lanes = splat<V>(acc_t(0));
-  int64_t i = 0;
-  for (; i + W <= n; i += W) lanes += rescale<acc_t>(V(sign * load_vec<acc_t>(x + i)), mv);
-  acc_t s = horizontal_sum<acc_t>(lanes);
-  for (; i < n; ++i) s += rescale<acc_t>(acc_t(sign * static_cast<acc_t>(x[i])), m);
-  return s;
-}
-
-template <typename scalar_t, typename acc_t>
-inline acc_t lane_sum(const scalar_t* x, int64_t n) {
-  using V = typename Simd<acc_t>::Vec;
-  constexpr int64_t W = Simd<acc_t>::kWidth;
-  V lanes = splat<V>(acc_t(0));
-  int64_t i = 0;
-  for (; i + W <= n; i += W) lanes += load_vec<acc_t>(x + i);
-  acc_t s = horizontal_sum<acc_t>(lanes);
-  for (; i < n; ++i) s += static_cast<acc_t>(x[i]);
-  return s;
-}
-
-// Folds sign * x[0:n] into `state` one L1-sized block at a time: the block's max, then its rescaled sum
-// (the second read hits L1, so memory is streamed once).
-template <typename scalar_t, typename acc_t>
-void accumulate_log_sum_exp(const scalar_t* x, int64_t n, acc_t sign, LogSumExpState<acc_t>& state) {
-  for (int64_t start = 0; start < n; start += kBlock) {
-    const int64_t len = std::min(kBlock, n - start);
-    const acc_t block_max = lane_max(x + start, len, sign);
-    state.merge(block_max, lane_sum_rescaled(x + start, len, sign, block_max));
+  const acc_t m = block_max(x, n, sign) - offset;  // rounding is monotone: the max of the t_i
+  for (const scalar_t* p = x + kPrefetchAhead; p < std::min(x + kPrefetchAhead + n, prefetch_end); p += 64 / sizeof(scalar_t))
+    __builtin_prefetch(p);
+  if (!std::isfinite(m)) {
+    // all elements -inf or NaN (m = -inf), or some +inf (m = +inf): the terms are 1 where t == m (equal
+    // infinities rescale by 1), 0 below, NaN for NaN elements
+    acc_t s = 0;
+    for (int64_t i = 0; i < n; ++i) s += rescale_scalar(acc_t(sign * static_cast<acc_t>(x[i]) - offset), m);
+    return {m, s};
   }
+  // (sign * x - offset) - m: t rounded first, as the gradient's exponent is
+  const V sign_v = splat<V>(sign), offset_v = splat<V>(offset), m_v = splat<V>(m);
+  int64_t i = 0;
+  acc_t s = pairwise_vector_sum<scalar_t, acc_t>(
+      x, n, [&](V v) { return exp_lean<acc_t>(V((sign_v * v - offset_v) - m_v)); }, i);
+  for (; i < n; ++i) s += exp_lean<acc_t>(acc_t((sign * static_cast<acc_t>(x[i]) - offset) - m));
+  return {m, s};
 }
 
-// out[i] = scale * exp(sign * x[i] - shift), the gradient of every log-sum-exp form.
-template <typename scalar_t, typename acc_t>
-void write_scaled_exp(const scalar_t* x, scalar_t* out, int64_t n, acc_t sign, acc_t shift, acc_t scale) {
+// out[i] = scale * exp((sign * x[i] - shift) - post_shift), the gradient of every log-sum-exp form. kLean: the
+// caller guarantees exponents <= kLeanExpMax (exp_lean), else exp_vec handles overflow and infinities.
+template <bool kLean, typename scalar_t, typename acc_t>
+void write_scaled_exp(const scalar_t* x, scalar_t* out, int64_t n, acc_t sign, acc_t shift, acc_t post_shift,
+                      acc_t scale) {
   using V = typename Simd<acc_t>::Vec;
   constexpr int64_t W = Simd<acc_t>::kWidth;
+  auto term = [&](auto t) {
+    using T = decltype(t);
+    const T arg = (sign * t - shift) - post_shift;
+    return scale * (kLean ? exp_lean<acc_t>(arg) : exp_vec<acc_t>(arg));
+  };
   int64_t i = 0;
-  for (; i + W <= n; i += W)
-    store_vec<acc_t>(out + i, V(scale * exp_vec<acc_t>(V(sign * load_vec<acc_t>(x + i) - shift))));
-  for (; i < n; ++i) out[i] = static_cast<scalar_t>(scale * exp_vec<acc_t>(acc_t(sign * static_cast<acc_t>(x[i]) - shift)));
+  for (; i + W <= n; i += W) store_vec<acc_t>(out + i, V(term(load_vec<acc_t>(x + i))));
+  for (; i < n; ++i) out[i] = static_cast<scalar_t>(term(static_cast<acc_t>(x[i])));
 }
 
 }  // namespace kale_fast

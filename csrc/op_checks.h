@@ -26,6 +26,17 @@ inline void check_rows(const at::Tensor& x, c10::DeviceType device) {
               "x must be a contiguous 2-D ", c10::DeviceTypeName(device), " tensor with non-empty rows");
 }
 
+// grad and state of kale_loss_backward: a one-element grad and the forward's (max, sum) state, both in the
+// accumulation dtype of the energies, on their device.
+inline void check_kale_state(const at::Tensor& grad, const at::Tensor& state, const at::Tensor& e_gen) {
+  const auto acc = acc_type_of(e_gen.scalar_type());
+  TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == acc && grad.device() == e_gen.device(),
+              "grad must be a one-element tensor in the accumulation dtype on the energies' device");
+  TORCH_CHECK(state.dim() == 1 && state.numel() == 2 && state.is_contiguous() && state.scalar_type() == acc &&
+                  state.device() == e_gen.device(),
+              "state must be the forward's contiguous (2,) (max, sum) tensor in the accumulation dtype");
+}
+
 // grad and out of log_mean_exp_backward: contiguous (R,) in the accumulation dtype of x.
 inline void check_row_values(const at::Tensor& grad, const at::Tensor& out, const at::Tensor& x) {
   TORCH_CHECK(grad.scalar_type() == out.scalar_type() && out.scalar_type() == acc_type_of(x.scalar_type()) &&

@@ -7,7 +7,7 @@
 TORCH_LIBRARY(kale_fast, m) {
   // KALE objective and log-mean-exp (csrc/kale.cpp, kernels/kale.cu)
   m.def("kale_loss_forward(Tensor e_data, Tensor e_gen, Tensor? log_partition) -> (Tensor, Tensor)");
-  m.def("kale_loss_backward(Tensor grad, Tensor e_data, Tensor e_gen, Tensor? log_partition, Tensor lse) "
+  m.def("kale_loss_backward(Tensor grad, Tensor e_data, Tensor e_gen, Tensor? log_partition, Tensor state) "
         "-> (Tensor, Tensor, Tensor)");
   m.def("log_mean_exp_forward(Tensor x) -> Tensor");
   m.def("log_mean_exp_backward(Tensor grad, Tensor x, Tensor out) -> Tensor");

@@ -67,48 +67,78 @@ inline void store_vec(scalar_t* p, typename Simd<acc_t>::Vec v) {
   }
 }
 
-// exp(x) for T = acc_t or Simd<acc_t>::Vec, accurate to about 1 ulp (Cephes polynomial for float, Pade form
-// for double) after the reduction x = k ln2 + r; k is rounded by the 1.5 * 2^mantissa trick and 2^k built
-// from exponent bits as 2^(k-1) * 2, so that k = 128 (float) and k = 1024 (double), reached just below the
-// overflow threshold, stay representable. Results below the smallest normal number (fp32: x < -86.6,
-// fp64: x < -707.7) are flushed to zero; +inf and overflow give +inf, -inf gives 0, NaN gives NaN.
 template <typename acc_t, typename T>
-inline T exp_vec(T x) {
-  using Bits = std::conditional_t<std::is_same_v<T, acc_t>, typename Simd<acc_t>::ScalarBits, typename Simd<acc_t>::Bits>;
+using BitsOf = std::conditional_t<std::is_same_v<T, acc_t>, typename Simd<acc_t>::ScalarBits, typename Simd<acc_t>::Bits>;
+
+// The core of exp_vec and exp_lean: for x in [kLo, kHi], returns p = exp(r) after the reduction x = k ln2 + r,
+// accurate to about 1 ulp (Cephes polynomial for float, Pade form for double), and k's bits in `kbits`
+// (k rounded by the 1.5 * 2^mantissa trick: kbits - kShift's bits = k, as an integer in the low bits).
+template <typename acc_t, typename T>
+inline T exp_reduced(T xc, BitsOf<acc_t, T>& kbits) {
   constexpr bool kFloat = std::is_same_v<acc_t, float>;
-  constexpr acc_t kLo = kFloat ? -86.6 : -707.7;
-  constexpr acc_t kHi = kFloat ? 88.7228317 : 709.782712893383973;
   constexpr acc_t kShift = kFloat ? 12582912.0 : 6755399441055744.0;  // 1.5 * 2^23, 1.5 * 2^52
-  constexpr int kMantissa = kFloat ? 23 : 52;
-  constexpr unsigned kBiasMinusOne = kFloat ? 126 : 1022;
-  const T lo = splat<T>(kLo), hi = splat<T>(kHi);
-  const T xc = x < lo ? lo : (x > hi ? hi : x);
   T k = xc * acc_t(1.4426950408889634074) + kShift;
-  const Bits kbits = bit_cast<Bits>(k);
+  kbits = bit_cast<BitsOf<acc_t, T>>(k);
   k -= kShift;
-  T p;
   if constexpr (kFloat) {
     const T r = (xc - k * 0.693359375f) - k * -2.12194440e-4f;
-    p = splat<T>(1.9875691500e-4f);
+    T p = splat<T>(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
     p = p * r + 8.3334519073e-3f;
     p = p * r + 4.1665795894e-2f;
     p = p * r + 1.6666665459e-1f;
     p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
+    return p * (r * r) + r + 1.0f;
   } else {
     const T r = (xc - k * 6.93145751953125e-1) - k * 1.42860682030941723212e-6;
     const T rr = r * r;
     const T px = r * ((1.26177193074810590878e-4 * rr + 3.02994407707441961300e-2) * rr + 9.99999999999999999910e-1);
     const T qx = ((3.00198505138664455042e-6 * rr + 2.52448340349684104192e-3) * rr + 2.27265548208155028766e-1) * rr +
                  2.00000000000000000009e0;
-    p = 1.0 + 2.0 * px / (qx - px);
+    return 1.0 + 2.0 * px / (qx - px);
   }
-  const T half_scale = bit_cast<T>(static_cast<Bits>((kbits + kBiasMinusOne) << kMantissa));  // 2^(k-1)
+}
+
+template <typename acc_t>
+constexpr acc_t kExpLo = std::is_same_v<acc_t, float> ? acc_t(-86.6) : acc_t(-707.7);
+template <typename acc_t>
+constexpr int kMantissaBits = std::is_same_v<acc_t, float> ? 23 : 52;
+template <typename acc_t>
+constexpr unsigned kExponentBias = std::is_same_v<acc_t, float> ? 127 : 1023;
+
+// exp(x) for T = acc_t or Simd<acc_t>::Vec, accurate to about 1 ulp; 2^k is built from exponent bits as
+// 2^(k-1) * 2, so that k = 128 (float) and k = 1024 (double), reached just below the overflow threshold, stay
+// representable. Results below the smallest normal number (fp32: x < -86.6, fp64: x < -707.7) are flushed to
+// zero; +inf and overflow give +inf, -inf gives 0, NaN gives NaN. No libm calls, no float<->int conversions.
+template <typename acc_t, typename T>
+inline T exp_vec(T x) {
+  constexpr acc_t kHi = std::is_same_v<acc_t, float> ? 88.7228317 : 709.782712893383973;
+  const T lo = splat<T>(kExpLo<acc_t>), hi = splat<T>(kHi);
+  const T xc = x < lo ? lo : (x > hi ? hi : x);
+  BitsOf<acc_t, T> kbits;
+  const T p = exp_reduced<acc_t>(xc, kbits);
+  const T half_scale = bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + (kExponentBias<acc_t> - 1))
+                                                                  << kMantissaBits<acc_t>));  // 2^(k-1)
   T y = p * half_scale * acc_t(2);
   y = x < lo ? splat<T>(acc_t(0)) : y;
   y = x > hi ? splat<T>(std::numeric_limits<acc_t>::infinity()) : y;
   return x != x ? x : y;
+}
+
+// exp(x) for x <= kLeanExpMax<acc_t> (fp32: 88, fp64: 709): exp_vec without the overflow and +inf handling,
+// 2^k built in one step (k <= 127, 1023), for arguments bounded by construction (an element minus the maximum,
+// x minus a log-mean-exp). Same accuracy; NaN gives NaN (it fails every comparison), x < -86.6 (-707.7) gives 0.
+template <typename acc_t>
+constexpr acc_t kLeanExpMax = std::is_same_v<acc_t, float> ? acc_t(88) : acc_t(709);
+
+template <typename acc_t, typename T>
+inline T exp_lean(T x) {
+  const T lo = splat<T>(kExpLo<acc_t>);
+  const T xc = lo > x ? lo : x;  // max(lo, x) that keeps a NaN x
+  BitsOf<acc_t, T> kbits;
+  const T p = exp_reduced<acc_t>(xc, kbits);
+  const T y = p * bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + kExponentBias<acc_t>) << kMantissaBits<acc_t>));
+  return x < lo ? splat<T>(acc_t(0)) : y;
 }
 
 using Floatx8 = Simd<float>::Vec;
@@ -156,13 +186,6 @@ inline void sincos_two_pi(Floatx8 u, Floatx8& sine, Floatx8& cosine) {
   const auto q1 = quarter == 1.0f, q2 = quarter == 2.0f, q3 = quarter == 3.0f;
   sine = q1 ? c : (q2 ? -s : (q3 ? -c : s));
   cosine = q1 ? -s : (q2 ? -c : (q3 ? s : c));
-}
-
-// exp(a - m) for a <= m, defined as 1 when a == m so that equal infinities (all elements -inf, or the
-// maximum itself +inf) rescale by 1 instead of exp(nan).
-template <typename acc_t, typename T>
-inline T rescale(T a, T m) {
-  return a == m ? splat<T>(acc_t(1)) : exp_vec<acc_t>(a - m);
 }
 
 }  // namespace kale_fast

@@ -181,9 +181,9 @@ def _metropolis_outputs(z: torch.Tensor):
 _FAKES = {
     "kale_loss_forward": lambda e_data, e_gen, log_partition: (
         e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype)),
-        e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype))),
-    "kale_loss_backward": lambda grad, e_data, e_gen, log_partition, lse: (
-        torch.empty_like(e_data), torch.empty_like(e_gen), lse.new_empty(())),
+        e_gen.new_empty((2,), dtype=accumulation_dtype(e_gen.dtype))),
+    "kale_loss_backward": lambda grad, e_data, e_gen, log_partition, state: (
+        e_data.new_empty(()).expand(e_data.shape), torch.empty_like(e_gen), state.new_empty(())),
     "log_mean_exp_forward": lambda x: x.new_empty(x.shape[:1], dtype=accumulation_dtype(x.dtype)),
     "log_mean_exp_backward": lambda grad, x, out: torch.empty_like(x),
     "hmc_draw_momentum": lambda z, seed: (torch.empty_like(z), z.new_empty(z.shape[:1])),

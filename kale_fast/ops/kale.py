@@ -36,15 +36,17 @@ def _backward_backend(ctx) -> str:
 
 
 def _kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
-    """(loss, lse = log sum exp(-e_gen)), both 0-dim in the accumulation dtype; inputs 1-D contiguous."""
+    """(loss, state) in the accumulation dtype: the 0-dim loss and the (2,) (max, sum) state of the log-sum-exp of
+    -e_gen - A (A absent: -e_gen) that the backward needs; inputs 1-D contiguous."""
     return kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
 
 
-def _kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor,
+def _kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], state: Tensor,
                         backend: str, backend_kernels=kernels):
-    """(d e_data, d e_gen, d log_partition or None)."""
+    """(d e_data, d e_gen, d log_partition or None). d e_data is the constant grad / N expanded to e_data's shape
+    (stride 0, as torch's own sum backward returns): nothing N-sized is written for it."""
     grad_data, grad_gen, grad_a = backend_kernels(backend, _FAMILY).kale_loss_backward(
-        grad, e_data, e_gen, log_partition, lse)
+        grad, e_data, e_gen, log_partition, state)
     return grad_data, grad_gen, grad_a if log_partition is not None else None
 
 
@@ -56,7 +58,7 @@ def _kale_loss_setup_context(ctx, inputs, output):
 
 
 class _KaleLoss(torch.autograd.Function):
-    """(loss, lse) of the backend's kernels; lse is a non-differentiable output kept for the backward.
+    """(loss, state) of the backend's kernels; state is a non-differentiable output kept for the backward.
     setup_context style, so that torch.func transforms (grad, jacrev, vmap) accept it."""
 
     @staticmethod
@@ -66,9 +68,9 @@ class _KaleLoss(torch.autograd.Function):
     setup_context = staticmethod(_kale_loss_setup_context)
 
     @staticmethod
-    def backward(ctx, grad_loss, _grad_lse):
-        e_data, e_gen, log_partition, lse = ctx.saved_tensors
-        return (*_kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, _backward_backend(ctx)), None)
+    def backward(ctx, grad_loss, _grad_state):
+        e_data, e_gen, log_partition, state = ctx.saved_tensors
+        return (*_kale_loss_backward(grad_loss, e_data, e_gen, log_partition, state, _backward_backend(ctx)), None)
 
     @staticmethod
     def vmap(info, in_dims, e_data, e_gen, log_partition, backend):
@@ -89,12 +91,12 @@ def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor]
 @_kale_loss_op.register_fake
 def _(e_data, e_gen, log_partition, backend):
     acc = accumulation_dtype(e_gen.dtype)
-    return e_data.new_empty((), dtype=acc), e_gen.new_empty((), dtype=acc)
+    return e_data.new_empty((), dtype=acc), e_gen.new_empty((2,), dtype=acc)
 
 
-def _kale_loss_op_grad(ctx, grad_loss, _grad_lse):
-    e_data, e_gen, log_partition, lse = ctx.saved_tensors
-    return (*_kale_loss_backward(grad_loss, e_data, e_gen, log_partition, lse, ctx.backend, traceable_kernels),
+def _kale_loss_op_grad(ctx, grad_loss, _grad_state):
+    e_data, e_gen, log_partition, state = ctx.saved_tensors
+    return (*_kale_loss_backward(grad_loss, e_data, e_gen, log_partition, state, ctx.backend, traceable_kernels),
             None)
 
 

@@ -11,36 +11,40 @@ import torch
 from torch import Tensor
 
 from kale_fast.reference import integrators
-from kale_fast.reference.kale import accumulation_dtype, kale_loss, log_mean_exp
+from kale_fast.reference.kale import accumulation_dtype, kale_loss, log_mean_exp, mean_without_overflow, shift_of
 
 # --- KALE objective and log-mean-exp ---------------------------------------------------------------------
 
 
 def kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-    """(loss, lse = log sum exp(-e_gen)), both 0-dim in the accumulation dtype; e_data, e_gen 1-D."""
+    """(loss, state), both in the accumulation dtype; e_data, e_gen 1-D. state: (2,) (max, sum) of the log-sum-exp
+    of -e_gen - A (A absent: -e_gen), here (log-sum-exp, 1): the same value, for the contract (the backward below
+    recomputes from the inputs)."""
     acc = accumulation_dtype(e_gen.dtype)
-    return (kale_loss(e_data.to(acc), e_gen.to(acc), log_partition),
-            torch.logsumexp(-e_gen.to(acc), dim=0))
+    t = -e_gen.to(acc) if log_partition is None else -e_gen.to(acc) - log_partition.to(acc)
+    return kale_loss(e_data.to(acc), e_gen.to(acc), log_partition), torch.stack([torch.logsumexp(t, 0), t.new_ones(())])
 
 
-def kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], lse: Tensor
+def kale_loss_backward(grad: Tensor, e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], state: Tensor
                        ) -> Tuple[Tensor, Tensor, Tensor]:
     """(d e_data, d e_gen, d log_partition); the last is zero without A.
 
-    Closed forms in differentiable torch ops, recomputed from the inputs (lse is not used), so that the result
+    Closed forms in differentiable torch ops, recomputed from the inputs (state is not used), so that the result
     is differentiable in grad, e_data, e_gen and A: kale_fast.ops runs this for create_graph=True backwards.
     """
     acc = accumulation_dtype(e_gen.dtype)
     g = grad.to(acc)
     if log_partition is None:
         neg = -e_gen.to(acc)
-        weights = torch.exp(neg - torch.logsumexp(neg, dim=0))  # d lse / d(-e_gen) (not softmax: its inf rules differ)
+        exps = torch.exp(neg - shift_of(neg))
+        weights = exps / exps.sum()  # d lse / d(-e_gen), with the inf rules of the forward (not softmax's)
         grad_a = torch.zeros((), dtype=acc, device=e_gen.device)
     else:
-        weights = torch.exp(-(e_gen.to(acc) + log_partition.to(acc))) / e_gen.numel()
-        grad_a = g * (1 - weights.sum())
-    grad_data = g / e_data.numel() * torch.ones_like(e_data, dtype=acc)
-    return grad_data.to(e_data.dtype), (-g * weights).to(e_gen.dtype), grad_a
+        exps = torch.exp(-(e_gen.to(acc) + log_partition.to(acc)))
+        weights = exps / e_gen.numel()
+        grad_a = g * (1 - mean_without_overflow(exps))
+    grad_data = (g / e_data.numel()).to(e_data.dtype).expand(e_data.shape)  # a constant, as the fused kernels return it
+    return grad_data, (-g * weights).to(e_gen.dtype), grad_a
 
 
 def log_mean_exp_forward(x: Tensor) -> Tensor:
