@@ -112,6 +112,78 @@ def test_objective_is_below_donsker_varadhan_with_equality_at_optimal_a(fused):
         assert kf.kale_loss(e_data, e_gen, a_opt + delta) > dv_loss  # -F(E, A) >= -DV(E)
 
 
+# --- exact at any size and scale (issue 20, items 1-3) -------------------------------------------------------
+# Sizes per backend: the Triton interpreter runs each program in Python, so it gets the smaller sizes.
+LARGE_SIZES = {"reference": [20, 26], "cpp": [20, 22, 24, 26], "triton": [20, 22], "cuda": [20, 24, 26]}
+
+
+@pytest.mark.parametrize("log2_n", [20, 22, 24, 26])
+def test_mean_of_a_constant_is_exact_at_any_size(fused, log2_n):
+    """mean(e_data) of 0.1 (fp32) repeated 2^20 .. 2^26 times, e_gen = 0 (the loss is the mean): within one
+    fp32 rounding of 0.1f (a running fp32 sum was off by 1.7e-2 at 2^24); d e_data is the constant 1/N."""
+    backend, device = fused
+    if log2_n not in LARGE_SIZES[backend]:
+        pytest.skip(f"2^{log2_n} elements: too slow for the {backend} backend here")
+    e_data = torch.full((2**log2_n,), 0.1, device=device, requires_grad=True)
+    loss = kf.kale_loss(e_data, torch.zeros(1, device=device))
+    exact = torch.tensor(0.1, dtype=torch.float32).double()
+    assert abs(loss.double().item() - exact) <= torch.finfo(torch.float32).eps * exact
+    (grad,) = torch.autograd.grad(loss, e_data)
+    assert grad.shape == e_data.shape and bool((grad == 2.0**-log2_n).all())
+
+
+@pytest.mark.parametrize("dtype, c", [(torch.float32, 1e6), (torch.float32, 1e8), (torch.float32, 1e30),
+                                      (torch.float32, 3e38), (torch.float64, 1e16), (torch.float64, 1e300)])
+def test_gradients_keep_one_over_m_whatever_a(fused, dtype, c):
+    """e_gen = c, A = -c, M = 1000: d loss / d e_gen = -1/M (exp(-e_gen - (A + log M)) lost log M in A's rounding:
+    -0.000335 at c = 1e8, -1 at 1e30), d A = 0, loss = mean(e_data) + A; without A (Donsker-Varadhan) the same
+    -1/M; with e_data = c the loss is 0, up to the rounding of mean(e_data) (3c is not exact: eps * c)."""
+    _, device = fused
+    e_gen = torch.full((1000,), c, dtype=dtype, device=device, requires_grad=True)
+    e_data = torch.full((3,), c, dtype=dtype, device=device, requires_grad=True)
+    a = torch.tensor(-c, dtype=dtype, device=device, requires_grad=True)
+    eps = torch.finfo(dtype).eps
+    loss = kf.kale_loss(e_data, e_gen, a)
+    grad_data, grad_gen, grad_a = torch.autograd.grad(loss, (e_data, e_gen, a))
+    assert abs(loss.item()) <= eps * c and grad_a.item() == 0.0
+    torch.testing.assert_close(grad_gen, torch.full_like(grad_gen, -1e-3), rtol=eps, atol=0)
+    torch.testing.assert_close(grad_data, torch.full_like(grad_data, 1 / 3), rtol=eps, atol=0)
+    dv = kf.kale_loss(e_data, e_gen)
+    (dv_grad_gen,) = torch.autograd.grad(dv, e_gen)
+    assert abs(dv.item()) <= eps * c
+    torch.testing.assert_close(dv_grad_gen, torch.full_like(dv_grad_gen, -1e-3), rtol=eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype, big", [(torch.float32, 1e38), (torch.float64, 1e308)])
+def test_a_mean_of_finite_values_does_not_overflow(fused, dtype, big):
+    """mean(e_data) of 2^16 copies of 1e38 (fp32; 1e308 in fp64) is 1e38, not inf (the sum alone overflows);
+    so is mean(exp(-e_gen - A)) when each term is near the largest finite value."""
+    _, device = fused
+    e_data = torch.full((2**16,), big, dtype=dtype, device=device)
+    loss = kf.kale_loss(e_data, torch.zeros(4, dtype=dtype, device=device))
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double().cpu(), torch.tensor(big, dtype=torch.float64), rtol=1e-6, atol=0)
+    log_big = math.log(big)
+    e_gen = torch.full((2**10,), -log_big, dtype=dtype, device=device)  # exp(-e_gen) = big, each
+    with_a = kf.kale_loss(torch.zeros(4, dtype=dtype, device=device), e_gen, 0.0)
+    assert torch.isfinite(with_a)
+    expected = math.exp(float(torch.tensor(log_big, dtype=dtype)))
+    torch.testing.assert_close(with_a.double().cpu(), torch.tensor(expected - 1, dtype=torch.float64), rtol=1e-5,
+                               atol=0)
+
+
+@pytest.mark.parametrize("dtype, c", [(torch.float32, 1e30), (torch.float64, 1e300)])
+def test_log_mean_exp_gradient_keeps_one_over_k(fused, dtype, c):
+    """A constant row of c: log-mean-exp c, gradient 1/K per element (exp(x - out - log K) lost log K in out's
+    rounding at large |c|)."""
+    _, device = fused
+    x = torch.full((3, 1000), c, dtype=dtype, device=device, requires_grad=True)
+    out = kf.log_mean_exp(x, dim=1)
+    assert bool((out == c).all())
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(grad, 1e-3), rtol=torch.finfo(dtype).eps, atol=0)
+
+
 @pytest.mark.parametrize("with_a", [False, True], ids=["dv", "with_a"])
 @pytest.mark.parametrize("special", ["nan_data", "nan_gen", "neg_inf_gen", "pos_inf_gen", "all_pos_inf_gen",
                                      "inf_data", "mixed_inf_data"])
@@ -219,11 +291,11 @@ def test_custom_ops_pass_opcheck():
     ops = torch.ops.kale_fast
     torch.library.opcheck(ops.kale_loss, (e_data.requires_grad_(), e_gen.requires_grad_(), a, "cpp"))
     torch.library.opcheck(ops.kale_loss, (e_data, e_gen, None, "cpp"))
-    loss, lse = ops.kale_loss_forward(e_data.detach(), e_gen.detach(), a.detach())
+    loss, state = ops.kale_loss_forward(e_data.detach(), e_gen.detach(), a.detach())
     for a_or_none in (a.detach(), None):
         torch.library.opcheck(ops.kale_loss_forward, (e_data.detach(), e_gen.detach(), a_or_none))
         torch.library.opcheck(ops.kale_loss_backward, (torch.tensor(1.0, dtype=torch.float64), e_data.detach(),
-                                                       e_gen.detach(), a_or_none, lse))
+                                                       e_gen.detach(), a_or_none, state))
     rows = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     torch.library.opcheck(ops.log_mean_exp_rows, (rows, "cpp"))
     out = ops.log_mean_exp_forward(rows.detach())

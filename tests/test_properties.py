@@ -2,6 +2,8 @@
 reference (kale_fast.reference) on every backend that runs on the CPU here: reference, cpp, and triton through
 its interpreter (tests/conftest.py switches it on). Inputs are rounded to the tested dtype first; the oracle then
 computes in fp64 on those values, so the tolerance is the dtype's own rounding of the result."""
+import math
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -52,6 +54,44 @@ def test_kale_loss_and_its_gradients_match_the_fp64_oracle(backend, e_data, e_ge
     _close(loss, expected.detach(), dtype)
     for grad, expected_grad, t in zip(grads, expected_grads, inputs):
         _close(grad, expected_grad, t.dtype)
+
+
+def _near(data, dtype, center, max_size=40):
+    """center + small integers, rounded to dtype (at large |center| they round to center itself: constant inputs)."""
+    offsets = data.draw(st.lists(st.integers(-8, 8), min_size=1, max_size=max_size))
+    return (center + torch.tensor(offsets, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@SETTINGS
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]), with_a=st.booleans())
+def test_kale_loss_is_exact_at_any_scale(backend, data, dtype, with_a):
+    """Energies and A of any magnitude up to the dtype's limits, e_gen + A small (the regime where the objective
+    is not all overflow or underflow): the loss and gradients against the fp64 oracle on the same values. The
+    loss is held to the rounding of its largest term (a mean of values of size |c| is known to eps * |c|);
+    the gradients, which do not depend on the magnitude, to the dtype's rounding."""
+    max_exponent = int(math.log2(torch.finfo(dtype).max)) - 1
+
+    def magnitude():
+        return data.draw(st.sampled_from([-1.0, 1.0])) * 2.0 ** data.draw(st.integers(0, max_exponent)) * 1.375
+
+    c_gen, c_data = magnitude(), magnitude()
+    e_gen, e_data = _near(data, dtype, c_gen), _near(data, dtype, c_data)
+    inputs = [e_data, e_gen] + ([torch.tensor(-c_gen, dtype=dtype)] if with_a else [])
+    oracle_inputs = [t.double().requires_grad_() for t in inputs]
+    expected = reference.kale_loss(*oracle_inputs, *([] if with_a else [None]))
+    expected_grads = torch.autograd.grad(expected, oracle_inputs)
+    inputs = [t.requires_grad_() for t in inputs]
+    with kf.use_backend(backend):
+        loss = kf.kale_loss(*inputs, *([] if with_a else [None]))
+        grads = torch.autograd.grad(loss, inputs)
+    terms = max(abs(c_gen), abs(c_data), abs(expected.item()), 1.0)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=0, atol=RTOL[dtype] * terms)
+    for grad, expected_grad, t in zip(grads[:2], expected_grads, inputs):
+        _close(grad, expected_grad, t.dtype)
+    if with_a:  # d A = 1 - mean(exp(-e_gen - A)): a difference of terms of size 1
+        torch.testing.assert_close(grads[2].double(), expected_grads[2], rtol=0, atol=RTOL[dtype])
 
 
 @pytest.mark.parametrize("backend", CPU_BACKENDS)

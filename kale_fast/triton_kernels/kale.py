@@ -75,9 +75,10 @@ def _online_update(m, s, c, x, mask):
 
 @triton.jit
 def _merge_lanes(m, s):
-    """(max, sum) of per-lane partial states."""
+    """(max, sum) of per-lane partial states, in fp64 (a tree sum of fp32 lanes adds up to log2(lanes)
+    roundings; in fp64 none that shows)."""
     m_all = tl.max(m, 0)
-    return m_all, tl.sum(s * _rescale(m, m_all), 0)
+    return m_all.to(tl.float64), tl.sum((s * _rescale(m, m_all)).to(tl.float64), 0)
 
 
 @triton.jit
@@ -100,11 +101,11 @@ def _mean_exp(m, s, n):
 def _kale_finish(m, s, data_sum, data_scaled, a_ptr, loss_ptr, state_ptr, n_data, n_gen, HAS_A: tl.constexpr,
                  ACC: tl.constexpr):
     """The loss from the reduced state, in fp64 (no rounding of its own before the last); the (max, sum) state."""
-    tl.store(state_ptr, m)
-    tl.store(state_ptr + 1, s)
-    m64, s64 = tl.cast(m, tl.float64), tl.cast(s, tl.float64)
-    plain = tl.cast(data_sum, tl.float64)
-    scaled = tl.cast(data_scaled, tl.float64) / tl.cast(n_data, tl.float64) * 1.8446744073709552e19  # * 2^64
+    tl.store(state_ptr, m.to(ACC))
+    tl.store(state_ptr + 1, s.to(ACC))
+    m64, s64 = m.to(tl.float64), s.to(ACC).to(tl.float64)  # the sum as saved, so forward and backward agree
+    plain = data_sum.to(tl.float64)
+    scaled = data_scaled.to(tl.float64) / tl.cast(n_data, tl.float64) * 1.8446744073709552e19  # * 2^64
     mean = tl.where((plain == plain) & (tl.abs(plain) < float("inf")), plain / tl.cast(n_data, tl.float64), scaled)
     if HAS_A:
         loss = mean + tl.cast(tl.load(a_ptr), tl.float64) + _mean_exp(m64, s64, n_gen) - 1.0
@@ -138,7 +139,7 @@ def _kale_loss_forward_kernel(e_data_ptr, e_gen_ptr, a_ptr, partial_ptr, loss_pt
         d, dc, d_scaled = _data_sums(d, dc, d_scaled, tl.load(e_data_ptr + offs, mask=data_mask, other=0.0).to(ACC),
                                      data_mask)
     m_all, s_all = _merge_lanes(m, s - c)
-    d_all, d_scaled_all = tl.sum(d - dc, 0), tl.sum(d_scaled, 0)
+    d_all, d_scaled_all = tl.sum((d - dc).to(tl.float64), 0), tl.sum(d_scaled.to(tl.float64), 0)
     if SINGLE:
         _kale_finish(m_all, s_all, d_all, d_scaled_all, a_ptr, loss_ptr, state_ptr, n_data, n_gen, HAS_A, ACC)
     else:
@@ -172,7 +173,7 @@ def kale_loss_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
     n_blocks = triton.cdiv(max(n_data, n_gen), _REDUCE_BLOCK)
     single = max(n_data, n_gen) <= _SINGLE_PROGRAM_MAX
     n_programs = 1 if single else reduce_programs(n_blocks)
-    partials = state if single else torch.empty(4 * n_programs, dtype=acc, device=e_gen.device)
+    partials = state if single else torch.empty(4 * n_programs, dtype=torch.float64, device=e_gen.device)
     a = log_partition if log_partition is not None else state  # never read when HAS_A is False
     common = dict(HAS_A=log_partition is not None, ACC=_acc_dtype(e_gen.dtype))
     with on_device(e_gen):
@@ -292,7 +293,7 @@ def log_mean_exp_forward(x: torch.Tensor) -> torch.Tensor:
     n_rows, n_cols = x.shape
     out = torch.empty(n_rows, dtype=acc, device=x.device)
     splits = log_mean_exp_splits(n_rows, n_cols)
-    partials = out if splits == 1 else torch.empty(2 * n_rows * splits, dtype=acc, device=x.device)
+    partials = out if splits == 1 else torch.empty(2 * n_rows * splits, dtype=torch.float64, device=x.device)
     with on_device(x):
         _log_mean_exp_forward_kernel[(n_rows * splits,)](
             x, out, partials, n_rows, n_cols, splits, ACC=_acc_dtype(x.dtype),
