@@ -71,7 +71,7 @@ def kale_cases(quick):
             for a in (None, _t((), acc)):
                 yield f"kale_loss n={n} A={a is not None}", lambda n=n, a=a, dtype=dtype, acc=acc: (
                     kale.kale_loss_forward(_t(n, dtype), _t(n, dtype), a),
-                    kale.kale_loss_backward(_t((), acc), _t(n, dtype), _t(n, dtype), a, _t((), acc)))
+                    kale.kale_loss_backward(_t((), acc), _t(n, dtype), _t(n, dtype), a, _t(2, acc)))
         row_shapes = [(256, 64), (1, 1 << 20)] if quick else [(256, 64), (1, 1 << 20), (4, 3_000_000),
                                                                  (1, (1 << 28) + 5), (1 << 20, 8)]
         for rows in row_shapes:
