@@ -167,7 +167,7 @@ def test_nonfinite_proposals_are_rejected_and_counted():
         torch.manual_seed(0)
         result = sampler.run(guarded, 0.3 * torch.randn(200, 3, dtype=torch.float64), 30)
         assert torch.isfinite(result.potential).all() and (result.z.norm(dim=1) <= 2.0).all()
-        assert result.n_nonfinite.sum() > 0
+        assert result.n_divergent.sum() > 0
 
 
 def test_latent_potential_takes_input_gradients_only():

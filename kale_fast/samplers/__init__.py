@@ -1,6 +1,7 @@
 """Batched MCMC over chains in a latent space: potentials, ULA, MALA, HMC, ChEES-HMC, kinetic Langevin, warm-up
-adaptation (metric, step size, trajectory length) and diagnostics."""
+adaptation (metric, step size, trajectory length), divergences, end-of-run warnings and diagnostics."""
 from kale_fast.samplers.base import Sampler
+from kale_fast.samplers.checks import SamplerWarning
 from kale_fast.samplers.diagnostics import ess_bulk, ess_tail, rhat
 from kale_fast.samplers.hmc import HMC, ChEES
 from kale_fast.samplers.kinetic import KineticLangevin
@@ -10,4 +11,5 @@ from kale_fast.samplers.potentials import LatentPotential, value_and_grad
 from kale_fast.samplers.state import ChainState, KineticChainState, SampleResult, SamplerState
 
 __all__ = ["ChEES", "ChainState", "HMC", "KineticChainState", "KineticLangevin", "LatentPotential", "MALA", "Metric",
-           "SampleResult", "Sampler", "SamplerState", "ULA", "ess_bulk", "ess_tail", "rhat", "value_and_grad"]
+           "SampleResult", "Sampler", "SamplerState", "SamplerWarning", "ULA", "ess_bulk", "ess_tail", "rhat",
+           "value_and_grad"]

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from kale_fast.ops import integrators
+from kale_fast.samplers import adaptation
 from kale_fast.samplers.metric import METRIC_KINDS, Metric
 
 ValueAndGrad = Callable[[Tensor], Tuple[Tensor, Tensor]]
@@ -89,25 +90,30 @@ class Sampler:
         windowed schedule (kale_fast.samplers.adaptation.warmup_windows) and needs warmup >= 20; with less, or
         without warm-up, the metric is the identity.
     adapt_step_size (samplers with a Metropolis test): dual averaging towards target_accept during warm-up,
-        then the averaged step is frozen. Shared across chains by default (the chains target one distribution,
-        so the acceptance averaged over B chains is a far less noisy signal than one chain's);
-        per_chain_adaptation=True adapts each chain on its own.
+        then the averaged step is frozen. None (the default) adapts whenever the run has a warm-up; True
+        without a warm-up warns (there is nothing to adapt in); False keeps step_size as given. Shared across
+        chains by default (the chains target one distribution, so the acceptance averaged over B chains is a
+        far less noisy signal than one chain's); per_chain_adaptation=True adapts each chain on its own.
+        Divergent transitions are left out of the shared statistic (kale_fast.samplers.adaptation).
     """
 
     name = "sampler"
     default_target_accept: Optional[float] = None
 
     def __init__(self, step_size: Union[float, Tensor], *, metric: Union[str, Metric] = "diag",
-                 adapt_step_size: bool = False, target_accept: Optional[float] = None,
+                 adapt_step_size: Optional[bool] = None, target_accept: Optional[float] = None,
                  per_chain_adaptation: bool = False):
         self.step_size = check_positive("step_size", step_size)
         self.metric = check_metric_option(metric)
+        if adapt_step_size is not None and not isinstance(adapt_step_size, bool):
+            raise TypeError(f"adapt_step_size must be None (adapt when there is a warm-up), True or False, got "
+                            f"{adapt_step_size!r}")
         if adapt_step_size and self.default_target_accept is None:
             raise ValueError(f"{type(self).__name__} has no Metropolis test, so no acceptance rate to adapt to")
         target = self.default_target_accept if target_accept is None else target_accept
         if target is not None:
             target = check_fraction("target_accept", target, 0.0, 1.0)
-        self.adapt_step_size, self.target_accept = bool(adapt_step_size), target
+        self.adapt_step_size, self.target_accept = adapt_step_size, target
         self.per_chain_adaptation = bool(per_chain_adaptation)
 
     # --- what a sampler defines ---------------------------------------------------------------------------
@@ -126,9 +132,13 @@ class Sampler:
         mean, kept on the host by the run loop."""
         return StepParams(step_size, adapting=adapting)
 
-    def acceptance_statistic(self, accept_prob: Tensor) -> Tensor:
-        """What dual averaging steers towards target_accept: per chain, or their mean (shared adaptation)."""
-        return accept_prob if self.per_chain_adaptation else accept_prob.mean().expand_as(accept_prob)
+    harmonic_acceptance = False  # ChEES: the shared statistic is the chains' harmonic mean
+
+    def acceptance_statistic(self, transition) -> Tensor:
+        """What dual averaging steers towards target_accept (B,): per chain, or shared by the chains
+        (kale_fast.samplers.adaptation.acceptance_statistic; divergent transitions left out)."""
+        return adaptation.acceptance_statistic(transition.accept_prob, transition.divergent,
+                                               self.per_chain_adaptation, self.harmonic_acceptance)
 
     def initial_trajectory_length(self, step_size: Tensor) -> Optional[float]:
         return None

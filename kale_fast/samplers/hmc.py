@@ -11,6 +11,7 @@ from typing import NamedTuple, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from kale_fast.samplers import checks
 from kale_fast.samplers.base import Sampler, StepContext, StepParams, ValueAndGrad, check_count, check_fraction
 from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.state import ChainState, Transition
@@ -35,15 +36,15 @@ class HMC(Sampler):
     jitter in [0, 1) draws each iteration's step uniformly in h [1 - jitter, 1 + jitter] (per chain). The default
     0.5 is on because a fixed trajectory length resonates with targets of periodic dynamics: on a 100-D Gaussian
     with scales in [0.1, 1], HMC without jitter reached an ESS of 72 and R-hat 3.3 over 64 chains, with jitter 0.5
-    58x that ESS in the same time. Adapts h towards target_accept (default 0.8) during warm-up when
-    adapt_step_size; for the trajectory length to adapt too, use ChEES.
+    58x that ESS in the same time. Adapts h towards target_accept (default 0.8) during warm-up (unless
+    adapt_step_size=False); for the trajectory length to adapt too, use ChEES.
     """
 
     name = "hmc"
     default_target_accept = 0.8
 
     def __init__(self, step_size: Union[float, Tensor], n_leapfrog: int, *, jitter: float = 0.5,
-                 metric: Union[str, Metric] = "diag", adapt_step_size: bool = False,
+                 metric: Union[str, Metric] = "diag", adapt_step_size: Optional[bool] = None,
                  target_accept: Optional[float] = None, per_chain_adaptation: bool = False):
         super().__init__(step_size, metric=metric, adapt_step_size=adapt_step_size, target_accept=target_accept,
                          per_chain_adaptation=per_chain_adaptation)
@@ -67,18 +68,19 @@ class HMC(Sampler):
             step_size = step_size * factor
         momentum, kinetic0 = ctx.kernels.hmc_draw_momentum(y0, ctx.seed(y0))
         y, p, value, grad = ctx.leapfrog(y0, momentum, state.grad, step_size, params.n_leapfrog)
-        nonfinite = ~torch.isfinite(value)
-        proposal = self._proposal(y, p, grad, step_size) if params.adapting else None
+        end_momentum = p - 0.5 * step_size[:, None] * grad  # after the closing half kick
+        divergent = checks.divergent(checks.hmc_energy_error(value, end_momentum, state.potential, kinetic0))
+        proposal = self._proposal(y, end_momentum) if params.adapting else None
         accept_prob, accepted = ctx.kernels.hmc_trajectory_end(y, p, grad, value, y0, state.potential, state.grad,
                                                                kinetic0, step_size, ctx.log_uniform(value))
-        return ChainState(y, value, grad), self._transition(accept_prob, accepted, nonfinite, proposal, y0, params)
+        return ChainState(y, value, grad), self._transition(accept_prob, accepted, divergent, proposal, y0, params)
 
     # ChEES records the proposal before the Metropolis test; plain HMC does not.
-    def _proposal(self, y, p, grad, step_size):
+    def _proposal(self, y, end_momentum):
         return None
 
-    def _transition(self, accept_prob, accepted, nonfinite, proposal, y0, params):
-        return Transition(accept_prob, accepted, nonfinite)
+    def _transition(self, accept_prob, accepted, divergent, proposal, y0, params):
+        return Transition(accept_prob, accepted, divergent)
 
 
 class ChEESTransition(NamedTuple):
@@ -86,7 +88,7 @@ class ChEESTransition(NamedTuple):
     momentum after the closing half kick (before the Metropolis test), and the trajectory's start."""
     accept_prob: Tensor
     accepted: Tensor
-    nonfinite: Tensor
+    divergent: Tensor
     proposal: Tensor
     end_momentum: Tensor
     start: Tensor
@@ -118,7 +120,8 @@ class ChEES(HMC):
     default_target_accept = 0.651
 
     def __init__(self, step_size: Union[float, Tensor] = 0.1, *, trajectory_length: float = 1.0,
-                 max_leapfrog: int = 1000, metric: Union[str, Metric] = "diag", adapt_step_size: bool = True,
+                 max_leapfrog: int = 1000, metric: Union[str, Metric] = "diag",
+                 adapt_step_size: Optional[bool] = None,
                  target_accept: Optional[float] = None):
         super().__init__(step_size, 1, jitter=0.0, metric=metric, adapt_step_size=adapt_step_size,
                          target_accept=target_accept)
@@ -134,15 +137,13 @@ class ChEES(HMC):
         n = min(max(math.ceil(time / mean_step_size), 1), self.max_leapfrog)  # one count for all chains
         return StepParams(step_size, n, time, adapting)
 
-    def acceptance_statistic(self, accept_prob: Tensor) -> Tensor:
-        """The harmonic mean over chains: one chain stuck at low acceptance pulls the step size down."""
-        harmonic = 1.0 / torch.mean(1.0 / accept_prob.clamp_min(1e-10))
-        return harmonic.expand_as(accept_prob)
+    # The harmonic mean over chains: one chain stuck at low acceptance pulls the step size down.
+    harmonic_acceptance = True
 
-    def _proposal(self, y, p, grad, step_size):
-        return y.clone(), p - 0.5 * step_size[:, None] * grad
+    def _proposal(self, y, end_momentum):
+        return y.clone(), end_momentum
 
-    def _transition(self, accept_prob, accepted, nonfinite, proposal, y0, params):
+    def _transition(self, accept_prob, accepted, divergent, proposal, y0, params):
         if proposal is None:  # sampling: nothing to adapt
-            return Transition(accept_prob, accepted, nonfinite)
-        return ChEESTransition(accept_prob, accepted, nonfinite, *proposal, y0)
+            return Transition(accept_prob, accepted, divergent)
+        return ChEESTransition(accept_prob, accepted, divergent, *proposal, y0)

@@ -36,4 +36,4 @@ class KineticLangevin(Sampler):
         ctx.kernels.kinetic_langevin_baoa(y, velocity, state.grad, step_size, friction, ctx.seed(y), None)
         value, grad = ctx.value_and_grad(y)
         velocity.sub_(0.5 * step_size[:, None] * grad)  # the closing B, with the new gradient
-        return KineticChainState(y, value, grad, velocity), unadjusted(value)
+        return KineticChainState(y, value, grad, velocity), unadjusted(value, grad)

@@ -8,15 +8,17 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from kale_fast.samplers import checks
 from kale_fast.samplers.base import Sampler, StepContext, StepParams
 from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.state import ChainState, Transition
 
 
-def unadjusted(potential: Tensor) -> Transition:
-    """The report of a step without a Metropolis test."""
+def unadjusted(potential: Tensor, grad: Tensor) -> Transition:
+    """The report of a step without a Metropolis test that moved to a point of this potential (B,) and
+    gradient (B, L): divergent where either is not finite."""
     ones = torch.ones_like(potential)
-    return Transition(ones, torch.ones_like(ones, dtype=torch.bool), ~torch.isfinite(potential))
+    return Transition(ones, torch.ones_like(ones, dtype=torch.bool), checks.nonfinite(potential, grad))
 
 
 class ULA(Sampler):
@@ -35,18 +37,19 @@ class ULA(Sampler):
         y = state.z.clone()
         ctx.kernels.ula_step(y, state.grad, params.step_size, ctx.seed(y), None)
         value, grad = ctx.value_and_grad(y)
-        return ChainState(y, value, grad), unadjusted(value)
+        return ChainState(y, value, grad), unadjusted(value, grad)
 
 
 class MALA(Sampler):
     """Metropolis-adjusted Langevin: exact for any h. Adapts h towards target_accept (default 0.574, the
-    optimal rate for MALA in high dimension, Roberts & Rosenthal 1998) during warm-up when adapt_step_size."""
+    optimal rate for MALA in high dimension, Roberts & Rosenthal 1998) during warm-up (unless
+    adapt_step_size=False)."""
 
     name = "mala"
     default_target_accept = 0.574
 
     def __init__(self, step_size: Union[float, Tensor], *, metric: Union[str, Metric] = "diag",
-                 adapt_step_size: bool = False, target_accept: Optional[float] = None,
+                 adapt_step_size: Optional[bool] = None, target_accept: Optional[float] = None,
                  per_chain_adaptation: bool = False):
         super().__init__(step_size, metric=metric, adapt_step_size=adapt_step_size, target_accept=target_accept,
                          per_chain_adaptation=per_chain_adaptation)
@@ -57,7 +60,8 @@ class MALA(Sampler):
     def step(self, state: ChainState, params: StepParams, ctx: StepContext) -> Tuple[ChainState, Transition]:
         y_prop = ctx.kernels.mala_propose(state.z, state.grad, params.step_size, ctx.seed(state.z), None)
         value, grad = ctx.value_and_grad(y_prop)
-        nonfinite = ~torch.isfinite(value)
+        divergent = checks.divergent(checks.mala_energy_error(state.z, state.potential, state.grad, y_prop, value,
+                                                              grad, params.step_size))
         accept_prob, accepted = ctx.kernels.mala_accept(state.z, state.potential, state.grad, y_prop, value, grad,
                                                         params.step_size, ctx.log_uniform(value))
-        return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, nonfinite)
+        return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, divergent)

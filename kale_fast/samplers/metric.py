@@ -111,8 +111,12 @@ class MetricEstimator:
         self.total_sq = torch.zeros(shape, dtype=torch.float64, device=device)
 
     def update(self, z: Tensor) -> None:
-        """Add one iteration's positions z (B, L)."""
+        """Add one iteration's positions z (B, L); chains that are NaN or infinite (an unadjusted sampler's
+        diverged chains) are left out, so that they cannot make the metric, and with it every chain, NaN."""
         z = z.double()
+        z = z[torch.isfinite(z).all(dim=1)]
+        if z.shape[0] == 0:
+            return
         if self.shift is None:
             self.shift = z.mean(0)
         centred = z - self.shift
@@ -120,8 +124,11 @@ class MetricEstimator:
         self.total += centred.sum(0)
         self.total_sq += centred.T @ centred if self.kind == "dense" else (centred * centred).sum(0)
 
-    def metric(self, dtype: torch.dtype) -> Metric:
+    def metric(self, dtype: torch.dtype) -> Optional[Metric]:
+        """The estimated metric, or None if no finite draw was added."""
         n = self.count
+        if n == 0:
+            return None
         mean = self.total / n
         if self.kind == "dense":
             cov = (self.total_sq - n * torch.outer(mean, mean)) / max(n - 1, 1)

@@ -13,13 +13,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kale_fast.ops import integrators
-from kale_fast.samplers import adaptation
+from kale_fast.samplers import adaptation, checks
 from kale_fast.samplers.base import Sampler, StepContext, check_count
 from kale_fast.samplers.compiled import compiled_paths
 from kale_fast.samplers.hmc import HMC, ChEES, eager_leapfrog
-from kale_fast.samplers.metric import (Metric, MetricEstimator, check_metric, gradient_from_unit, gradient_to_unit,
-                                       position_from_unit, position_to_unit, unit_value_and_grad)
-from kale_fast.samplers.state import (GRADIENT_FIELDS, POSITION_FIELDS, SampleResult, SamplerState,
+from kale_fast.samplers.metric import (Metric, MetricEstimator, check_metric, position_from_unit, position_to_unit,
+                                       unit_value_and_grad)
+from kale_fast.samplers.state import (SampleResult, SamplerState, chains_from_unit, chains_to_unit,
                                       check_saved_state)
 
 
@@ -32,19 +32,6 @@ def _check_z0(z0) -> Tensor:
     if not bool(torch.isfinite(z0).all()):
         raise ValueError("z0 must be finite")
     return z0
-
-
-def _to_unit(state, metric: Metric):
-    """A chain state re-expressed in the metric's unit coordinates (new tensors)."""
-    return type(state)(**{name: position_to_unit(metric, value) if name in POSITION_FIELDS else
-                          gradient_to_unit(metric, value) if name in GRADIENT_FIELDS else value.clone()
-                          for name, value in state._asdict().items()})
-
-
-def _from_unit(state, metric: Metric):
-    return type(state)(**{name: position_from_unit(metric, value) if name in POSITION_FIELDS else
-                          gradient_from_unit(metric, value) if name in GRADIENT_FIELDS else value
-                          for name, value in state._asdict().items()})
 
 
 class _Machinery:
@@ -132,7 +119,7 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
         step_size = state.step_size.to(z.dtype).clone()
         trajectory_length, iteration = state.trajectory_length, state.iteration
         ctx = machinery.context(metric)
-        chains = _to_unit(state.chains, metric)
+        chains = state.resume_chains(metric)
     else:
         metric = check_metric(sampler.metric, z) if isinstance(sampler.metric, Metric) else Metric()
         step_size = _initial_step_size(sampler, z)
@@ -146,14 +133,16 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
     windows = adaptation.metric_windows(warmup) if adapt_metric else []
     window_ends = {end for _, end in windows}
     estimator = None
-    dual_averaging = adaptation.dual_averaging_init(step_size) if sampler.adapt_step_size and warmup else None
+    dual_averaging = adaptation.dual_averaging_init(step_size) if checks.adapts_step_size(sampler, warmup) else None
     chees = adaptation.chees_init(trajectory_length) if isinstance(sampler, ChEES) and warmup else None
     # ChEES sets its leapfrog count on the host from the mean step size: read once per change, not per step.
     host_mean_step = (lambda: float(step_size.mean())) if isinstance(sampler, ChEES) else (lambda: math.nan)
     mean_step = host_mean_step()
 
     accepted = torch.zeros_like(chains.potential)
-    nonfinite = torch.zeros(chains.potential.shape, dtype=torch.long, device=z.device)
+    divergent = torch.zeros(chains.potential.shape, dtype=torch.long, device=z.device)
+    divergent_warmup = torch.zeros_like(divergent)
+    start_z, start_potential = z, chains.potential  # for the end-of-run checks (never modified in place)
     traces, potential_traces = [], []
     total = warmup + n_steps
     with torch.no_grad(), tqdm(total=total, disable=not progress, desc=type(sampler).__name__) as bar:
@@ -163,9 +152,10 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
             chains, transition = step(chains, params)
             iteration += 1
             if adapting:
+                divergent_warmup += transition.divergent
                 if dual_averaging is not None:
                     dual_averaging = adaptation.dual_averaging_update(
-                        dual_averaging, sampler.acceptance_statistic(transition.accept_prob), sampler.target_accept)
+                        dual_averaging, sampler.acceptance_statistic(transition), sampler.target_accept)
                     step_size = torch.exp(dual_averaging.log_step)
                     mean_step = host_mean_step()
                 if chees is not None:
@@ -177,8 +167,8 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
                         estimator = MetricEstimator(sampler.metric, z.shape[1], z.device)
                     estimator.update(position_from_unit(metric, chains.z))
                 if i + 1 in window_ends:  # a new metric: chains re-expressed, step-size adaptation restarts
-                    new_metric = estimator.metric(z.dtype)
-                    chains = _to_unit(_from_unit(chains, metric), new_metric)
+                    new_metric = estimator.metric(z.dtype) or metric  # None: no finite draw
+                    chains = chains_to_unit(chains_from_unit(chains, metric), new_metric)
                     metric, estimator = new_metric, None
                     ctx = machinery.context(metric)
                     step = machinery.stepper(ctx, chains, step_size)
@@ -195,7 +185,7 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
                     dual_averaging = chees = None
             else:
                 accepted += transition.accepted
-                nonfinite += transition.nonfinite
+                divergent += transition.divergent
                 done = i - warmup + 1
                 if thin and done % thin == 0:
                     traces.append(position_from_unit(metric, chains.z).clone())
@@ -206,13 +196,18 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
                 bar.set_postfix(accept=accept, step=f"{step_size.mean().item():.3g}")
             bar.update(1)
 
-    final = _from_unit(type(chains)(*(t.clone() for t in chains)), metric)
-    saved = SamplerState(sampler.name, final, step_size, metric, trajectory_length, iteration, generator.get_state())
-    return SampleResult(
+    unit = type(chains)(*(t.clone() for t in chains))
+    final = chains_from_unit(unit, metric)
+    saved = SamplerState(sampler.name, final, step_size, metric, trajectory_length, iteration, generator.get_state(),
+                         unit)
+    result = SampleResult(
         z=final.z, accept_rate=accepted / max(n_steps, 1), step_size=step_size, potential=final.potential,
-        n_nonfinite=nonfinite, trace=torch.stack(traces, dim=1) if traces else None,
+        n_divergent=divergent, n_divergent_warmup=divergent_warmup,
+        trace=torch.stack(traces, dim=1) if traces else None,
         potential_trace=torch.stack(potential_traces, dim=1) if potential_traces else None, metric=metric,
         trajectory_length=trajectory_length, state=saved)
+    checks.warn_about_run(sampler, potential, result, warmup, n_steps, start_z, start_potential)
+    return result
 
 
 def _initial_step_size(sampler: Sampler, z: Tensor) -> Tensor:

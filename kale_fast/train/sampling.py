@@ -36,11 +36,12 @@ ULA_MAX_STEP = 0.2  # 1 / (1 - 0.2/2) = 1.11: ULA's variance bias on a unit Gaus
 
 
 def make_sampler(config: TrainConfig, tuned: Optional[SampleResult] = None) -> kf.samplers.Sampler:
-    """The config's sampler, adapting during warm-up (MALA, HMC, ChEES: step size; ChEES: trajectory length;
-    all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler, it is frozen at
-    what that warm-up adapted (the step size shared by its chains, its metric and trajectory length)."""
-    if tuned is None:
-        step, adapt, metric, length = config.step_size, True, "diag", 1.0
+    """The config's sampler, adapting during a warm-up when the run has one (MALA, HMC, ChEES: step size; ChEES:
+    trajectory length; all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler,
+    it is frozen at what that warm-up adapted (the step size shared by its chains, its metric and trajectory
+    length)."""
+    if tuned is None:  # adapt_step_size None: adapt wherever a warm-up is given, keep the step without one
+        step, adapt, metric, length = config.step_size, None, "diag", 1.0
     else:
         step, adapt, metric, length = float(tuned.step_size.mean()), False, tuned.metric, tuned.trajectory_length
     return {"ula": lambda: kf.ULA(step, metric=metric),
