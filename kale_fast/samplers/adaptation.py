@@ -65,9 +65,9 @@ def acceptance_statistic(accept_prob: Tensor, divergent: Tensor, per_chain: bool
         return accept_prob.mean().expand_as(accept_prob)
     kept = ~divergent
     inverse = torch.where(kept, 1.0 / accept_prob.clamp_min(1e-10), torch.zeros_like(accept_prob))
-    # (n_kept / B) * n_kept / sum(1 / a over the kept chains); 0 when every chain diverged
     n_kept = kept.sum().to(accept_prob.dtype)
-    statistic = n_kept * n_kept / (accept_prob.shape[0] * inverse.sum().clamp_min(1.0))
+    harmonic = 1.0 / (inverse.sum() / n_kept)  # as 1 / mean(1 / a), to the bit, when no chain diverged
+    statistic = torch.where(n_kept > 0, harmonic * (n_kept / accept_prob.shape[0]), torch.zeros_like(harmonic))
     return statistic.expand_as(accept_prob)
 
 
