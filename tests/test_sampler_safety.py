@@ -247,3 +247,23 @@ def test_summary_has_arviz_columns_and_matches_the_diagnostics():
     assert "z[2]" in text and "acceptance" in text and "divergent" in text
     final_only = kf.MALA(0.5).run(lambda z: 0.5 * (z * z).sum(1), torch.randn(8, 3, dtype=torch.float64), 5).summary()
     assert torch.isnan(final_only.columns["ess_bulk"]).all() and "need a trace" in str(final_only)
+
+
+def test_the_energy_errors_are_minus_the_log_metropolis_ratios():
+    """MALA's expanded energy error and HMC's H' - H against the reference kernels' log ratio (fp64)."""
+    from kale_fast.reference import integrators as reference
+    from kale_fast.samplers import checks
+    g = torch.Generator().manual_seed(7)
+    y, y_prop, grad, grad_prop = (torch.randn(50, 6, generator=g, dtype=torch.float64) for _ in range(4))
+    u, u_prop, h = (torch.rand(50, generator=g, dtype=torch.float64) + 0.1 for _ in range(3))
+    log_q_forward = -((y_prop - y + h[:, None] * grad) ** 2).sum(1) / (4 * h)
+    log_q_backward = -((y - y_prop + h[:, None] * grad_prop) ** 2).sum(1) / (4 * h)
+    log_ratio = (u - u_prop) + log_q_backward - log_q_forward
+    torch.testing.assert_close(checks.mala_energy_error(y, u, grad, y_prop, u_prop, grad_prop, h), -log_ratio)
+    momentum, kinetic0 = torch.randn(50, 6, generator=g, dtype=torch.float64), u_prop * 2
+    accept_prob = reference.hmc_trajectory_end(y_prop, momentum, grad_prop, u_prop, y, u, grad, kinetic0, h,
+                                               torch.full_like(u, -1e-300))[3]
+    error = checks.hmc_energy_error(u_prop, momentum - 0.5 * h[:, None] * grad_prop, u, kinetic0)
+    torch.testing.assert_close(torch.exp(torch.clamp(-error, max=0.0)), accept_prob)
+    assert checks.divergent(torch.tensor([0.0, 999.0, 1001.0, math.inf, -math.inf, math.nan])).tolist() == \
+        [False, False, True, True, True, True]
