@@ -45,6 +45,8 @@ def _parse_bool(text: str) -> bool:
 def _flag_type(annotation):
     """argparse type of a config field; Optional fields also take 'none'."""
     args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Union and set(args) == {int, str}:  # latent_dim: 11 or auto
+        return lambda text: int(text) if text.strip().lstrip("-").isdigit() else text
     if typing.get_origin(annotation) is typing.Union:
         inner = _flag_type(next(a for a in args if a is not type(None)))
         return lambda text: None if text.lower() == "none" else inner(text)
@@ -65,8 +67,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             annotation) else annotation
         metavar = ("{" + ",".join(choices) + "}" if choices else "A,B,..." if typing.get_origin(inner) is list
                    else inner.__name__.upper())
-        if inner is not annotation:
+        if type(None) in typing.get_args(annotation):
             metavar += "|none"
+        elif str in typing.get_args(annotation):  # latent_dim
+            metavar += "|auto"
         group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"config.{field.name}", default=argparse.SUPPRESS,
                            type=_flag_type(annotation), choices=choices, metavar=metavar,
                            help=f"{field.metadata['help']} (default: {field.default})")

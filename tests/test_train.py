@@ -216,13 +216,22 @@ def test_energy_only_mode_keeps_the_base_frozen(tmp_path):
     assert isinstance(gebm.base, MLP) and not math.isnan(float(_params(run_dir)["energy.net.0.weight"].sum()))
 
 
-def test_realnvp_inverts_and_its_log_density_matches_the_jacobian():
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_realnvp_inverts_and_its_log_density_matches_the_jacobian(batch_norm):
     from kale_fast.models import RealNVP
 
     torch.manual_seed(0)
-    flow = RealNVP(5, n_layers=4, hidden=16).double()
+    flow = RealNVP(5, n_layers=4, hidden=16, batch_norm=batch_norm).double()
     for layer in flow.layers:
         torch.nn.init.normal_(layer.scale, std=0.5)
+    if batch_norm:  # training batches move the running statistics; then scales and shifts away from the identity
+        flow.log_prob(torch.randn(64, 5, dtype=torch.float64) * 3 + 1)
+        assert all(not torch.equal(norm.running_var, torch.ones(5, dtype=torch.float64)) for norm in flow.norms)
+        for norm in flow.norms:
+            for tensor, mean in ((norm.log_gamma, 0.0), (norm.beta, 0.0), (norm.running_mean, 0.0),
+                                 (norm.running_var, 2.0)):
+                torch.nn.init.normal_(tensor, mean, 0.5)
+        flow.eval()
     z = torch.randn(3, 5, dtype=torch.float64)
     x = flow(z)
     z_back, log_det = flow.inverse(x)
@@ -233,11 +242,32 @@ def test_realnvp_inverts_and_its_log_density_matches_the_jacobian():
     torch.testing.assert_close(flow.log_prob(x[:1])[0], expected)
 
 
-def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
-    """Maximum likelihood of a RealNVP, then a KALE energy on it (energy_only, base_from): both report NLLs."""
+@pytest.mark.parametrize("kind", ["maf", "nsf"])
+def test_zuko_flow_maps_latent_to_data_with_the_log_density_of_its_jacobian(kind):
+    pytest.importorskip("zuko")
+    from kale_fast.models.zuko_flows import ZukoFlow
+
+    torch.manual_seed(0)
+    flow = ZukoFlow(kind, 3, transforms=2, hidden=8).double()
+    with torch.no_grad():
+        for param in flow.parameters():  # away from the identity map of a fresh flow
+            param.add_(torch.randn_like(param) * 0.3)
+    z = torch.randn(2, 3, dtype=torch.float64)
+    x = flow(z)
+    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0], z[0])
+    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z[0]).sum() - torch.logdet(jacobian)
+    torch.testing.assert_close(flow.log_prob(x[:1])[0], expected)
+    assert torch.autograd.grad(flow(z.requires_grad_(True)).sum(), z)[0].abs().sum() > 0  # differentiable in z
+
+
+@pytest.mark.parametrize("base", ["realnvp", "zuko-maf"])
+def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path, base):
+    """Maximum likelihood of a flow, then a KALE energy on it (energy_only, base_from): both report NLLs."""
+    if base.startswith("zuko"):
+        pytest.importorskip("zuko")
     data = torch.randn(600, 3) @ torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.0, 0.3], [0.0, 0.0, 0.7]])
     csv_file = _write_csv(tmp_path / "data.csv", data)
-    common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
+    common = {**TINY, "dataset": str(csv_file), "base": base, "latent_dim": 3, "flow_layers": 2,
               "flow_hidden": 8, "out_dir": str(tmp_path)}
     ml_dir = train(TrainConfig.from_dict({**common, "name": "ml", "objective": "ml", "n_iter": 30}), progress=False)
     from kale_fast.train import evaluate
@@ -265,6 +295,43 @@ def test_flow_pipeline_ml_then_energy_on_the_frozen_base(tmp_path):
         TrainConfig.from_dict({**common, "objective": "ml", "base": "mlp"})
     with pytest.raises(ValueError, match="latent_dim must be the data's dimension 3"):
         train(TrainConfig.from_dict({**common, "name": "bad", "latent_dim": 2}), progress=False)
+
+
+def test_a_table_of_ones_own_needs_no_guessed_numbers(tmp_path, monkeypatch):
+    """latent_dim 'auto' is the column count after the correlation filter (recorded in config.yaml); base_from as a
+    run name is read from out_dir; a missing base run and a failed start leave no run folder behind."""
+    data = torch.randn(300, 4) @ torch.tensor([[1.0, 0.5, 0.0, 0.0], [0.0, 1.0, 0.3, 0.0], [0.0, 0.0, 0.7, 0.0],
+                                               [0.0, 0.0, 0.0, 1.0]])
+    data = torch.cat([data, data[:, :1] * 2 + 0.01 * torch.randn(300, 1)], 1)  # column 4 ~ column 0: filtered
+    csv_file = tmp_path / "data.csv"
+    csv_file.write_text("\n".join(",".join(f"{v:.6f}" for v in row) for row in data.tolist()))  # no header
+    monkeypatch.chdir(tmp_path)  # base_from as a run name must not be read from the working directory
+    out_dir = tmp_path / "elsewhere"
+    common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": "auto", "flow_layers": 2,
+              "flow_hidden": 8, "out_dir": str(out_dir), "max_correlation": 0.98, "columns": "1-4,0"}
+    ml_dir = train(TrainConfig.from_dict({**common, "name": "nvp", "objective": "ml"}), progress=False)
+    assert yaml.safe_load((ml_dir / "config.yaml").read_text())["latent_dim"] == 4
+    assert load_run(ml_dir).gebm.latent_dim == 4
+    energy = {**common, "energy_only": True, "n_iter": 2}
+    kale_dir = train(TrainConfig.from_dict({**energy, "name": "kale", "base_from": "nvp"}), progress=False)
+    assert torch.equal(load_run(kale_dir).gebm.base.layers[0].scale, load_run(ml_dir).gebm.base.layers[0].scale)
+    (tmp_path / "nvp2").mkdir()  # a folder of that name in the working directory is not the run
+    with pytest.raises(FileNotFoundError, match="no run folder .*elsewhere/nvp2 .*looked up in out_dir"):
+        train(TrainConfig.from_dict({**energy, "name": "kale2", "base_from": "nvp2"}), progress=False)
+    with pytest.raises(FileNotFoundError, match="no run folder missing/nvp .*a path is read as given"):
+        train(TrainConfig.from_dict({**energy, "name": "kale2", "base_from": "missing/nvp"}), progress=False)
+    with pytest.raises(ValueError, match="'x' is a name, but the table has no header"):
+        train(TrainConfig.from_dict({**energy, "name": "kale2", "base_from": "nvp", "columns": ["x"]}),
+              progress=False)
+    with pytest.raises(ValueError, match="latent_dim must be the data's dimension 4 .or 'auto'., got 3"):
+        train(TrainConfig.from_dict({**common, "name": "kale2", "latent_dim": 3}), progress=False)
+    assert not (out_dir / "kale2").exists()  # failed starts left no half-made folder
+    assert train(TrainConfig.from_dict({**energy, "name": "kale2", "base_from": str(ml_dir)}), progress=False)
+    for values, match in [(dict(latent_dim="auto", base="mlp"), "'auto' is the data's dimension"),
+                          (dict(latent_dim="eleven", base="realnvp"), "must be a positive int or 'auto'"),
+                          (dict(latent_dim=0), "'latent_dim' must be >= 1")]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.from_dict(values)
 
 
 def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_path):

@@ -2,8 +2,9 @@
 the paper's 32x32 networks for images, initialised, spectrally normalised and clamped where the config says so.
 
 `config` is read by attribute only (kale_fast.train.TrainConfig, or anything with its model keys: base,
-latent_dim, hidden, depth, flow_layers, flow_hidden, init, spectral_norm, spectral_norm_head, energy_clamp), so
-that models never imports train; kf.load_gebm rebuilds a saved GEBM's networks from its recorded config here.
+latent_dim, hidden, depth, flow_layers, flow_hidden, flow_batch_norm, init, spectral_norm, spectral_norm_head,
+energy_clamp), so that models never imports train; kf.load_gebm rebuilds a saved GEBM's networks from its
+recorded config here.
 """
 import math
 from typing import Tuple
@@ -18,6 +19,7 @@ from kale_fast.models.init import xavier_uniform_init
 from kale_fast.models.mlp import MLP
 from kale_fast.models.sngan import SNGANBase32, SNGANEnergy32
 from kale_fast.models.spectral_norm import with_spectral_norm
+from kale_fast.models.zuko_flows import ZukoFlow
 
 
 class ClampedEnergy(nn.Module):
@@ -47,11 +49,14 @@ def base_and_energy(config, data_shape: Tuple[int, ...]) -> Tuple[nn.Module, nn.
                          f"use base: conv for images")
     data_dim = data_shape[0]
     hidden = (config.hidden,) * config.depth
-    if config.base == "realnvp":
+    if config.base == "realnvp" or config.base.startswith("zuko-"):
         if config.latent_dim != data_dim:
-            raise ValueError(f"a RealNVP base maps the latent space onto the data: latent_dim must be the data's "
-                             f"dimension {data_dim}, got {config.latent_dim}")
-        return RealNVP(data_dim, config.flow_layers, config.flow_hidden), MLP(data_dim, 1, hidden)
+            raise ValueError(f"a flow base maps the latent space onto the data: latent_dim must be the data's "
+                             f"dimension {data_dim} (or 'auto'), got {config.latent_dim}")
+        flow = (RealNVP(data_dim, config.flow_layers, config.flow_hidden, config.flow_batch_norm)
+                if config.base == "realnvp" else
+                ZukoFlow(config.base[len("zuko-"):], data_dim, config.flow_layers, config.flow_hidden))
+        return flow, MLP(data_dim, 1, hidden)
     return MLP(config.latent_dim, data_dim, hidden), MLP(data_dim, 1, hidden)
 
 

@@ -19,7 +19,8 @@ from kale_fast.data.tabular import parse_columns
 from kale_fast.models.init import INITS
 
 OBJECTIVES = ("kale", "dv", "ml")
-BASES = ("mlp", "realnvp", "conv", "sngan32")
+BASES = ("mlp", "realnvp", "zuko-maf", "zuko-nsf", "conv", "sngan32")
+FLOW_BASES = ("realnvp", "zuko-maf", "zuko-nsf")  # bases with an exact log-density, whose latent space is the data's
 SAMPLERS = ("ula", "mala", "hmc", "kinetic_langevin", "chees")
 # What `faithful: true` sets: the authors' 32x32 networks and procedure (MichaelArbel/GeneralizedEBM).
 FAITHFUL_OPTIONS = dict(spectral_norm=True, spectral_norm_head=False, init="xavier", eval_idle_network=True,
@@ -68,15 +69,21 @@ class TrainConfig:
     whiten: bool = _key(True, "whiten: zero mean, unit covariance, from the SVD of the first 10^4 rows (see split)")
     n_train: int = _key(20000, "toy sets: points drawn for training")
     n_test: int = _key(2000, "toy sets: points held out for evaluation; images: held-out images (at most 1/5)")
-    base: str = _key("mlp", "'mlp' generator, 'realnvp' flow (exact likelihood; latent_dim = data dim), 'conv' for "
-                     "images (ConvBase/ConvEnergy of width `hidden`), or 'sngan32': the paper's 32x32 networks",
-                     choices=BASES)
-    latent_dim: int = _key(2, "dimension of the base's latent space (the MCMC chains run there)")
+    base: str = _key("mlp", "'mlp' generator; flows (exact likelihood; latent_dim = data dim): 'realnvp', "
+                     "'zuko-maf' / 'zuko-nsf' (zuko's masked autoregressive and neural spline flows, pip install "
+                     "'kale-fast[flows]'); 'conv' for images (ConvBase/ConvEnergy of width `hidden`), or 'sngan32': "
+                     "the paper's 32x32 networks", choices=BASES)
+    latent_dim: Union[int, str] = _key(2, "dimension of the base's latent space (the MCMC chains run there); 'auto' "
+                                       "(flow bases): the data's column count, after the correlation filter")
     hidden: int = _key(128, "MLP width of the energy (and of an MLP base); conv: channel width")
     depth: int = _key(3, "hidden layers of each MLP")
-    flow_layers: int = _key(5, "RealNVP: affine coupling layers (paper: 5)")
-    flow_hidden: int = _key(100, "RealNVP: hidden width of each coupling network (paper: 100)")
-    base_from: Optional[str] = _key(None, "a run folder whose trained base initialises this run's base")
+    flow_layers: int = _key(5, "flow bases: RealNVP's affine couplings (paper: 5), zuko's transforms")
+    flow_hidden: int = _key(100, "flow bases: hidden width of each coupling (or MADE) network, two hidden layers "
+                            "(paper: 100)")
+    flow_batch_norm: bool = _key(False, "RealNVP: batch normalisation between the couplings (the MAF paper's "
+                                 "RealNVP; scored and sampled with its running statistics)")
+    base_from: Optional[str] = _key(None, "the run whose trained base initialises this run's base: a run name "
+                                    "(no '/') is the folder <out_dir>/<name>, a path is read as given")
     objective: str = _key("kale", "'kale': learned log-partition A; 'dv': Donsker-Varadhan form; 'ml': maximum "
                           "likelihood of a flow base alone (the baseline)", choices=OBJECTIVES)
     n_iter: int = _key(1000, "rounds: base steps (energy_only: rounds of n_iter_d energy steps)")
@@ -147,18 +154,24 @@ class TrainConfig:
                                  f"authors' floor), but energy_clamp is {self.energy_clamp}: drop one of the two")
             for key, value in FAITHFUL_OPTIONS.items():
                 setattr(self, key, value)
-        if self.objective == "ml" and (self.base != "realnvp" or self.energy_only):
-            raise ValueError("objective 'ml' trains a flow base by maximum likelihood: it needs base: realnvp and "
-                             "energy_only: false")
+        if self.objective == "ml" and (self.base not in FLOW_BASES or self.energy_only):
+            raise ValueError(f"objective 'ml' trains a flow base by maximum likelihood: it needs a base among "
+                             f"{FLOW_BASES} and energy_only: false")
         if self.max_correlation is not None and not 0 < self.max_correlation < 1:
             raise ValueError(f"config key 'max_correlation' must be in (0, 1) (none: no filter), got "
                              f"{self.max_correlation}")
-        for key in ("n_train", "n_test", "latent_dim", "hidden", "n_iter_d", "batch_size", "n_eval", "log_every",
+        if isinstance(self.latent_dim, str) and self.latent_dim != "auto":
+            raise ValueError(f"config key 'latent_dim' must be a positive int or 'auto' (flow bases: the data's "
+                             f"dimension), got {self.latent_dim!r}")
+        if self.latent_dim == "auto" and self.base not in FLOW_BASES:
+            raise ValueError(f"config key 'latent_dim': 'auto' is the data's dimension, the latent space of a flow "
+                             f"base ({', '.join(FLOW_BASES)}); base {self.base!r} needs a number")
+        for key in ("n_train", "n_test", "hidden", "n_iter_d", "batch_size", "n_eval", "log_every",
                     "checkpoint_every", "sampler_steps", "flow_layers", "flow_hidden"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key, limit in _SIZE_LIMITS.items():
-            if getattr(self, key) is not None and getattr(self, key) > limit:
+            if isinstance(getattr(self, key), int) and getattr(self, key) > limit:  # (latent_dim may be "auto")
                 raise ValueError(f"config key {key!r} must be <= {limit}, got {getattr(self, key)}")
         for key in ("seed", "split_seed"):
             if getattr(self, key) is not None and getattr(self, key) < 0:
@@ -166,12 +179,14 @@ class TrainConfig:
                                  f"{getattr(self, key)}")
         if self.n_partition_samples < 2:
             raise ValueError(f"config key 'n_partition_samples' must be >= 2, got {self.n_partition_samples}")
-        if self.validate_every and self.base != "realnvp" and not self.energy_only:
+        if self.validate_every and self.base not in FLOW_BASES and not self.energy_only:
             raise ValueError("config key 'validate_every' scores a validation NLL (base: realnvp) or the validation "
                              "KALE of an energy on a frozen base (energy_only: true); a moving base without a density "
                              "has neither")
         if self.patience and not self.validate_every:
             raise ValueError("config key 'patience' counts validations: set validate_every too")
+        if isinstance(self.latent_dim, int) and self.latent_dim < 1:
+            raise ValueError(f"config key 'latent_dim' must be >= 1 (or 'auto'), got {self.latent_dim}")
         for key in ("n_iter", "n_iter_d_init", "depth", "validate_every", "patience"):
             if getattr(self, key) < 0:
                 raise ValueError(f"config key {key!r} must be >= 0, got {getattr(self, key)}")
@@ -216,6 +231,18 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} must hold a mapping of config keys, got {type(values).__name__}")
         return cls.from_dict({**values, **(overrides or {})})
+
+    def base_run_dir(self) -> Optional[Path]:
+        """The folder of `base_from`: <out_dir>/<base_from> for a run name, the path as given otherwise."""
+        if self.base_from is None:
+            return None
+        path = Path(self.base_from)
+        return Path(self.out_dir) / path if len(path.parts) == 1 and path.name not in (".", "..") else path
+
+    def with_data_dim(self, data_dim: int) -> "TrainConfig":
+        """This config with latent_dim 'auto' resolved to data_dim (the data's column count): what the run
+        records in config.yaml, so that its checkpoint rebuilds without the data."""
+        return dataclasses.replace(self, latent_dim=data_dim) if self.latent_dim == "auto" else self
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

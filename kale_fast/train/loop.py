@@ -33,7 +33,7 @@ from kale_fast.data import data_hash, load_data
 from kale_fast.models import GEBM, build_gebm
 from kale_fast.train import distributed, run_folder
 from kale_fast.train.checkpoints import check_resumable, check_same_data, load_run, read_state
-from kale_fast.train.config import TrainConfig
+from kale_fast.train.config import FLOW_BASES, TrainConfig
 from kale_fast.train.metrics_log import MetricsLog
 from kale_fast.train.plots import training_curves
 from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, TRAINING_PLOT
@@ -65,8 +65,8 @@ class Trainer:
         device = torch.device(config.device)
         gebm = build_gebm(config, tuple(train_data.shape[1:])).to(device)
         if config.base_from is not None:
-            base_run = load_run(Path(config.base_from), config.device)
-            check_same_data(base_run.data_hash, data_hash, f"base_from run {config.base_from}")
+            base_run = load_run(config.base_run_dir(), config.device)
+            check_same_data(base_run.data_hash, data_hash, f"base_from run {config.base_run_dir()}")
             gebm.base.load_state_dict(base_run.gebm.base.state_dict())
         generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         if config.eval_idle_network:  # the authors estimate the initial A in eval mode (running batch-norm statistics)
@@ -182,7 +182,7 @@ class Trainer:
     def validation_key(self) -> str:
         """What validation scores: 'validation_nll' (nats; lower is better) where the GEBM has a density (a flow
         base), else 'validation_kale' (higher is better) of an energy on a frozen base."""
-        return "validation_nll" if self.config.base == "realnvp" else "validation_kale"
+        return "validation_nll" if self.config.base in FLOW_BASES else "validation_kale"
 
     @torch.no_grad()
     def validation_score(self, validation_data: Tensor) -> float:
@@ -193,7 +193,18 @@ class Trainer:
           samples, the authors' criterion for selecting an energy on a frozen base (larger: the energy explains
           more of the data's difference from the base).
         The base samples come from a fixed seed: common random numbers across validations, training's RNG untouched.
+        A flow base scores in eval mode (a batch-norm flow: with its running statistics, the density evaluated).
         """
+        base = self.gebm.base
+        training = base.training
+        if self.validation_key == "validation_nll":
+            base.eval()
+        try:
+            return self._validation_score(validation_data)
+        finally:
+            base.train(training)
+
+    def _validation_score(self, validation_data: Tensor) -> float:
         if self.config.objective == "ml":
             return -self.gebm.base.log_prob(validation_data).mean().item()
         generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
@@ -221,21 +232,38 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     distributed.init_from_environment(torch.device(config.device))
     rank, _ = distributed.rank_and_size()
     run_dir = Path(config.out_dir) / config.name
+    check_base_run(config)
+    created = rank == 0 and not run_dir.exists()
     lock = run_folder.RunFolderLock(run_dir) if rank == 0 else None
     try:
         resuming = run_folder.prepare(run_dir, resume) if rank == 0 else None
         resuming = distributed.gather_objects(resuming)[0]  # rank 0's verdict, on every process
         _train_in(run_dir, config, resuming, progress)
+    except BaseException:
+        if created:  # a start that failed before training began leaves no half-made folder behind
+            run_folder.remove_unstarted(run_dir)
+        raise
     finally:
         if lock is not None:
             lock.release()
     return run_dir
 
 
+def check_base_run(config: TrainConfig) -> None:
+    """Refuse a base_from that names no run folder, before any folder is made, saying where it was looked for."""
+    base_dir = config.base_run_dir()
+    if base_dir is not None and not base_dir.is_dir():
+        where = (f"the run name {config.base_from!r} is looked up in out_dir {config.out_dir!r}"
+                 if base_dir != Path(config.base_from) else "a path is read as given")
+        raise FileNotFoundError(f"config key 'base_from': no run folder {base_dir} ({where}): train the base run "
+                                f"first, or point --base-from at the run folder of a trained base")
+
+
 def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) -> None:
     rank, size = distributed.rank_and_size()
     checkpoint = run_dir / CHECKPOINT
     splits = load_data(config)
+    config = config.with_data_dim(splits.train.shape[1])  # latent_dim 'auto': the data's columns, as loaded
     if config.validate_every and splits.validation is None:
         raise ValueError(f"validate_every needs a data set with a validation split (toys, UCI, CSV); "
                          f"{config.dataset!r} has none")

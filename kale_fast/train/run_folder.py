@@ -108,3 +108,12 @@ def prepare(run_dir: Path, resume: bool) -> bool:
     elif resume:
         raise FileNotFoundError(f"--resume: no checkpoint at {run_dir / CHECKPOINT}")
     return False
+
+
+def remove_unstarted(run_dir: Path) -> None:
+    """Delete a run folder that this process created, whose start failed before training began: one that holds
+    nothing but the lock and config.yaml. A run that logged metrics keeps them (they tell why it stopped; the next
+    start of the run starts it over)."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and all(path.name in (LOCK, CONFIG) for path in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
