@@ -5,6 +5,7 @@ A GEBM needs of its base a differentiable map from the latent space to the data 
 latent space) and, for likelihoods, the exact log-density; zuko's flows give both: the transform maps data to
 its standard-normal latent, its inverse is the map latent -> data, and `log_prob` is exact.
 """
+import torch
 from torch import Tensor, nn
 
 ZUKO_FLOWS = ("maf", "nsf")
@@ -22,6 +23,15 @@ class ZukoFlow(nn.Module):
             raise ValueError(f"zuko flow kind must be one of {ZUKO_FLOWS}, got {kind!r}")
         if dim < 2:
             raise ValueError(f"a zuko flow base needs dim >= 2, got {dim}")
+        self.dim = dim
+        if torch.get_default_device().type == "meta":
+            # zuko's masks need torch.unique, which the meta device lacks: a stand-in of the MADEs' weight and bias
+            # shapes, a lower bound of the flow's state size (models.build checks a file's config against its
+            # weights on the meta device, before anything is allocated)
+            outputs = 2 if kind == "maf" else 3 * bins - 1  # per feature: shift, log-scale / the spline's knots
+            shapes = [(hidden, dim), (hidden,), (hidden, hidden), (hidden,), (dim * outputs, hidden), (dim * outputs,)]
+            self.flow = nn.ParameterList(nn.Parameter(torch.empty(shape)) for _ in range(transforms) for shape in shapes)
+            return
         try:
             import zuko
         except ImportError as error:
@@ -30,7 +40,6 @@ class ZukoFlow(nn.Module):
         options = dict(transforms=transforms, hidden_features=(hidden, hidden))
         self.flow = (zuko.flows.MAF(dim, **options) if kind == "maf"
                      else zuko.flows.NSF(dim, bins=bins, **options))
-        self.dim = dim
 
     def forward(self, z: Tensor) -> Tensor:
         return self.flow().transform.inv(z)
