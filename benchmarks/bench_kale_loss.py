@@ -122,9 +122,10 @@ def markdown(record: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     measured = record.get("floors")
     if measured:  # records written before floors.py have none
-        lines.append(f"\nFloors (benchmarks/floors.py, {measured['threads']} thread(s)): read {cell(measured['read_gbps'])} "
-                     f"GB/s, copy {cell(measured['copy_gbps'])} GB/s (read + written), torch.exp "
-                     f"{cell(measured['exp_rate'])} G/s; the floor of a size is 2 (N + M) x 4 bytes at the copy rate. "
+        lines.append(f"\nFloors (benchmarks/floors.py, {measured['threads']} thread(s)): read "
+                     f"{cell(measured['read_gbps'])} GB/s, copy {cell(measured['copy_gbps'])} GB/s (read + written), "
+                     f"torch.exp {cell(measured['exp_rate'])} G/s; the floor of a size is 2 (N + M) x 4 bytes at the "
+                     f"copy rate. "
                      f"Eager and compiled: `plain_kale_loss`, the textbook formula.")
     return "\n".join(lines)
 

@@ -16,6 +16,7 @@
 
 #include "log_sum_exp.h"
 #include "op_checks.h"
+#include "reused_buffers.h"
 
 namespace kale_fast {
 namespace {
@@ -136,7 +137,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_loss_backward(const at::Tens
   check_flat(e_data, c10::kCPU, "e_data");
   check_flat(e_gen, c10::kCPU, "e_gen");
   check_kale_state(grad, state, e_gen);
-  auto grad_gen = at::empty_like(e_gen);
+  auto grad_gen = reusable_empty_like(e_gen);
   auto grad_data_value = at::empty({}, e_data.options());
   auto grad_log_partition = at::empty({}, state.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, e_gen.scalar_type(), "kale_loss_backward", [&] {
@@ -208,7 +209,8 @@ at::Tensor log_mean_exp_forward(const at::Tensor& x) {
       return;
     }
     at::parallel_for(0, rows, std::max<int64_t>(1, kGrainBlocks * kBlock / cols), [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) result[r] = log_mean_exp_value(row_log_sum_exp<scalar_t, acc_t>(in + r * cols, cols), cols);
+      for (int64_t r = begin; r < end; ++r)
+        result[r] = log_mean_exp_value(row_log_sum_exp<scalar_t, acc_t>(in + r * cols, cols), cols);
     });
   });
   return out;
@@ -220,7 +222,7 @@ at::Tensor log_mean_exp_forward(const at::Tensor& x) {
 at::Tensor log_mean_exp_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& out) {
   check_rows(x, c10::kCPU);
   check_row_values(grad, out, x);
-  auto grad_x = at::empty_like(x);
+  auto grad_x = reusable_empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "log_mean_exp_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const int64_t rows = x.size(0), cols = x.size(1);

@@ -135,8 +135,8 @@ inline LogSumExpState<acc_t> block_log_sum_exp(const scalar_t* x, int64_t n, acc
                                                const scalar_t* prefetch_end) {
   using V = typename Simd<acc_t>::Vec;
   const acc_t m = block_max(x, n, sign) - offset;  // rounding is monotone: the max of the t_i
-  for (const scalar_t* p = x + kPrefetchAhead; p < std::min(x + kPrefetchAhead + n, prefetch_end); p += 64 / sizeof(scalar_t))
-    __builtin_prefetch(p);
+  const scalar_t* ahead_end = std::min(x + kPrefetchAhead + n, prefetch_end);
+  for (const scalar_t* p = x + kPrefetchAhead; p < ahead_end; p += 64 / sizeof(scalar_t)) __builtin_prefetch(p);
   if (!std::isfinite(m)) {
     // all elements -inf or NaN (m = -inf), or some +inf (m = +inf): the terms are 1 where t == m (equal
     // infinities rescale by 1), 0 below, NaN for NaN elements

@@ -68,7 +68,8 @@ inline void store_vec(scalar_t* p, typename Simd<acc_t>::Vec v) {
 }
 
 template <typename acc_t, typename T>
-using BitsOf = std::conditional_t<std::is_same_v<T, acc_t>, typename Simd<acc_t>::ScalarBits, typename Simd<acc_t>::Bits>;
+using BitsOf =
+    std::conditional_t<std::is_same_v<T, acc_t>, typename Simd<acc_t>::ScalarBits, typename Simd<acc_t>::Bits>;
 
 // The core of exp_vec and exp_lean: for x in [kLo, kHi], returns p = exp(r) after the reduction x = k ln2 + r,
 // accurate to about 1 ulp (Cephes polynomial for float, Pade form for double), and k's bits in `kbits`

@@ -34,8 +34,9 @@ __device__ __forceinline__ double mean_exp(double max, double sum, int64_t n) {
 
 // The loss from the reduced sums, finished in double (no rounding of its own before the last), and the state.
 template <typename acc_t>
-__device__ void kale_loss_finish(LogSumExpState<acc_t> gen, acc_t data_sum, acc_t data_scaled, const acc_t* log_partition,
-                                 acc_t* loss, acc_t* state, int64_t n_data, int64_t n_gen) {
+__device__ void kale_loss_finish(LogSumExpState<acc_t> gen, acc_t data_sum, acc_t data_scaled,
+                                 const acc_t* log_partition, acc_t* loss, acc_t* state, int64_t n_data,
+                                 int64_t n_gen) {
   const double plain = static_cast<double>(data_sum);
   const double mean = isfinite(plain) ? plain / static_cast<double>(n_data)
                                       : static_cast<double>(data_scaled) / static_cast<double>(n_data) * kTwoTo64;
@@ -43,7 +44,8 @@ __device__ void kale_loss_finish(LogSumExpState<acc_t> gen, acc_t data_sum, acc_
   if (log_partition != nullptr) {
     loss_value = mean + static_cast<double>(*log_partition) + mean_exp(gen.max, gen.sum, n_gen) - 1.0;
   } else {
-    loss_value = mean + static_cast<double>(gen.max) + (log(static_cast<double>(gen.sum)) - log(static_cast<double>(n_gen)));
+    const double log_mean = log(static_cast<double>(gen.sum)) - log(static_cast<double>(n_gen));
+    loss_value = mean + static_cast<double>(gen.max) + log_mean;
   }
   *loss = static_cast<acc_t>(loss_value);
   state[0] = gen.max;

@@ -132,6 +132,27 @@ def test_mean_of_a_constant_is_exact_at_any_size(fused, log2_n):
     assert grad.shape == e_data.shape and bool((grad == 2.0**-log2_n).all())
 
 
+def test_reused_gradient_buffers_are_never_shared():
+    """The C++ backward keeps the memory of freed large gradients for the next call of the same size (no page
+    faults); a gradient still alive is never handed out again, and a reused one holds the new values."""
+    kf.set_backend("cpp")
+    n = 2**19  # 2 MiB of fp32: above the 1 MiB from which buffers are kept
+    gen = torch.Generator().manual_seed(4)
+    e_data = torch.randn(n, generator=gen)
+    first, second = (torch.randn(n, generator=gen).requires_grad_() for _ in range(2))
+    (grad_first,) = torch.autograd.grad(kf.kale_loss(e_data, first), first)
+    kept = grad_first.clone()
+    (grad_second,) = torch.autograd.grad(kf.kale_loss(e_data, second), second)
+    assert grad_first.data_ptr() != grad_second.data_ptr() and torch.equal(grad_first, kept)
+    address = grad_first.data_ptr()
+    del grad_first
+    (again,) = torch.autograd.grad(kf.kale_loss(e_data, second), second)
+    assert again.data_ptr() == address and torch.equal(again, grad_second)  # reused, with the new values
+    rows = torch.randn(4, n // 4, generator=gen, requires_grad=True)
+    (grad_rows,) = torch.autograd.grad(kf.log_mean_exp(rows, dim=1).sum(), rows)
+    torch.testing.assert_close(grad_rows, torch.softmax(rows.detach(), dim=1))
+
+
 @pytest.mark.parametrize("dtype, c", [(torch.float32, 1e6), (torch.float32, 1e8), (torch.float32, 1e30),
                                       (torch.float32, 3e38), (torch.float64, 1e16), (torch.float64, 1e300)])
 def test_gradients_keep_one_over_m_whatever_a(fused, dtype, c):
