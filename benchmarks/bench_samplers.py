@@ -8,10 +8,12 @@
    loops (benchmarks/authors_samplers.py). B = 128 and 500 on a GPU; B = 16 on CPU (full runs only).
 3. GPU only: cuda_graph=True against eager on a small potential (2-D latent, 3-layer MLPs of width 128,
    B = 4096), and bf16 autocast of the networks (speed and acceptance).
-4. Overhead per leapfrog step: HMC with 10 leapfrog steps on a quadratic potential with a closed-form
+4. The GEBM latent potential (gebm_rows): time per gradient inside every running sampler at B = 1, 64, 1024, eager
+   and compile=True, against JAX jit's value_and_grad of the same potential and its bare GEMMs.
+5. Overhead per leapfrog step: HMC with 10 leapfrog steps on a quadratic potential with a closed-form
    gradient at B = 1, L = 100 (where the arithmetic is negligible), eager and with compile=True, one thread.
 """
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import pytest
 import torch
@@ -21,6 +23,7 @@ from benchmarks import authors_samplers as authors
 from benchmarks._timing import cell, interleaved_ms, ratio_spread, scaled, spread
 from kale_fast.models import MLP, SNGANBase32, SNGANEnergy32
 from kale_fast.samplers import LatentPotential, value_and_grad
+from kale_fast.samplers.core import Tuning
 
 TITLE = "samplers per iteration (HMC: one iteration = its leapfrog steps), float32"
 STEPS_PER_TIMING = 10
@@ -152,11 +155,138 @@ def overhead_rows(device, budget_s, progress) -> List[dict]:
     return rows
 
 
+
+# --- 5. the GEBM latent potential: time per gradient inside a running sampler -----------------------------------
+
+GEBM_BATCHES = (1, 64, 1024)
+GEBM_LEAPFROG = 4
+# Iterations per timed run (a run from a saved state, so its per-run set-up is in the figure, amortised).
+GEBM_ITERATIONS = {1: 64, 64: 64, 1024: 16}
+
+
+def gebm_samplers() -> Dict[str, Callable[[], kf.Sampler]]:
+    """Fixed step sizes (no adaptation in the timed runs), identity metric: the figures are costs, not mixing."""
+    return {"ula": lambda: kf.ULA(0.05, metric="identity"),
+            "kinetic_langevin": lambda: kf.KineticLangevin(0.05, metric="identity"),
+            "mala": lambda: kf.MALA(0.05, metric="identity"),
+            "hmc": lambda: kf.HMC(0.05, GEBM_LEAPFROG, metric="identity"),
+            "chees": lambda: kf.ChEES(0.05, trajectory_length=0.4, metric="identity", adapt_step_size=False)}
+
+
+def _gradients(sampler: kf.Sampler, state, n: int) -> int:
+    """Gradient evaluations of n iterations from `state` (ChEES: its leapfrog counts, from its Halton sequence)."""
+    if not isinstance(sampler, kf.ChEES):
+        return n * sampler.gradients_per_iteration()
+    tune = Tuning(state.step_size, state.trajectory_length, float(state.step_size.mean()))
+    return sum(sampler.params(tune, state.iteration + i, False).n_leapfrog for i in range(n))
+
+
+def gemm_floor(potential: LatentPotential, z: torch.Tensor) -> Callable[[], object]:
+    """The potential's 7 matrix products alone (4 forward, 3 input-gradient), as bare torch.mm calls."""
+    weights = [m.weight.detach() for net in (potential.base, potential.energy) for m in net.modules()
+               if isinstance(m, torch.nn.Linear)]
+    head = weights[-1].expand(z.shape[0], -1).contiguous()  # the energy head's input gradient: a broadcast
+
+    def products():
+        h = z
+        for w in weights:
+            h = torch.mm(h, w.t())
+        g = head
+        for w in reversed(weights[:-1]):
+            g = torch.mm(g, w)
+        return h, g
+    return products
+
+
+def _jax_value_and_grad(z: torch.Tensor) -> Optional[Callable[[], object]]:
+    """JAX jit's value_and_grad of the same potential, batched with vmap, or None without JAX."""
+    try:
+        import jax
+        import jax.numpy as jnp
+    except ImportError:
+        return None
+    from benchmarks.peers import targets
+
+    log_density = targets.jax_log_density(targets.gebm())
+    fn = jax.jit(jax.vmap(jax.value_and_grad(lambda z: -log_density(z))))
+    z_jax = jnp.asarray(z.numpy())
+    return lambda: jax.block_until_ready(fn(z_jax))
+
+
+def gebm_rows(device, budget_s, progress, batches=GEBM_BATCHES) -> List[dict]:
+    """Per gradient, in a running sampler on the GEBM latent potential of benchmarks/peers/targets.py (base MLP
+    16 -> 64 -> 64, energy 64 -> 64 -> 1, SiLU), eager and compile=True, with floors measured in the same
+    interleaved rounds: the potential's eager value_and_grad, JAX jit's value_and_grad (when JAX is installed)
+    and its 7 bare GEMMs. One thread."""
+    from benchmarks.peers import targets
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rows = []
+    try:
+        potential = targets.gebm().potential
+        for b in batches:
+            torch.manual_seed(0)
+            z0 = torch.randn(b, targets.GEBM_LATENT, device=device)
+            n = GEBM_ITERATIONS[b]
+            fns, gradients = {"eager value_and_grad": lambda: value_and_grad(potential, z0),
+                              "7 GEMMs": gemm_floor(potential, z0)}, {}
+            jax_fn = _jax_value_and_grad(z0) if device.type == "cpu" else None
+            if jax_fn is not None:
+                fns["JAX value_and_grad"] = jax_fn
+            for name, make in gebm_samplers().items():
+                for compiled in (False, True):
+                    sampler = make()
+                    state = sampler.run(potential, z0, 2 * n, compile=compiled).state  # compiles outside the timing
+                    key = f"{name}{' compiled' if compiled else ''}"
+                    gradients[key] = _gradients(sampler, state, n)
+                    fns[key] = (lambda s=sampler, st=state, c=compiled: s.run(potential, None, n, state=st, compile=c))
+            ms = interleaved_ms(fns, device, budget_s, min_rounds=5, max_rounds=30)
+            floor = {k: spread(scaled(ms[k], 1e3)) for k in ("eager value_and_grad", "7 GEMMs", "JAX value_and_grad")
+                     if k in ms}
+            for name in gebm_samplers():
+                per_gradient = {c: scaled(ms[k], 1e3 / gradients[k])
+                                for c, k in (("eager", name), ("compiled", f"{name} compiled"))}
+                row = dict(part="gebm", batch=b, sampler=name, floors=floor,
+                           eager_us=spread(per_gradient["eager"]), compiled_us=spread(per_gradient["compiled"]),
+                           eager_over_compiled=ratio_spread(per_gradient["eager"], per_gradient["compiled"]),
+                           compiled_over_gemms=ratio_spread(per_gradient["compiled"], scaled(ms["7 GEMMs"], 1e3)))
+                if "JAX value_and_grad" in ms:
+                    row["compiled_over_jax"] = ratio_spread(per_gradient["compiled"],
+                                                            scaled(ms["JAX value_and_grad"], 1e3))
+                rows.append(row)
+            progress.update(1)
+    finally:
+        torch.set_num_threads(threads)
+    return rows
+
+
+def gebm_markdown(rows: List[dict]) -> List[str]:
+    gebm = [r for r in rows if r["part"] == "gebm"]
+    if not gebm:
+        return []
+    lines = ["", "GEBM latent potential (base 16 -> 64 -> 64, energy 64 -> 64 -> 1, SiLU), us per gradient inside a "
+                 f"running sampler, 1 thread (HMC: {GEBM_LEAPFROG} leapfrog steps; ChEES: T = 0.4, h = 0.05):", "",
+             "| B | sampler | eager | compiled | eager / compiled | compiled / JAX jit value_and_grad "
+             "| compiled / 7 GEMMs |", "|---|---|---|---|---|---|---|"]
+    for r in gebm:
+        jax_ratio = cell(r["compiled_over_jax"], suffix="x") if "compiled_over_jax" in r else "-"
+        lines.append(f"| {r['batch']} | {r['sampler']} | {cell(r['eager_us'])} | {cell(r['compiled_us'])} | "
+                     f"{cell(r['eager_over_compiled'], suffix='x')} | {jax_ratio} | "
+                     f"{cell(r['compiled_over_gemms'], suffix='x')} |")
+    lines += ["", "Floors per call (us): " + "; ".join(
+        f"B = {r['batch']}: " + ", ".join(f"{k} {cell(v)}" for k, v in r["floors"].items())
+        for r in gebm if r["sampler"] == "ula")]
+    return lines
+
+
 def run(device: torch.device, quick: bool, progress) -> dict:
     budget_s = 0.2 if quick else 1.0
     paper_batches = [128, 500] if device.type == "cuda" else ([] if quick else [16])
-    progress.reset(total=6 + 4 * len(paper_batches) + (device.type == "cuda"))
-    rows = overhead_rows(device, budget_s, progress)
+    gebm_batches = (1, 64) if quick else GEBM_BATCHES
+    progress.reset(total=6 + 4 * len(paper_batches) + (device.type == "cuda") + len(gebm_batches))
+    rows = gebm_rows(device, budget_s, progress, gebm_batches)
+    rows += overhead_rows(device, budget_s, progress)
     rows += cheap_potential_rows(device, budget_s, progress)
     rows += paper_network_rows(device, paper_batches, budget_s, progress)
     if device.type == "cuda":
@@ -190,7 +320,7 @@ def markdown(record: dict) -> str:
         if r["part"] == "autocast":
             lines += [f"MALA on the paper networks, B = 500, autocast {r['dtype']}: {cell(r['ms'])} ms/iter, "
                       f"acceptance {r['accept_rate']:.3f}"]
-    return "\n".join(lines)
+    return "\n".join(lines + gebm_markdown(rows))
 
 
 @pytest.mark.parametrize("name", list(samplers(5)))

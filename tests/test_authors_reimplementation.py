@@ -21,8 +21,8 @@ from benchmarks.authors_train_step import AuthorsTrainStep
 from kale_fast.models import MLP
 from kale_fast.ops import integrators
 from kale_fast.samplers import LatentPotential
-from kale_fast.samplers.base import StepContext, StepParams
-from kale_fast.samplers.hmc import eager_leapfrog
+from kale_fast.samplers.core import StepContext, StepParams
+from kale_fast.samplers.leapfrog import eager_leapfrog
 from kale_fast.samplers.potentials import value_and_grad
 from kale_fast.samplers.state import ChainState, KineticChainState
 from kale_fast.train import TrainConfig, Trainer

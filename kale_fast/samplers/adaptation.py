@@ -42,7 +42,7 @@ class DualAveragingState(NamedTuple):
     log_step_avg: Tensor    # (B,) the iterate average, log: the step size kept after warm-up
     error_avg: Tensor       # (B,) running average of target_accept - acceptance
     mu: Tensor              # (B,) shrinkage point, log(10 h0)
-    count: int
+    count: int             # an int, or a 0-d tensor inside compiled iterations
 
 
 def dual_averaging_init(step_size: Tensor) -> DualAveragingState:
@@ -76,7 +76,8 @@ def dual_averaging_update(state: DualAveragingState, acceptance: Tensor, target_
     t = state.count + 1
     weight = 1.0 / (t + T0)
     error_avg = (1 - weight) * state.error_avg + weight * (target_accept - acceptance)
-    log_step = state.mu - math.sqrt(t) / GAMMA * error_avg
+    # t is an int, or a 0-d tensor inside compiled iterations (a number there would be baked into the graph)
+    log_step = state.mu - (torch.sqrt(t) if isinstance(t, Tensor) else math.sqrt(t)) / GAMMA * error_avg
     eta = t ** -KAPPA
     log_step_avg = eta * log_step + (1 - eta) * state.log_step_avg
     return DualAveragingState(log_step, log_step_avg, error_avg, state.mu, t)
@@ -129,3 +130,51 @@ def chees_update(state: ChEESState, gradient: float, step_size: float, max_leapf
     weight = t ** -CHEES_DECAY
     log_length_avg = (1 - weight) * state.log_length_avg + weight * log_length
     return ChEESState(log_length, log_length_avg, grad_sq_avg, t)
+
+
+# --- the adaptations samplers declare (Sampler.adaptations): init, update after each warm-up iteration,
+# restart when a metric window ends (the chains' coordinates change), final at the end of warm-up. `traceable`
+# ones are pure tensor updates that compiled whole iterations run inside the graph. -------------------------
+
+class StepSizeAdaptation:
+    """Dual averaging of the step size towards target_accept, on the sampler's acceptance statistic."""
+    traceable = True
+
+    def __init__(self, target_accept: float, statistic):
+        self.target_accept, self.statistic = target_accept, statistic
+
+    def init(self, tune):
+        return dual_averaging_init(tune.step_size)
+
+    def update(self, state: DualAveragingState, transition, params, tune):
+        state = dual_averaging_update(state, self.statistic(transition), self.target_accept)
+        return state, tune.with_step_size(torch.exp(state.log_step))
+
+    def restart(self, state: DualAveragingState, tune):
+        step_size = torch.exp(state.log_step_avg)
+        return dual_averaging_init(step_size), tune.with_step_size(step_size)
+
+    def final(self, state: DualAveragingState, tune):
+        return tune.with_step_size(torch.exp(state.log_step_avg))
+
+
+class TrajectoryLengthAdaptation:
+    """ChEES's trajectory length: Adam on log T, on the host (T sets the number of leapfrog steps)."""
+    traceable = False
+
+    def __init__(self, max_leapfrog: int):
+        self.max_leapfrog = max_leapfrog
+
+    def init(self, tune):
+        return chees_init(tune.trajectory_length)
+
+    def update(self, state: ChEESState, transition, params, tune):
+        gradient = float(chees_gradient(transition, params.trajectory_time))
+        state = chees_update(state, gradient, tune.mean_step_size, self.max_leapfrog)
+        return state, tune._replace(trajectory_length=math.exp(state.log_length))
+
+    def restart(self, state: ChEESState, tune):
+        return state, tune
+
+    def final(self, state: ChEESState, tune):
+        return tune._replace(trajectory_length=math.exp(state.log_length_avg))

@@ -1,84 +1,22 @@
-"""What every sampler shares: its configuration checks, the context a step runs in, and `run`.
+"""What every sampler shares: its options and their checks, the adaptations it declares, and `run`.
 
 A sampler is a small pure pair in the BlackJAX sense: `init(ctx, y) -> state` and
-`step(state, params, ctx) -> (state, Transition)`, over unit-mass coordinates y (kale_fast.samplers.metric), with
-its own state type. A step never modifies the state it is given: the fused in-place kernels only ever touch
-tensors the step itself created. The loop (warm-up schedule, thinning, resume) is kale_fast.samplers.run; the
-adaptation rules are kale_fast.samplers.adaptation.
+`step(state, params, ctx) -> (state, transition)`, over unit-mass coordinates y (kale_fast.samplers.metric), with
+its own state type; a step never modifies the state it is given (the fused in-place kernels only ever touch
+tensors the step itself created). For the compiled path a sampler also gives `draws` and `algebra_step`: the same
+transition as tensor algebra from pre-drawn random numbers (kale_fast.samplers.compiled). The loop is
+kale_fast.samplers.run, which knows samplers only through this interface.
 """
-import math
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from kale_fast.ops import integrators
-from kale_fast.samplers import adaptation
-from kale_fast.samplers.metric import METRIC_KINDS, Metric
-
-ValueAndGrad = Callable[[Tensor], Tuple[Tensor, Tensor]]
-
-
-class StepParams(NamedTuple):
-    """What the run loop hands a step: per-chain step sizes (B,), for HMC this iteration's leapfrog count (with
-    ChEES, the jittered trajectory time too), and whether warm-up adaptation will read the step's report."""
-    step_size: Tensor
-    n_leapfrog: int = 0
-    trajectory_time: float = 0.0
-    adapting: bool = False
-
-
-class StepContext(NamedTuple):
-    """The resolved machinery of one run: the unit-coordinate potential (eager or compiled), the integrator
-    kernels of the backend resolved once for the chains' device, the leapfrog integrator (eager or compiled
-    chunks, kale_fast.samplers.compiled) and the run's generator."""
-    value_and_grad: ValueAndGrad
-    kernels: object
-    leapfrog: Callable
-    generator: torch.Generator
-
-    def seed(self, like: Tensor) -> Tensor:
-        """A fresh kernel seed, kept on the chains' device (no host synchronisation)."""
-        return integrators.seed(like, self.generator)
-
-    def log_uniform(self, like: Tensor) -> Tensor:
-        """log u, u ~ U(0, 1), one per chain, for Metropolis tests."""
-        return torch.log(torch.rand(like.shape[:1], generator=self.generator, dtype=like.dtype, device=like.device))
-
-
-def check_count(name: str, value, minimum: int) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
-def check_positive(name: str, value) -> Union[float, Tensor]:
-    """A positive finite float, or a (B,) floating tensor of them (copied, so the caller's tensor can change)."""
-    if isinstance(value, Tensor):
-        if value.dim() != 1 or not value.is_floating_point():
-            raise ValueError(f"{name} must be a positive float or a (B,) floating tensor, got shape "
-                             f"{tuple(value.shape)}, dtype {value.dtype}")
-        if not bool(torch.all(torch.isfinite(value) & (value > 0))):
-            raise ValueError(f"{name} must be finite and > 0 for every chain")
-        return value.detach().clone()
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive float or a (B,) floating tensor, got {value!r}")
-    return float(value)
-
-
-def check_fraction(name: str, value, low: float, high: float) -> float:
-    """A float in the open interval (low, high)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value < high:
-        raise ValueError(f"{name} must be a number in ({low}, {high}), got {value!r}")
-    return float(value)
-
-
-def check_metric_option(metric) -> Union[str, Metric]:
-    if isinstance(metric, Metric):
-        return metric
-    if metric not in METRIC_KINDS:
-        raise ValueError(f"metric must be one of {METRIC_KINDS} or a kale_fast.samplers.Metric, got {metric!r}")
-    return metric
+from kale_fast.samplers import adaptation, checks
+from kale_fast.samplers.core import (StepContext, StepParams, Tuning, ValueAndGrad, check_count,  # noqa: F401
+                                     check_fraction, check_metric_option, check_positive)
+from kale_fast.samplers.metric import Metric
+from kale_fast.samplers.run import run_chains
 
 
 class Sampler:
@@ -99,6 +37,10 @@ class Sampler:
 
     name = "sampler"
     default_target_accept: Optional[float] = None
+    # Whether an iteration's graph is the same from iteration to iteration (then k iterations compile as one call)
+    compiles_whole_iterations = True
+    # Whether `params` reads the step sizes' mean on the host (Tuning.mean_step_size)
+    host_step_size = False
 
     def __init__(self, step_size: Union[float, Tensor], *, metric: Union[str, Metric] = "diag",
                  adapt_step_size: Optional[bool] = None, target_accept: Optional[float] = None,
@@ -126,11 +68,20 @@ class Sampler:
         """One transition of all chains: (new state, Transition); `state` itself is left untouched."""
         raise NotImplementedError
 
-    def params(self, step_size: Tensor, mean_step_size: float, trajectory_length: Optional[float],
-               iteration: int, adapting: bool) -> StepParams:
-        """This iteration's StepParams (HMC and ChEES add their leapfrog count); mean_step_size is the step sizes'
-        mean, kept on the host by the run loop."""
-        return StepParams(step_size, adapting=adapting)
+    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
+        """The random numbers of k iterations for algebra_step, each with a leading k dimension."""
+        raise NotImplementedError
+
+    def algebra_step(self, state, params: StepParams, draws: Tuple[Tensor, ...], value_and_grad: ValueAndGrad):
+        """step's transition as tensor algebra from one iteration's draws (traceable by torch.compile)."""
+        raise NotImplementedError
+
+    def gradients_per_iteration(self) -> int:
+        return 1
+
+    def params(self, tune: Tuning, iteration: int, adapting: bool) -> StepParams:
+        """This iteration's StepParams (HMC and ChEES add their leapfrog count)."""
+        return StepParams(tune.step_size, adapting=adapting)
 
     harmonic_acceptance = False  # ChEES: the shared statistic is the chains' harmonic mean
 
@@ -140,8 +91,15 @@ class Sampler:
         return adaptation.acceptance_statistic(transition.accept_prob, transition.divergent,
                                                self.per_chain_adaptation, self.harmonic_acceptance)
 
-    def initial_trajectory_length(self, step_size: Tensor) -> Optional[float]:
+    def initial_trajectory_length(self) -> Optional[float]:
         return None
+
+    def adaptations(self, warmup: int) -> List[object]:
+        """What a warm-up of this length adapts besides the metric, in update order
+        (kale_fast.samplers.adaptation)."""
+        if not checks.adapts_step_size(self, warmup):
+            return []
+        return [adaptation.StepSizeAdaptation(self.target_accept, self.acceptance_statistic)]
 
     # --- the loop ---------------------------------------------------------------------------------------
 
@@ -150,8 +108,6 @@ class Sampler:
             generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None, state=None):
         """Run B chains from z0 (B, L): `warmup` adaptation steps, then `n_steps` sampling steps; returns a
         SampleResult. See kale_fast.samplers.run.run_chains for every option."""
-        from kale_fast.samplers.run import run_chains
-
         return run_chains(self, potential, z0, n_steps, warmup=warmup, thin=thin, progress=progress,
                           compile=compile, cuda_graph=cuda_graph, generator=generator, chunk_size=chunk_size,
                           state=state)

@@ -1,102 +1,171 @@
-"""The compiled path of the samplers (`run(..., compile=True)`): torch.compile of the gradient path.
+"""The compiled path of the samplers (`run(..., compile=True)`): whole MCMC iterations per compiled call.
 
-What is compiled is what costs per gradient: the potential's value and gradient in the metric's coordinates
-and, for HMC, whole runs of leapfrog steps. Measured on the CPU (B = 1, L = 100, quadratic potential, 1 thread):
-the fused kick-drift kernels as opaque custom ops inside a compiled trajectory cost 21 us per leapfrog step, as
-each op call crosses the dispatcher from Python, while the same updates written as tensor algebra
-(kale_fast.reference.integrators), which the compiler fuses with the potential into one loop, cost 2 us. So the
-compiled leapfrog uses the reference updates, and the fused kernels remain the eager path's. Every compiled call
-costs about 10-20 us of its own on the CPU, so HMC trajectories are compiled as chunks of leapfrog steps: n steps
-run as one call when n is the sampler's fixed count, else as the binary decomposition of n (at most log2 n + 1
-calls; ChEES varies n from iteration to iteration). The metric's tensors are arguments, so a new metric after a
-warm-up window does not recompile.
+Where the time goes at small B is per call: a compiled call costs 10-30 us of its own on the CPU (guards,
+wrapper, output allocations) and each eager op about 5 us, against microseconds of arithmetic for a small
+potential. So the samplers whose iterations all have one shape (ULA, MALA, kinetic Langevin, HMC with at most
+MAX_UNROLLED_GRADIENTS leapfrog steps) run k iterations per call: proposal, the potential's value and gradient,
+the Metropolis test and the dual-averaging update of the step size, all in one graph that the compiler fuses
+(the updates are tensor algebra, kale_fast.reference.integrators; the fused kernels are opaque ops that would
+cost a dispatcher crossing each). The random draws of the k iterations are made before the call from the run's
+generator, one call per kind of draw (Sampler.draws), so a run is repeatable bit for bit under a seed. Step
+sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants: warm-up
+changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: it runs eager
+iterations around compiled chunks of leapfrog steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
 """
+import math
 import weakref
 from typing import Callable, Dict, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from kale_fast.reference import integrators as reference
+from kale_fast.samplers.core import StepParams, Tuning
 from kale_fast.samplers.metric import Metric, unit_value_and_grad
 
+# Gradient evaluations unrolled into one compiled call, and iterations per call at most: compile time grows with
+# the unrolled length; per-call overhead is a few per cent of a call beyond these.
+MAX_UNROLLED_GRADIENTS, MAX_CHUNK_ITERATIONS = 16, 8
 
-def _compile(fn: Callable, name: str) -> Callable:
-    """torch.compile of fn under a code object of its own. TorchDynamo keeps one cache (of at most 8 entries) per
-    code object: without this, every potential's value-and-gradient and every chunk length of every potential
-    would share one cache and overflow it. Shapes become dynamic after a first change (the default)."""
+
+def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Callable:
+    """torch.compile of fn under a code object of its own, shapes static. TorchDynamo keeps one cache (of at
+    most 8 entries) per code object: without this, every potential's functions and every chunk length would
+    share one cache and overflow it. Static shapes: a new number of chains compiles anew rather than turning
+    every graph dynamic (slower code for the usual single B of a run). mode: torch.compile's (e.g.
+    "reduce-overhead": CUDA graphs)."""
     fn.__code__ = fn.__code__.replace(co_name=name)
-    return torch.compile(fn, fullgraph=True)
+    return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
 
 
 def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]:
     """(y, metric) -> (U_y(y), grad U_y(y)), compiled."""
     def value_and_grad(y: Tensor, scale: Optional[Tensor], cholesky: Optional[Tensor]):
         return unit_value_and_grad(potential, y, Metric(scale, cholesky))
-    compiled = _compile(value_and_grad, "unit_value_and_grad")
+    compiled = compile_function(value_and_grad, "unit_value_and_grad")
     return lambda y, metric: compiled(y, metric.scale, metric.cholesky)
 
 
-class CompiledLeapfrog:
-    """n leapfrog steps as compiled chunks; the same contract as kale_fast.samplers.hmc.eager_leapfrog, except
-    that p is not updated in place (new tensors are returned). `exact_counts` are run as one chunk."""
+class Report(NamedTuple):
+    """What k iterations report, one row per iteration, (k, B, L) and (k, B), in unit coordinates: the chains'
+    positions and potentials after each iteration, and each transition's acceptance probability, decision and
+    divergence flag (kale_fast.samplers.checks; unadjusted samplers: acceptance 1 and True). The one place a loop
+    reads per-iteration results from."""
+    z: Tensor
+    potential: Tensor
+    accept_prob: Tensor
+    accepted: Tensor
+    divergent: Tensor
 
-    def __init__(self, potential):
-        self.potential = potential
-        self.exact_counts = set()
-        self.chunks: Dict[int, Callable] = {}
-        self._kicks: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
+    @staticmethod
+    def of_step(state, transition) -> "Report":
+        return Report(state.z[None], state.potential[None], transition.accept_prob[None],
+                      transition.accepted[None], transition.divergent[None])
 
-    def _chunk(self, count: int) -> Callable:
-        if count not in self.chunks:
-            potential = self.potential
 
-            def chunk(y, p, grad, step_size, first_kick, scale, cholesky):
+def chunk_iterations(sampler) -> int:
+    """The most iterations per compiled call for a sampler whose iterations compile whole, else 0."""
+    gradients = sampler.gradients_per_iteration()
+    if not sampler.compiles_whole_iterations or gradients > MAX_UNROLLED_GRADIENTS:
+        return 0
+    return max(1, min(MAX_CHUNK_ITERATIONS, MAX_UNROLLED_GRADIENTS // gradients))
+
+
+def aligned_chunk(longest: int, lengths) -> int:
+    """The chunk length for runs of iterations of these lengths (warm-up windows, sampling): the largest divisor
+    of all of them up to `longest`, so that one compiled function serves the whole run, unless that is under half
+    of `longest`; then `longest`, with single iterations (a second function) for the remainders."""
+    common = math.gcd(*lengths) if lengths else longest
+    divisor = next(d for d in range(min(longest, max(common, 1)), 0, -1) if common % d == 0)
+    return divisor if 2 * divisor >= longest else longest
+
+
+def _as_tensors(state, like: Tensor):
+    """An adaptation state with its Python numbers as 0-d fp64 tensors: numbers would be baked into the graph
+    (one recompilation per value)."""
+    if state is None or isinstance(state, Tensor):
+        return state
+    return type(state)(*(torch.tensor(float(v), dtype=torch.float64, device=like.device)
+                         if isinstance(v, (int, float)) else v for v in state))
+
+
+def _select(flag: Tensor, new, old):
+    return type(new)(*(torch.where(flag, n, o) for n, o in zip(new, old)))
+
+
+class CompiledIterations:
+    """k whole iterations of one sampler on one potential per compiled call, with the sampler's traceable
+    adaptations (Adaptation.traceable) inside the graph. `adapting` is a tensor argument, so warm-up and sampling
+    share one compiled function per (k, with adaptations)."""
+
+    def __init__(self, sampler, potential, mode: Optional[str] = None):
+        self.sampler, self.potential, self.mode = sampler, potential, mode
+        self.functions: Dict[Tuple[int, bool], Callable] = {}
+
+    def _function(self, k: int, rules: tuple) -> Callable:
+        key = (k, bool(rules))
+        if key not in self.functions:
+            sampler, potential = self.sampler, self.potential
+
+            def iterations(chains, template: StepParams, states, adapting, scale, cholesky, draws):
                 metric = Metric(scale, cholesky)
-                for i in range(count):
-                    y, p = reference.leapfrog_kick_drift(y, p, grad, step_size, first_kick if i == 0 else 1.0)
-                    value, grad = unit_value_and_grad(potential, y, metric)
-                return y, p, value, grad
+                value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+                tune = Tuning(template.step_size)
+                rows = []
+                for i in range(k):
+                    params = template._replace(step_size=tune.step_size)
+                    chains, transition = sampler.algebra_step(chains, params, tuple(d[i] for d in draws),
+                                                              value_and_grad)
+                    if rules:  # updated while adapting, else kept as they are
+                        updated, adapted = [], tune
+                        for rule, state in zip(rules, states):
+                            new_state, adapted = rule.update(state, transition, params, adapted)
+                            updated.append(_select(adapting, new_state, state))
+                        states = tuple(updated)
+                        tune = tune._replace(step_size=torch.where(adapting, adapted.step_size, tune.step_size))
+                    rows.append(Report.of_step(chains, transition))
+                report = Report(*(torch.cat(column) for column in zip(*rows)))
+                return chains, tune.step_size, states, report
 
-            self.chunks[count] = _compile(chunk, f"leapfrog_chunk_{count}")
-        return self.chunks[count]
+            suffix = "_adaptive" if rules else ""
+            self.functions[key] = compile_function(iterations, f"{sampler.name}_iterations_{k}{suffix}", self.mode)
+        return self.functions[key]
 
-    def counts(self, n: int):
-        """The chunk lengths that make n steps: n itself for a fixed count, else powers of two, largest first."""
-        if n in self.exact_counts:
-            return [n]
-        return [1 << bit for bit in reversed(range(n.bit_length())) if n >> bit & 1]
-
-    def _kick_fractions(self, like: Tensor) -> Tuple[Tensor, Tensor]:
-        """0-d tensors 0.5 and 1.0: the opening kick's fraction is an argument, not a constant, so that one
-        compiled chunk serves both the opening and later chunks."""
-        key = (like.device, like.dtype)
-        if key not in self._kicks:
-            self._kicks[key] = (torch.tensor(0.5, dtype=like.dtype, device=like.device),
-                                torch.tensor(1.0, dtype=like.dtype, device=like.device))
-        return self._kicks[key]
-
-    def half_kick(self, like: Tensor) -> Tensor:
-        return self._kick_fractions(like)[0]
-
-    def full_kick(self, like: Tensor) -> Tensor:
-        return self._kick_fractions(like)[1]
-
-    def bind(self, metric: Metric):
-        """The leapfrog function for one metric: (y, p, grad, h, n) -> (y, p, U(y), grad U(y))."""
-        def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
-            first_kick = self.half_kick(y)
-            for count in self.counts(n):
-                y, p, value, grad = self._chunk(count)(y, p, grad, step_size, first_kick, metric.scale,
-                                                       metric.cholesky)
-                first_kick = self.full_kick(y)
-            return y, p, value, grad
-        return leapfrog
+    def __call__(self, chains, tune: Tuning, states: tuple, rules: tuple, adapting: bool, metric: Metric, k: int,
+                 params: StepParams, generator: torch.Generator):
+        """Run k iterations: (chains, tune, adaptation states, Report). `rules` are the run's adaptations (all
+        traceable), applied while `adapting`."""
+        draws = self.sampler.draws(k, chains.z, generator)
+        states = tuple(_as_tensors(s, chains.z) for s in states)
+        flag = torch.tensor(adapting, device=chains.z.device)
+        chains, step_size, states, report = self._function(k, rules)(
+            chains, params, states, flag, metric.scale, metric.cholesky, draws)
+        return chains, tune.with_step_size(step_size), states, report
 
 
 class CompiledPaths(NamedTuple):
     value_and_grad: Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]
-    leapfrog: CompiledLeapfrog
+    leapfrog: object  # kale_fast.samplers.leapfrog.CompiledLeapfrog
+    iterations: Dict[tuple, CompiledIterations]  # by the sampler's configuration (configuration_key)
+
+
+_INITIAL_VALUES = ("step_size", "metric", "trajectory_length")
+
+
+def configuration_key(sampler, mode: Optional[str]) -> tuple:
+    """What a sampler's compiled iterations depend on: its type and options (tensors by identity: a compiled graph
+    holds the tensors of the sampler it was traced with), not the initial values that warm-up adapts."""
+    options = tuple(sorted((name, id(value) if isinstance(value, Tensor) else value)
+                           for name, value in vars(sampler).items()
+                           if name not in _INITIAL_VALUES
+                           and isinstance(value, (Tensor, int, float, str, bool, type(None)))))
+    return type(sampler), options, mode
+
+
+def compiled_iterations(paths: CompiledPaths, sampler, potential, mode: Optional[str]) -> CompiledIterations:
+    key = configuration_key(sampler, mode)
+    if key not in paths.iterations:
+        paths.iterations[key] = CompiledIterations(sampler, potential, mode)
+    return paths.iterations[key]
 
 
 # Compiled paths outlive a run, so that a warm-up run followed by a sampling run (or many short runs) of one
@@ -104,13 +173,13 @@ class CompiledPaths(NamedTuple):
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def compiled_paths(potential) -> CompiledPaths:
-    """The compiled value-and-gradient and leapfrog of a potential, made at its first use."""
+def compiled_paths(potential, make_leapfrog: Callable) -> CompiledPaths:
+    """The compiled value-and-gradient, leapfrog and whole-iteration functions of a potential, made at first use."""
     try:
         return _CACHE[potential]
     except (KeyError, TypeError):
         pass
-    paths = CompiledPaths(compiled_value_and_grad(potential), CompiledLeapfrog(potential))
+    paths = CompiledPaths(compiled_value_and_grad(potential), make_leapfrog(potential), {})
     try:
         _CACHE[potential] = paths
     except TypeError:

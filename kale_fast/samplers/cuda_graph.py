@@ -11,7 +11,7 @@ from typing import Callable, Dict, Tuple
 
 import torch
 
-from kale_fast.samplers.base import StepParams
+from kale_fast.samplers.core import StepParams
 
 
 def _clone(state):

@@ -6,28 +6,19 @@ trajectory is computed once, the first kick reuses the chain's stored gradient, 
 trajectory's last evaluation (no extra forward pass). All chains take the same number of leapfrog steps.
 """
 import math
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import List, NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from kale_fast.samplers import checks
-from kale_fast.samplers.base import Sampler, StepContext, StepParams, ValueAndGrad, check_count, check_fraction
+from kale_fast.reference import integrators as reference
+from kale_fast.samplers import adaptation, checks
+from kale_fast.samplers.base import Sampler
+from kale_fast.samplers.core import StepContext, StepParams, Tuning, ValueAndGrad, check_count, check_fraction
+from kale_fast.samplers.langevin import log_uniform_draws, normal_draws
+from kale_fast.samplers.leapfrog import algebra_leapfrog
 from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.state import ChainState, Transition
-
-
-def eager_leapfrog(kernels, value_and_grad: ValueAndGrad):
-    """n leapfrog steps of step h (B,) with the fused kick-drift kernel, on a copy of y and in place on p (a
-    tensor the caller owns); the first step opens with a half kick. Returns (y, p, U(y), grad U(y)) at the
-    trajectory's end, before its closing half kick."""
-    def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
-        y = y.clone()
-        for i in range(n):
-            kernels.leapfrog_kick_drift(y, p, grad, step_size, 0.5 if i == 0 else 1.0)
-            value, grad = value_and_grad(y)
-        return y, p, value, grad
-    return leapfrog
 
 
 class HMC(Sampler):
@@ -56,9 +47,11 @@ class HMC(Sampler):
     def init(self, ctx: StepContext, y: Tensor) -> ChainState:
         return ChainState(y, *ctx.value_and_grad(y))
 
-    def params(self, step_size: Tensor, mean_step_size: float, trajectory_length: Optional[float],
-               iteration: int, adapting: bool) -> StepParams:
-        return StepParams(step_size, self.n_leapfrog, adapting=adapting)
+    def params(self, tune: Tuning, iteration: int, adapting: bool) -> StepParams:
+        return StepParams(tune.step_size, self.n_leapfrog, adapting=adapting)
+
+    def gradients_per_iteration(self) -> int:
+        return self.n_leapfrog
 
     def step(self, state: ChainState, params: StepParams, ctx: StepContext) -> Tuple[ChainState, Transition]:
         y0 = state.z
@@ -74,6 +67,27 @@ class HMC(Sampler):
         accept_prob, accepted = ctx.kernels.hmc_trajectory_end(y, p, grad, value, y0, state.potential, state.grad,
                                                                kinetic0, step_size, ctx.log_uniform(value))
         return ChainState(y, value, grad), self._transition(accept_prob, accepted, divergent, proposal, y0, params)
+
+    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
+        """Momenta (k, B, L), log-uniforms (k, B) and, with jitter, the step's uniforms (k, B)."""
+        draws = normal_draws(k, like, generator), log_uniform_draws(k, like, generator)
+        if self.jitter:
+            draws += (torch.rand((k, like.shape[0]), generator=generator, dtype=like.dtype, device=like.device),)
+        return draws
+
+    def algebra_step(self, state: ChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
+        momentum, log_uniform, *uniform = draws
+        step_size = params.step_size
+        if self.jitter:
+            step_size = step_size * ((1 - self.jitter) + 2 * self.jitter * uniform[0])
+        kinetic0 = 0.5 * (momentum * momentum).sum(1)
+        y, p, value, grad = algebra_leapfrog(value_and_grad, state.z, momentum, state.grad, step_size,
+                                             params.n_leapfrog)
+        end_momentum = p - 0.5 * step_size[:, None] * grad
+        divergent = checks.divergent(checks.hmc_energy_error(value, end_momentum, state.potential, kinetic0))
+        *chosen, accept_prob, accepted = reference.hmc_trajectory_end(
+            y, p, grad, value, state.z, state.potential, state.grad, kinetic0, step_size, log_uniform)
+        return ChainState(*chosen), Transition(accept_prob, accepted, divergent)
 
     # ChEES records the proposal before the Metropolis test; plain HMC does not.
     def _proposal(self, y, end_momentum):
@@ -128,14 +142,23 @@ class ChEES(HMC):
         self.trajectory_length = check_fraction("trajectory_length", trajectory_length, 0.0, math.inf)
         self.max_leapfrog = check_count("max_leapfrog", max_leapfrog, 1)
 
-    def initial_trajectory_length(self, step_size: Tensor) -> Optional[float]:
+    compiles_whole_iterations = False  # its leapfrog count varies: compiled leapfrog chunks, eager iterations
+    host_step_size = True
+
+    def initial_trajectory_length(self) -> Optional[float]:
         return self.trajectory_length
 
-    def params(self, step_size: Tensor, mean_step_size: float, trajectory_length: Optional[float],
-               iteration: int, adapting: bool) -> StepParams:
-        time = halton(iteration + 1) * trajectory_length
-        n = min(max(math.ceil(time / mean_step_size), 1), self.max_leapfrog)  # one count for all chains
-        return StepParams(step_size, n, time, adapting)
+    def adaptations(self, warmup: int) -> List[object]:
+        return super().adaptations(warmup) + ([adaptation.TrajectoryLengthAdaptation(self.max_leapfrog)]
+                                              if warmup else [])
+
+    def params(self, tune: Tuning, iteration: int, adapting: bool) -> StepParams:
+        time = halton(iteration + 1) * tune.trajectory_length
+        n = min(max(math.ceil(time / tune.mean_step_size), 1), self.max_leapfrog)  # one count for all chains
+        return StepParams(tune.step_size, n, time, adapting)
+
+    def gradients_per_iteration(self) -> int:
+        return self.max_leapfrog
 
     # The harmonic mean over chains: one chain stuck at low acceptance pulls the step size down.
     harmonic_acceptance = True

@@ -8,8 +8,10 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from kale_fast.reference import integrators as reference
 from kale_fast.samplers import checks
-from kale_fast.samplers.base import Sampler, StepContext, StepParams
+from kale_fast.samplers.base import Sampler
+from kale_fast.samplers.core import StepContext, StepParams, ValueAndGrad
 from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.state import ChainState, Transition
 
@@ -19,6 +21,16 @@ def unadjusted(potential: Tensor, grad: Tensor) -> Transition:
     gradient (B, L): divergent where either is not finite."""
     ones = torch.ones_like(potential)
     return Transition(ones, torch.ones_like(ones, dtype=torch.bool), checks.nonfinite(potential, grad))
+
+
+def normal_draws(k: int, like: Tensor, generator: torch.Generator) -> Tensor:
+    """k draws of standard normal noise like the chains, (k, B, L)."""
+    return torch.randn((k, *like.shape), generator=generator, dtype=like.dtype, device=like.device)
+
+
+def log_uniform_draws(k: int, like: Tensor, generator: torch.Generator) -> Tensor:
+    """k draws of log u, u ~ U(0, 1), one per chain: (k, B), for Metropolis tests."""
+    return torch.log(torch.rand((k, like.shape[0]), generator=generator, dtype=like.dtype, device=like.device))
 
 
 class ULA(Sampler):
@@ -37,6 +49,15 @@ class ULA(Sampler):
         y = state.z.clone()
         ctx.kernels.ula_step(y, state.grad, params.step_size, ctx.seed(y), None)
         value, grad = ctx.value_and_grad(y)
+        return ChainState(y, value, grad), unadjusted(value, grad)
+
+    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
+        return (normal_draws(k, like, generator),)
+
+    def algebra_step(self, state: ChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
+        (noise,) = draws
+        y = reference.ula_step(state.z, state.grad, params.step_size, noise)
+        value, grad = value_and_grad(y)
         return ChainState(y, value, grad), unadjusted(value, grad)
 
 
@@ -65,3 +86,16 @@ class MALA(Sampler):
         accept_prob, accepted = ctx.kernels.mala_accept(state.z, state.potential, state.grad, y_prop, value, grad,
                                                         params.step_size, ctx.log_uniform(value))
         return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, divergent)
+
+    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
+        return normal_draws(k, like, generator), log_uniform_draws(k, like, generator)
+
+    def algebra_step(self, state: ChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
+        noise, log_uniform = draws
+        y_prop = reference.mala_propose(state.z, state.grad, params.step_size, noise)
+        value, grad = value_and_grad(y_prop)
+        divergent = checks.divergent(checks.mala_energy_error(state.z, state.potential, state.grad, y_prop, value,
+                                                              grad, params.step_size))
+        *chosen, accept_prob, accepted = reference.mala_accept(state.z, state.potential, state.grad, y_prop, value,
+                                                               grad, params.step_size, log_uniform)
+        return ChainState(*chosen), Transition(accept_prob, accepted, divergent)

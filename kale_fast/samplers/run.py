@@ -1,24 +1,24 @@
 """The run loop of every sampler: checks (once per run), warm-up adaptation on Stan's windowed schedule,
-sampling with thinning, progress, chunks of chains, compiled or CUDA-graph steps, and exact resume.
+sampling with thinning, progress, chunks of chains, and exact resume. It knows samplers only through their
+interface (kale_fast.samplers.base): init/step, the adaptations they declare, and for the compiled path
+draws/algebra_step, which it runs k whole iterations per compiled call (kale_fast.samplers.compiled).
 
 During a run the chains live in the metric's unit coordinates (kale_fast.samplers.metric); traces, results and
 saved states are in z's coordinates.
 """
-import math
 import warnings
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from kale_fast.ops import integrators
 from kale_fast.samplers import adaptation, checks
-from kale_fast.samplers.base import Sampler, StepContext, check_count
-from kale_fast.samplers.compiled import compiled_paths
-from kale_fast.samplers.hmc import HMC, ChEES, eager_leapfrog
-from kale_fast.samplers.metric import (Metric, MetricEstimator, check_metric, position_from_unit, position_to_unit,
-                                       unit_value_and_grad)
+from kale_fast.samplers.compiled import Report, aligned_chunk, chunk_iterations, compiled_iterations, compiled_paths
+from kale_fast.samplers.context import build_context
+from kale_fast.samplers.core import Tuning, check_count
+from kale_fast.samplers.leapfrog import CompiledLeapfrog
+from kale_fast.samplers.metric import Metric, MetricEstimator, check_metric, position_from_unit, position_to_unit
 from kale_fast.samplers.state import (SampleResult, SamplerState, chains_from_unit, chains_to_unit,
                                       check_saved_state)
 
@@ -34,49 +34,75 @@ def _check_z0(z0) -> Tensor:
     return z0
 
 
-class _Machinery:
-    """The step functions of one run, for one metric at a time: eager fused kernels, or compiled gradient
-    paths (kale_fast.samplers.compiled), optionally replayed from CUDA graphs."""
+class _Engine:
+    """How one run advances its chains: eager steps (fused kernels, optionally replayed from CUDA graphs) or, with
+    compile=True, k whole compiled iterations per call where the sampler allows it, else eager steps around a
+    compiled potential and leapfrog."""
 
-    def __init__(self, sampler: Sampler, potential, z: Tensor, generator: torch.Generator, compile: bool,
-                 cuda_graph: bool):
-        self.sampler, self.potential, self.generator = sampler, potential, generator
-        self.kernels = integrators.kernels_for(z)
-        self.compiled_value_and_grad = self.compiled_leapfrog = None
-        if compile:
-            paths = compiled_paths(potential)
-            self.compiled_value_and_grad = paths.value_and_grad
-            if isinstance(sampler, HMC):
-                self.compiled_leapfrog = paths.leapfrog
-                if not isinstance(sampler, ChEES):  # a fixed count runs as one chunk
-                    self.compiled_leapfrog.exact_counts.add(sampler.n_leapfrog)
-        self.cuda_graph = cuda_graph
-
-    def context(self, metric: Metric) -> StepContext:
-        if self.compiled_value_and_grad is not None:
-            compiled = self.compiled_value_and_grad
-            value_and_grad = lambda y: compiled(y, metric)  # noqa: E731
-        else:
-            value_and_grad = lambda y: unit_value_and_grad(self.potential, y, metric)  # noqa: E731
-        leapfrog = (self.compiled_leapfrog.bind(metric) if self.compiled_leapfrog is not None
-                    else eager_leapfrog(self.kernels, value_and_grad))
-        return StepContext(value_and_grad, self.kernels, leapfrog, self.generator)
-
-    def stepper(self, ctx: StepContext, state, step_size: Tensor):
-        """step(state, params) for this context; captured in CUDA graphs when asked and possible."""
-        eager = lambda state, params: self.sampler.step(state, params, ctx)  # noqa: E731
-        if not self.cuda_graph:
-            return eager
-        if state.z.device.type != "cuda":
+    def __init__(self, sampler, potential, z: Tensor, generator: torch.Generator, compile: bool, cuda_graph: bool):
+        self.sampler, self.potential, self.z, self.generator = sampler, potential, z, generator
+        self.compile = compile
+        if cuda_graph and z.device.type != "cuda":
             warnings.warn("cuda_graph=True needs CUDA tensors; running the steps eagerly", stacklevel=4)
-            self.cuda_graph = False
-            return eager
-        from kale_fast.samplers.cuda_graph import CapturedSteps
+            cuda_graph = False
+        self.cuda_graph = cuda_graph
+        self.chunk = chunk_iterations(sampler) if compile else 0
+        self.iterations = None
+        if self.chunk:  # on CUDA with cuda_graph=True, compiled iterations replay as CUDA graphs
+            paths = compiled_paths(potential, CompiledLeapfrog)
+            self.iterations = compiled_iterations(paths, sampler, potential, "reduce-overhead" if cuda_graph else None)
+        self.metric = self.ctx = self.step = None
 
-        return CapturedSteps(eager, state, step_size, self.generator)
+    def set_metric(self, metric: Metric, chains, step_size: Tensor) -> None:
+        self.metric = metric
+        self.ctx = build_context(self.potential, self.z, generator=self.generator, metric=metric,
+                                 compile=self.compile)
+        eager = lambda state, params: self.sampler.step(state, params, self.ctx)  # noqa: E731
+        self.step = eager
+        if self.cuda_graph and self.iterations is None and chains is not None:
+            from kale_fast.samplers.cuda_graph import CapturedSteps  # only on CUDA
+
+            self.step = CapturedSteps(eager, chains, step_size, self.generator)
+
+    def whole_iterations(self, rules: tuple) -> bool:
+        """Whether iterations run compiled whole: where the sampler allows it and every adaptation is traceable."""
+        return self.iterations is not None and all(rule.traceable for rule in rules)
+
+    def advance(self, chains, tune: Tuning, states: tuple, rules: tuple, k: int, iteration: int,
+                adapting: bool) -> Tuple[object, Tuning, tuple, Report]:
+        """k iterations from `iteration` on, with the adaptation rules applied when adapting:
+        (chains, tune, adaptation states, Report)."""
+        if self.whole_iterations(rules):
+            params = self.sampler.params(tune, iteration, adapting)
+            return self.iterations(chains, tune, states, rules, adapting, self.metric, k, params, self.generator)
+        reports = []
+        for i in range(k):
+            params = self.sampler.params(tune, iteration + i, adapting)
+            chains, transition = self.step(chains, params)
+            if adapting:
+                updated = []
+                for rule, state in zip(rules, states):
+                    state, tune = rule.update(state, transition, params, tune)
+                    updated.append(state)
+                states = tuple(updated)
+            reports.append(Report.of_step(chains, transition))
+        return chains, tune, states, reports[0] if k == 1 else Report(*map(torch.cat, zip(*reports)))
 
 
-def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup: int = 0, thin: int = 0,
+def _segments(total: int, boundaries: List[int], longest: int):
+    """[start, end) runs of iterations that end on every boundary: of one aligned chunk length where it fits
+    (kale_fast.samplers.compiled.aligned_chunk), else single iterations."""
+    stops = sorted(set(boundaries) | {total})
+    chunk = aligned_chunk(longest, [b - a for a, b in zip([0] + stops, stops) if b > a])
+    i = 0
+    while i < total:
+        stop = next(s for s in stops if s > i)
+        k = chunk if i + chunk <= stop else 1
+        yield i, i + k
+        i += k
+
+
+def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup: int = 0, thin: int = 0,
                progress: bool = False, compile: bool = False, cuda_graph: bool = False,
                generator: Optional[torch.Generator] = None, chunk_size: Optional[int] = None,
                state: Optional[SamplerState] = None) -> SampleResult:
@@ -84,11 +110,13 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
     trajectory length; then frozen), then `n_steps` sampling steps.
 
     thin >= 1 keeps every thin-th sampling state in the trace, (B, T, L). chunk_size runs the chains in chunks
-    of that many to bound memory. compile=True runs the gradient path through torch.compile
-    (kale_fast.samplers.compiled: worth it when the potential is cheap or B small); cuda_graph=True replays
-    each step from a CUDA graph (CUDA tensors only). `state` (a previous result's .state, or SamplerState.load)
-    continues a run exactly, in place of z0; a further warm-up adapts again from its values. Randomness comes
-    from `generator`, or from one seeded by torch's global generator, so torch.manual_seed repeats a run.
+    of that many to bound memory. compile=True runs whole iterations through torch.compile, k per call
+    (kale_fast.samplers.compiled: worth it when the potential is cheap or B small; its random draws are made
+    in blocks from the generator, so its chains differ from the eager path's); cuda_graph=True replays each step
+    (or compiled chunk) from a CUDA graph (CUDA tensors only). `state` (a previous result's .state, or
+    SamplerState.load) continues a run exactly, in place of z0; a further warm-up adapts again from its values.
+    Randomness comes from `generator`, or from one seeded by torch's global generator, so torch.manual_seed
+    repeats a run.
     """
     check_count("n_steps", n_steps, 0)
     check_count("warmup", warmup, 0)
@@ -111,33 +139,34 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
                     for chunk in z.split(chunk_size)])
     if generator is None:  # drawn from the global generator: torch.manual_seed repeats the run
         generator = torch.Generator(device=z.device).manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
-    machinery = _Machinery(sampler, potential, z, generator, compile, cuda_graph)
+    engine = _Engine(sampler, potential, z, generator, compile, cuda_graph)
 
     if state is not None:
         generator.set_state(state.generator_state)
         metric = check_metric(state.metric, z)
-        step_size = state.step_size.to(z.dtype).clone()
-        trajectory_length, iteration = state.trajectory_length, state.iteration
-        ctx = machinery.context(metric)
+        tune = Tuning(state.step_size.to(z.dtype).clone(), state.trajectory_length)
+        iteration = state.iteration
         chains = state.resume_chains(metric)
+        engine.set_metric(metric, chains, tune.step_size)
     else:
         metric = check_metric(sampler.metric, z) if isinstance(sampler.metric, Metric) else Metric()
-        step_size = _initial_step_size(sampler, z)
-        trajectory_length, iteration = sampler.initial_trajectory_length(step_size), 0
-        ctx = machinery.context(metric)
-        chains = sampler.init(ctx, position_to_unit(metric, z))
+        tune = Tuning(_initial_step_size(sampler, z), sampler.initial_trajectory_length())
+        iteration = 0
+        # the first evaluation eagerly: one call is not worth a compilation of its own
+        chains = sampler.init(build_context(potential, z, generator=generator, metric=metric),
+                              position_to_unit(metric, z))
         _check_initial_potential(chains, z)
-    step = machinery.stepper(ctx, chains, step_size)
+        engine.set_metric(metric, chains, tune.step_size)
+    if sampler.host_step_size:
+        tune = tune._replace(mean_step_size=float(tune.step_size.mean()))
 
     adapt_metric = isinstance(sampler.metric, str) and sampler.metric != "identity"
     windows = adaptation.metric_windows(warmup) if adapt_metric else []
     window_ends = {end for _, end in windows}
     estimator = None
-    dual_averaging = adaptation.dual_averaging_init(step_size) if checks.adapts_step_size(sampler, warmup) else None
-    chees = adaptation.chees_init(trajectory_length) if isinstance(sampler, ChEES) and warmup else None
-    # ChEES sets its leapfrog count on the host from the mean step size: read once per change, not per step.
-    host_mean_step = (lambda: float(step_size.mean())) if isinstance(sampler, ChEES) else (lambda: math.nan)
-    mean_step = host_mean_step()
+    # The rules stay through sampling, frozen: compiled whole iterations then share one graph with warm-up.
+    rules = tuple(sampler.adaptations(warmup))
+    states = tuple(rule.init(tune) for rule in rules)
 
     accepted = torch.zeros_like(chains.potential)
     divergent = torch.zeros(chains.potential.shape, dtype=torch.long, device=z.device)
@@ -145,59 +174,50 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
     start_z, start_potential = z, chains.potential  # for the end-of-run checks (never modified in place)
     traces, potential_traces = [], []
     total = warmup + n_steps
+    longest = engine.chunk if engine.whole_iterations(rules) else 1
     with torch.no_grad(), tqdm(total=total, disable=not progress, desc=type(sampler).__name__) as bar:
-        for i in range(total):
-            adapting = i < warmup
-            params = sampler.params(step_size, mean_step, trajectory_length, iteration, adapting)
-            chains, transition = step(chains, params)
-            iteration += 1
+        for start, end in _segments(total, sorted(window_ends | {warmup}), longest):
+            adapting = start < warmup
+            chains, tune, states, report = engine.advance(chains, tune, states, rules, end - start, iteration,
+                                                          adapting)
+            iteration += end - start
             if adapting:
-                divergent_warmup += transition.divergent
-                if dual_averaging is not None:
-                    dual_averaging = adaptation.dual_averaging_update(
-                        dual_averaging, sampler.acceptance_statistic(transition), sampler.target_accept)
-                    step_size = torch.exp(dual_averaging.log_step)
-                    mean_step = host_mean_step()
-                if chees is not None:
-                    gradient = float(adaptation.chees_gradient(transition, params.trajectory_time))
-                    chees = adaptation.chees_update(chees, gradient, mean_step, sampler.max_leapfrog)
-                    trajectory_length = math.exp(chees.log_length)
-                if any(start <= i < end for start, end in windows):
-                    if estimator is None:
-                        estimator = MetricEstimator(sampler.metric, z.shape[1], z.device)
-                    estimator.update(position_from_unit(metric, chains.z))
-                if i + 1 in window_ends:  # a new metric: chains re-expressed, step-size adaptation restarts
+                divergent_warmup += report.divergent.sum(0)
+                for row, i in enumerate(range(start, end)):
+                    if any(first <= i < last for first, last in windows):
+                        if estimator is None:
+                            estimator = MetricEstimator(sampler.metric, z.shape[1], z.device)
+                        estimator.update(position_from_unit(metric, report.z[row]))
+                if end in window_ends:  # a new metric: chains re-expressed, step-size adaptation restarts
                     new_metric = estimator.metric(z.dtype) or metric  # None: no finite draw
                     chains = chains_to_unit(chains_from_unit(chains, metric), new_metric)
                     metric, estimator = new_metric, None
-                    ctx = machinery.context(metric)
-                    step = machinery.stepper(ctx, chains, step_size)
-                    if dual_averaging is not None:
-                        step_size = torch.exp(dual_averaging.log_step_avg)
-                        dual_averaging = adaptation.dual_averaging_init(step_size)
-                        mean_step = host_mean_step()
-                if i == warmup - 1:  # end of warm-up: the averaged values are kept
-                    if dual_averaging is not None:
-                        step_size = torch.exp(dual_averaging.log_step_avg)
-                        mean_step = host_mean_step()
-                    if chees is not None:
-                        trajectory_length = math.exp(chees.log_length_avg)
-                    dual_averaging = chees = None
+                    engine.set_metric(metric, chains, tune.step_size)
+                    restarted = []
+                    for rule, rule_state in zip(rules, states):
+                        rule_state, tune = rule.restart(rule_state, tune)
+                        restarted.append(rule_state)
+                    states = tuple(restarted)
+                if end == warmup:  # end of warm-up: the averaged values are kept
+                    for rule, rule_state in zip(rules, states):
+                        tune = rule.final(rule_state, tune)
             else:
-                accepted += transition.accepted
-                divergent += transition.divergent
-                done = i - warmup + 1
-                if thin and done % thin == 0:
-                    traces.append(position_from_unit(metric, chains.z).clone())
-                    potential_traces.append(chains.potential.clone())
-            if progress and (i % 10 == 0 or i == total - 1):  # reading these synchronises: only with a bar
-                accept = (f"{transition.accept_prob.mean().item():.3f}" if sampler.default_target_accept is not None
+                accepted += report.accepted.sum(0)
+                divergent += report.divergent.sum(0)
+                for row, i in enumerate(range(start, end)):
+                    if thin and (i - warmup + 1) % thin == 0:
+                        traces.append(position_from_unit(metric, report.z[row]).clone())
+                        potential_traces.append(report.potential[row].clone())
+            # reading these synchronises: only with a bar, about every 10 iterations
+            if progress and ((end - 1) // 10 > (start - 1) // 10 or end == total):
+                accept = (f"{report.accept_prob[-1].mean().item():.3f}" if sampler.default_target_accept is not None
                           else "unadjusted")  # ULA, kinetic Langevin: no Metropolis test, no acceptance rate
-                bar.set_postfix(accept=accept, step=f"{step_size.mean().item():.3g}")
-            bar.update(1)
+                bar.set_postfix(accept=accept, step=f"{tune.step_size.mean().item():.3g}")
+            bar.update(end - start)
 
     unit = type(chains)(*(t.clone() for t in chains))
     final = chains_from_unit(unit, metric)
+    step_size, trajectory_length = tune.step_size, tune.trajectory_length
     saved = SamplerState(sampler.name, final, step_size, metric, trajectory_length, iteration, generator.get_state(),
                          unit)
     result = SampleResult(
@@ -210,7 +230,7 @@ def run_chains(sampler: Sampler, potential, z0: Optional[Tensor], n_steps: int, 
     return result
 
 
-def _initial_step_size(sampler: Sampler, z: Tensor) -> Tensor:
+def _initial_step_size(sampler, z: Tensor) -> Tensor:
     if isinstance(sampler.step_size, Tensor):
         if sampler.step_size.shape != z.shape[:1]:
             raise ValueError(f"a per-chain step_size must have shape ({z.shape[0]},), got "
