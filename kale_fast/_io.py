@@ -129,6 +129,18 @@ def remove_stale_temporaries(folder: PathLike) -> list:
     return stale
 
 
+def read_utf8(path: PathLike, what: str) -> str:
+    """A text file's contents (a leading byte-order mark dropped); a file that is not UTF-8 is a ValueError naming
+    the line and the byte (`what`: e.g. "config file")."""
+    data = Path(path).read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(f"{what} {path} is not UTF-8 text: byte {data[error.start]:#04x} at line {line} (save it "
+                         f"as UTF-8)") from None
+
+
 def load_torch_file(path: PathLike, map_location=None) -> Any:
     """torch.load of a file that must hold tensors and plain Python data only (dicts, lists, tuples, numbers,
     strings): anything else is refused with a ValueError before it can run (weights_only=True), and so is a

@@ -152,7 +152,7 @@ def test_semicolon_files_and_files_without_a_header_keep_every_row(tmp_path):
     assert read_table(single)[0].shape == (3, 1)
     with pytest.raises(ValueError, match="'header'"):
         read_table(_write(tmp_path / "h2.csv", values), header=False)
-    with pytest.raises(ValueError, match="'delimiter' \\(here ';'\\)"):
+    with pytest.raises(ValueError, match="'delimiter', here ';'"):
         read_table(_write(tmp_path / "c.csv", values), delimiter=";")
     with pytest.raises(ValueError, match="config key 'delimiter' must be one character"):
         read_table(_write(tmp_path / "c.csv", values), delimiter=";;")
@@ -208,7 +208,7 @@ def test_columns_as_one_string():
     ("a,b,c\n", "a header line and no rows"),
     ("a,b\n1,nan\n", "line 2, column 'b' is NaN"),
     ("a,b\n1,2\n3\n", "line 3 holds 1 fields, the first line 2"),
-    ("a,b\n1,2\n3,x\n", "must be a number"),
+    ("a,b\n1,2\n3,x\n", "line 3, column 'b': 'x' is not a number"),
 ])
 def test_bad_tables_are_rejected_with_a_clear_error(tmp_path, text, match):
     path = tmp_path / "bad.csv"
@@ -266,7 +266,7 @@ def test_a_pre_split_npz_is_taken_as_it_is(tmp_path):
     with pytest.raises(ValueError, match="'test' is \\(7, 4\\)"):
         load_tabular(str(tmp_path / "wide.npz"))
     np.savez(tmp_path / "pickled.npz", **{**arrays, "train": np.array([{"a": 1}], dtype=object)})
-    with pytest.raises(ValueError, match="allow_pickle=False"):  # never unpickled
+    with pytest.raises(ValueError, match="holds arrays of Python objects"):  # never unpickled
         load_tabular(str(tmp_path / "pickled.npz"))
 
 

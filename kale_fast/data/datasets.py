@@ -25,8 +25,19 @@ def load_images(config) -> Tuple[Tensor, Tensor]:
     return {"digits": load_digits, "mnist5k": load_mnist5k}[config.dataset]()
 
 
+# The keys that read and preprocess tables.
+_TABLE_KEYS = ("columns", "delimiter", "header", "max_correlation", "split", "split_seed", "dequantise", "whiten")
+
+
 def load_data(config) -> DataSplits:
-    """The configured data set's sample tensors."""
+    """The configured data set's sample tensors. The keys that read and preprocess tables are refused for a toy or
+    image data set (they would change nothing: silently ignored, a user would believe they had)."""
+    if config.dataset in TOY_DATASETS or config.dataset in IMAGE_DATASETS:
+        given = [key for key in _TABLE_KEYS if getattr(config, key) != getattr(type(config), key, None)]  # vs default
+        if given:
+            kind = "a toy set (made in code)" if config.dataset in TOY_DATASETS else "an image set"
+            raise ValueError(f"config key(s) {given} apply to tables; dataset {config.dataset!r} is {kind}, which "
+                             f"they would not change: drop them")
     if config.dataset in IMAGE_DATASETS:  # a fixed-seed shuffle, then the last n_test images are held out
         images, _ = load_images(config)
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(config.seed))

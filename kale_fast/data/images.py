@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from kale_fast._io import load_array_pickle
+from kale_fast.data.tabular import read_npz_arrays
 
 IMAGE_DATASETS = ("digits", "mnist5k", "cifar10")  # cifar10: <data_dir>/cifar-10-batches-py
 
@@ -59,18 +60,30 @@ def load_cifar10(folder, train: bool = True) -> Tuple[Tensor, Tensor]:
         batch = load_array_pickle(path)  # refuses anything but arrays and plain data: no code runs
         if not isinstance(batch, dict) or not {b"data", b"labels"} <= set(batch):
             raise ValueError(f"{path} is not a CIFAR-10 batch: expected a dict with b'data' and b'labels'")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(batch[b"labels"]))
+        data, batch_labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(data) == 0:
+            raise ValueError(f"{path} is not a CIFAR-10 batch: its b'data' must be uint8 (N, 3072) (N images of "
+                             f"3 x 32 x 32 bytes), got {data.dtype} {data.shape}")
+        if batch_labels.shape != (len(data),) or not np.issubdtype(batch_labels.dtype, np.integer):
+            raise ValueError(f"{path} is not a CIFAR-10 batch: its b'labels' must be {len(data)} integers (one per "
+                             f"image), got {batch_labels.dtype} {batch_labels.shape}")
+        images.append(data.reshape(-1, 3, 32, 32))
+        labels.append(batch_labels)
     return _to_unit_range(np.concatenate(images), 255.0), torch.from_numpy(np.concatenate(labels)).long()
 
 
 def load_npz(path, key: str = "images") -> Tuple[Tensor, Optional[Tensor]]:
     """Images stored as uint8 (N, H, W[, C]) or (N, C, H, W) under `key` (labels under "labels" if present)."""
-    with np.load(_require(Path(path), "the .npz file")) as data:
-        if key not in data:
-            raise ValueError(f"{path} has no array {key!r}; it holds {sorted(data.files)}")
-        images = data[key]
-        labels = torch.from_numpy(data["labels"]).long() if "labels" in data else None
+    arrays = read_npz_arrays(_require(Path(path), "the .npz file"), (key,), optional=("labels",))
+    images = arrays[key]
+    if images.dtype != np.uint8:
+        raise ValueError(f"{path}: {key!r} must hold uint8 pixels (0 to 255), got {images.dtype}")
+    labels = arrays.get("labels")
+    if labels is not None:
+        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
+            raise ValueError(f"{path}: 'labels' must be {len(images)} integers (one per image), got {labels.dtype} "
+                             f"{labels.shape}")
+        labels = torch.from_numpy(labels).long()
     if images.ndim == 3:
         images = images[:, None]
     elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):

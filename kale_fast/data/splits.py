@@ -140,8 +140,24 @@ def make_splits(values: np.ndarray, names: Sequence[str], split: str = "random",
         values, names = drop_correlated(values, names, max_correlation)
     train, validation, test, mean, transform = SPLITS[split](values, seed, dequantise, whiten)
 
-    def tensor(x):
-        return torch.from_numpy(np.ascontiguousarray(x)).float()
+    after = " after whitening" if whiten else " (whiten: false keeps the raw values)"
+    return TabularSplits(*(float32_tensor(x, names, f"the {part} split{after}") for part, x in
+                           (("train", train), ("validation", validation), ("test", test))),
+                         float32_tensor(mean, None, "the whitening mean"),
+                         float32_tensor(transform, None, "the whitening transform"), tuple(names))
 
-    return TabularSplits(tensor(train), tensor(validation), tensor(test), tensor(mean), tensor(transform),
-                         tuple(names))
+
+def float32_tensor(values: np.ndarray, names: Optional[Sequence[str]], what: str) -> Tensor:
+    """values as a float32 tensor, the models' precision; a value beyond float32's range (|x| > 3.4e38, where it
+    would become infinite) is a ValueError naming `what` and, for a table (rows, columns) named `names`, the
+    column."""
+    with np.errstate(over="ignore"):  # an overflow is reported below, with its column
+        converted = np.ascontiguousarray(values).astype(np.float32)
+    overflow = np.isfinite(values) & ~np.isfinite(converted)
+    if overflow.any():
+        where = np.argwhere(overflow)[0]
+        column = f", column {names[where[-1]]!r}" if names is not None and values.ndim == 2 else ""
+        raise ValueError(f"{what}{column} holds {values[tuple(where)]:.3g}, beyond float32's range (|x| <= "
+                         f"{np.finfo(np.float32).max:.3g}) in which the models compute: rescale the column, or "
+                         f"whiten it (whiten: true)")
+    return torch.from_numpy(converted)

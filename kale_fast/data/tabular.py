@@ -9,6 +9,7 @@ relative path never changes meaning with the environment).
 import csv
 import inspect
 import os
+import zipfile
 import re
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple, Union
@@ -16,7 +17,8 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from kale_fast.data.splits import TabularSplits, make_splits
+from kale_fast._io import read_utf8
+from kale_fast.data.splits import TabularSplits, float32_tensor, make_splits
 
 UCI_FILES = {"redwine": "uci/winequality-red.csv", "whitewine": "uci/winequality-white.csv"}
 UCI_DROPPED = ("quality",)  # the label column; the paper models the 11 features
@@ -71,7 +73,7 @@ def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[s
         raise _missing(path)
     if delimiter is not None and (not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n"):
         raise ValueError(f"config key 'delimiter' must be one character (not a quote or line break), got {delimiter!r}")
-    text = path.read_text(encoding="utf-8-sig")  # a spreadsheet's byte-order mark is not part of a name
+    text = read_utf8(path, "data file")  # a spreadsheet's byte-order mark is not part of a name
     if not text.strip():
         raise ValueError(f"{path} is empty: expected rows of numbers (and possibly a header line)")
     if delimiter is None:
@@ -79,27 +81,32 @@ def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[s
             delimiter = csv.Sniffer().sniff(text[:65536], delimiters=_DELIMITERS).delimiter
         except csv.Error:  # a single column, or no consistent delimiter: one column per line
             delimiter = ","
-    rows = [row for row in csv.reader(text.splitlines(), delimiter=delimiter) if row]
+    numbered = [(line, row) for line, row in enumerate(csv.reader(text.splitlines(), delimiter=delimiter), 1) if row]
+    rows, lines = [row for _, row in numbered], [line for line, _ in numbered]  # the file's lines, blank ones counted
     if header is None:
         header = not all(_is_number(cell) for cell in rows[0])
     names = [name.strip() for name in rows[0]] if header else [str(i) for i in range(len(rows[0]))]
-    body = rows[1:] if header else rows
+    body, lines = (rows[1:], lines[1:]) if header else (rows, lines)
     if not body:
         raise ValueError(f"{path} holds a header line and no rows of numbers")
     keep = _column_indices(names, columns, header, drop)
     bad_width = next((i for i, row in enumerate(body) if len(row) != len(names)), None)
     if bad_width is not None:
-        raise ValueError(f"{path}: line {bad_width + 1 + header} holds {len(body[bad_width])} fields, the first "
+        raise ValueError(f"{path}: line {lines[bad_width]} holds {len(body[bad_width])} fields, the first "
                          f"line {len(names)} (delimiter {delimiter!r}; set the config key 'delimiter' if that is "
                          f"not the file's)")
     try:
         values = np.array([[float(row[i]) for i in keep] for row in body], dtype=np.float64)
-    except ValueError as error:
-        raise ValueError(f"{path}: every field of the kept columns must be a number ({error}); check the config "
-                         f"keys 'delimiter' (here {delimiter!r}) and 'header' (here {header})") from error
+    except ValueError:
+        row, column = next((r, i) for r, cells in enumerate(body) for i in keep if not _is_number(cells[i]))
+        cell = body[row][column]
+        raise ValueError(f"{path}: line {lines[row]}, column {names[column]!r}: {cell!r} is not a number"
+                         f"{' (an empty field)' if not cell.strip() else ''}; every field of the kept columns must "
+                         f"be one (check the config keys 'delimiter', here {delimiter!r}, and 'header', here "
+                         f"{header})") from None
     if not np.isfinite(values).all():
         row, column = np.argwhere(~np.isfinite(values))[0]
-        raise ValueError(f"{path}: line {row + 1 + header}, column {names[keep[column]]!r} is NaN or infinite")
+        raise ValueError(f"{path}: line {lines[row]}, column {names[keep[column]]!r} is NaN or infinite")
     return values, tuple(names[i] for i in keep)
 
 
@@ -150,6 +157,10 @@ def _column_indices(names: List[str], columns, header: bool, drop: Sequence[str]
             indices.append(column)
         elif isinstance(column, str):
             if header and column in names:  # a name first: a header may name a column "3-5"
+                same = [i for i, name in enumerate(names) if name == column]
+                if len(same) > 1:
+                    raise ValueError(f"config key 'columns': the header names {len(same)} columns {column!r} (0-based "
+                                     f"indices {same}): give the index of the one you mean")
                 indices.append(names.index(column))
                 continue
             in_range = _column_range(column, names)
@@ -169,26 +180,44 @@ def _column_indices(names: List[str], columns, header: bool, drop: Sequence[str]
     return indices
 
 
+def read_npz_arrays(path: Path, keys: Sequence[str], optional: Sequence[str] = ()) -> dict:
+    """The arrays `keys` (and those of `optional` present) of a .npz archive, read without pickles: a file that
+    is not a .npz, lacks a key or holds Python objects is a ValueError naming it."""
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not a .npz archive (a zip of .npy arrays, as numpy.savez writes)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            missing = [key for key in keys if key not in archive.files]
+            if missing:
+                raise ValueError(f"{path} lacks the array(s) {missing}: it must hold {list(keys)}; it holds "
+                                 f"{sorted(archive.files)}")
+            return {key: archive[key] for key in (*keys, *(k for k in optional if k in archive.files))}
+    except ValueError as error:
+        if "pickle" in str(error) or "Object arrays" in str(error):
+            raise ValueError(f"{path} holds arrays of Python objects, which kale_fast does not load (loading them "
+                             f"could run code from the file): save arrays of numbers") from None
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        raise ValueError(f"{path} is a damaged .npz archive ({type(error).__name__}: {error})") from None
+
+
 def read_npz(path: Union[str, os.PathLike]) -> TabularSplits:
     """Pre-split arrays, taken as they are: a .npz with float arrays 'train', 'validation' and 'test' of shape
     (rows, D) each (the same D), read without pickles. Nothing is shuffled, dequantised or whitened."""
     path = Path(path)
     if not path.is_file():
         raise _missing(path)
-    with np.load(path, allow_pickle=False) as archive:
-        missing = [key for key in NPZ_SPLITS if key not in archive.files]
-        if missing:
-            raise ValueError(f"{path} lacks the array(s) {missing}: a pre-split .npz holds {list(NPZ_SPLITS)}")
-        arrays = {key: archive[key] for key in NPZ_SPLITS}
+    arrays = read_npz_arrays(path, NPZ_SPLITS)
     for key, array in arrays.items():
         if array.ndim != 2 or array.shape[1] != arrays["train"].shape[1] or len(array) == 0:
             raise ValueError(f"{path}: every array must be (rows >= 1, D) with the train array's D; {key!r} is "
                              f"{array.shape}, 'train' {arrays['train'].shape}")
-        if not np.issubdtype(array.dtype, np.number) or not np.isfinite(array).all():
-            raise ValueError(f"{path}: {key!r} must hold finite numbers (dtype {array.dtype})")
+        if not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array) or not np.isfinite(array).all():
+            raise ValueError(f"{path}: {key!r} must hold finite real numbers (dtype {array.dtype})")
     dim = arrays["train"].shape[1]
-    train, validation, test = (torch.from_numpy(arrays[key].astype(np.float32)) for key in NPZ_SPLITS)
-    return TabularSplits(train, validation, test, torch.zeros(dim), torch.eye(dim), tuple(str(i) for i in range(dim)))
+    names = tuple(str(i) for i in range(dim))
+    train, validation, test = (float32_tensor(arrays[key], names, f"{path}: {key!r}") for key in NPZ_SPLITS)
+    return TabularSplits(train, validation, test, torch.zeros(dim), torch.eye(dim), names)
 
 
 def load_tabular(dataset: str, directory: Optional[Union[str, os.PathLike]] = None, *,

@@ -138,7 +138,15 @@ def read_gebm_file(path: PathLike, device: str = "cpu") -> dict:
     if not isinstance(saved, dict) or saved.get("format") != GEBM_FILE_FORMAT:
         raise ValueError(f"{path} is not a file of GEBM.save (its 'format' is not {GEBM_FILE_FORMAT!r}); a run "
                          f"folder of `kale-fast train` is loaded by passing the folder itself")
-    return {**saved, "spec": json.loads(saved["spec"])}
+    missing = [key for key in ("latent_dim", "spec", "state", "log_partition") if key not in saved]
+    if missing:
+        raise ValueError(f"{path} is not a whole GEBM.save file: it lacks {missing}")
+    try:
+        spec = json.loads(saved["spec"]) if saved["spec"] is not None else None
+    except (TypeError, ValueError) as error:  # json.JSONDecodeError is a ValueError
+        raise ValueError(f"{path}: its 'spec' must be the JSON text GEBM.save writes, got {str(saved['spec'])[:60]!r} "
+                         f"({type(error).__name__}: {error})") from None
+    return {**saved, "spec": spec}
 
 
 def _what_file(path: PathLike) -> str:

@@ -96,7 +96,10 @@ def _checked(name: object, source: str) -> str:
     return name
 
 
-_current = _checked(os.environ.get("KALE_FAST_BACKEND", "auto"), "the environment variable KALE_FAST_BACKEND")
+# Checked when first used (get_backend, resolve), not here: a bad variable must not make `import kale_fast` (and
+# so the CLI, which reports errors in one line) fail with a traceback.
+_current = os.environ.get("KALE_FAST_BACKEND", "auto")
+_ENVIRONMENT = "the environment variable KALE_FAST_BACKEND"
 
 
 def set_backend(name: str) -> None:
@@ -112,7 +115,7 @@ def get_backend(device: Optional[Union[str, torch.device]] = None) -> str:
     """The name last given to `set_backend` (or KALE_FAST_BACKEND), "auto" by default; given a device, the
     concrete backend that runs there (what "auto" resolves to, e.g. get_backend("cpu") -> "cpp")."""
     if device is None:
-        return _current
+        return _checked(_current, _ENVIRONMENT)
     return resolve(torch.device(device))
 
 
@@ -134,6 +137,8 @@ def resolve(device: torch.device) -> str:
         for candidate in AUTO_ORDER.get(device_type, ("reference",)):
             if _AVAILABILITY[candidate].get(device_type, "") is None:
                 return candidate
+    if _current not in _AVAILABILITY:  # set_backend checks its names: this one came from the environment
+        _checked(_current, _ENVIRONMENT)
     reason = _AVAILABILITY[_current].get(device_type, f"no kernels for {device_type} tensors")
     if reason is not None:
         raise RuntimeError(f"kale_fast backend {_current!r} cannot run on a {device_type} tensor: {reason}")

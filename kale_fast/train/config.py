@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from kale_fast._suggest import did_you_mean
+from kale_fast._io import read_utf8
 from kale_fast.data.splits import SPLITS
 from kale_fast.data.tabular import parse_columns
 from kale_fast.models.init import INITS
@@ -201,13 +202,19 @@ class TrainConfig:
         for key in ("beta1", "beta2"):
             if not 0 <= getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be in [0, 1), got {getattr(self, key)}")
-        if not self.name or self.name in (".", "..") or Path(self.name).name != self.name:
+        if not self.name or self.name in (".", "..") or Path(self.name).name != self.name or "\0" in self.name:
             raise ValueError(f"config key 'name' must be a folder name inside out_dir (no '/', not '.' or '..'), "
                              f"got {self.name!r}")
+        if len(self.name.encode()) > _MAX_NAME_BYTES:
+            raise ValueError(f"config key 'name' must be at most {_MAX_NAME_BYTES} bytes (a folder name), got "
+                             f"{len(self.name.encode())} bytes: {self.name[:40]!r}...")
 
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        not_names = [key for key in values if not isinstance(key, str)]
+        if not_names:
+            raise ValueError(f"config keys are names (strings), got {not_names[0]!r} ({type(not_names[0]).__name__})")
         unknown = sorted(set(values) - known)
         if unknown:
             hints = "".join(did_you_mean(key, known).replace(";", f" ({key!r}:", 1).rstrip("?") + "?)"
@@ -225,7 +232,7 @@ class TrainConfig:
             raise ValueError(f"config file {path} has {path.stat().st_size} bytes; a config is a list of keys, "
                              f"at most {_MAX_CONFIG_BYTES} bytes")
         try:
-            values = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
+            values = yaml.load(read_utf8(path, "config file"), Loader=_UniqueKeyLoader) or {}
         except yaml.YAMLError as error:
             raise ValueError(f"config file {path} is not valid YAML: {error}") from None
         if not isinstance(values, dict):
@@ -251,7 +258,8 @@ class TrainConfig:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-_MAX_CONFIG_BYTES = 1 << 20
+_MAX_CONFIG_BYTES, _MAX_NESTING = 1 << 20, 20
+_MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
 # The most a config may ask for: far above any real run, low enough that a typo (or a crafted saved config) ends
 # as an error naming its key, not as an allocation of terabytes; seeds as NumPy's legacy generator takes them.
 _SIZE_LIMITS = dict(n_train=10 ** 8, n_test=10 ** 8, latent_dim=1 << 16, hidden=1 << 16, flow_hidden=1 << 16,
@@ -269,7 +277,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
             raise ValueError(f"YAML anchors and aliases (&name, *name) are not allowed in a config (line "
                              f"{event.start_mark.line + 1}): write each value out")
-        return super().compose_node(parent, index)
+        self._depth = getattr(self, "_depth", 0) + 1  # the composer recurses: refuse before Python's stack ends
+        try:
+            if self._depth > _MAX_NESTING:
+                raise ValueError(f"a config nests lists or mappings at most {_MAX_NESTING} deep; this one goes "
+                                 f"deeper at line {event.start_mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()

@@ -12,6 +12,7 @@ from typing import Iterable, List, NamedTuple, Tuple
 import numpy as np
 from scipy import stats
 
+from kale_fast._io import read_utf8
 from kale_fast.train.run_folder import SUMMARY
 
 
@@ -36,7 +37,15 @@ def read_summaries(run_dirs: Iterable[Path]) -> List[dict]:
         if not path.is_file():
             raise FileNotFoundError(f"{run_dir} holds no {SUMMARY}: evaluate the run first (kale-fast eval --run "
                                     f"{run_dir})")
-        summaries.append(json.loads(path.read_text()))
+        try:
+            summary = json.loads(read_utf8(path, "summary file"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not JSON ({error}): evaluate the run again (kale-fast eval --run "
+                             f"{run_dir})") from None
+        if not isinstance(summary, dict):
+            raise ValueError(f"{path} must hold a JSON object of a run's results, got {type(summary).__name__}: "
+                             f"evaluate the run again (kale-fast eval --run {run_dir})")
+        summaries.append(summary)
     return summaries
 
 
