@@ -13,8 +13,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import torch
 import yaml
 
-from kale_fast._suggest import did_you_mean
 from kale_fast._io import read_utf8
+from kale_fast._suggest import did_you_mean
 from kale_fast.data.splits import SPLITS
 from kale_fast.data.tabular import parse_columns
 from kale_fast.models.init import INITS
