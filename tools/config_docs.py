@@ -28,7 +28,7 @@ GROUPS: Dict[str, List[str]] = {
                  "base_from", "spectral_norm", "spectral_norm_head", "init", "energy_clamp"],
     "The authors' options": ["faithful", "eval_idle_network"],
     "Objective and optimisation": ["objective", "energy_only", "n_iter", "n_iter_d_init", "n_iter_d", "batch_size",
-                                   "lr_energy", "lr_base", "beta1", "beta2", "penalty", "n_partition_samples"],
+                                   "lr_energy", "lr_base", "beta1", "beta2", "penalty", "n_partition_samples", "compile"],
     "Validation": ["validate_every", "patience"],
     "Evaluation samples": ["sampler", "sampler_steps", "step_size", "n_eval", "feature_net"],
     "Logging and checkpoints": ["log_every", "checkpoint_every"],

@@ -1,12 +1,8 @@
 """The KALE training loop of the GEBM paper (Algorithm 1), thin and resumable.
 
-Round k: n_iter_d_init (k = 0) or n_iter_d energy steps, then one base step (none with energy_only).
-- Energy step: kf.kale_loss(E(x_real), E(B(z)), A) (or the Donsker-Varadhan form) plus
-  penalty * mean |grad_x E(x_hat)|^2 on random interpolates x_hat of real and base samples; real and base
-  batches go through the energy in one forward, the interpolates in a second one (so that the penalty's double
-  backward runs over them alone). Adam on the energy's parameters and A.
-- Base step: the minibatch KALE estimate's base-dependent part, -log mean exp(-E(B(z))), whose gradient is the
-  softmax(-E)-weighted energy gradient; only the base's parameter gradients are computed.
+Round k: n_iter_d_init (k = 0) or n_iter_d energy steps, then one base step (none with energy_only); the steps
+are the public ones of train/steps.py (kf.KALETrainer: the KALE loss plus the gradient penalty, then the base's
+-log mean exp(-E(B(z)))), eager or compiled (`compile`).
 With objective "ml" a flow base is trained by maximum likelihood alone (the baseline of the tabular results),
 and energy_only with base_from trains an energy on a frozen, pre-trained base.
 With validate_every, the validation NLL of the flow (ml) or of the GEBM (kale, dv; A by Monte Carlo) is scored
@@ -27,7 +23,6 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import kale_fast as kf
 from kale_fast._io import atomic_torch_save, atomic_write_text
 from kale_fast.data import data_hash, load_data
 from kale_fast.models import GEBM, build_gebm
@@ -37,22 +32,37 @@ from kale_fast.train.config import FLOW_BASES, TrainConfig
 from kale_fast.train.metrics_log import MetricsLog
 from kale_fast.train.plots import training_curves
 from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, TRAINING_PLOT
+from kale_fast.train.steps import KALETrainer
 
 
 @dataclass
 class Trainer:
-    """Models, optimisers and RNG of one run; `state_dict` holds everything a resume needs."""
+    """Models, optimisers and RNG of one run (`steps`, the public KALETrainer, runs the KALE steps); `state_dict`
+    holds everything a resume needs."""
     config: TrainConfig
     gebm: GEBM
-    log_partition: nn.Parameter
-    energy_optimizer: torch.optim.Optimizer
-    base_optimizer: torch.optim.Optimizer
-    generator: torch.Generator
+    steps: KALETrainer
     data_shape: Tuple[int, ...]  # of one sample: the checkpoint rebuilds the networks from it, without the data
     rounds_done: int = 0
     best_validation: float = math.inf  # early stopping: the best validation NLL so far (its state is in best.pt)
     stale_validations: int = 0         # and how many validations since have not improved on it
     data_hash: Optional[str] = None    # kale_fast.data.data_hash of the run's splits
+
+    @property
+    def log_partition(self) -> nn.Parameter:
+        return self.steps.log_partition
+
+    @property
+    def energy_optimizer(self) -> torch.optim.Optimizer:
+        return self.steps.energy_optimizer
+
+    @property
+    def base_optimizer(self) -> torch.optim.Optimizer:
+        return self.steps.base_optimizer
+
+    @property
+    def generator(self) -> torch.Generator:
+        return self.steps.generator
 
     @property
     def stopped_early(self) -> bool:
@@ -68,23 +78,18 @@ class Trainer:
             base_run = load_run(config.base_run_dir(), config.device)
             check_same_data(base_run.data_hash, data_hash, f"base_from run {config.base_run_dir()}")
             gebm.base.load_state_dict(base_run.gebm.base.state_dict())
-        generator = torch.Generator(device=device).manual_seed(config.seed + 1)
         if config.eval_idle_network:  # the authors estimate the initial A in eval mode (running batch-norm statistics)
             gebm.eval()
-        # A starts at the Monte-Carlo log mean exp(-E(B(z))) of the initial networks, its optimum.
-        initial_a, _ = gebm.log_partition(config.n_partition_samples, generator=generator)
-        log_partition = nn.Parameter(initial_a.to(device))
-        distributed.broadcast_parameters([*gebm.parameters(), log_partition])
+        steps = KALETrainer(gebm, penalty=config.penalty, objective="dv" if config.objective == "dv" else "kale",
+                            lr_energy=config.lr_energy, lr_base=config.lr_base, betas=(config.beta1, config.beta2),
+                            n_partition_samples=config.n_partition_samples,
+                            generator=torch.Generator(device=device).manual_seed(config.seed + 1),
+                            compile=config.compile, reduce_gradients=distributed.average_gradients)
+        distributed.broadcast_parameters([*gebm.parameters(), steps.log_partition])
         rank, _ = distributed.rank_and_size()
         if rank:  # each process draws its own batches
-            generator.manual_seed(config.seed + 1 + 7919 * rank)
-        betas = (config.beta1, config.beta2)
-        adam = dict(fused=True) if device.type == "cuda" else dict(foreach=True)
-        energy_optimizer = torch.optim.Adam([*gebm.energy.parameters(), log_partition], lr=config.lr_energy,
-                                            betas=betas, **adam)
-        base_optimizer = torch.optim.Adam(gebm.base.parameters(), lr=config.lr_base, betas=betas, **adam)
-        return cls(config, gebm, log_partition, energy_optimizer, base_optimizer, generator,
-                   tuple(train_data.shape[1:]), data_hash=data_hash)
+            steps.generator.manual_seed(config.seed + 1 + 7919 * rank)
+        return cls(config, gebm, steps, tuple(train_data.shape[1:]), data_hash=data_hash)
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the RNG states of every process are gathered."""
@@ -115,53 +120,29 @@ class Trainer:
         self.best_validation = state.get("best_validation", math.inf)
         self.stale_validations = state.get("stale_validations", 0)
 
-    # --- the two steps -------------------------------------------------------------------------------
+    # --- the two steps: KALETrainer's, with the batch drawn and the idle network's mode set here ------------
 
-    def _latent(self, n: int) -> Tensor:
-        return torch.randn(n, self.config.latent_dim, generator=self.generator, device=self.log_partition.device)
+    def energy_step(self, train_data: Tensor) -> Dict[str, Tensor]:
+        if self.config.eval_idle_network:
+            self.gebm.base.eval()
+            self.gebm.energy.train()
+        index = torch.randint(0, len(train_data), (self.config.batch_size,), generator=self.generator,
+                              device=train_data.device)
+        return self.steps.energy_step(train_data[index])
 
-    def energy_step(self, train_data: Tensor) -> Dict[str, float]:
-        config, gebm = self.config, self.gebm
-        if config.eval_idle_network:
-            gebm.base.eval()
-            gebm.energy.train()
-        n = config.batch_size
-        index = torch.randint(0, len(train_data), (n,), generator=self.generator, device=train_data.device)
-        x_real = train_data[index]
-        with torch.no_grad():
-            x_base = gebm.base(self._latent(n))
-        t = torch.rand(n, *([1] * (x_real.dim() - 1)), generator=self.generator, device=x_real.device)
-        e_data, e_base = gebm.energies(torch.cat([x_real, x_base])).split(n)  # one forward for both
-        loss = kf.kale_loss(e_data, e_base, self.log_partition if config.objective == "kale" else None)
-        penalty = torch.zeros((), device=loss.device)
-        if config.penalty > 0:
-            # A forward of its own: inside the concatenated batch, the double backward of the penalty would run
-            # over all 3n rows (measured 1.2x slower per step on the paper's 32x32 networks), not n.
-            x_hat = (t * x_real + (1 - t) * x_base).requires_grad_(True)
-            e_hat = gebm.energies(x_hat)
-            (grad_hat,) = torch.autograd.grad(e_hat.sum(), x_hat, create_graph=True)
-            penalty = config.penalty * grad_hat.pow(2).flatten(1).sum(1).mean()
-        self.energy_optimizer.zero_grad(set_to_none=True)
-        (loss + penalty).backward()
-        distributed.average_gradients([*self.gebm.energy.parameters(), self.log_partition])
-        self.energy_optimizer.step()
-        return dict(energy_loss=loss.detach(), penalty=penalty.detach())
-
-    def base_step(self, train_data: Tensor) -> Dict[str, float]:
+    def base_step(self, train_data: Tensor) -> Dict[str, Tensor]:
         if self.config.eval_idle_network:
             self.gebm.base.train()
             self.gebm.energy.eval()
-        base_params = list(self.gebm.base.parameters())
-        if self.config.objective == "ml":  # the baseline: maximum likelihood of the flow alone
-            index = torch.randint(0, len(train_data), (self.config.batch_size,), generator=self.generator,
-                                  device=train_data.device)
-            loss = -self.gebm.base.log_prob(train_data[index]).mean()
-        else:
-            loss = -kf.log_mean_exp(-self.gebm.energies(self.gebm.base(self._latent(self.config.batch_size))))
-        grads = torch.autograd.grad(loss, base_params)  # no energy parameter gradients
-        for param, grad in zip(base_params, grads):
-            param.grad = grad
-        distributed.average_gradients(base_params)
+        if self.config.objective != "ml":
+            return self.steps.base_step(self.config.batch_size)
+        # the baseline: maximum likelihood of the flow alone
+        index = torch.randint(0, len(train_data), (self.config.batch_size,), generator=self.generator,
+                              device=train_data.device)
+        loss = -self.gebm.base.log_prob(train_data[index]).mean()
+        self.base_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        distributed.average_gradients(self.gebm.base.parameters())
         self.base_optimizer.step()
         return dict(base_loss=loss.detach())
 
