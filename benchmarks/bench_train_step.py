@@ -1,5 +1,6 @@
 """Training steps: kale_fast.train.Trainer against a faithful reimplementation of the authors' training step
-(benchmarks/authors_train_step.py), the same networks, math and precision (fp32), side by side in one run.
+(benchmarks/authors_train_step.py), the same networks, math and precision (fp32), side by side in one run; and
+the Trainer's eager steps against its compiled ones (`compile: true`) and the GEMM floor.
 
 1. The paper's 32x32 networks as the authors set them up (`faithful: true`: spectral norm but for the last
    layer, Xavier init, the idle network in eval mode, the clamp; latent 100, penalty 1, synthetic images):
@@ -7,14 +8,25 @@
    B = 16 on CPU (full runs only).
 2. The toy config's MLPs (3 x 128, 2-D, B = 256).
 A round of the paper's schedule is 5 energy steps and one base step; the round ratio weighs them so.
+
+Eager against compiled (full runs only: compiling takes tens of seconds), on the shipped configs' networks:
+configs/toy_8gaussians.yaml (MLPs 3 x 128, 2-D, B = 256, penalty 0.1; a round = 5 energy steps + 1 base step)
+and configs/redwine_kale.yaml (energy MLP 3 x 128 on 11-D over a frozen RealNVP base, B = 256; energy_only: a
+round = 5 energy steps). Each row gives the compile time (first calls), the per-step times of both, the round
+ratio eager / compiled from interleaved repeats, the break-even round count (compile time / time saved per
+round) and the GEMM floor of each step: torch's measured fp32 GEMM rate (benchmarks/floors.py) at every product
+the step's forward, penalty (input gradient and its double backward) and parameter gradients need.
 """
 import copy
-from typing import List
+import dataclasses
+import time
+from typing import List, Sequence, Tuple
 
 import torch
 
 from benchmarks._timing import cell, interleaved_ms, ratio_spread, spread
 from benchmarks.authors_train_step import AuthorsTrainStep
+from benchmarks.floors import gemm_floor_ms
 from kale_fast.train import TrainConfig, Trainer
 
 TITLE = "training steps, float32 (ms per step; a round = 5 energy steps + 1 base step)"
@@ -43,10 +55,92 @@ def _rows(name: str, config: TrainConfig, data: torch.Tensor, budget_s: float) -
                 authors_over_ours_per_round=ratio_spread(rounds["authors"], rounds["ours"]))
 
 
+Shape = Tuple[int, int, int]
+
+
+def _linear_widths(module: torch.nn.Module) -> List[Tuple[int, int]]:
+    """(in, out) of every Linear layer, in forward order (the MLPs' and the flow's couplings')."""
+    return [(m.in_features, m.out_features) for m in module.modules() if isinstance(m, torch.nn.Linear)]
+
+
+def energy_step_gemms(widths: Sequence[Tuple[int, int]], n: int, penalty: bool) -> List[Shape]:
+    """The (m, n, k) products of an energy step of an MLP energy on n real + n base rows: forward and parameter
+    gradients over 2n rows (input gradients below the first layer); with the penalty, over the n interpolates: the
+    forward, the input gradient (every layer), and its double backward (each of those two passes' products
+    differentiated in both operands: weights and activations)."""
+    shapes: List[Shape] = []
+    for layer, (fan_in, fan_out) in enumerate(widths):
+        shapes += [(2 * n, fan_out, fan_in), (fan_out, fan_in, 2 * n)] + ([(2 * n, fan_in, fan_out)] if layer else [])
+        if penalty:
+            shapes += [(n, fan_out, fan_in), (n, fan_in, fan_out),     # forward, input gradient
+                       (fan_out, fan_in, n), (n, fan_out, fan_in),     # the input gradient's product, differentiated
+                       (fan_out, fan_in, n)] + ([(n, fan_in, fan_out)] if layer else [])  # the forward's
+    return shapes
+
+
+def base_step_gemms(base_widths, energy_widths, n: int) -> List[Shape]:
+    """A base step on n latents: base and energy forwards, the energy's input gradients (no parameter gradients),
+    the base's parameter and input gradients."""
+    shapes: List[Shape] = [(n, o, i) for i, o in [*base_widths, *energy_widths]]
+    shapes += [(n, i, o) for i, o in energy_widths]
+    for layer, (fan_in, fan_out) in enumerate(base_widths):
+        shapes += [(fan_out, fan_in, n)] + ([(n, fan_in, fan_out)] if layer else [])
+    return shapes
+
+
+def _compiled_rows(name: str, config: TrainConfig, data: torch.Tensor, budget_s: float) -> dict:
+    """Eager against compiled Trainers of one config, from the same initial state."""
+    trainers = {}
+    compile_s = {}
+    for mode in ("eager", "compiled"):
+        torch.manual_seed(0)
+        trainer = Trainer.create(dataclasses.replace(config, compile=mode == "compiled"), data)
+        start = time.perf_counter()
+        trainer.energy_step(data)
+        if not config.energy_only:
+            trainer.base_step(data)
+        compile_s[mode] = time.perf_counter() - start
+        trainers[mode] = trainer
+    steps = {f"{mode}_energy": (lambda t=t: t.energy_step(data)) for mode, t in trainers.items()}
+    if not config.energy_only:
+        steps.update({f"{mode}_base": (lambda t=t: t.base_step(data)) for mode, t in trainers.items()})
+    ms = interleaved_ms(steps, data.device, budget_s=budget_s)
+    base_ms = (lambda mode: ms[f"{mode}_base"]) if not config.energy_only else (lambda mode: [0.0] * len(ms[
+        f"{mode}_energy"]))
+    rounds = {mode: [config.n_iter_d * e + b for e, b in zip(ms[f"{mode}_energy"], base_ms(mode))]
+              for mode in trainers}
+    gebm = trainers["eager"].gebm
+    energy_widths = _linear_widths(gebm.energy)
+    base_forward = [(config.batch_size, o, i) for i, o in _linear_widths(gebm.base)]  # the base samples, no grad
+    floor_energy = gemm_floor_ms(base_forward + energy_step_gemms(energy_widths, config.batch_size,
+                                                                  config.penalty > 0), data.device)
+    floor_base = 0.0 if config.energy_only else gemm_floor_ms(
+        base_step_gemms(_linear_widths(gebm.base), energy_widths, config.batch_size), data.device)
+    saved_ms = spread(rounds["eager"])["median"] - spread(rounds["compiled"])["median"]
+    break_even = (compile_s["compiled"] - compile_s["eager"]) * 1e3 / saved_ms if saved_ms > 0 else None
+    return dict(workload=name, batch=config.batch_size, rounds_in_config=config.n_iter,
+                compile_s=compile_s["compiled"], **{f"{k}_ms": spread(v) for k, v in ms.items()},
+                round_eager_ms=spread(rounds["eager"]), round_compiled_ms=spread(rounds["compiled"]),
+                eager_over_compiled_per_round=ratio_spread(rounds["eager"], rounds["compiled"]),
+                break_even_rounds=break_even, energy_floor_ms=floor_energy, base_floor_ms=floor_base)
+
+
+def _shipped_configs(device) -> List[Tuple[str, TrainConfig, torch.Tensor]]:
+    """The networks and batches of configs/toy_8gaussians.yaml and configs/redwine_kale.yaml (random data of their
+    shapes: the step's cost does not depend on the values; the redwine base is a fresh, frozen RealNVP)."""
+    generator = torch.Generator().manual_seed(0)
+    toy = _config(device, hidden=128, depth=3, latent_dim=2, batch_size=256, penalty=0.1, n_iter=2000, n_iter_d=5)
+    redwine = _config(device, base="realnvp", latent_dim=11, flow_layers=5, flow_hidden=100, energy_only=True,
+                      hidden=128, depth=3, batch_size=256, penalty=0.1, n_iter=3000, n_iter_d=5)
+    return [("configs/toy_8gaussians.yaml", toy, torch.randn(4096, 2, generator=generator).to(device)),
+            ("configs/redwine_kale.yaml", redwine, torch.randn(4096, 11, generator=generator).to(device))]
+
+
 def run(device: torch.device, quick: bool, progress) -> dict:
     budget_s = 0.2 if quick else 1.0
     paper_batch = 128 if device.type == "cuda" else (None if quick else 16)
-    progress.reset(total=1 + (paper_batch is not None))
+    shipped = [] if quick else _shipped_configs(device)
+    progress.reset(total=1 + (paper_batch is not None) + len(shipped))
     generator = torch.Generator().manual_seed(0)
     rows: List[dict] = []
     toy = torch.randn(4096, 2, generator=generator).to(device)
@@ -59,7 +153,11 @@ def run(device: torch.device, quick: bool, progress) -> dict:
                          penalty=1.0)
         rows.append(_rows("paper 32x32 (SNGAN, faithful: true)", config, images, budget_s))
         progress.update(1)
-    return dict(rows=rows)
+    compiled_rows = []
+    for name, config, data in shipped:
+        compiled_rows.append(_compiled_rows(name, config, data, budget_s))
+        progress.update(1)
+    return dict(rows=rows, compiled_rows=compiled_rows)
 
 
 def markdown(record: dict) -> str:
@@ -69,6 +167,19 @@ def markdown(record: dict) -> str:
         lines.append(f"| {r['workload']} | {r['batch']} | {cell(r['ours_energy_ms'])} / {cell(r['authors_energy_ms'])} "
                      f"| {cell(r['ours_base_ms'])} / {cell(r['authors_base_ms'])} | {cell(r['round_ours_ms'])} / "
                      f"{cell(r['round_authors_ms'])} | {cell(r['authors_over_ours_per_round'], suffix='x')} |")
+    if record.get("compiled_rows"):
+        lines += ["", "Eager against compiled steps (`compile: true`), fp32; floor: torch's GEMM rate at the step's "
+                  "products (benchmarks/floors.py)", "",
+                  "| config | B | compile (s) | energy step eager / compiled / floor (ms) | "
+                  "base step eager / compiled / floor (ms) | eager / compiled per round | break-even rounds (config's) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in record["compiled_rows"]:
+            base = (f"{cell(r['eager_base_ms'])} / {cell(r['compiled_base_ms'])} / {r['base_floor_ms']:.3g}"
+                    if "eager_base_ms" in r else "none (energy_only)")
+            even = "never" if r["break_even_rounds"] is None else f"{r['break_even_rounds']:.0f}"
+            lines.append(f"| {r['workload']} | {r['batch']} | {r['compile_s']:.1f} | {cell(r['eager_energy_ms'])} / "
+                         f"{cell(r['compiled_energy_ms'])} / {r['energy_floor_ms']:.3g} | {base} | "
+                         f"{cell(r['eager_over_compiled_per_round'], suffix='x')} | {even} ({r['rounds_in_config']}) |")
     return "\n".join(lines)
 
 

@@ -137,3 +137,19 @@ def test_traceable_kale_loss_matches_kale_loss():
     e_data, e_gen, a = torch.randn(100).double(), torch.randn(77).double() * 3, torch.tensor(0.7).double()
     torch.testing.assert_close(traceable_kale_loss(e_data, e_gen, a), kf.kale_loss(e_data, e_gen, a))
     torch.testing.assert_close(traceable_kale_loss(e_data, e_gen, None), kf.kale_loss(e_data, e_gen))
+
+
+def test_the_own_networks_example_of_the_training_docs_runs(capsys):
+    """docs/training.md's KALETrainer example, as written but for its round and sample counts (the full one takes
+    minutes)."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    section = text[text.index("## Your own networks"):]
+    code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
+    code, count = re.subn(r"^ROUNDS, TUNE_ROUNDS, SAMPLES = .*$", "ROUNDS, TUNE_ROUNDS, SAMPLES = 3, 2, 64", code,
+                          flags=re.M)
+    assert count == 1, "the example's round counts moved: update this test"
+    exec(compile(code, "docs/training.md", "exec"), {"__name__": "docs_example"})
+    assert re.fullmatch(r"base 0\.\d{3}, GEBM 0\.\d{3}\n|base 1\.000, GEBM \d\.\d{3}\n", capsys.readouterr().out)
