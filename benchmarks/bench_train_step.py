@@ -171,7 +171,8 @@ def markdown(record: dict) -> str:
         lines += ["", "Eager against compiled steps (`compile: true`), fp32; floor: torch's GEMM rate at the step's "
                   "products (benchmarks/floors.py)", "",
                   "| config | B | compile (s) | energy step eager / compiled / floor (ms) | "
-                  "base step eager / compiled / floor (ms) | eager / compiled per round | break-even rounds (config's) |",
+                  "base step eager / compiled / floor (ms) | eager / compiled per round | "
+                  "break-even rounds (config's) |",
                   "|---|---|---|---|---|---|---|"]
         for r in record["compiled_rows"]:
             base = (f"{cell(r['eager_base_ms'])} / {cell(r['compiled_base_ms'])} / {r['base_floor_ms']:.3g}"
