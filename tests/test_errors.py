@@ -187,3 +187,20 @@ def test_a_bogus_backend_variable_is_one_line_and_import_survives(tmp_path):
 def test_usage_errors_are_one_line(capsys):
     _one_line_error(capsys, ["train", "--config", "x.yaml", "--hidden", "wide"], "train",
                     "argument --hidden: invalid int value: 'wide'")
+
+
+def test_a_sampler_state_that_is_not_one_is_named(tmp_path):
+    import kale_fast as kf
+    from kale_fast.samplers.state import SamplerState
+
+    (tmp_path / "state.txt").write_text("hello world\n")
+    with pytest.raises(ValueError, match="state.txt is not a readable sampler state") as error:
+        SamplerState.load(tmp_path / "state.txt")
+    assert "\n" not in str(error.value)
+    result = kf.MALA(0.5).run(lambda z: 0.5 * (z ** 2).sum(1), torch.randn(8, 2), 3)
+    result.state.save(tmp_path / "state.pt")
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    for tampered in ({**saved, "chains": "x"}, {**saved, "metric": [1]}):
+        torch.save(tampered, tmp_path / "tampered.pt")
+        with pytest.raises(ValueError, match="tampered.pt is a damaged sampler state"):
+            SamplerState.load(tmp_path / "tampered.pt")
