@@ -334,6 +334,29 @@ def test_a_table_of_ones_own_needs_no_guessed_numbers(tmp_path, monkeypatch):
             TrainConfig.from_dict(values)
 
 
+def test_smoothed_validation_does_not_choose_a_state_for_one_lucky_score():
+    from kale_fast.train.loop import Trainer
+
+    data = torch.randn(64, 2)
+    scores = [5.0, 4.0, 3.0, 1.0, 3.0, 2.8, 2.6, 2.4, 2.2, 2.0]  # a lucky dip at the 4th, a steady descent after it
+    for smoothing, best_at in [(0.0, 3), (0.6, 9)]:
+        config = TrainConfig(base="realnvp", objective="ml", latent_dim=2, flow_layers=2, flow_hidden=4,
+                             validate_every=1, validation_smoothing=smoothing)
+        trainer = Trainer.create(config, data)
+        improved = [trainer.record_validation(score) for score in scores]
+        assert max(i for i, better in enumerate(improved) if better) == best_at
+        expected = scores[0]
+        for score in scores[1:]:
+            expected = smoothing * expected + (1 - smoothing) * score
+        assert trainer.smoothed_validation == pytest.approx(expected)
+        restored = Trainer.create(config, data)
+        restored.load_state_dict(trainer.state_dict())  # a resume goes on from the same moving average
+        assert (restored.smoothed_validation, restored.best_validation, restored.stale_validations) == (
+            trainer.smoothed_validation, trainer.best_validation, trainer.stale_validations)
+    with pytest.raises(ValueError, match="'validation_smoothing' must be in \\[0, 1\\)"):
+        TrainConfig(validation_smoothing=1.0)
+
+
 def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_path):
     torch.manual_seed(1)
     csv_file = _write_csv(tmp_path / "small.csv", torch.randn(300, 3) ** 3)  # few heavy-tailed rows: it overfits

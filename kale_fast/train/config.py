@@ -134,6 +134,9 @@ class TrainConfig:
                                "the validation KALE of an energy on a frozen base (energy_only); needs a data set "
                                "with a validation split (toys, UCI, CSV); the best state is kept in best.pt")
     patience: int = _key(0, "stop after this many validations without improvement (0: never stop early)")
+    validation_smoothing: float = _key(0.0, "early stopping and best.pt judge an exponential moving average of the "
+                                       "validation scores, s = a s + (1 - a) score, with this a in [0, 1) (0: each "
+                                       "score as it is): a state is not chosen for one lucky validation")
     log_every: int = _key(50, "rounds between metric lines")
     checkpoint_every: int = _key(200, "rounds between checkpoints (and one at the end)")
     seed: int = _key(0, "seed of the networks' initialisation, the batches and the evaluation")
@@ -187,6 +190,9 @@ class TrainConfig:
             raise ValueError("config key 'validate_every' scores a validation NLL (base: realnvp) or the validation "
                              "KALE of an energy on a frozen base (energy_only: true); a moving base without a density "
                              "has neither")
+        if not 0 <= self.validation_smoothing < 1:
+            raise ValueError(f"config key 'validation_smoothing' must be in [0, 1) (0: off), got "
+                             f"{self.validation_smoothing}")
         if self.patience and not self.validate_every:
             raise ValueError("config key 'patience' counts validations: set validate_every too")
         if isinstance(self.latent_dim, int) and self.latent_dim < 1:

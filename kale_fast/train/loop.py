@@ -46,6 +46,7 @@ class Trainer:
     rounds_done: int = 0
     best_validation: float = math.inf  # early stopping: the best validation NLL so far (its state is in best.pt)
     stale_validations: int = 0         # and how many validations since have not improved on it
+    smoothed_validation: Optional[float] = None  # the moving average of validation losses (validation_smoothing)
     data_hash: Optional[str] = None    # kale_fast.data.data_hash of the run's splits
 
     @property
@@ -97,6 +98,7 @@ class Trainer:
         return dict(config=self.config.to_dict(), data_shape=self.data_shape, data_hash=self.data_hash,
                     rounds_done=self.rounds_done,
                     best_validation=self.best_validation, stale_validations=self.stale_validations,
+                    smoothed_validation=self.smoothed_validation,
                     gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
@@ -119,6 +121,7 @@ class Trainer:
         # (checkpoints written before early stopping existed lack these two)
         self.best_validation = state.get("best_validation", math.inf)
         self.stale_validations = state.get("stale_validations", 0)
+        self.smoothed_validation = state.get("smoothed_validation")
 
     # --- the two steps: KALETrainer's, with the batch drawn and the idle network's mode set here ------------
 
@@ -196,8 +199,13 @@ class Trainer:
 
     def record_validation(self, score: float) -> bool:
         """Update the early-stopping state with a validation score (`validation_key`); True when it is the best so
-        far. best_validation holds it as a loss (lower is better): the NLL, or minus the KALE estimate."""
+        far. best_validation holds it as a loss (lower is better): the NLL, or minus the KALE estimate; with
+        validation_smoothing a, the moving average a s + (1 - a) loss of the losses so far."""
         loss = score if self.validation_key == "validation_nll" else -score
+        if self.smoothed_validation is not None:
+            loss = self.config.validation_smoothing * self.smoothed_validation + (
+                1 - self.config.validation_smoothing) * loss
+        self.smoothed_validation = loss
         if loss < self.best_validation:
             self.best_validation, self.stale_validations = loss, 0
             return True
