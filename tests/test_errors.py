@@ -204,3 +204,23 @@ def test_a_sampler_state_that_is_not_one_is_named(tmp_path):
         torch.save(tampered, tmp_path / "tampered.pt")
         with pytest.raises(ValueError, match="tampered.pt is a damaged sampler state"):
             SamplerState.load(tmp_path / "tampered.pt")
+
+
+@pytest.mark.parametrize("tamper", ["weights", "optimizer", "best"])
+def test_a_tampered_checkpoint_is_one_line(tmp_path, run_dir, capsys, tamper):
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    if tamper == "weights":  # a weight of another shape: refused on resume, sample and eval
+        name = next(iter(state["gebm"]))
+        state["gebm"][name] = torch.zeros(3)
+    elif tamper == "optimizer":
+        state["energy_optimizer"]["param_groups"] = []
+    torch.save(state, run_dir / "checkpoint.pt")
+    if tamper == "best":  # a best.pt without its validation score
+        torch.save({"gebm": state["gebm"], "rounds_done": 1, "log_partition": state["log_partition"]},
+                   run_dir / "best.pt")
+        _one_line_error(capsys, ["eval", "--run", str(run_dir)], "eval", "holds no validation score and round")
+        return
+    _one_line_error(capsys, ["train", "--config", _config(tmp_path, n_iter=4), "--resume", "--quiet", "--no-eval"],
+                    "train", "checkpoint.pt: its state does not fit this run's networks and optimisers")
+    if tamper == "weights":
+        _one_line_error(capsys, ["sample", "--run", str(run_dir)], "sample", "the file was altered")

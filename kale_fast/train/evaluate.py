@@ -128,8 +128,10 @@ def best_validation(run_dir: Path) -> dict:
     if not (run_dir / BEST).exists():
         return {}
     best = load_torch_file(run_dir / BEST, map_location="cpu")
-    key = next(k for k in ("validation_nll", "validation_kale") if k in best)
-    return {f"best_{key}": float(best[key]), "best_validation_round": int(best["rounds_done"])}
+    key = next((k for k in ("validation_nll", "validation_kale") if k in best), None)
+    if key is None or not isinstance(best.get("rounds_done"), int):
+        raise ValueError(f"{run_dir / BEST} holds no validation score and round: the file was altered")
+    return {f"best_{key}": float(best[key]), "best_validation_round": best["rounds_done"]}
 
 
 def feature_network(config: TrainConfig, image_shape: Tuple[int, ...], given: Optional[nn.Module] = None):

@@ -263,7 +263,11 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
         state = read_state(checkpoint, config.device)
         check_resumable(state["config"], config)
         check_same_data(state.get("data_hash"), trainer.data_hash, f"checkpoint {checkpoint}")
-        trainer.load_state_dict(state)
+        try:
+            trainer.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:  # torch's words for tampering
+            raise ValueError(f"{checkpoint}: its state does not fit this run's networks and optimisers (the file "
+                             f"was altered): {type(error).__name__}: {' '.join(str(error).split())[:300]}") from None
     writer = rank == 0
     if writer and not resume:
         atomic_write_text(config.to_yaml(), run_dir / CONFIG)
