@@ -214,6 +214,19 @@ def test_feature_network_state_dict_with_a_payload_is_refused(tmp_path, marker):
         feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
 
 
+def test_the_feature_network_cache_is_read_as_weights_only(tmp_path, marker):
+    from kale_fast.metrics.image_scores import DigitFeatures, cached_feature_network
+
+    images, labels = torch.rand(20, 1, 8, 8) * 2 - 1, torch.arange(20) % 10
+    (tmp_path / "cache").mkdir()
+    torch.save({"features.0.weight": _Payload(marker)}, tmp_path / "cache" / "digits.pt")
+    with pytest.raises(ValueError, match="refuses to load"):
+        cached_feature_network("digits", images, labels, tmp_path / "cache")
+    torch.save(DigitFeatures(1, 7).state_dict(), tmp_path / "cache" / "digits.pt")  # another data set's classes
+    with pytest.raises(ValueError, match=r"DigitFeatures weights for 1 channel\(s\) and 7 classes; expected \(1, 10\)"):
+        cached_feature_network("digits", images, labels, tmp_path / "cache")
+
+
 def test_eval_refuses_a_run_whose_config_names_a_program(tmp_path, no_program_loaders, capsys):
     """A run folder whose saved config names a .pt2 feature network (item 7 of issue 20): `eval` refuses it
     in one line, with `--feature-net` too; the refusal comes before the file is read."""
