@@ -114,3 +114,28 @@ def test_sample_on_an_image_run_writes_data_base_and_gebm_panels(tmp_path, capsy
     pixels = _png(run_dir / "samples-hmc.png")
     assert pixels.shape[1] > 2.5 * pixels.shape[0]  # three panels side by side
     assert not (run_dir / "samples-hmc.csv").exists()
+
+
+def test_figures_carry_the_data_the_clamp_the_scores_and_error_bars(tmp_path, monkeypatch):
+    """energy.png: the data over exp(-E) and the clamped region named in the legend; samples.png: the caption (the
+    verdict) under the panels; metric-vs-steps.png: error bars and a y label that fits the figure."""
+    import kale_fast.train.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path, dpi: figures.append(fig))
+    data = torch.randn(300, 2)
+    plots.energy_landscape(lambda x: torch.clamp(x.pow(2).sum(1) - 4.0, min=-1.0), data, tmp_path / "e.png",
+                           resolution=40, floor=-1.0)
+    legend = [text.get_text() for text in figures[-1].axes[0].get_legend().get_texts()]
+    assert legend == ["held-out data", "clamped: E = -1 (flat, untrained)"]
+    plots.scatter_samples({"data": data, "base: 85.0% within 3 sd": data}, tmp_path / "s.png",
+                          caption="GEBM vs base: better")
+    assert "GEBM vs base: better" in [text.get_text() for text in figures[-1].texts]
+    plots.metric_vs_steps([0, 10], {"mala": [0.8, 0.9]}, tmp_path / "m.png", "share within 3 sd of a mode "
+                          "(higher is better)", ("mala", 10), errors={"mala": [0.01, 0.02]})
+    fig = figures[-1]
+    ax = fig.axes[0]
+    assert ax.containers and ax.containers[0].has_yerr
+    fig.canvas.draw()
+    label = ax.yaxis.label.get_window_extent()
+    assert label.x0 >= 0 and label.y0 >= 0 and label.y1 <= fig.bbox.height  # inside the figure

@@ -323,17 +323,24 @@ def _evaluate_gebm(gebm, config: TrainConfig, learned_a, splits: DataSplits, val
 
 def _figures(summary: dict, grid, metric_name: str, selected, test: Tensor, test_reference: Tensor,
              base_samples: Tensor, selected_samples: Tensor, gebm, images: bool, run_dir: Path) -> None:
-    """metric-vs-steps.png; samples.png (vectors); energy.png (2-D data)."""
-    metric_vs_steps(grid, summary["curves"][metric_name], run_dir / CURVES_FIGURE,
-                    {"mmd": "MMD^2", "high_quality": "share within 3 sd of a mode (higher is better)"}.get(
-                        metric_name, metric_name.replace("_", "-").upper()),
-                    (selected.sampler, selected.steps))
+    """metric-vs-steps.png (binomial error bars on shares); samples.png (vectors: each set's scores in its title,
+    the verdict under them); energy.png (2-D data: the data over it, the clamped region marked)."""
+    curves = summary["curves"][metric_name]
+    errors = ({name: [math.sqrt(max(p * (1 - p), 0.0) / summary["n_validation"]) for p in values]
+               for name, values in curves.items()} if metric_name == "high_quality" else None)
+    metric_vs_steps(grid, curves, run_dir / CURVES_FIGURE,
+                    {"mmd": "MMD^2 (lower is better)", "high_quality": "share within 3 sd of a mode (higher is better)"
+                     }.get(metric_name, metric_name.replace("_", "-").upper()),
+                    (selected.sampler, selected.steps), errors)
     if not images:
-        scatter_samples({"held-out data": test_reference, "base samples": base_samples,
-                         f"GEBM samples ({selected.sampler}, {selected.steps} steps)": selected_samples},
-                        run_dir / "samples.png")
+        scores = lambda label: (f": {summary[f'modes_{label}']['high_quality']:.1%} within 3 sd of a mode"  # noqa: E731
+                                if f"modes_{label}" in summary else f": MMD^2 {summary[f'mmd_{label}']:.2g}")
+        scatter_samples({"held-out data": test_reference, f"base samples{scores('base')}": base_samples,
+                         f"GEBM ({selected.sampler}, {selected.steps} steps){scores('selected')}": selected_samples},
+                        run_dir / "samples.png", caption=summary.get("verdict", {}).get("text"))
     if test.dim() == 2 and test.shape[1] == 2:
-        energy_landscape(gebm.energies, test_reference, run_dir / "energy.png")
+        energy_landscape(gebm.energies, test_reference, run_dir / "energy.png",
+                         floor=getattr(gebm.energy, "floor", None))
 
 
 def _sample_verdict(summary: dict, reference: Tensor, gebm_samples: Tensor, base_samples: Tensor,

@@ -2,6 +2,7 @@
 panels for vectors, image panels for images), and the energy of 2-D runs."""
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -25,35 +26,50 @@ def _save(fig, path: Path, dpi: int) -> None:
         plt.close(fig)
 
 
-def scatter_samples(samples: Dict[str, Tensor], path: Path) -> None:
-    """One panel per named sample set (first two coordinates), on the axes of the first set (the data)."""
+def scatter_samples(samples: Dict[str, Tensor], path: Path, caption: Optional[str] = None) -> None:
+    """One panel per named sample set (first two coordinates), on the axes of the first set (the data); titles
+    may carry each set's scores, `caption` (e.g. the verdict) goes under the panels."""
     reference = next(iter(samples.values()))[:, :2]
     margin = 0.1 * (reference.max(0).values - reference.min(0).values)
     low, high = reference.min(0).values - margin, reference.max(0).values + margin
-    fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4), sharex=True, sharey=True)
-    for ax, (title, points) in zip(axes, samples.items()):
+    fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4.4 + 0.5 * bool(caption)), sharex=True,
+                             sharey=True, squeeze=False)
+    for ax, (title, points) in zip(axes.flat, samples.items()):
         points = points[:, :2].cpu().numpy()
         ax.scatter(points[:, 0], points[:, 1], s=2, alpha=0.5)
-        ax.set_title(title)
+        ax.set_title("\n".join(textwrap.wrap(title, 40)), fontsize=10)
         ax.set_xlim(low[0].item(), high[0].item())
         ax.set_ylim(low[1].item(), high[1].item())
         ax.set_aspect("equal")
-    fig.tight_layout()
+    if caption:
+        fig.text(0.5, 0.01, "\n".join(textwrap.wrap(caption, 40 * len(samples))), ha="center", va="bottom",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.08 if caption else 0, 1, 1))
     _save(fig, path, dpi=120)
 
 
 @torch.no_grad()
-def energy_landscape(energy, data: Tensor, path: Path, resolution: int = 200) -> None:
-    """exp(-E(x)) on a grid over the data's range (2-D data only)."""
+def energy_landscape(energy, data: Tensor, path: Path, resolution: int = 200, floor: Optional[float] = None) -> None:
+    """exp(-E(x)) on a grid over the data's range (2-D data only), with the data points over it; where the energy
+    sits at its clamp `floor` (no gradient there: nothing trained it) the grid is hatched grey, so that a flat
+    clamped corner does not read as a mode."""
     low, high = data.min(0).values - 0.5, data.max(0).values + 0.5
     xs = torch.linspace(low[0].item(), high[0].item(), resolution)
     ys = torch.linspace(low[1].item(), high[1].item(), resolution)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2).to(data.device)
-    values = energy(grid).reshape(resolution, resolution)
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    image = ax.imshow(torch.exp(-(values - values.min())).cpu().numpy(), origin="lower",
-                      extent=(xs[0].item(), xs[-1].item(), ys[0].item(), ys[-1].item()), cmap="viridis")
-    ax.set_title("exp(-E(x)), rescaled")
+    values = energy(grid).reshape(resolution, resolution).cpu()
+    extent = (xs[0].item(), xs[-1].item(), ys[0].item(), ys[-1].item())
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    image = ax.imshow(torch.exp(-(values - values.min())).numpy(), origin="lower", extent=extent, cmap="viridis")
+    points = data[:, :2].cpu().numpy()
+    ax.scatter(points[:, 0], points[:, 1], s=1, c="white", alpha=0.35, label="held-out data")
+    if floor is not None and bool((values <= floor + 1e-6).any()):
+        clamped = (values <= floor + 1e-6).double().numpy()
+        ax.contourf(xs.numpy(), ys.numpy(), clamped, levels=[0.5, 1.5], colors="none", hatches=["////"])
+        ax.contour(xs.numpy(), ys.numpy(), clamped, levels=[0.5], colors="lightgrey", linewidths=0.8)
+        ax.plot([], [], color="lightgrey", label=f"clamped: E = {floor:g} (flat, untrained)")
+    ax.set_title("exp(-E(x)), rescaled, with the data", fontsize=10)
+    ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     _save(fig, path, dpi=120)
@@ -137,19 +153,23 @@ def training_curves(metrics_path: Path, path: Path) -> Optional[Path]:
 
 
 def metric_vs_steps(steps: Sequence[int], curves: Dict[str, Sequence[float]], path: Path, metric: str,
-                    chosen: Tuple[str, int]) -> None:
+                    chosen: Tuple[str, int], errors: Optional[Dict[str, Sequence[float]]] = None) -> None:
     """The sample metric (named by `metric`) against MCMC steps, one line per sampler (the paper's FID-vs-steps
-    figure); steps 0 are the base samples; the (sampler, steps) pair chosen on validation data is circled."""
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    figure), with +-1 standard error bars where `errors` gives them; steps 0 are the base samples; the
+    (sampler, steps) pair chosen on validation data is circled."""
+    fig, ax = plt.subplots(figsize=(6, 4.4))
     for name, values in curves.items():
-        ax.plot(steps, values, marker="o", markersize=3, label=name)
+        ax.errorbar(steps, values, yerr=None if errors is None else errors[name], marker="o", markersize=3,
+                    capsize=2, label=name)
     name, chosen_steps = chosen
     ax.scatter([chosen_steps], [curves[name][list(steps).index(chosen_steps)]], s=120, facecolors="none",
                edgecolors="black", zorder=3, label=f"chosen: {name}, {chosen_steps} steps")
     ax.set_xscale("symlog", linthresh=10)
     ax.set_xticks(list(steps), [str(k) for k in steps])
     ax.set_xlabel("MCMC steps (0: base samples)")
-    ax.set_ylabel(f"{metric} on validation data")
+    ax.set_ylabel("\n".join(textwrap.wrap(f"{metric} on validation data", 36)), fontsize=9)
+    if errors is not None:
+        ax.set_title("bars: +-1 standard error", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path, dpi=120)
