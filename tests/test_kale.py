@@ -388,3 +388,13 @@ def test_custom_op_path_matches_eager_path(fused):
     weights = torch.randn(4, dtype=torch.float64, device=device)
     torch.testing.assert_close(torch.autograd.grad((op_rows * weights).sum(), rows)[0],
                                torch.autograd.grad((eager_rows * weights).sum(), rows)[0])
+
+
+def test_kale_loss_refuses_more_than_one_energy_per_sample():
+    """An energy network with two outputs gives (N, 2): refused, not averaged as 2N energies; (N, 1) is fine."""
+    e_data, e_gen = torch.randn(8, 1), torch.randn(6)
+    torch.testing.assert_close(kf.kale_loss(e_data, e_gen), kf.kale_loss(e_data.reshape(-1), e_gen))
+    with pytest.raises(ValueError, match=r"e_data must hold one energy per sample, shape \(N,\) or \(N, 1\)"):
+        kf.kale_loss(torch.randn(8, 2), e_gen)
+    with pytest.raises(ValueError, match="e_gen must hold one energy per sample"):
+        kf.kale_loss(e_data, torch.randn(3, 2))

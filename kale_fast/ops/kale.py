@@ -127,8 +127,8 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     """The energy's KALE loss -F(E, A), a 0-dim tensor in the energies' dtype.
 
     Args:
-        e_data: energies E(x) of data samples, any shape (N elements), floating point.
-        e_gen: energies E(B(z)) of base samples, any shape (M elements), same dtype and device as e_data.
+        e_data: energies E(x) of data samples, one per sample: (N,) or (N, 1), floating point.
+        e_gen: energies E(B(z)) of base samples, (M,) or (M, 1), same dtype and device as e_data.
         log_partition: A, a one-element tensor (any floating dtype, e.g. an fp32 parameter beside bf16
             energies) or a Python number; None selects the Donsker-Varadhan form.
 
@@ -139,6 +139,10 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     _checks.floating_tensor("e_gen", e_gen)
     _checks.same_device("e_data", e_data, "e_gen", e_gen)
     _checks.same_dtype("e_data", e_data, "e_gen", e_gen)
+    for name, energies in (("e_data", e_data), ("e_gen", e_gen)):
+        if any(size != 1 for size in energies.shape[1:]):  # (N, 2): an energy net with 2 outputs, not 2N energies
+            raise ValueError(f"{name} must hold one energy per sample, shape (N,) or (N, 1), got "
+                             f"{_checks.describe(energies)}: does the energy network end in more than one output?")
     acc = accumulation_dtype(e_gen.dtype)
     if log_partition is not None:
         if isinstance(log_partition, (int, float)) and not isinstance(log_partition, bool):
