@@ -102,8 +102,8 @@ def read_table(path: Union[str, os.PathLike], columns: Optional[Sequence[Union[s
         cell = body[row][column]
         raise ValueError(f"{path}: line {lines[row]}, column {names[column]!r}: {cell!r} is not a number"
                          f"{' (an empty field)' if not cell.strip() else ''}; every field of the kept columns must "
-                         f"be one (check the config keys 'delimiter', here {delimiter!r}, and 'header', here "
-                         f"{header})") from None
+                         f"be one (leave the column out with the config key 'columns', --columns; or check the config "
+                         f"keys 'delimiter', here {delimiter!r}, and 'header', here {header})") from None
     if not np.isfinite(values).all():
         row, column = np.argwhere(~np.isfinite(values))[0]
         raise ValueError(f"{path}: line {lines[row]}, column {names[keep[column]]!r} is NaN or infinite")
