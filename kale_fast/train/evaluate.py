@@ -15,8 +15,11 @@
 4. The verdict, GEBM (selected) vs base (kale_fast.metrics.comparison): on test NLL where the base has a density,
    else on the share of high-quality samples for the mixture toys, else on MMD^2 to test data (images: in the
    feature network's space).
-eval_time_s covers all of it, split in eval_time_split_s: sampling, metrics, feature_net (obtaining the FID
-feature network: training it on first use).
+A base-only run (objective ml: a flow trained alone) gets steps 1 and 3 for its base only: its test NLL, its
+samples against test data, no MCMC and no verdict. The budget (kale_fast.train.selection): the validation curves
+run min(n_eval, validation points, SELECTION_CHAINS) chains, the warm-ups PILOT_CHAINS, ChEES at most
+EVAL_MAX_LEAPFROG leapfrog steps per iteration. eval_time_s covers all of it, split in eval_time_split_s:
+sampling, metrics, figures, feature_net (obtaining the FID feature network: training it on first use).
 """
 import contextlib
 import dataclasses
@@ -43,8 +46,8 @@ from kale_fast.train.config import SAMPLERS, TrainConfig
 from kale_fast.train.progress import stage
 from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
 from kale_fast.train.run_folder import BEST, SUMMARY
-from kale_fast.train.selection import (chain_points, choose, curves_on, mode_guarded_quality, step_grid,
-                                       tuned_sampler)
+from kale_fast.train.selection import (SELECTION_CHAINS, chain_points, choose, curves_on, mode_guarded_quality,
+                                       step_grid, tuned_sampler)
 
 CURVES_FIGURE = "metric-vs-steps.png"
 EVAL_PARTITION_SAMPLES = 20_000  # base samples of the test NLLs' Monte-Carlo A (n_partition_samples if more)
@@ -186,7 +189,7 @@ def evaluate(run_dir, device: Optional[str] = None, progress: bool = False,
                          f"{tuple(splits.test.shape[1:])}-shaped samples, not images")
     clock = StageClock(config.device)
     validation, test, validation_source = validation_and_test(splits)
-    validation = validation[: config.n_eval].to(config.device)
+    validation = validation[: min(config.n_eval, SELECTION_CHAINS)].to(config.device)
     test = test.to(config.device)
     n = min(config.n_eval, len(test))
     test_reference = test[:n]
