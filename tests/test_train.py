@@ -325,6 +325,9 @@ def test_a_table_of_ones_own_needs_no_guessed_numbers(tmp_path, monkeypatch):
               progress=False)
     with pytest.raises(ValueError, match="latent_dim must be the data's dimension 4 .or 'auto'., got 3"):
         train(TrainConfig.from_dict({**common, "name": "kale2", "latent_dim": 3}), progress=False)
+    with pytest.raises(ValueError, match="other keys .flow_batch_norm: False there, True here"):
+        train(TrainConfig.from_dict({**energy, "name": "kale2", "base_from": "nvp", "flow_batch_norm": True}),
+              progress=False)
     assert not (out_dir / "kale2").exists()  # failed starts left no half-made folder
     assert train(TrainConfig.from_dict({**energy, "name": "kale2", "base_from": str(ml_dir)}), progress=False)
     for values, match in [(dict(latent_dim="auto", base="mlp"), "'auto' is the data's dimension"),

@@ -78,6 +78,7 @@ class Trainer:
         if config.base_from is not None:
             base_run = load_run(config.base_run_dir(), config.device)
             check_same_data(base_run.data_hash, data_hash, f"base_from run {config.base_run_dir()}")
+            check_same_base(base_run.config, config)
             gebm.base.load_state_dict(base_run.gebm.base.state_dict())
         if config.eval_idle_network:  # the authors estimate the initial A in eval mode (running batch-norm statistics)
             gebm.eval()
@@ -236,6 +237,20 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
         if lock is not None:
             lock.release()
     return run_dir
+
+
+def check_same_base(base_config: TrainConfig, config: TrainConfig) -> None:
+    """Refuse a base_from run whose base was built with other keys, naming them (rather than a state-dict error)."""
+    flow = ("flow_layers", "flow_hidden")
+    shape_keys = {"realnvp": flow + ("flow_batch_norm",), "zuko-maf": flow, "zuko-nsf": flow,
+                  "mlp": ("hidden", "depth"), "conv": ("hidden",)}
+    keys = ("base", "latent_dim") + shape_keys.get(config.base, ())
+    differing = [key for key in keys if getattr(base_config, key) != getattr(config, key)]
+    if differing:
+        values = ", ".join(f"{key}: {getattr(base_config, key)!r} there, {getattr(config, key)!r} here"
+                           for key in differing)
+        raise ValueError(f"config key 'base_from': the base run's network was built with other keys ({values}); "
+                         f"set them as the base run did")
 
 
 def check_base_run(config: TrainConfig) -> None:
