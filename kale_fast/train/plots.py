@@ -50,25 +50,31 @@ def scatter_samples(samples: Dict[str, Tensor], path: Path, caption: Optional[st
 
 @torch.no_grad()
 def energy_landscape(energy, data: Tensor, path: Path, resolution: int = 200, floor: Optional[float] = None) -> None:
-    """exp(-E(x)) on a grid over the data's range (2-D data only), with the data points over it; where the energy
-    sits at its clamp `floor` (no gradient there: nothing trained it) the grid is hatched grey, so that a flat
-    clamped corner does not read as a mode."""
+    """-E(x), the log of the base's reweighting, on a grid over the data's range (2-D data only; the colour scale
+    spans -E over the data, so the modes stand out), with the data points over it; where the energy
+    sits at its clamp `floor` (no gradient there: nothing trained it) the grid is grey and hatched, outside the
+    colour scale, so that a flat clamped corner does not read as a mode."""
     low, high = data.min(0).values - 0.5, data.max(0).values + 0.5
     xs = torch.linspace(low[0].item(), high[0].item(), resolution)
     ys = torch.linspace(low[1].item(), high[1].item(), resolution)
     grid = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1).reshape(-1, 2).to(data.device)
     values = energy(grid).reshape(resolution, resolution).cpu()
     extent = (xs[0].item(), xs[-1].item(), ys[0].item(), ys[-1].item())
+    clamped = (values <= floor + 1e-6) if floor is not None else torch.zeros_like(values, dtype=torch.bool)
+    shown = (-values).masked_fill(clamped, math.nan)  # clamped cells: outside the colour scale
+    at_data = -energy(data).cpu()  # the colour scale spans -E over the data (what reweights the base there)
     fig, ax = plt.subplots(figsize=(5, 4.4))
-    image = ax.imshow(torch.exp(-(values - values.min())).numpy(), origin="lower", extent=extent, cmap="viridis")
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    image = ax.imshow(shown.numpy(), origin="lower", extent=extent, cmap=cmap, vmin=at_data.min().item() - 1.0,
+                      vmax=at_data.max().item())
     points = data[:, :2].cpu().numpy()
     ax.scatter(points[:, 0], points[:, 1], s=1, c="white", alpha=0.35, label="held-out data")
-    if floor is not None and bool((values <= floor + 1e-6).any()):
-        clamped = (values <= floor + 1e-6).double().numpy()
+    if bool(clamped.any()):
+        clamped = clamped.double().numpy()
         ax.contourf(xs.numpy(), ys.numpy(), clamped, levels=[0.5, 1.5], colors="none", hatches=["////"])
         ax.contour(xs.numpy(), ys.numpy(), clamped, levels=[0.5], colors="lightgrey", linewidths=0.8)
         ax.plot([], [], color="lightgrey", label=f"clamped: E = {floor:g} (flat, untrained)")
-    ax.set_title("exp(-E(x)), rescaled, with the data", fontsize=10)
+    ax.set_title("-E(x): log of the base's reweighting exp(-E), with the data", fontsize=9)
     ax.legend(fontsize=7, loc="upper right", framealpha=0.6)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
