@@ -21,7 +21,6 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from kale_fast._io import atomic_torch_save, atomic_write_text
 from kale_fast.data import data_hash, load_data
@@ -31,6 +30,7 @@ from kale_fast.train.checkpoints import check_resumable, check_same_data, load_r
 from kale_fast.train.config import FLOW_BASES, TrainConfig
 from kale_fast.train.metrics_log import MetricsLog
 from kale_fast.train.plots import training_curves
+from kale_fast.train.progress import stage
 from kale_fast.train.run_folder import BEST, CHECKPOINT, CONFIG, METRICS, TRAINING_PLOT
 from kale_fast.train.steps import KALETrainer
 
@@ -307,8 +307,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
         print(f"batch_size {config.batch_size} per process: {size} processes, a global batch of "
               f"{config.batch_size * size}")
     log = MetricsLog(run_dir, trainer.rounds_done, announce=progress) if writer else None
-    with tqdm(total=config.n_iter, initial=trainer.rounds_done, disable=not (progress and writer),
-              desc=config.name) as bar:
+    with stage(f"training {config.name}", config.n_iter, progress and writer, initial=trainer.rounds_done) as bar:
         while trainer.rounds_done < config.n_iter and not trainer.stopped_early:
             metrics = trainer.round(train_data)
             done = trainer.rounds_done
