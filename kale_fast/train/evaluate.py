@@ -17,7 +17,8 @@
    feature network's space).
 A base-only run (objective ml: a flow trained alone) gets steps 1 and 3 for its base only: its test NLL, its
 samples against test data, no MCMC and no verdict. The budget (kale_fast.train.selection): the validation curves
-run min(n_eval, validation points, SELECTION_CHAINS) chains, the warm-ups PILOT_CHAINS, ChEES at most
+run min(n_eval, validation points, SELECTION_CHAINS) chains, the warm-ups at most as many (at most PILOT_CHAINS,
+at least 16), ChEES at most
 EVAL_MAX_LEAPFROG leapfrog steps per iteration. eval_time_s covers all of it, split in eval_time_split_s:
 sampling, metrics, figures, feature_net (obtaining the FID feature network: training it on first use).
 """
@@ -46,8 +47,8 @@ from kale_fast.train.config import SAMPLERS, TrainConfig
 from kale_fast.train.progress import stage
 from kale_fast.train.plots import energy_landscape, image_panels, metric_vs_steps, scatter_samples
 from kale_fast.train.run_folder import BEST, SUMMARY
-from kale_fast.train.selection import (SELECTION_CHAINS, chain_points, choose, curves_on, mode_guarded_quality,
-                                       step_grid, tuned_sampler)
+from kale_fast.train.selection import (PILOT_CHAINS, SELECTION_CHAINS, chain_points, choose, curves_on,
+                                       mode_guarded_quality, step_grid, tuned_sampler)
 
 CURVES_FIGURE = "metric-vs-steps.png"
 EVAL_PARTITION_SAMPLES = 20_000  # base samples of the test NLLs' Monte-Carlo A (n_partition_samples if more)
@@ -249,7 +250,8 @@ def _evaluate_gebm(gebm, config: TrainConfig, learned_a, splits: DataSplits, val
                progress) as bar, clock("sampling"):
         for name in SAMPLERS:
             samplers[name] = tuned_sampler(gebm, config, name,
-                                           torch.Generator(device=config.device).manual_seed(config.seed + 3))
+                                           torch.Generator(device=config.device).manual_seed(config.seed + 3),
+                                           n_chains=min(PILOT_CHAINS, max(len(validation), 16)))
             bar.update(1)
     with stage(f"eval: validation curves ({len(validation)} chains, steps {grid})", len(SAMPLERS) * len(grid),
                progress) as bar:
