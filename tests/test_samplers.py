@@ -390,8 +390,10 @@ def _unique_graphs() -> int:
 def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     """Step sizes, dual-averaging state, metrics and trajectory lengths change through warm-up: none of them may
     be a constant of a compiled graph. A first run compiles a few graphs (its chunk of whole iterations, or
-    ChEES's leapfrog chunks, at most one per power of two up to 16); a second run, from other step sizes and a
-    resumed state with the adapted metric, compiles none."""
+    ChEES's leapfrog chunks, at most one per power of two up to 16, the identity metric of the first window
+    passed as a scale of ones, so the same graph as the adapted diagonal metric); runs of the same lengths from other step
+    sizes, and from a resumed state with the adapted metric, compile none. (A run of other lengths may choose
+    another chunk length, kale_fast.samplers.compiled.aligned_chunk, and compile it once.)"""
     target = _scaled()
     z0 = torch.randn(16, 4, dtype=torch.float64)
     before = _unique_graphs()
@@ -402,7 +404,7 @@ def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     sampler = make_sampler()
     sampler.step_size = 0.05
     sampler.run(target, z0, 24, warmup=40, compile=True)
-    sampler.run(target, None, 24, state=first.state, compile=True)
+    sampler.run(target, None, 24, warmup=40, state=first.state, compile=True)
     assert _unique_graphs() - before == compiled_first
 
 
@@ -426,8 +428,11 @@ def test_compiled_iterations_compute_the_algebra_of_the_eager_code(make_sampler,
         monkeypatch.setattr(compiled, "compile_function", lambda fn, name, mode=None: fn)
         expected = make_sampler().run(_scaled(), z0, 10, warmup=25, generator=torch.Generator().manual_seed(3),
                                       compile=True)
-    torch.testing.assert_close(result.z, expected.z, rtol=1e-9, atol=1e-9)
-    torch.testing.assert_close(result.step_size, expected.step_size, rtol=1e-9, atol=0)
+    # fp64 rounding differences (the compiler fuses and reorders sums) grow along 35 iterations of chaotic
+    # dynamics (HMC: 105 leapfrog steps) to about 1e-8; a wrong computation, or one Metropolis decision that
+    # differs, moves a chain by O(1).
+    torch.testing.assert_close(result.z, expected.z, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(result.step_size, expected.step_size, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize("make_sampler", [lambda: kf.ChEES(0.2), lambda: kf.MALA(0.3, adapt_step_size=True),

@@ -37,12 +37,27 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Cal
     return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
 
 
+_UNIT_SCALES: Dict[Tuple[int, torch.dtype, torch.device], Tensor] = {}
+
+
+def metric_arguments(metric: Metric, like: Tensor) -> Tuple[Optional[Tensor], Optional[Tensor]]:
+    """(scale, cholesky) for a compiled call on chains like `like` (B, L): the identity as a scale of ones (exact:
+    multiplying by 1 changes no bit), so that the identity metric of a first warm-up window and the diagonal one
+    adapted after it share one compiled graph."""
+    if metric.scale is None and metric.cholesky is None:
+        key = (like.shape[1], like.dtype, like.device)
+        if key not in _UNIT_SCALES:
+            _UNIT_SCALES[key] = torch.ones(like.shape[1], dtype=like.dtype, device=like.device)
+        return _UNIT_SCALES[key], None
+    return metric.scale, metric.cholesky
+
+
 def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]:
     """(y, metric) -> (U_y(y), grad U_y(y)), compiled."""
     def value_and_grad(y: Tensor, scale: Optional[Tensor], cholesky: Optional[Tensor]):
         return unit_value_and_grad(potential, y, Metric(scale, cholesky))
     compiled = compile_function(value_and_grad, "unit_value_and_grad")
-    return lambda y, metric: compiled(y, metric.scale, metric.cholesky)
+    return lambda y, metric: compiled(y, *metric_arguments(metric, y))
 
 
 class Report(NamedTuple):
@@ -138,7 +153,7 @@ class CompiledIterations:
         states = tuple(_as_tensors(s, chains.z) for s in states)
         flag = torch.tensor(adapting, device=chains.z.device)
         chains, step_size, states, report = self._function(k, rules)(
-            chains, params, states, flag, metric.scale, metric.cholesky, draws)
+            chains, params, states, flag, *metric_arguments(metric, chains.z), draws)
         return chains, tune.with_step_size(step_size), states, report
 
 

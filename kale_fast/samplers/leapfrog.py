@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from kale_fast.reference import integrators as reference
-from kale_fast.samplers.compiled import compile_function
+from kale_fast.samplers.compiled import compile_function, metric_arguments
 from kale_fast.samplers.core import ValueAndGrad
 from kale_fast.samplers.metric import Metric, unit_value_and_grad
 
@@ -85,8 +85,8 @@ class CompiledLeapfrog:
             half, full = self._kick_fractions(y)
             first_kick = half
             for count in chunk_lengths(n):
-                y, p, value, grad = self._chunk(count)(y, p, grad, step_size, first_kick, metric.scale,
-                                                       metric.cholesky)
+                y, p, value, grad = self._chunk(count)(y, p, grad, step_size, first_kick,
+                                                       *metric_arguments(metric, y))
                 first_kick = full
             return y, p, value, grad
         return leapfrog

@@ -17,6 +17,7 @@ from kale_fast.samplers import adaptation, checks
 from kale_fast.samplers.compiled import Report, aligned_chunk, chunk_iterations, compiled_iterations, compiled_paths
 from kale_fast.samplers.context import build_context
 from kale_fast.samplers.core import Tuning, check_count
+from kale_fast.samplers.cuda_graph import CapturedSteps
 from kale_fast.samplers.leapfrog import CompiledLeapfrog
 from kale_fast.samplers.metric import Metric, MetricEstimator, check_metric, position_from_unit, position_to_unit
 from kale_fast.samplers.state import (SampleResult, SamplerState, chains_from_unit, chains_to_unit,
@@ -60,8 +61,6 @@ class _Engine:
         eager = lambda state, params: self.sampler.step(state, params, self.ctx)  # noqa: E731
         self.step = eager
         if self.cuda_graph and self.iterations is None and chains is not None:
-            from kale_fast.samplers.cuda_graph import CapturedSteps  # only on CUDA
-
             self.step = CapturedSteps(eager, chains, step_size, self.generator)
 
     def whole_iterations(self, rules: tuple) -> bool:
