@@ -164,7 +164,7 @@ GEBM_LEAPFROG = 4
 GEBM_ITERATIONS = {1: 64, 64: 64, 1024: 16}
 
 
-def gebm_samplers() -> Dict[str, Callable[[], kf.Sampler]]:
+def gebm_samplers() -> Dict[str, Callable[[], kf.samplers.Sampler]]:
     """Fixed step sizes (no adaptation in the timed runs), identity metric: the figures are costs, not mixing."""
     return {"ula": lambda: kf.ULA(0.05, metric="identity"),
             "kinetic_langevin": lambda: kf.KineticLangevin(0.05, metric="identity"),
@@ -173,7 +173,7 @@ def gebm_samplers() -> Dict[str, Callable[[], kf.Sampler]]:
             "chees": lambda: kf.ChEES(0.05, trajectory_length=0.4, metric="identity", adapt_step_size=False)}
 
 
-def _gradients(sampler: kf.Sampler, state, n: int) -> int:
+def _gradients(sampler: kf.samplers.Sampler, state, n: int) -> int:
     """Gradient evaluations of n iterations from `state` (ChEES: its leapfrog counts, from its Halton sequence)."""
     if not isinstance(sampler, kf.ChEES):
         return n * sampler.gradients_per_iteration()
