@@ -29,11 +29,13 @@ setup: $(VENV)/.installed
 # stage, a fresh energy on the frozen base (600 rounds at lr 3e-3, its best validation state kept), evaluated:
 # runs/toy-8gaussians-tuned/{summary.json,samples.png,energy.png,metric-vs-steps.png,training.png}. The configs'
 # own n_iter and lr_energy (2000 rounds each, lr 1e-3) are those of docs/RESULTS.md's runs, about twice as long.
-# Fresh runs each time: the previous demo runs are removed.
+# Fresh runs each time: the previous demo runs are removed. One thread: these MLPs are too small to share out
+# (measured on a loaded 2-core machine: the joint stage took 461 CPU-s with torch's default threads, 60 with one).
 demo: $(VENV)/.demo-installed
 	rm -rf runs/toy-8gaussians runs/toy-8gaussians-tuned
-	$(VENV)/bin/kale-fast train --config toy_8gaussians --n-iter 1000 --no-eval
-	$(VENV)/bin/kale-fast train --config toy_8gaussians_tuned --n-iter 600 --lr-energy 3e-3 --validate-every 50
+	OMP_NUM_THREADS=1 $(VENV)/bin/kale-fast train --config toy_8gaussians --n-iter 1000 --no-eval
+	OMP_NUM_THREADS=1 $(VENV)/bin/kale-fast train --config toy_8gaussians_tuned --n-iter 600 --lr-energy 3e-3 \
+		--validate-every 50
 
 test: setup
 	$(PY) -m pytest -q
