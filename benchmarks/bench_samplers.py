@@ -13,6 +13,7 @@
 5. Overhead per leapfrog step: HMC with 10 leapfrog steps on a quadratic potential with a closed-form
    gradient at B = 1, L = 100 (where the arithmetic is negligible), eager and with compile=True, one thread.
 """
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import pytest
@@ -24,6 +25,11 @@ from benchmarks._timing import cell, interleaved_ms, ratio_spread, scaled, sprea
 from kale_fast.models import MLP, SNGANBase32, SNGANEnergy32
 from kale_fast.samplers import LatentPotential, value_and_grad
 from kale_fast.samplers.core import Tuning
+
+# These benchmarks time fixed step sizes on purpose (the cost of a step, not the quality of the chains): the
+# end-of-run warnings about acceptance near 1 say nothing here.
+warnings.filterwarnings("ignore", category=kf.samplers.SamplerWarning)
+pytestmark = pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
 
 TITLE = "samplers per iteration (HMC: one iteration = its leapfrog steps), float32"
 STEPS_PER_TIMING = 10

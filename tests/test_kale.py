@@ -113,8 +113,9 @@ def test_objective_is_below_donsker_varadhan_with_equality_at_optimal_a(fused):
 
 
 # --- exact at any size and scale (issue 20, items 1-3) -------------------------------------------------------
-# Sizes per backend: the Triton interpreter runs each program in Python, so it gets the smaller sizes.
-LARGE_SIZES = {"reference": [20, 26], "cpp": [20, 22, 24, 26], "triton": [20, 22], "cuda": [20, 24, 26]}
+# Sizes per backend: the Triton interpreter runs each program in Python, so it gets the smallest (2^22 took 18 s
+# there; 2^20 already sums across many programs and blocks).
+LARGE_SIZES = {"reference": [20, 26], "cpp": [20, 22, 24, 26], "triton": [20], "cuda": [20, 24, 26]}
 
 
 @pytest.mark.parametrize("log2_n", [20, 22, 24, 26])
