@@ -108,3 +108,17 @@ def test_log_prob_knows_the_loaded_log_partition_and_other_files_are_named(tmp_p
                        ("noise.bin", "binary data of another format")):
         with pytest.raises(ValueError, match=f"not a file of GEBM.save .*this one is {what}"):
             kf.load_gebm(tmp_path / name)
+
+
+def test_fp64_networks_get_fp64_latents_and_a_log_partition():
+    """The latent prior is drawn in the networks' dtype: fp64 networks (as in gradcheck-style checks) sample and
+    estimate A without a dtype mismatch, within Monte-Carlo error of the fp32 networks' on the same weights (fp64
+    normal draws are another stream than fp32 ones under one seed)."""
+    gebm32 = kf.GEBM(MLP(3, 2, (8,)), MLP(2, 1, (8,)), latent_dim=3)
+    gebm64 = kf.GEBM(MLP(3, 2, (8,)), MLP(2, 1, (8,)), latent_dim=3).double()
+    gebm64.load_state_dict({k: v.double() for k, v in gebm32.state_dict().items()})
+    assert gebm64.latent(4).dtype == torch.float64 and gebm32.latent(4).dtype == torch.float32
+    a64, se64 = gebm64.log_partition(2000, generator=torch.Generator().manual_seed(0))
+    a32, se32 = gebm32.log_partition(2000, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(a64) and 0 < se64 < 1
+    assert abs(a64 - a32) <= 4 * torch.hypot(se64, se32)

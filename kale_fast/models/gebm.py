@@ -56,9 +56,15 @@ class GEBM(nn.Module):
             return tensor.device
         return torch.device("cpu")  # networks without parameters or buffers
 
+    def _floating_dtype(self) -> torch.dtype:
+        for tensor in itertools.chain(self.parameters(), self.buffers()):
+            if tensor.is_floating_point():
+                return tensor.dtype
+        return torch.get_default_dtype()
+
     def latent(self, n: int, generator: Optional[torch.Generator] = None) -> Tensor:
-        """n draws of the latent prior N(0, I_L), (n, L)."""
-        return torch.randn(n, self.latent_dim, generator=generator, device=self._device())
+        """n draws of the latent prior N(0, I_L), (n, L), in the networks' dtype (fp64 networks get fp64 latents)."""
+        return torch.randn(n, self.latent_dim, generator=generator, device=self._device(), dtype=self._floating_dtype())
 
     def energies(self, x: Tensor) -> Tensor:
         """E(x) as (B,)."""
