@@ -120,6 +120,31 @@ def atomic_write_text(text: str, path: PathLike) -> None:
     atomic_write(path, write)
 
 
+def links_under(folder: PathLike) -> list:
+    """The symbolic links anywhere under `folder` (not followed), as paths relative to it, sorted."""
+    folder = Path(folder)
+    links = []
+    for parent, folders, files in os.walk(folder):  # os.walk does not descend into linked folders
+        links += [Path(parent, name) for name in folders + files if os.path.islink(os.path.join(parent, name))]
+    return sorted(str(link.relative_to(folder)) for link in links)
+
+
+def own_folder(path: PathLike, what: str) -> Path:
+    """`path` as a folder that kale_fast writes files into (created if missing), refused with a ValueError naming it
+    (`what`: e.g. "the TensorBoard folder") when it is a symbolic link or holds one anywhere inside: whatever is
+    written there by name then lands in it, never through a link planted to redirect it."""
+    path = Path(path)
+    if path.is_symlink():
+        raise ValueError(f"{what} {path} is a symbolic link; kale_fast writes only into a folder of its own, never "
+                         f"through a link: remove it")
+    path.mkdir(parents=True, exist_ok=True)
+    links = links_under(path)
+    if links:
+        raise ValueError(f"{what} {path} holds symbolic links ({', '.join(links[:5])}); kale_fast writes only plain "
+                         f"files there, never through a link: remove them")
+    return path
+
+
 def remove_stale_temporaries(folder: PathLike) -> list:
     """Delete the temporary files of interrupted atomic writes in `folder`; returns their paths. Call it only
     while no other process writes there (a run folder under its lock)."""

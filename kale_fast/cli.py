@@ -29,7 +29,7 @@ import kale_fast
 from kale_fast._io import DiskFullError
 from kale_fast.data.tabular import parse_columns
 from kale_fast._suggest import did_you_mean
-from kale_fast.train.config import SAMPLERS, TrainConfig, unavailable_device
+from kale_fast.train.config import SAMPLERS, SEED_LIMIT, TrainConfig, unavailable_device
 from kale_fast.train.run_folder import RunFolderInUse
 
 
@@ -90,6 +90,14 @@ def _int_at_least(minimum: int):
 
 
 _positive_int = _int_at_least(1)
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed as `train` takes it (0 to 2^32 - 1), else a usage error naming the value."""
+    value = _int_at_least(0)(text)
+    if value > SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_LIMIT}, got {value}")
+    return value
 
 
 def _device(text: str) -> str:
@@ -167,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     sample.add_argument("--step-size", type=float, default=None, help="MALA, HMC: the initial step (adapted during "
                         "warm-up); ULA, kinetic Langevin: the fixed step (default: derived from the step MALA adapts "
                         "to during warm-up, see kale_fast.train.sampling)")
-    sample.add_argument("--seed", type=int, default=0, help="seed of the chains and the base samples")
+    sample.add_argument("--seed", type=_seed, default=0, help="seed of the chains and the base samples")
     sample.add_argument("--device", type=_device, default=None, help="default: the run's config")
     evaluate = add_verb("eval", help="evaluate a trained run (summary.json, plots)")
     evaluate.add_argument("--run", required=True, type=Path)

@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from kale_fast._io import atomic_torch_save, load_torch_file
+from kale_fast._io import atomic_torch_save, load_torch_file, own_folder
 
 
 class DigitFeatures(nn.Module):
@@ -48,8 +48,10 @@ def train_feature_network(images: Tensor, labels: Tensor, steps: int = 600, seed
 
 
 def cached_feature_network(name: str, images: Tensor, labels: Tensor, cache_dir: Path) -> DigitFeatures:
-    """The data set's feature classifier, trained once and kept in cache_dir/<name>.pt (its weights only)."""
-    path = Path(cache_dir) / f"{name}.pt"
+    """The data set's feature classifier, trained once and kept in cache_dir/<name>.pt (its weights only). The cache
+    folder must be a folder of its own holding no symbolic link (own_folder): neither the weights read nor the file
+    written go through a link planted there."""
+    path = own_folder(cache_dir, "the feature network cache") / f"{name}.pt"
     if path.exists():
         return digit_features_from_weights(read_weights(path), path, (images.shape[1], int(labels.max()) + 1))
     net = train_feature_network(images, labels)

@@ -235,6 +235,8 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: Union[str, Path], overrides: Optional[Dict[str, Any]] = None) -> "TrainConfig":
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"config file {path} is a folder; expected a YAML file of config keys")
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} not found")
         if path.stat().st_size > _MAX_CONFIG_BYTES:
@@ -268,12 +270,13 @@ class TrainConfig:
 
 
 _MAX_CONFIG_BYTES, _MAX_NESTING = 1 << 20, 20
+SEED_LIMIT = 2 ** 32 - 1  # NumPy's legacy generator takes seeds up to this
 _MAX_NAME_BYTES = 255  # a file name's limit on Linux and macOS file systems
 # The most a config may ask for: far above any real run, low enough that a typo (or a crafted saved config) ends
 # as an error naming its key, not as an allocation of terabytes; seeds as NumPy's legacy generator takes them.
 _SIZE_LIMITS = dict(n_train=10 ** 8, n_test=10 ** 8, latent_dim=1 << 16, hidden=1 << 16, flow_hidden=1 << 16,
                     depth=1024, flow_layers=1024, batch_size=1 << 24, n_eval=10 ** 7, sampler_steps=10 ** 7,
-                    n_partition_samples=10 ** 10, seed=2 ** 32 - 1, split_seed=2 ** 32 - 1)
+                    n_partition_samples=10 ** 10, seed=SEED_LIMIT, split_seed=SEED_LIMIT)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

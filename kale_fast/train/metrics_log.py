@@ -1,12 +1,13 @@
 """A run's metric lines: metrics.jsonl, mirrored to TensorBoard when the tensorboard package is installed."""
 import json
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from kale_fast._io import DISK_FULL_ERRNOS, atomic_write_text, disk_full
-from kale_fast.train.run_folder import METRICS, open_plain_file
+from kale_fast._io import DISK_FULL_ERRNOS, atomic_write_text, disk_full, own_folder
+from kale_fast.train.run_folder import METRICS, TENSORBOARD, open_plain_file
 
 
 def read_metric_lines(path: Path) -> List[Tuple[str, dict]]:
@@ -46,7 +47,8 @@ def _truncated(file, size: int):
 
 class MetricsLog:
     """Metric lines of a run: metrics.jsonl, mirrored to TensorBoard (run_dir/tensorboard) when the tensorboard
-    package is installed. Opened at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint,
+    package is installed. TensorBoard's writer opens its event file by name, following links: so its folder must
+    hold no link (own_folder), and the file's name ends in a random suffix that nothing planted can match. Opened at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint,
     so that a resume leaves each round logged once. `announce`: print the TensorBoard command (not when quiet)."""
 
     def __init__(self, run_dir: Path, rounds_done: int, announce: bool = True):
@@ -60,7 +62,9 @@ class MetricsLog:
         except ImportError:  # tensorboard is optional
             self.board = None
         else:
-            self.board = SummaryWriter(str(run_dir / "tensorboard"), purge_step=rounds_done + 1)
+            board_dir = own_folder(run_dir / TENSORBOARD, "the TensorBoard folder")
+            self.board = SummaryWriter(str(board_dir), purge_step=rounds_done + 1,
+                                       filename_suffix=f".{secrets.token_hex(8)}")
             if announce:
                 print(f"TensorBoard: tensorboard --logdir {run_dir.parent}")
 

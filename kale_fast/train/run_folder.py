@@ -6,7 +6,8 @@ first lives, and the lock dies with its process (the kernel releases it, whateve
 dead writer never blocks the folder. Under the lock, temporary files of atomic writes that a kill interrupted
 are deleted, and the folder's state decides what `train` does (`prepare`). Nothing is written through a link:
 the lock and the metrics log are opened with O_NOFOLLOW (`open_plain_file`), every other file is written
-atomically (a fresh file renamed over the name), and a folder holding symbolic links is refused.
+atomically (a fresh file renamed over the name), and a folder holding symbolic links anywhere (its TensorBoard
+folder included) is refused.
 """
 import errno
 import fcntl
@@ -17,7 +18,7 @@ import stat
 import sys
 from pathlib import Path
 
-from kale_fast._io import remove_stale_temporaries
+from kale_fast._io import links_under, remove_stale_temporaries
 
 CHECKPOINT, BEST, CONFIG, METRICS, SUMMARY = "checkpoint.pt", "best.pt", "config.yaml", "metrics.jsonl", "summary.json"
 LOCK, TENSORBOARD, TRAINING_PLOT = ".lock", "tensorboard", "training.png"
@@ -84,7 +85,7 @@ def prepare(run_dir: Path, resume: bool) -> bool:
     - any other file in the folder: FileExistsError (it is not a run folder).
     """
     run_dir = Path(run_dir)
-    links = sorted(p.name for p in run_dir.iterdir() if p.is_symlink())
+    links = links_under(run_dir)
     if links:
         raise ValueError(f"{run_dir} holds symbolic links ({', '.join(links)}); kale_fast writes only plain files "
                          f"in a run folder, never through a link: remove them")
