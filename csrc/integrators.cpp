@@ -171,7 +171,10 @@ void ula_step(const at::Tensor& z, const at::Tensor& grad, const at::Tensor& ste
                              [&] { langevin_move<scalar_t>(z, grad, step_size, read_seed(seed), noise, z); });
 }
 
-std::tuple<at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Tensor& potential, const at::Tensor& grad,
+// Returns (accept_prob, accepted, energy_error): energy_error = -log of the Metropolis ratio, which the
+// sampler's divergence check reads (no second pass over the (B, L) states).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Tensor& potential,
+                                                           const at::Tensor& grad,
                                                const at::Tensor& z_prop, const at::Tensor& potential_prop,
                                                const at::Tensor& grad_prop, const at::Tensor& step_size,
                                                const at::Tensor& log_uniform) {
@@ -179,6 +182,7 @@ std::tuple<at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Te
   for (const auto* t : {&potential, &potential_prop, &step_size, &log_uniform}) check_per_chain(*t, z, "MALA per-chain value");
   auto accept_prob = at::empty_like(potential);
   auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
+  auto energy_error = at::empty_like(potential);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mala_accept", [&] {
     const int64_t cols = z.size(1);
     const scalar_t *zp = z.const_data_ptr<scalar_t>(), *gp = grad.const_data_ptr<scalar_t>();
@@ -186,7 +190,7 @@ std::tuple<at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Te
     const scalar_t* lu = log_uniform.const_data_ptr<scalar_t>();
     scalar_t *zq = z_prop.mutable_data_ptr<scalar_t>(), *gq = grad_prop.mutable_data_ptr<scalar_t>();
     scalar_t* uq = potential_prop.mutable_data_ptr<scalar_t>();
-    scalar_t* prob = accept_prob.mutable_data_ptr<scalar_t>();
+    scalar_t *prob = accept_prob.mutable_data_ptr<scalar_t>(), *err = energy_error.mutable_data_ptr<scalar_t>();
     bool* acc = accepted.mutable_data_ptr<bool>();
     for_rows(z, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -199,12 +203,13 @@ std::tuple<at::Tensor, at::Tensor> mala_accept(const at::Tensor& z, const at::Te
           backward += b * b;
         }
         const scalar_t log_ratio = (up[r] - uq[r]) + (forward - backward) / (4 * h);
+        err[r] = -log_ratio;
         acc[r] = metropolis(log_ratio, lu[r], prob[r]);
         restore_row(acc[r], r, cols, zq, zp, gq, gp, uq, up);
       }
     });
   });
-  return {accept_prob, accepted};
+  return {accept_prob, accepted, energy_error};
 }
 
 void kinetic_langevin_baoa(const at::Tensor& z, const at::Tensor& v, const at::Tensor& grad, const at::Tensor& step_size,

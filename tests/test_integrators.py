@@ -61,12 +61,21 @@ def check_hmc_trajectory_end(s: dict):
 def check_mala_accept(s: dict):
     """The fused MALA test on state s against the reference, outputs and in-place updates; returns accepted."""
     z2, potential2, grad2 = s["z2"].clone(), s["potential2"].clone(), s["grad2"].clone()
-    prob, accepted = fused.mala_accept(s["z"], s["potential"], s["grad"], z2, potential2, grad2, s["step"], s["log_u"])
+    prob, accepted, energy_error = fused.mala_accept(s["z"], s["potential"], s["grad"], z2, potential2, grad2,
+                                                     s["step"], s["log_u"])
     expected = reference.mala_accept(s["z"], s["potential"], s["grad"], s["z2"], s["potential2"], s["grad2"],
                                      s["step"], s["log_u"])
     for actual, want in zip((z2, potential2, grad2, prob), expected[:4]):
         _close(actual, want)
     assert torch.equal(accepted, expected[4])
+    # -log ratio: a difference of sums over the row, so rounding is relative to the terms' size, not the result's
+    h = s["step"][:, None]
+    terms = (s["potential"].abs() + s["potential2"].abs() + (((s["z2"] - s["z"] + h * s["grad"]) ** 2).sum(1)
+             + ((s["z"] - s["z2"] + h * s["grad2"]) ** 2).sum(1)) / (4 * s["step"]))
+    tol = 1e-5 if energy_error.dtype == torch.float32 else 1e-12
+    finite = torch.isfinite(expected[5])
+    torch.testing.assert_close(energy_error[~finite], expected[5][~finite], equal_nan=True)  # NaN and +-inf
+    assert ((energy_error - expected[5])[finite].abs() <= tol * (1 + terms[finite])).all()
     return accepted
 
 

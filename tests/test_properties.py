@@ -184,9 +184,10 @@ def test_metropolis_tests_match_the_oracle(backend, data):
     expected_mala = oracle.mala_accept(*[t.clone() for t in mala_args])
     with kf.use_backend(backend):
         hmc_prob, hmc_accepted = integrators.hmc_trajectory_end(*hmc_args)
-        mala_prob, mala_accepted = integrators.mala_accept(*mala_args)
+        mala_prob, mala_accepted, mala_error = integrators.mala_accept(*mala_args)
     hmc_actual = (hmc_args[0], hmc_args[3], hmc_args[2], hmc_prob)  # z, potential, grad updated in place
     mala_actual = (mala_args[3], mala_args[4], mala_args[5], mala_prob)  # the proposal becomes the state
     for actual, expected in zip((*hmc_actual, *mala_actual), (*expected_hmc[:4], *expected_mala[:4])):
         _close(actual, expected, torch.float64)
     assert torch.equal(hmc_accepted, expected_hmc[4]) and torch.equal(mala_accepted, expected_mala[4])
+    _close(mala_error, expected_mala[5], torch.float64)

@@ -195,7 +195,7 @@ _FAKES = {
     "leapfrog_kick_drift": lambda z, p, grad, step_size, kick_fraction: None,
     "hmc_trajectory_end": lambda z, *args: _metropolis_outputs(z),
     "mala_propose": lambda z, grad, step_size, seed, noise: torch.empty_like(z),
-    "mala_accept": lambda z, *args: _metropolis_outputs(z),
+    "mala_accept": lambda z, *args: (*_metropolis_outputs(z), z.new_empty(z.shape[:1])),
     "ula_step": lambda z, grad, step_size, seed, noise: None,
     "kinetic_langevin_baoa": lambda z, v, grad, step_size, friction, seed, noise: None,
 }

@@ -64,7 +64,7 @@ def kernels_for(z: Tensor):
     hmc_draw_momentum(z, seed) -> (p, kinetic); leapfrog_kick_drift(z, p, grad, step_size, kick_fraction);
     hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform) ->
     (accept_prob, accepted); mala_propose(z, grad, step_size, seed, noise) -> z_prop; mala_accept(z, potential,
-    grad, z_prop, potential_prop, grad_prop, step_size, log_uniform) -> (accept_prob, accepted);
+    grad, z_prop, potential_prop, grad_prop, step_size, log_uniform) -> (accept_prob, accepted, energy_error);
     ula_step(z, grad, step_size, seed, noise); kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise).
     `seed` comes from `seed(z, generator)`; `noise` is None (drawn in the kernel) or a (B, L) tensor.
     """
@@ -117,11 +117,13 @@ def mala_propose(z: Tensor, grad: Tensor, step_size: Tensor, *, generator: Optio
 
 
 def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, potential_prop: Tensor,
-                grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor) -> Tuple[Tensor, Tensor]:
+                grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Metropolis test of a MALA proposal, in one kernel: proposal densities, acceptance and select.
 
     In place, the proposal tensors (z_prop, potential_prop, grad_prop) become the new state: rejected chains get
-    their current values back. Returns (accept_prob, accepted), both (B,).
+    their current values back. Returns (accept_prob, accepted, energy_error), all (B,): energy_error is -log of
+    the Metropolis ratio (what a divergence check compares with its threshold; NaN or infinite where the
+    proposal's energy or gradient is).
     """
     _check(z, dict(grad=grad, z_prop=z_prop, grad_prop=grad_prop),
            dict(potential=potential, potential_prop=potential_prop, step_size=step_size, log_uniform=log_uniform),

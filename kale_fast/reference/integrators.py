@@ -55,13 +55,15 @@ def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, pote
                 grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor):
     """Metropolis-adjusted test of a MALA proposal with log q(b | a) = -|b - a + h grad U(a)|^2 / (4h).
 
-    Returns (z, potential, grad, accept_prob, accepted) of the chosen states.
+    Returns (z, potential, grad, accept_prob, accepted) of the chosen states and the energy error, -log of the
+    Metropolis ratio (B,), which the samplers' divergence check reads.
     """
     h = _col(step_size)
     log_q_forward = -((z_prop - z + h * grad) ** 2).sum(dim=1) / (4 * step_size)
     log_q_backward = -((z - z_prop + h * grad_prop) ** 2).sum(dim=1) / (4 * step_size)
     log_ratio = (potential - potential_prop) + log_q_backward - log_q_forward
-    return _metropolis_select(log_ratio, log_uniform, (z_prop, potential_prop, grad_prop), (z, potential, grad))
+    return (*_metropolis_select(log_ratio, log_uniform, (z_prop, potential_prop, grad_prop), (z, potential, grad)),
+            -log_ratio)
 
 
 def ula_step(z: Tensor, grad: Tensor, step_size: Tensor, noise: Tensor) -> Tensor:

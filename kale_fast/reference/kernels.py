@@ -94,12 +94,12 @@ def mala_propose(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise
 
 
 def mala_accept(z: Tensor, potential: Tensor, grad: Tensor, z_prop: Tensor, potential_prop: Tensor,
-                grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor) -> Tuple[Tensor, Tensor]:
-    *selected, accept_prob, accepted = integrators.mala_accept(
+                grad_prop: Tensor, step_size: Tensor, log_uniform: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    *selected, accept_prob, accepted, energy_error = integrators.mala_accept(
         z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform)
     for target, value in zip((z_prop, potential_prop, grad_prop), selected):
         target.copy_(value)
-    return accept_prob, accepted
+    return accept_prob, accepted, energy_error
 
 
 def ula_step(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise: Optional[Tensor]) -> None:

@@ -4,7 +4,7 @@ end of a run, warnings (SamplerWarning) where the result should not be trusted a
 A step diverges where its proposal's energy or gradient is NaN or infinite, or, for MALA and the HMC family,
 where the energy error of the move exceeds DIVERGENCE_THRESHOLD: H' - H for an HMC trajectory (potential plus
 kinetic energy, after the closing half kick) and -log of the Metropolis ratio for MALA (the same quantity for
-MALA seen as one leapfrog step). The threshold is Stan's and BlackJAX's (1000); as there, only an increase
+MALA seen as one leapfrog step; the fused mala_accept kernel returns it beside its decision). The threshold is Stan's and BlackJAX's (1000); as there, only an increase
 counts: a large decrease is accepted with probability 1 and is what a chain far out in the tails does on its
 way in. ULA and kinetic Langevin have no Metropolis test: they diverge only where the energy or gradient is not
 finite. Shapes: B chains of L coordinates; energies (B,), positions and gradients (B, L).
@@ -54,16 +54,6 @@ def hmc_energy_error(potential: Tensor, end_momentum: Tensor, potential0: Tensor
     """H' - H of an HMC trajectory (B,): its end's potential and momentum (after the closing half kick) against
     its start's potential and kinetic energy. NaN where the end's gradient (in the momentum) is NaN."""
     return (potential + 0.5 * torch.linalg.vecdot(end_momentum, end_momentum)) - (potential0 + kinetic0)
-
-
-def mala_energy_error(y: Tensor, potential: Tensor, grad: Tensor, y_prop: Tensor, potential_prop: Tensor,
-                      grad_prop: Tensor, step_size: Tensor) -> Tensor:
-    """-log of MALA's Metropolis ratio (B,), with log q(b | a) = -|b - a + h grad U(a)|^2 / (4h). Expanded, with
-    d = y' - y and s = grad U(y) + grad U(y'): U(y') - U(y) + h (|grad U(y')|^2 - |grad U(y)|^2) / 4 - d . s / 2
-    (five passes over (B, L) rather than the textbook form's ten)."""
-    grad_sq_change = torch.linalg.vecdot(grad_prop, grad_prop) - torch.linalg.vecdot(grad, grad)
-    drift = torch.linalg.vecdot(y_prop - y, grad + grad_prop)
-    return (potential_prop - potential) + 0.25 * step_size * grad_sq_change - 0.5 * drift
 
 
 # --- step-size adaptation ----------------------------------------------------------------------------------

@@ -81,11 +81,9 @@ class MALA(Sampler):
     def step(self, state: ChainState, params: StepParams, ctx: StepContext) -> Tuple[ChainState, Transition]:
         y_prop = ctx.kernels.mala_propose(state.z, state.grad, params.step_size, ctx.seed(state.z), None)
         value, grad = ctx.value_and_grad(y_prop)
-        divergent = checks.divergent(checks.mala_energy_error(state.z, state.potential, state.grad, y_prop, value,
-                                                              grad, params.step_size))
-        accept_prob, accepted = ctx.kernels.mala_accept(state.z, state.potential, state.grad, y_prop, value, grad,
-                                                        params.step_size, ctx.log_uniform(value))
-        return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, divergent)
+        accept_prob, accepted, energy_error = ctx.kernels.mala_accept(
+            state.z, state.potential, state.grad, y_prop, value, grad, params.step_size, ctx.log_uniform(value))
+        return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, checks.divergent(energy_error))
 
     def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
         return normal_draws(k, like, generator), log_uniform_draws(k, like, generator)
@@ -94,8 +92,6 @@ class MALA(Sampler):
         noise, log_uniform = draws
         y_prop = reference.mala_propose(state.z, state.grad, params.step_size, noise)
         value, grad = value_and_grad(y_prop)
-        divergent = checks.divergent(checks.mala_energy_error(state.z, state.potential, state.grad, y_prop, value,
-                                                              grad, params.step_size))
-        *chosen, accept_prob, accepted = reference.mala_accept(state.z, state.potential, state.grad, y_prop, value,
-                                                               grad, params.step_size, log_uniform)
-        return ChainState(*chosen), Transition(accept_prob, accepted, divergent)
+        *chosen, accept_prob, accepted, energy_error = reference.mala_accept(
+            state.z, state.potential, state.grad, y_prop, value, grad, params.step_size, log_uniform)
+        return ChainState(*chosen), Transition(accept_prob, accepted, checks.divergent(energy_error))

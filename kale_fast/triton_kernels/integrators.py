@@ -296,11 +296,11 @@ def ula_step(z, grad, step_size, seed, noise) -> None:
 
 
 @triton.jit
-def _mala_accept_kernel(z_ptr, u_ptr, grad_ptr, zq_ptr, uq_ptr, gradq_ptr, step_ptr, lu_ptr, prob_ptr, accepted_ptr,
-                        partial_ptr, n_rows, n_cols, col_tiles, ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
-                        FUSED: tl.constexpr):
-    """|forward|^2 - |backward|^2 of the proposal densities' exponents; with FUSED also the Metropolis test and
-    the restore, else the tile's partial for _mala_decide_kernel."""
+def _mala_accept_kernel(z_ptr, u_ptr, grad_ptr, zq_ptr, uq_ptr, gradq_ptr, step_ptr, lu_ptr, error_ptr, prob_ptr,
+                        accepted_ptr, partial_ptr, n_rows, n_cols, col_tiles, ROWS: tl.constexpr,
+                        BLOCK_COLS: tl.constexpr, FUSED: tl.constexpr):
+    """|forward|^2 - |backward|^2 of the proposal densities' exponents; with FUSED also the energy error, the
+    Metropolis test and the restore, else the tile's partial for _mala_decide_kernel."""
     rows, row_mask, col_tile, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=1.0)
     delta = tl.load(zq_ptr + offs, mask=mask, other=0.0) - tl.load(z_ptr + offs, mask=mask, other=0.0)
@@ -308,8 +308,9 @@ def _mala_accept_kernel(z_ptr, u_ptr, grad_ptr, zq_ptr, uq_ptr, gradq_ptr, step_
     backward = -delta + h[:, None] * tl.load(gradq_ptr + offs, mask=mask, other=0.0)
     squares = tl.sum(forward * forward, axis=1) - tl.sum(backward * backward, axis=1)
     if FUSED:
-        accepted = _decide(_mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr), rows, row_mask, lu_ptr,
-                           prob_ptr, accepted_ptr, uq_ptr, u_ptr)
+        log_ratio = _mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr)
+        tl.store(error_ptr + rows, -log_ratio, mask=row_mask)
+        accepted = _decide(log_ratio, rows, row_mask, lu_ptr, prob_ptr, accepted_ptr, uq_ptr, u_ptr)
         _restore(accepted, offs, mask, zq_ptr, z_ptr, gradq_ptr, grad_ptr)
     else:
         _store_partial(partial_ptr, rows, row_mask, col_tile, col_tiles, squares)
@@ -322,19 +323,24 @@ def _mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr):
 
 
 @triton.jit
-def _mala_decide_kernel(partial_ptr, u_ptr, uq_ptr, step_ptr, lu_ptr, prob_ptr, accepted_ptr, n_rows, col_tiles,
-                        ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def _mala_decide_kernel(partial_ptr, u_ptr, uq_ptr, step_ptr, lu_ptr, error_ptr, prob_ptr, accepted_ptr, n_rows,
+                        col_tiles, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows, row_mask, squares = _sum_partials(partial_ptr, n_rows, col_tiles, ROWS, BLOCK)
     h = tl.load(step_ptr + rows, mask=row_mask, other=1.0)
-    _decide(_mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr), rows, row_mask, lu_ptr, prob_ptr,
-            accepted_ptr, uq_ptr, u_ptr)
+    log_ratio = _mala_log_ratio(squares, rows, row_mask, h, u_ptr, uq_ptr)
+    tl.store(error_ptr + rows, -log_ratio, mask=row_mask)
+    _decide(log_ratio, rows, row_mask, lu_ptr, prob_ptr, accepted_ptr, uq_ptr, u_ptr)
 
 
 def mala_accept(z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform):
-    return _metropolis_test(z, potential, (_mala_accept_kernel, z, potential, grad, z_prop, potential_prop, grad_prop,
-                                           step_size, log_uniform),
-                            (_mala_decide_kernel, potential, potential_prop, step_size, log_uniform),
-                            (z_prop, z, grad_prop, grad))
+    """(accept_prob, accepted, energy_error): energy_error = -log of the Metropolis ratio (B,)."""
+    energy_error = torch.empty_like(potential)
+    accept_prob, accepted = _metropolis_test(
+        z, potential, (_mala_accept_kernel, z, potential, grad, z_prop, potential_prop, grad_prop, step_size,
+                       log_uniform, energy_error),
+        (_mala_decide_kernel, potential, potential_prop, step_size, log_uniform, energy_error),
+        (z_prop, z, grad_prop, grad))
+    return accept_prob, accepted, energy_error
 
 
 @triton.jit
