@@ -52,10 +52,22 @@ def metric_arguments(metric: Metric, like: Tensor) -> Tuple[Optional[Tensor], Op
     return metric.scale, metric.cholesky
 
 
+def potential_reference(potential) -> Callable[[], Callable]:
+    """() -> potential: a weak reference where the potential allows one. The compiled functions call it inside
+    their traced bodies (TorchDynamo follows weak references), so the cache of compiled paths, which holds them,
+    never keeps a dropped potential (and its networks) alive."""
+    try:
+        return weakref.ref(potential)
+    except TypeError:  # a bound method, a builtin: not cached (compiled_paths), so a strong reference is fine
+        return lambda: potential
+
+
 def compiled_value_and_grad(potential) -> Callable[[Tensor, Metric], Tuple[Tensor, Tensor]]:
     """(y, metric) -> (U_y(y), grad U_y(y)), compiled."""
+    reference = potential_reference(potential)
+
     def value_and_grad(y: Tensor, scale: Optional[Tensor], cholesky: Optional[Tensor]):
-        return unit_value_and_grad(potential, y, Metric(scale, cholesky))
+        return unit_value_and_grad(reference(), y, Metric(scale, cholesky))
     compiled = compile_function(value_and_grad, "unit_value_and_grad")
     return lambda y, metric: compiled(y, *metric_arguments(metric, y))
 
@@ -113,16 +125,16 @@ class CompiledIterations:
     share one compiled function per (k, with adaptations)."""
 
     def __init__(self, sampler, potential, mode: Optional[str] = None):
-        self.sampler, self.potential, self.mode = sampler, potential, mode
+        self.sampler, self.potential, self.mode = sampler, potential_reference(potential), mode
         self.functions: Dict[Tuple[int, bool], Callable] = {}
 
     def _function(self, k: int, rules: tuple) -> Callable:
         key = (k, bool(rules))
         if key not in self.functions:
-            sampler, potential = self.sampler, self.potential
+            sampler, reference = self.sampler, self.potential
 
             def iterations(chains, template: StepParams, states, adapting, scale, cholesky, draws):
-                metric = Metric(scale, cholesky)
+                metric, potential = Metric(scale, cholesky), reference()
                 value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
                 tune = Tuning(template.step_size)
                 rows = []
@@ -184,7 +196,9 @@ def compiled_iterations(paths: CompiledPaths, sampler, potential, mode: Optional
 
 
 # Compiled paths outlive a run, so that a warm-up run followed by a sampling run (or many short runs) of one
-# potential compile once; a potential that cannot be weakly referenced (a bound method) compiles per run.
+# potential compile once; a potential that cannot be weakly referenced (a bound method) compiles per run. Keyed
+# weakly, and the compiled functions reach the potential only through potential_reference: a dropped potential
+# frees its entry, its compiled functions and its networks.
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 

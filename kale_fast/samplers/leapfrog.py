@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from kale_fast.reference import integrators as reference
-from kale_fast.samplers.compiled import compile_function, metric_arguments
+from kale_fast.samplers.compiled import compile_function, metric_arguments, potential_reference
 from kale_fast.samplers.core import ValueAndGrad
 from kale_fast.samplers.metric import Metric, unit_value_and_grad
 
@@ -55,16 +55,16 @@ class CompiledLeapfrog:
     """n leapfrog steps as compiled chunks of algebra steps (the contract above; p is not updated in place)."""
 
     def __init__(self, potential):
-        self.potential = potential
+        self.potential = potential_reference(potential)  # weak: kale_fast.samplers.compiled's cache holds self
         self.chunks: Dict[int, Callable] = {}
         self._kicks: Dict[Tuple[torch.device, torch.dtype], Tuple[Tensor, Tensor]] = {}
 
     def _chunk(self, count: int) -> Callable:
         if count not in self.chunks:
-            potential = self.potential
+            reference = self.potential
 
             def chunk(y, p, grad, step_size, first_kick, scale, cholesky):
-                metric = Metric(scale, cholesky)
+                metric, potential = Metric(scale, cholesky), reference()
                 return algebra_leapfrog(lambda y: unit_value_and_grad(potential, y, metric), y, p, grad, step_size,
                                         count, first_kick)
 
