@@ -29,7 +29,7 @@ GROUPS: Dict[str, List[str]] = {
     "The authors' options": ["faithful", "eval_idle_network"],
     "Objective and optimisation": ["objective", "energy_only", "n_iter", "n_iter_d_init", "n_iter_d", "batch_size",
                                    "lr_energy", "lr_base", "beta1", "beta2", "penalty", "n_partition_samples", "compile"],
-    "Validation": ["validate_every", "patience", "validation_smoothing"],
+    "Validation": ["validate_every", "patience", "validation_smoothing", "energy_ema"],
     "Evaluation samples": ["sampler", "sampler_steps", "step_size", "n_eval", "feature_net"],
     "Logging and checkpoints": ["log_every", "checkpoint_every"],
 }

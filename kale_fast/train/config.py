@@ -137,6 +137,9 @@ class TrainConfig:
     validation_smoothing: float = _key(0.0, "early stopping and best.pt judge an exponential moving average of the "
                                        "validation scores, s = a s + (1 - a) score, with this a in [0, 1) (0: each "
                                        "score as it is): a state is not chosen for one lucky validation")
+    energy_ema: float = _key(0.0, "average the energy's weights over training, e = a e + (1 - a) w after every "
+                             "energy step, with this a in [0, 1) (0: off; needs validate_every): validation scores "
+                             "the average, and best.pt, which evaluation and sampling read, holds it")
     log_every: int = _key(50, "rounds between metric lines")
     checkpoint_every: int = _key(200, "rounds between checkpoints (and one at the end)")
     seed: int = _key(0, "seed of the networks' initialisation, the batches and the evaluation")
@@ -193,6 +196,11 @@ class TrainConfig:
         if not 0 <= self.validation_smoothing < 1:
             raise ValueError(f"config key 'validation_smoothing' must be in [0, 1) (0: off), got "
                              f"{self.validation_smoothing}")
+        if not 0 <= self.energy_ema < 1:
+            raise ValueError(f"config key 'energy_ema' must be in [0, 1) (0: off), got {self.energy_ema}")
+        if self.energy_ema and (not self.validate_every or self.objective == "ml"):
+            raise ValueError("config key 'energy_ema' averages a trained energy, kept in best.pt at its best "
+                             "validation: set validate_every, with objective kale or dv")
         if self.patience and not self.validate_every:
             raise ValueError("config key 'patience' counts validations: set validate_every too")
         if isinstance(self.latent_dim, int) and self.latent_dim < 1:

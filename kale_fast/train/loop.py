@@ -21,6 +21,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from kale_fast._io import atomic_torch_save, atomic_write_text
 from kale_fast.data import data_hash, load_data
@@ -48,6 +49,7 @@ class Trainer:
     stale_validations: int = 0         # and how many validations since have not improved on it
     smoothed_validation: Optional[float] = None  # the moving average of validation losses (validation_smoothing)
     data_hash: Optional[str] = None    # kale_fast.data.data_hash of the run's splits
+    energy_average: Optional[AveragedModel] = None  # energy_ema's moving average of the energy's weights
 
     @property
     def log_partition(self) -> nn.Parameter:
@@ -91,7 +93,10 @@ class Trainer:
         rank, _ = distributed.rank_and_size()
         if rank:  # each process draws its own batches
             steps.generator.manual_seed(config.seed + 1 + 7919 * rank)
-        return cls(config, gebm, steps, tuple(train_data.shape[1:]), data_hash=data_hash)
+        # use_buffers: the average carries the energy's buffers too (spectral norm's power-iteration vectors)
+        average = AveragedModel(gebm.energy, multi_avg_fn=get_ema_multi_avg_fn(config.energy_ema),
+                                use_buffers=True) if config.energy_ema else None
+        return cls(config, gebm, steps, tuple(train_data.shape[1:]), data_hash=data_hash, energy_average=average)
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the RNG states of every process are gathered."""
@@ -103,7 +108,16 @@ class Trainer:
                     gebm=self.gebm.state_dict(),
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
-                    base_optimizer=self.base_optimizer.state_dict(), rng=rng)
+                    base_optimizer=self.base_optimizer.state_dict(), rng=rng,
+                    **({"energy_average": self.energy_average.state_dict()} if self.energy_average else {}))
+
+    def scored_state_dict(self) -> dict:
+        """The GEBM's weights that validation scores and best.pt keeps: with energy_ema, the averaged energy's."""
+        state = self.gebm.state_dict()
+        if self.energy_average is not None:
+            state.update({f"energy.{key}": value.detach().clone()
+                          for key, value in self.energy_average.module.state_dict().items()})
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.gebm.load_state_dict(state["gebm"])
@@ -111,6 +125,8 @@ class Trainer:
             self.log_partition.copy_(state["log_partition"])
         self.energy_optimizer.load_state_dict(state["energy_optimizer"])
         self.base_optimizer.load_state_dict(state["base_optimizer"])
+        if self.energy_average is not None:
+            self.energy_average.load_state_dict(state["energy_average"])
         rank, size = distributed.rank_and_size()
         if len(state["rng"]) != size:
             raise ValueError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as "
@@ -132,7 +148,10 @@ class Trainer:
             self.gebm.energy.train()
         index = torch.randint(0, len(train_data), (self.config.batch_size,), generator=self.generator,
                               device=train_data.device)
-        return self.steps.energy_step(train_data[index])
+        metrics = self.steps.energy_step(train_data[index])
+        if self.energy_average is not None:
+            self.energy_average.update_parameters(self.gebm.energy)
+        return metrics
 
     def base_step(self, train_data: Tensor) -> Dict[str, Tensor]:
         if self.config.eval_idle_network:
@@ -192,11 +211,13 @@ class Trainer:
     def _validation_score(self, validation_data: Tensor) -> float:
         if self.config.objective == "ml":
             return -self.gebm.base.log_prob(validation_data).mean().item()
+        gebm = self.gebm if self.energy_average is None else GEBM(
+            self.gebm.base, self.energy_average.module, self.gebm.latent_dim, self.gebm.spec)
         generator = torch.Generator(device=validation_data.device).manual_seed(self.config.seed + 3)
         if self.validation_key == "validation_kale":
-            return self.gebm.kale(validation_data, self.config.n_partition_samples, generator=generator).item()
-        log_partition, _ = self.gebm.log_partition(self.config.n_partition_samples, generator=generator)
-        return -self.gebm.log_prob(validation_data, log_partition).mean().item()
+            return gebm.kale(validation_data, self.config.n_partition_samples, generator=generator).item()
+        log_partition, _ = gebm.log_partition(self.config.n_partition_samples, generator=generator)
+        return -gebm.log_prob(validation_data, log_partition).mean().item()
 
     def record_validation(self, score: float) -> bool:
         """Update the early-stopping state with a validation score (`validation_key`); True when it is the best so
@@ -315,7 +336,7 @@ def _train_in(run_dir: Path, config: TrainConfig, resume: bool, progress: bool) 
             if validating:  # every process computes the same number: no collective needed
                 score = metrics[trainer.validation_key] = trainer.validation_score(validation_data)
                 if trainer.record_validation(score) and writer:
-                    atomic_torch_save({"gebm": trainer.gebm.state_dict(), "rounds_done": done,
+                    atomic_torch_save({"gebm": trainer.scored_state_dict(), "rounds_done": done,
                                        "log_partition": trainer.log_partition.detach().clone(),
                                        trainer.validation_key: score}, run_dir / BEST)
             logging = validating or done % config.log_every == 0 or done == config.n_iter
