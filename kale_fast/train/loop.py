@@ -13,6 +13,7 @@ A run lives in <out_dir>/<name>/: config.yaml, checkpoint.pt (atomic), best.pt, 
 The networks are built in kale_fast.models (build_gebm), the data read in kale_fast.data (load_data), checkpoints
 read and checked in train/checkpoints.py, metric lines written by train/metrics_log.py.
 """
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -244,6 +245,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     rank, _ = distributed.rank_and_size()
     run_dir = Path(config.out_dir) / config.name
     check_base_run(config)
+    config = inherit_flow_keys(config, announce=progress and rank == 0)
     created = rank == 0 and not run_dir.exists()
     lock = run_folder.RunFolderLock(run_dir) if rank == 0 else None
     try:
@@ -272,6 +274,31 @@ def check_same_base(base_config: TrainConfig, config: TrainConfig) -> None:
                            for key in differing)
         raise ValueError(f"config key 'base_from': the base run's network was built with other keys ({values}); "
                          f"set them as the base run did")
+
+
+# The keys that build a flow base, which a base_from run's config supplies where this config leaves them unset
+FLOW_NETWORK_KEYS = ("base", "latent_dim", "flow_layers", "flow_hidden", "flow_batch_norm")
+
+
+def inherit_flow_keys(config: TrainConfig, announce: bool = False) -> TrainConfig:
+    """With base_from a run of a flow base: config with each of FLOW_NETWORK_KEYS that it leaves at TrainConfig's
+    default set to the base run's value, so that a second stage need not repeat the first's network
+    (configs/tabular_kale.yaml names none). A key set here to another value than the base run's is left as it
+    is, and check_same_base refuses it. announce: print what was taken."""
+    base_dir = config.base_run_dir()
+    if base_dir is None or not (base_dir / CHECKPOINT).is_file():
+        return config  # no base run: check_base_run and load_run say so
+    saved = read_state(base_dir / CHECKPOINT, "cpu")["config"]
+    if saved.get("base") not in FLOW_BASES:
+        return config
+    defaults = TrainConfig()
+    taken = {key: saved[key] for key in FLOW_NETWORK_KEYS
+             if key in saved and getattr(config, key) == getattr(defaults, key) and saved[key] != getattr(config, key)}
+    if not taken:
+        return config
+    if announce:
+        print(f"from the base run {base_dir}: " + " ".join(f"{key}={value}" for key, value in taken.items()))
+    return dataclasses.replace(config, **taken)
 
 
 def check_base_run(config: TrainConfig) -> None:
