@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
-BUILD_INPUTS := pyproject.toml setup.py $(wildcard csrc/*) $(wildcard kernels/*)
+BUILD_INPUTS := pyproject.toml setup.py $(wildcard csrc/*) $(wildcard kernels/*) $(wildcard include/kale_fast/*)
 
 .PHONY: setup demo test bench gpu-check
 

@@ -1,5 +1,6 @@
 """Builds the one extension kale_fast._C: the op schemas and the C++ CPU kernels of csrc/ always, the CUDA
-kernels of kernels/ too where torch has CUDA (and a CUDA toolkit is found: CUDA_HOME or nvcc on PATH).
+kernels of kernels/ too where torch has CUDA (and a CUDA toolkit is found: CUDA_HOME or nvcc on PATH). The
+headers both share (argument checks, the log-sum-exp state) live in include/kale_fast/, on the include path.
 
 Install with `pip install --no-build-isolation -e .`: torch must already be installed (it is deliberately
 not a build requirement, so that no build environment ever pulls a CUDA torch of its own).
@@ -25,15 +26,18 @@ def host_simd_flags():
 # -fno-math-errno lets sqrt be one instruction; unlike -ffast-math they keep inf and NaN semantics.
 cxx_flags = ["-O3", "-g0", "-fopenmp", "-fno-trapping-math", "-fno-math-errno", "-Wno-psabi", *host_simd_flags()]
 sources = sorted(glob.glob("csrc/*.cpp"))
+include_dirs = [os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")]
 if torch.version.cuda is not None and CUDA_HOME is not None:
     extension = CUDAExtension(
         "kale_fast._C",
         sources + sorted(glob.glob("kernels/*.cu")),
+        include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
         extra_link_args=["-fopenmp"],
     )
 else:
     print("kale_fast: torch has no CUDA here (or no CUDA toolkit was found); building the CPU kernels only")
-    extension = CppExtension("kale_fast._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
+    extension = CppExtension("kale_fast._C", sources, include_dirs=include_dirs, extra_compile_args={"cxx": cxx_flags},
+                             extra_link_args=["-fopenmp"])
 
 setup(ext_modules=[extension], cmdclass={"build_ext": BuildExtension})

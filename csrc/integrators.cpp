@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "philox.h"
-#include "op_checks.h"
+#include "kale_fast/op_checks.h"
 
 namespace kale_fast {
 namespace {

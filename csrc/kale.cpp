@@ -15,7 +15,7 @@
 #include <tuple>
 
 #include "log_sum_exp.h"
-#include "op_checks.h"
+#include "kale_fast/op_checks.h"
 #include "reused_buffers.h"
 
 namespace kale_fast {

@@ -1,6 +1,6 @@
 // The reductions and the gradient map of the CPU KALE kernels, over explicit SIMD vectors (vec_math.h); their
-// running state (log_sum_exp_state.h) is shared with the CUDA kernels. Inputs of any floating dtype are widened to
-// acc_t (float or double).
+// running state (include/kale_fast/log_sum_exp_state.h) is shared with the CUDA kernels. Inputs of any floating
+// dtype are widened to acc_t (float or double).
 //
 // Accuracy at any size: every sum is pairwise. Inside a block of kBlock elements, vector leaves of kLeafVectors
 // vectors are summed directly and the leaves pairwise (Cascade); blocks are combined pairwise too, so each
@@ -13,7 +13,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "log_sum_exp_state.h"
+#include "kale_fast/log_sum_exp_state.h"
 #include "vec_math.h"
 
 namespace kale_fast {

@@ -1,7 +1,7 @@
 // The schemas of every kernel op of kale_fast, defined once under torch.ops.kale_fast. Each source file
-// registers its implementations for its dispatch key: csrc/*.cpp for CPU, kernels/*.cu for CUDA;
-// kale_fast/ops/_backend.py registers the fake (meta) rules and Triton for the CUDA key where no CUDA C++
-// kernel exists. Annotated arguments (Tensor(a!)) are updated in place.
+// registers its implementations for its dispatch key: csrc/*.cpp for CPU, kernels/*.cu for CUDA; each op
+// family's Python module (kale_fast/ops/<family>.py) registers the fake (meta) rules, and Triton for the CUDA
+// key where no CUDA C++ kernel exists. Annotated arguments (Tensor(a!)) are updated in place.
 #include <torch/library.h>
 
 TORCH_LIBRARY(kale_fast, m) {

@@ -14,7 +14,7 @@
 #include <algorithm>
 #include <tuple>
 
-#include "../csrc/op_checks.h"
+#include "kale_fast/op_checks.h"
 #include "launch.cuh"
 
 namespace kale_fast {
@@ -25,10 +25,9 @@ constexpr int kRowsPerBlock = kWarps;  // one warp per chain in hmc_trajectory_e
 constexpr c10::DeviceType kDevice = c10::kCUDA;  // of every chain state these ops take
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) leapfrog_kick_drift_kernel(scalar_t* __restrict__ z, scalar_t* __restrict__ p,
-                                                                       const scalar_t* __restrict__ grad,
-                                                                       const scalar_t* __restrict__ step_size,
-                                                                       scalar_t kick_fraction, int64_t n_cols, int64_t total) {
+__global__ void __launch_bounds__(kThreads) leapfrog_kick_drift_kernel(
+    scalar_t* __restrict__ z, scalar_t* __restrict__ p, const scalar_t* __restrict__ grad,
+    const scalar_t* __restrict__ step_size, scalar_t kick_fraction, int64_t n_cols, int64_t total) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x; i < total; i += stride) {
     const scalar_t h = step_size[i / n_cols];
@@ -44,7 +43,8 @@ void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Ten
   if (z.numel() == 0) return;
   const c10::cuda::CUDAGuard guard(z.device());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "leapfrog_kick_drift_cuda", [&] {
-    leapfrog_kick_drift_kernel<scalar_t><<<grid_stride_blocks(z.numel()), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+    const auto stream = c10::cuda::getCurrentCUDAStream();
+    leapfrog_kick_drift_kernel<scalar_t><<<grid_stride_blocks(z.numel()), kThreads, 0, stream>>>(
         z.mutable_data_ptr<scalar_t>(), p.mutable_data_ptr<scalar_t>(), grad.const_data_ptr<scalar_t>(),
         step_size.const_data_ptr<scalar_t>(), static_cast<scalar_t>(kick_fraction), z.size(1), z.numel());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -55,7 +55,8 @@ void leapfrog_kick_drift(const at::Tensor& z, const at::Tensor& p, const at::Ten
 // then the whole warp restores a rejected chain's row.
 template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads) hmc_trajectory_end_kernel(
-    scalar_t* __restrict__ z, const scalar_t* __restrict__ p, scalar_t* __restrict__ grad, scalar_t* __restrict__ potential,
+    scalar_t* __restrict__ z, const scalar_t* __restrict__ p, scalar_t* __restrict__ grad,
+    scalar_t* __restrict__ potential,
     const scalar_t* __restrict__ z0, const scalar_t* __restrict__ potential0, const scalar_t* __restrict__ grad0,
     const scalar_t* __restrict__ kinetic0, const scalar_t* __restrict__ step_size,
     const scalar_t* __restrict__ log_uniform, scalar_t* __restrict__ accept_prob, bool* __restrict__ accepted,

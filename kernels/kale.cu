@@ -15,7 +15,7 @@
 #include <optional>
 #include <tuple>
 
-#include "../csrc/op_checks.h"
+#include "kale_fast/op_checks.h"
 
 #include "log_sum_exp.cuh"
 

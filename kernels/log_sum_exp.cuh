@@ -1,10 +1,10 @@
 // Device side of the streaming log-sum-exp of the CUDA kernels: the per-element update and the warp and
-// block merges of the state that csrc/log_sum_exp_state.h defines for host and device code alike.
+// block merges of the state that include/kale_fast/log_sum_exp_state.h defines for host and device code alike.
 #pragma once
 
 #include <cmath>
 
-#include "../csrc/log_sum_exp_state.h"
+#include "kale_fast/log_sum_exp_state.h"
 #include "launch.cuh"
 
 namespace kale_fast {
