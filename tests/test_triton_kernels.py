@@ -44,9 +44,8 @@ def small_tiles(monkeypatch):
                                    (1 << 20, 1), (1 << 20, 1 << 21)])
 def test_gpu_tiling_covers_the_state_within_limits(monkeypatch, shape):
     monkeypatch.setattr(tk, "_MAX_TILE", 2048)
-    monkeypatch.setattr(tk, "_TARGET_PROGRAMS", 264)
     n_rows, n_cols = shape
-    t = tk.tiling(n_rows, n_cols)
+    t = tk.tiling(n_rows, n_cols, 264)  # two programs per multiprocessor of an H100
     assert t.block_cols * t.col_tiles >= n_cols > t.block_cols * (t.col_tiles - 1)
     assert t.rows * t.row_blocks >= n_rows > t.rows * (t.row_blocks - 1)
     assert t.rows == 1 or t.col_tiles == 1  # several rows per program only when one tile spans a row
@@ -88,7 +87,7 @@ def _check_all_updates(shape, dtype):
 @pytest.mark.parametrize("shape", [(3, 300), (5, 64), (2, 1000), (40, 3)])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_tiled_updates_match_reference(small_tiles, shape, dtype):
-    t = tk.tiling(*shape)
+    t = tk.tiling(*shape, tk.target_programs(torch.device("cpu")))
     assert (t.col_tiles > 2) == (shape[1] > 128)  # (3, 300): 5 tiles a row, partials added 2 at a time
     _check_all_updates(shape, dtype)
 
@@ -138,7 +137,7 @@ def test_fp64_noise_has_fp64_resolution():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_split_log_mean_exp_matches_torch(shape, dtype):
     """Few long rows are split over programs (a combine pass merges them); many short rows are not."""
-    assert (tkale.log_mean_exp_splits(*shape) > 1) == (shape[1] > 1024)
+    assert (tkale.log_mean_exp_splits(*shape, torch.device("cpu")) > 1) == (shape[1] > 1024)
     gen = torch.Generator().manual_seed(shape[1])
     x = (10 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype).requires_grad_()
     out = kf.log_mean_exp(x, dim=1)

@@ -1,10 +1,10 @@
 """Checks, without a GPU, that kale_fast is wired for CUDA (run by tools/gpu_check.sh in the CUDA venv).
 
-The kernel ops come from the Python op layer (kale_fast.ops._backend.KERNEL_OPS, which kale_fast/ops/*.py
-call) and must be exactly the ops whose schemas kale_fast._C defines (csrc/op_schemas.cpp). Each must have a
+The kernel ops come from the Python op layer (kale_fast.ops._kernels.KERNEL_OPS, which kale_fast/ops/*.py
+declare) and must be exactly the ops whose schemas kale_fast._C defines (csrc/op_schemas.cpp). Each must have a
 CUDA kernel from the extension's CUDA sources (kernels/*.cu), or, for the ops of TRITON_ON_CUDA, the Triton
-kernel that kale_fast.ops._backend registers by design. Every op of the namespace, the kernel ops, the
-Python backends' traceable ops and the autograd front doors alike, must have a fake (Meta) rule, so that
+kernel that its op family registers by design (kale_fast/ops/<family>.py). Every op of the namespace, the kernel
+ops, the Python backends' traceable ops and the autograd front doors alike, must have a fake (Meta) rule, so that
 torch.compile can trace it. Nothing runs on a device. Exit status 1 with the list of failures.
 """
 import sys
@@ -12,7 +12,7 @@ import sys
 import torch
 
 import kale_fast  # noqa: F401  (registers everything)
-from kale_fast.ops import _backend
+from kale_fast.ops import _kernels
 
 
 def registrations(op: str) -> dict:
@@ -32,14 +32,14 @@ def main() -> int:
     namespace = sorted(name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names()
                        if name.startswith("kale_fast::"))
     from_schemas = {op for op in namespace if "csrc/op_schemas.cpp" in registrations(op).get("debug", "")}
-    called = {op for ops in _backend.KERNEL_OPS.values() for op in ops}
+    called = {op for ops in _kernels.KERNEL_OPS.values() for op in ops}
     if from_schemas != called:
         failures.append(f"csrc/op_schemas.cpp defines {sorted(from_schemas)} but the Python op layer calls "
                         f"{sorted(called)}")
     for op in sorted(called):
         cuda = registrations(op).get("CUDA", "")
-        if op in _backend.TRITON_ON_CUDA:
-            expected, ok = "Triton (kale_fast/ops/_backend.py)", "kale_fast/ops/_backend.py" in cuda
+        if op in _kernels.TRITON_ON_CUDA:
+            expected, ok = "Triton (kale_fast/ops/*.py)", "kale_fast/ops/" in cuda and ".py" in cuda
         else:
             expected, ok = "a CUDA kernel of kernels/*.cu", "/kernels/" in cuda and ".cu" in cuda
         print(f"  kale_fast::{op:24s} CUDA: {cuda or 'none':60s} {'ok' if ok else 'FAIL'}")
@@ -48,8 +48,8 @@ def main() -> int:
     no_fake = [op for op in namespace if not torch._C._dispatch_has_kernel_for_dispatch_key(f"kale_fast::{op}", "Meta")]
     if no_fake:
         failures.append(f"ops without a fake (Meta) rule, which torch.compile cannot trace: {no_fake}")
-    print(f"check_cuda_registrations: {len(called)} kernel ops ({len(called) - len(_backend.TRITON_ON_CUDA)} CUDA C++, "
-          f"{len(_backend.TRITON_ON_CUDA)} Triton by design), {len(namespace)} ops with fake rules checked")
+    print(f"check_cuda_registrations: {len(called)} kernel ops ({len(called) - len(_kernels.TRITON_ON_CUDA)} CUDA C++, "
+          f"{len(_kernels.TRITON_ON_CUDA)} Triton by design), {len(namespace)} ops with fake rules checked")
     for failure in failures:
         print(f"FAIL: {failure}", file=sys.stderr)
     return 1 if failures else 0

@@ -1,47 +1,31 @@
-"""Which implementation runs an op: `set_backend`, the `KALE_FAST_BACKEND` variable, what "auto" picks, and
-the kernels of each backend.
+"""Which implementation runs an op: the backends, where each can run, and how one is chosen.
 
-Every backend implements one kernel contract: the ops of `KERNEL_OPS`, whose schemas csrc/op_schemas.cpp
-defines once under torch.ops.kale_fast. The C++ extension registers its kernels for the CPU key (csrc/) and,
-where torch has CUDA, for the CUDA key (kernels/); this module registers their fake rules, and Triton for the
-CUDA key of the ops in `TRITON_ON_CUDA`. The "triton" and "reference" backends are Python modules with the
-same functions; under torch.compile they run as custom ops `kale_fast::<backend>_<op>` with the same schemas
-and fake rules, so that every backend traces as opaque nodes.
+A call's backend is, first found: its `backend=` keyword; the innermost `with kf.backend(name):` block of the
+calling thread (or asyncio task: a contextvar); the process-wide `set_backend` (or the KALE_FAST_BACKEND
+variable), "auto" by default. "auto" then picks, per device type, the first available backend of AUTO_ORDER.
 
-Availability is settled once at import (cheap checks only; Triton itself is imported at its first launch),
-so that `resolve` is plain dictionary work that torch.compile traces without a graph break.
+Availability is settled once at import (cheap checks only; Triton itself is imported at its first launch), so
+that `resolve` is plain dictionary work. Under torch.compile the choice is read when the code is traced: the
+keyword and the process-wide setting are guarded (a change retraces), a `with kf.backend(...)` block is read as
+a constant of the trace (torch.compile cannot guard a contextvar), so a function compiled inside one keeps that
+backend. All backends compute the same values to rounding; the choice is one of speed.
 """
 import contextlib
+import contextvars
 import importlib
 import importlib.util
 import os
-import types
 import warnings
 from typing import Dict, Iterator, Optional, Union
 
 import torch
 
-from kale_fast.reference.kale import accumulation_dtype
-
 BACKENDS = ("auto", "reference", "cpp", "triton", "cuda")
-
-# The kernel contract, per op family (kale_fast/ops/<family>.py wraps them).
-KERNEL_OPS = {
-    "kale": ("kale_loss_forward", "kale_loss_backward", "log_mean_exp_forward", "log_mean_exp_backward"),
-    "integrators": ("hmc_draw_momentum", "leapfrog_kick_drift", "hmc_trajectory_end", "mala_propose", "mala_accept",
-                    "ula_step", "kinetic_langevin_baoa"),
-}
-
-# Served on CUDA tensors by Triton kernels by design: the CUDA C++ kernels (kernels/) cover the KALE ops and the
-# two leapfrog updates. Every other op must have a CUDA C++ kernel (tools/check_cuda_registrations.py checks).
-TRITON_ON_CUDA = ("hmc_draw_momentum", "mala_propose", "mala_accept", "ula_step", "kinetic_langevin_baoa")
 
 # What "auto" runs, per device type, first available wins. CPU: the C++ kernels beat eager PyTorch at every
 # size measured (benchmarks/RESULTS.md). CUDA: Triton first; no H100 run has yet compared it with the CUDA
 # kernels, so this order is a default, not a measurement (see RESULTS.md).
 AUTO_ORDER = {"cpu": ("cpp", "reference"), "cuda": ("triton", "cuda", "reference")}
-
-_PYTHON_BACKEND_MODULES = {"triton": "kale_fast.triton_kernels.{family}", "reference": "kale_fast.reference.kernels"}
 
 
 def _import_error(module: str) -> Optional[str]:
@@ -68,7 +52,7 @@ def _availability() -> Dict[str, Dict[str, Optional[str]]]:
         cuda_kernels = "torch has no CUDA device here"
     elif cpp is not None:
         cuda_kernels = cpp
-    elif not has_cuda_kernel("kale_loss_forward"):  # checked before Triton is registered for the CUDA key
+    elif not has_cuda_kernel("kale_loss_forward"):  # a CUDA C++ kernel by design (never Triton)
         cuda_kernels = "kale_fast._C was built without its CUDA kernels (setup.py adds them only where torch has CUDA)"
     else:
         cuda_kernels = None
@@ -86,141 +70,77 @@ def _availability() -> Dict[str, Dict[str, Optional[str]]]:
 
 
 _AVAILABILITY = _availability()
+HAS_SCHEMAS = _AVAILABILITY["cpp"]["cpu"] is None  # kale_fast._C imported: torch.ops.kale_fast's schemas exist
 
 
 def _checked(name: object, source: str) -> str:
+    if isinstance(name, str) and (name in _AVAILABILITY or name == "auto"):
+        return name
     if not isinstance(name, str):
         raise TypeError(f"{source} must be a str, one of {BACKENDS}; got {type(name).__name__}")
-    if name not in BACKENDS:
-        raise ValueError(f"{source} must be one of {BACKENDS}; got {name!r}")
-    return name
+    raise ValueError(f"{source} must be one of {BACKENDS}; got {name!r}")
 
 
 # Checked when first used (get_backend, resolve), not here: a bad variable must not make `import kale_fast` (and
 # so the CLI, which reports errors in one line) fail with a traceback.
-_current = os.environ.get("KALE_FAST_BACKEND", "auto")
+_process_default = os.environ.get("KALE_FAST_BACKEND", "auto")
 _ENVIRONMENT = "the environment variable KALE_FAST_BACKEND"
+_block_choice: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("kale_fast_backend", default=None)
+
+
+@torch.compiler.assume_constant_result
+def _traced_block_choice() -> Optional[str]:
+    """The innermost `backend` block's name, read by torch.compile once per trace (it cannot trace a contextvar)."""
+    return _block_choice.get()
+
+
+def _chosen() -> str:
+    """The name in force for this thread: its innermost `backend` block's, else the process-wide one."""
+    block = _traced_block_choice() if torch.compiler.is_compiling() else _block_choice.get()
+    return _process_default if block is None else block
 
 
 def set_backend(name: str) -> None:
-    """Choose the implementation of every fused op: "auto" (default), "reference", "cpp", "triton" or "cuda".
-
-    The choice is read when an op is called (or traced, under torch.compile).
-    """
-    global _current
-    _current = _checked(name, "backend")
+    """Choose, for the whole process, the implementation of every fused op: "auto" (default), "reference",
+    "cpp", "triton" or "cuda". A `with kf.backend(...)` block or an op's `backend=` keyword overrides it."""
+    global _process_default
+    _process_default = _checked(name, "backend")
 
 
 def get_backend(device: Optional[Union[str, torch.device]] = None) -> str:
-    """The name last given to `set_backend` (or KALE_FAST_BACKEND), "auto" by default; given a device, the
-    concrete backend that runs there (what "auto" resolves to, e.g. get_backend("cpu") -> "cpp")."""
+    """The name in force here (the innermost `kf.backend` block's, else set_backend's or KALE_FAST_BACKEND's,
+    "auto" by default); given a device, the concrete backend that runs there (e.g. get_backend("cpu") -> "cpp")."""
     if device is None:
-        return _checked(_current, _ENVIRONMENT)
+        return _checked(_chosen(), _ENVIRONMENT)
     return resolve(torch.device(device))
 
 
 @contextlib.contextmanager
-def use_backend(name: str) -> Iterator[None]:
-    """`with kf.use_backend("reference"):` runs the block on that backend, then restores the previous one."""
-    previous = _current
-    set_backend(name)
+def backend(name: str) -> Iterator[None]:
+    """`with kf.backend("reference"):` runs the ops called in the block, in this thread or task only, on that
+    backend, then restores the previous choice."""
+    token = _block_choice.set(_checked(name, "backend"))
     try:
         yield
     finally:
-        set_backend(previous)
+        _block_choice.reset(token)
 
 
-def resolve(device: torch.device) -> str:
-    """The concrete backend that runs an op on `device`; raises RuntimeError when the chosen one cannot."""
+use_backend = backend  # the name of kale_fast 0.1 (whose block also switched other threads)
+
+
+def resolve(device: torch.device, name: Optional[str] = None) -> str:
+    """The concrete backend that runs an op on `device`: `name` (an op's backend= keyword) if given, else the
+    name in force; raises RuntimeError when it cannot run there."""
+    source = "backend"
+    if name is None:  # set_backend and backend() checked theirs: only the environment's can be bad
+        name, source = _chosen(), _ENVIRONMENT
     device_type = device.type
-    if _current == "auto":
+    if name == "auto":
         for candidate in AUTO_ORDER.get(device_type, ("reference",)):
             if _AVAILABILITY[candidate].get(device_type, "") is None:
                 return candidate
-    if _current not in _AVAILABILITY:  # set_backend checks its names: this one came from the environment
-        _checked(_current, _ENVIRONMENT)
-    reason = _AVAILABILITY[_current].get(device_type, f"no kernels for {device_type} tensors")
+    reason = _AVAILABILITY[_checked(name, source)].get(device_type, f"no kernels for {device_type} tensors")
     if reason is not None:
-        raise RuntimeError(f"kale_fast backend {_current!r} cannot run on a {device_type} tensor: {reason}")
-    return _current
-
-
-def _python_kernel(backend: str, family: str, op: str):
-    """The function `op` of a Python backend's module, imported at the first call (Triton is heavy)."""
-    module_name = _PYTHON_BACKEND_MODULES[backend].format(family=family)
-
-    def call(*args):
-        return getattr(importlib.import_module(module_name), op)(*args)
-
-    call.__name__ = f"{backend}_{op}"
-    return call
-
-
-def kernels(backend: str, family: str):
-    """The kernel functions of one op family for a concrete backend, called eagerly (no fake rules needed)."""
-    if backend in ("cpp", "cuda"):
-        return torch.ops.kale_fast  # the dispatcher picks the CPU or CUDA kernel from the tensors' device
-    if backend in _PYTHON_BACKEND_MODULES:
-        return importlib.import_module(_PYTHON_BACKEND_MODULES[backend].format(family=family))
-    raise ValueError(f"no kernels for backend {backend!r}")
-
-
-def traceable_kernels(backend: str, family: str):
-    """The kernels of `kernels(backend, family)` as ops of torch.ops.kale_fast with fake rules, for code that
-    torch.compile traces (and for backward formulas, which AOTAutograd traces)."""
-    if backend in ("cpp", "cuda"):
-        return torch.ops.kale_fast
-    if _TRACEABLE is None:
-        raise RuntimeError(f"kale_fast: the {backend!r} kernels cannot run under torch.compile without the C++ "
-                           f"extension, which defines the op schemas: {_AVAILABILITY['cpp']['cpu']}")
-    return _TRACEABLE[backend][family]
-
-
-# --- registrations on the schemas of kale_fast._C ---------------------------------------------------------
-
-def _metropolis_outputs(z: torch.Tensor):
-    return z.new_empty(z.shape[:1]), z.new_empty(z.shape[:1], dtype=torch.bool)
-
-
-# Output metadata of every kernel op (shapes and dtypes only), for torch.compile's fake tensors.
-_FAKES = {
-    "kale_loss_forward": lambda e_data, e_gen, log_partition: (
-        e_gen.new_empty((), dtype=accumulation_dtype(e_gen.dtype)),
-        e_gen.new_empty((2,), dtype=accumulation_dtype(e_gen.dtype))),
-    "kale_loss_backward": lambda grad, e_data, e_gen, log_partition, state: (
-        e_data.new_empty(()).expand(e_data.shape), torch.empty_like(e_gen), state.new_empty(())),
-    "log_mean_exp_forward": lambda x: x.new_empty(x.shape[:1], dtype=accumulation_dtype(x.dtype)),
-    "log_mean_exp_backward": lambda grad, x, out: torch.empty_like(x),
-    "hmc_draw_momentum": lambda z, seed: (torch.empty_like(z), z.new_empty(z.shape[:1])),
-    "leapfrog_kick_drift": lambda z, p, grad, step_size, kick_fraction: None,
-    "hmc_trajectory_end": lambda z, *args: _metropolis_outputs(z),
-    "mala_propose": lambda z, grad, step_size, seed, noise: torch.empty_like(z),
-    "mala_accept": lambda z, *args: (*_metropolis_outputs(z), z.new_empty(z.shape[:1])),
-    "ula_step": lambda z, grad, step_size, seed, noise: None,
-    "kinetic_langevin_baoa": lambda z, v, grad, step_size, friction, seed, noise: None,
-}
-
-
-def _register(library: torch.library.Library):
-    """Fake rules of the kernel ops, Triton for the CUDA key of TRITON_ON_CUDA, and the traceable ops of the
-    Python backends; returns {backend: {family: namespace}} of the latter."""
-    traceable = {backend: {} for backend in _PYTHON_BACKEND_MODULES}
-    for family, ops in KERNEL_OPS.items():
-        for backend in _PYTHON_BACKEND_MODULES:
-            traceable[backend][family] = types.SimpleNamespace()
-        for op in ops:
-            torch.library.register_fake(f"kale_fast::{op}", _FAKES[op], lib=library)
-            if op in TRITON_ON_CUDA:
-                library.impl(op, _python_kernel("triton", family, op), "CUDA")
-            schema = str(getattr(torch.ops.kale_fast, op).default._schema)
-            for backend in _PYTHON_BACKEND_MODULES:
-                name = f"{backend}_{op}"
-                library.define(name + schema[schema.index("("):])
-                library.impl(name, _python_kernel(backend, family, op), "CompositeExplicitAutograd")
-                torch.library.register_fake(f"kale_fast::{name}", _FAKES[op], lib=library)
-                setattr(traceable[backend][family], op, getattr(torch.ops.kale_fast, name))
-    return traceable
-
-
-_LIBRARY = torch.library.Library("kale_fast", "FRAGMENT")  # kept alive: registrations last as long as it does
-_TRACEABLE = _register(_LIBRARY) if _AVAILABILITY["cpp"]["cpu"] is None else None
+        raise RuntimeError(f"kale_fast backend {name!r} cannot run on a {device_type} tensor: {reason}")
+    return name

@@ -19,10 +19,35 @@ from torch import Tensor
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from kale_fast.ops import _checks
-from kale_fast.ops._backend import kernels, resolve, traceable_kernels
-from kale_fast.reference.kale import accumulation_dtype
+from kale_fast.ops._backend import resolve
+from kale_fast.ops._dtypes import accumulation_dtype
+from kale_fast.ops._kernels import kernel_op, kernels, traceable_kernels
 
 _FAMILY = "kale"
+
+
+# --- the kernel contract (schemas: csrc/op_schemas.cpp; kernels: csrc/kale.cpp, kernels/kale.cu,
+# triton_kernels/kale.py, reference/kernels.py): each op's fake rule, its output shapes and dtypes ---------------
+
+@kernel_op(_FAMILY, "kale_loss_forward")
+def _(e_data, e_gen, log_partition):
+    acc = accumulation_dtype(e_gen.dtype)
+    return e_gen.new_empty((), dtype=acc), e_gen.new_empty((2,), dtype=acc)
+
+
+@kernel_op(_FAMILY, "kale_loss_backward")
+def _(grad, e_data, e_gen, log_partition, state):
+    return e_data.new_empty(()).expand(e_data.shape), torch.empty_like(e_gen), state.new_empty(())
+
+
+@kernel_op(_FAMILY, "log_mean_exp_forward")
+def _(x):
+    return x.new_empty(x.shape[:1], dtype=accumulation_dtype(x.dtype))
+
+
+@kernel_op(_FAMILY, "log_mean_exp_backward")
+def _(grad, x, out):
+    return torch.empty_like(x)
 
 
 def _backward_backend(ctx) -> str:
@@ -104,7 +129,8 @@ _kale_loss_apply = _cheap_apply(_KaleLoss)
 
 
 @torch.library.custom_op("kale_fast::kale_loss", mutates_args=())
-def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str) -> Tuple[Tensor, Tensor]:
+def _kale_loss_op(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor],
+                  backend: str) -> Tuple[Tensor, Tensor]:
     return _kale_loss_forward(e_data, e_gen, log_partition, backend)
 
 
@@ -123,7 +149,8 @@ def _kale_loss_op_grad(ctx, grad_loss, _grad_state):
 torch.library.register_autograd("kale_fast::kale_loss", _kale_loss_op_grad, setup_context=_kale_loss_setup_context)
 
 
-def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float, None] = None) -> Tensor:
+def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float, None] = None, *,
+              backend: Optional[str] = None) -> Tensor:
     """The energy's KALE loss -F(E, A), a 0-dim tensor in the energies' dtype.
 
     Args:
@@ -131,6 +158,8 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
         e_gen: energies E(B(z)) of base samples, (M,) or (M, 1), same dtype and device as e_data.
         log_partition: A, a one-element tensor (any floating dtype, e.g. an fp32 parameter beside bf16
             energies) or a Python number; None selects the Donsker-Varadhan form.
+        backend: the implementation for this call ("auto", "reference", "cpp", "triton", "cuda"); None: the one
+            in force (kf.backend blocks, kf.set_backend).
 
     Returns mean(e_data) + A + mean(exp(-(e_gen + A))) - 1, or mean(e_data) + log(mean(exp(-e_gen))) when A
     is None. Differentiable in e_data, e_gen and A; accumulates in fp32 (fp64 for fp64 inputs).
@@ -152,7 +181,7 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
         if log_partition.numel() != 1:
             raise ValueError(f"log_partition must be a scalar (one element), got {_checks.describe(log_partition)}")
         log_partition = log_partition.reshape(()).to(acc)
-    backend = resolve(e_gen.device)
+    backend = resolve(e_gen.device, backend)
     # (1-D inputs, the common case, skip the reshape: a new view per call costs more than the kernels at N ~ 1e3)
     e_data = (e_data if e_data.dim() == 1 else e_data.reshape(-1)).contiguous()
     e_gen = (e_gen if e_gen.dim() == 1 else e_gen.reshape(-1)).contiguous()
@@ -246,16 +275,18 @@ def _reduced_dims(dim: Union[int, Sequence[int], None], ndim: int) -> Tuple[int,
     return tuple(normalized) if ndim else ()
 
 
-def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim: bool = False) -> Tensor:
+def log_mean_exp(x: Tensor, dim: Union[int, Sequence[int], None] = None, keepdim: bool = False, *,
+                 backend: Optional[str] = None) -> Tensor:
     """Stable log(mean(exp(x))) over `dim` (every element when None), in x's dtype, fp32/fp64 accumulation.
 
     Shapes follow torch.logsumexp: the reduced dimensions are removed, or kept with size 1 if `keepdim`.
+    `backend` names the implementation for this call (None: the one in force), as for kale_loss.
     """
     _checks.floating_tensor("x", x)
     if not isinstance(keepdim, bool):
         raise TypeError(f"keepdim must be a bool, got {type(keepdim).__name__}")
     dims = _reduced_dims(dim, x.dim())
-    backend = resolve(x.device)
+    backend = resolve(x.device, backend)
     kept = [d for d in range(x.dim()) if d not in dims]
     n_rows = math.prod([x.shape[d] for d in kept])
     rows = x.permute(kept + list(dims)).reshape(n_rows, -1).contiguous()

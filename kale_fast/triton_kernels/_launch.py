@@ -1,5 +1,6 @@
-"""What every Triton launcher shares: the device guard and CUDA's limit on a 1-D grid."""
+"""What every Triton launcher shares: the device guard, the device's size and CUDA's limit on a 1-D grid."""
 import contextlib
+import functools
 
 import torch
 
@@ -11,6 +12,19 @@ def on_device(tensor: torch.Tensor):
     if tensor.device.type == "cuda":
         return torch.cuda.device(tensor.device)
     return contextlib.nullcontext()
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def multiprocessors(device: torch.device) -> int:
+    """The streaming multiprocessors of a CUDA device (queried once per device; 132 on an H100 SXM), or 1 for a
+    CPU tensor, which Triton's interpreter runs one program at a time: what grids are sized by."""
+    if device.type != "cuda":
+        return 1
+    return _cuda_multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def check_programs(n_programs: int, what: str) -> int:

@@ -16,16 +16,21 @@ import torch
 import triton
 import triton.language as tl
 
-from kale_fast.triton_kernels._launch import check_programs, on_device
+from kale_fast.triton_kernels._launch import check_programs, multiprocessors, on_device
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # On a GPU: at most 2048 elements per program, 8 per thread at 8 warps (no spills in fp64 with Philox on sm_90:
-# tools/check_triton_sm90.py), at least 256 (8 per thread at one warp), and programs enough for two per SM of an
-# H100 so that small states still spread over the device. The interpreter runs each program in Python: there,
-# few large programs (the tests set the GPU's tiles where they test the tiling itself).
+# tools/check_triton_sm90.py), at least 256 (8 per thread at one warp), and programs enough for two per
+# streaming multiprocessor of the device, so that small states still spread over it. The interpreter runs each
+# program in Python: there, few large programs (the tests set the GPU's tiles where they test the tiling itself).
 _MAX_TILE = 1 << 16 if _INTERPRETED else 2048
 _MIN_TILE = 256
-_TARGET_PROGRAMS = 1 if _INTERPRETED else 264
+_PROGRAMS_PER_MULTIPROCESSOR = 2
+
+
+def target_programs(device: torch.device) -> int:
+    """How many programs a small state is spread over on `device` (1 in the interpreter)."""
+    return 1 if _INTERPRETED else _PROGRAMS_PER_MULTIPROCESSOR * multiprocessors(device)
 _SUM_TILE = 1024  # partial sums one program of the second pass adds at a time
 
 
@@ -45,11 +50,12 @@ class Tiling:
         return (self.row_blocks * self.col_tiles,)
 
 
-def tiling(n_rows: int, n_cols: int) -> Tiling:
-    """The tiles for a (n_rows, n_cols) state (the dtype does not change them: 8 elements per thread either way)."""
+def tiling(n_rows: int, n_cols: int, n_programs: int) -> Tiling:
+    """The tiles for a (n_rows, n_cols) state spread over about `n_programs` programs where it is small
+    (target_programs(device)); the dtype does not change them: 8 elements per thread either way."""
     block_cols = min(triton.next_power_of_2(n_cols), _MAX_TILE)
     col_tiles = triton.cdiv(n_cols, block_cols)
-    spread = triton.next_power_of_2(triton.cdiv(n_rows * block_cols, _TARGET_PROGRAMS))
+    spread = triton.next_power_of_2(triton.cdiv(n_rows * block_cols, n_programs))
     tile = min(max(spread, _MIN_TILE, block_cols), _MAX_TILE)
     rows = max(1, min(tile // block_cols, triton.next_power_of_2(n_rows)))
     row_blocks = triton.cdiv(n_rows, rows)
@@ -58,6 +64,10 @@ def tiling(n_rows: int, n_cols: int) -> Tiling:
     sum_rows = max(1, min(_SUM_TILE // sum_block, triton.next_power_of_2(n_rows)))
     return Tiling(rows, block_cols, col_tiles, row_blocks, max(1, min(8, rows * block_cols // 256)), sum_rows,
                   sum_block)
+
+
+def _tiles(z) -> Tiling:
+    return tiling(*z.shape, target_programs(z.device))
 
 
 def _launch(kernel, z, tiles: Tiling, *args, **constexprs):
@@ -186,7 +196,7 @@ def _hmc_draw_momentum_kernel(seed_ptr, p_ptr, partial_ptr, n_rows, n_cols, col_
 
 def hmc_draw_momentum(z, seed):
     momentum, kinetic = torch.empty_like(z), torch.empty(z.shape[0], dtype=z.dtype, device=z.device)
-    tiles = tiling(*z.shape)
+    tiles = _tiles(z)
     partials = _partials(z, tiles, kinetic)
     _launch(_hmc_draw_momentum_kernel, z, tiles, seed, momentum, partials)
     if tiles.col_tiles > 1:
@@ -207,7 +217,7 @@ def _leapfrog_kick_drift_kernel(z_ptr, p_ptr, grad_ptr, step_ptr, kick_fraction:
 
 
 def leapfrog_kick_drift(z, p, grad, step_size, kick_fraction: float) -> None:
-    _launch(_leapfrog_kick_drift_kernel, z, tiling(*z.shape), z, p, grad, step_size, float(kick_fraction))
+    _launch(_leapfrog_kick_drift_kernel, z, _tiles(z), z, p, grad, step_size, float(kick_fraction))
 
 
 @triton.jit
@@ -256,7 +266,7 @@ def _metropolis_test(z, potential, first_pass, decide, restore):
     Returns (accept_prob, accepted), both (B,)."""
     accept_prob = torch.empty_like(potential)
     accepted = torch.empty(z.shape[0], dtype=torch.bool, device=z.device)
-    tiles = tiling(*z.shape)
+    tiles = _tiles(z)
     fused = tiles.col_tiles == 1
     partials = _partials(z, tiles, accept_prob)  # unused when fused
     kernel, *args = first_pass
@@ -281,7 +291,7 @@ def _langevin_move_kernel(z_ptr, grad_ptr, step_ptr, seed_ptr, noise_ptr, out_pt
 
 
 def _langevin_move(z, grad, step_size, seed, noise, out):
-    _launch(_langevin_move_kernel, z, tiling(*z.shape), z, grad, step_size, seed,
+    _launch(_langevin_move_kernel, z, _tiles(z), z, grad, step_size, seed,
             noise if noise is not None else z, out, HAS_NOISE=noise is not None)
 
 
@@ -357,5 +367,5 @@ def _kinetic_langevin_baoa_kernel(z_ptr, v_ptr, grad_ptr, step_ptr, friction_ptr
 
 
 def kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise) -> None:
-    _launch(_kinetic_langevin_baoa_kernel, z, tiling(*z.shape), z, v, grad, step_size, friction, seed,
+    _launch(_kinetic_langevin_baoa_kernel, z, _tiles(z), z, v, grad, step_size, friction, seed,
             noise if noise is not None else z, HAS_NOISE=noise is not None)

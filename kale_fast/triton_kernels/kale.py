@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from kale_fast.reference.kale import accumulation_dtype
-from kale_fast.triton_kernels._launch import check_programs, on_device
+from kale_fast.ops._dtypes import accumulation_dtype
+from kale_fast.triton_kernels._launch import check_programs, multiprocessors, on_device
 
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # The interpreter runs each program in Python: few, large programs. On a GPU: blocks that keep 8 lanes of
@@ -32,18 +32,23 @@ _REDUCE_BLOCK = 1024 if _INTERPRETED else 2048
 _MAP_BLOCK = 1024 if _INTERPRETED else 4096
 _NUM_WARPS = 8
 _SINGLE_PROGRAM_MAX = 1 << 16  # up to here one program reduces everything and writes the loss itself
-# Programs of a split reduction: four per SM of an H100 (132 SMs), a constant so that the launch configuration
-# is a function of the shape alone (tools/check_triton_sm90.py compiles exactly what runs).
-_MAX_PROGRAMS = 4 if _INTERPRETED else 4 * 132
+# Programs of a split reduction: four per streaming multiprocessor of the device (4 in the interpreter). The grid
+# is no compile-time constant, so tools/check_triton_sm90.py still compiles exactly what runs.
+_PROGRAMS_PER_MULTIPROCESSOR = 4
+
+
+def max_programs(device: torch.device) -> int:
+    """Programs of a split reduction on `device`: enough to fill it."""
+    return _PROGRAMS_PER_MULTIPROCESSOR * multiprocessors(device)
 
 
 def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def reduce_programs(n_blocks: int) -> int:
+def reduce_programs(n_blocks: int, device: torch.device) -> int:
     """Programs of a reduction over n_blocks blocks of _REDUCE_BLOCK elements: each grid-strides over the rest."""
-    return min(n_blocks, _MAX_PROGRAMS)
+    return min(n_blocks, max_programs(device))
 
 
 @triton.jit
@@ -172,7 +177,7 @@ def kale_loss_forward(e_data: torch.Tensor, e_gen: torch.Tensor, log_partition):
     state = torch.empty(2, dtype=acc, device=e_gen.device)
     n_blocks = triton.cdiv(max(n_data, n_gen), _REDUCE_BLOCK)
     single = max(n_data, n_gen) <= _SINGLE_PROGRAM_MAX
-    n_programs = 1 if single else reduce_programs(n_blocks)
+    n_programs = 1 if single else reduce_programs(n_blocks, e_gen.device)
     partials = state if single else torch.empty(4 * n_programs, dtype=torch.float64, device=e_gen.device)
     a = log_partition if log_partition is not None else state  # never read when HAS_A is False
     common = dict(HAS_A=log_partition is not None, ACC=_acc_dtype(e_gen.dtype))
@@ -234,11 +239,11 @@ def kale_loss_backward(grad: torch.Tensor, e_data: torch.Tensor, e_gen: torch.Te
     return grad_data.expand(e_data.shape), grad_gen, grad_a
 
 
-def log_mean_exp_splits(n_rows: int, n_cols: int) -> int:
+def log_mean_exp_splits(n_rows: int, n_cols: int, device: torch.device) -> int:
     """Programs per row of the log-mean-exp forward: one when there are rows enough to fill the device, else
     up to one per block, so that a few long rows (dim=None: one row of every element) still spread out."""
     n_blocks = triton.cdiv(n_cols, _REDUCE_BLOCK)
-    splits = max(1, min(n_blocks, _MAX_PROGRAMS // n_rows))
+    splits = max(1, min(n_blocks, max_programs(device) // n_rows))
     check_programs(n_rows * splits, f"log_mean_exp of ({n_rows}, {n_cols}) rows")
     return splits
 
@@ -292,7 +297,7 @@ def log_mean_exp_forward(x: torch.Tensor) -> torch.Tensor:
     acc = accumulation_dtype(x.dtype)
     n_rows, n_cols = x.shape
     out = torch.empty(n_rows, dtype=acc, device=x.device)
-    splits = log_mean_exp_splits(n_rows, n_cols)
+    splits = log_mean_exp_splits(n_rows, n_cols, x.device)
     partials = out if splits == 1 else torch.empty(2 * n_rows * splits, dtype=torch.float64, device=x.device)
     with on_device(x):
         _log_mean_exp_forward_kernel[(n_rows * splits,)](
