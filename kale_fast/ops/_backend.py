@@ -70,6 +70,9 @@ def _availability() -> Dict[str, Dict[str, Optional[str]]]:
 
 
 _AVAILABILITY = _availability()
+# What "auto" resolves to per device type (the reference, available everywhere, where nothing else is).
+_AUTO = {device_type: next(candidate for candidate in order if _AVAILABILITY[candidate].get(device_type, "") is None)
+         for device_type, order in AUTO_ORDER.items()}
 HAS_SCHEMAS = _AVAILABILITY["cpp"]["cpu"] is None  # kale_fast._C imported: torch.ops.kale_fast's schemas exist
 
 
@@ -137,9 +140,7 @@ def resolve(device: torch.device, name: Optional[str] = None) -> str:
         name, source = _chosen(), _ENVIRONMENT
     device_type = device.type
     if name == "auto":
-        for candidate in AUTO_ORDER.get(device_type, ("reference",)):
-            if _AVAILABILITY[candidate].get(device_type, "") is None:
-                return candidate
+        return _AUTO.get(device_type, "reference")
     reason = _AVAILABILITY[_checked(name, source)].get(device_type, f"no kernels for {device_type} tensors")
     if reason is not None:
         raise RuntimeError(f"kale_fast backend {name!r} cannot run on a {device_type} tensor: {reason}")

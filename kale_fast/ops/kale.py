@@ -164,16 +164,11 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     Returns mean(e_data) + A + mean(exp(-(e_gen + A))) - 1, or mean(e_data) + log(mean(exp(-e_gen))) when A
     is None. Differentiable in e_data, e_gen and A; accumulates in fp32 (fp64 for fp64 inputs).
     """
-    _checks.floating_tensor("e_data", e_data)
-    _checks.floating_tensor("e_gen", e_gen)
-    _checks.same_device("e_data", e_data, "e_gen", e_gen)
-    _checks.same_dtype("e_data", e_data, "e_gen", e_gen)
-    for name, energies in (("e_data", e_data), ("e_gen", e_gen)):
-        if any(size != 1 for size in energies.shape[1:]):  # (N, 2): an energy net with 2 outputs, not 2N energies
-            raise ValueError(f"{name} must hold one energy per sample, shape (N,) or (N, 1), got "
-                             f"{_checks.describe(energies)}: does the energy network end in more than one output?")
+    if not _common_energies(e_data, e_gen):  # the checks in full, naming what is wrong
+        _check_energies(e_data, e_gen)
     acc = accumulation_dtype(e_gen.dtype)
-    if log_partition is not None:
+    if log_partition is not None and not (isinstance(log_partition, Tensor) and log_partition.dim() == 0
+                                          and log_partition.dtype == acc and log_partition.device == e_gen.device):
         if isinstance(log_partition, (int, float)) and not isinstance(log_partition, bool):
             log_partition = torch.tensor(float(log_partition), dtype=acc, device=e_gen.device)
         _checks.floating_tensor("log_partition", log_partition)
@@ -189,7 +184,42 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
         loss = _kale_loss_op(e_data, e_gen, log_partition, backend)[0]
     else:
         loss = _kale_loss_apply(e_data, e_gen, log_partition, backend)[0]
-    return loss.to(e_data.dtype)
+    return loss if loss.dtype == e_data.dtype else loss.to(e_data.dtype)
+
+
+def _common_energies(e_data, e_gen) -> bool:
+    """Whether (e_data, e_gen) are what training passes, non-empty 1-D floating tensors of one dtype and device:
+    one quick test, so that the checks cost little beside kernels of a few microseconds."""
+    return (isinstance(e_data, Tensor) and isinstance(e_gen, Tensor) and e_data.dim() == 1 == e_gen.dim()
+            and e_data.dtype == e_gen.dtype and e_data.dtype.is_floating_point and e_data.device == e_gen.device
+            and e_data.numel() > 0 < e_gen.numel())
+
+
+def _check_energies(e_data, e_gen) -> None:
+    _checks.floating_tensor("e_data", e_data)
+    _checks.floating_tensor("e_gen", e_gen)
+    _checks.same_device("e_data", e_data, "e_gen", e_gen)
+    _checks.same_dtype("e_data", e_data, "e_gen", e_gen)
+    for name, energies in (("e_data", e_data), ("e_gen", e_gen)):
+        if any(size != 1 for size in energies.shape[1:]):  # (N, 2): an energy net with 2 outputs, not 2N energies
+            raise ValueError(f"{name} must hold one energy per sample, shape (N,) or (N, 1), got "
+                             f"{_checks.describe(energies)}: does the energy network end in more than one output?")
+
+
+def traceable_kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor] = None) -> Tensor:
+    """kale_loss's value in plain torch ops, for code that torch.compile traces through torch.func transforms
+    (train/compiled_steps.py: the custom op above cannot be traced there, torch 2.13; at a few hundred energies
+    inductor's fused loop is as fast). The stable log-sum-exp form: mean(e_data) + A + exp(log mean exp(-e_gen)
+    - A) - 1, or mean(e_data) + log mean exp(-e_gen) without A (log_partition None), accumulated and returned in
+    the accumulation dtype (fp32, fp64 for fp64 energies). Unlike kale_loss it does not guard the means against
+    overflow for energies near the dtype's largest values."""
+    acc = accumulation_dtype(e_gen.dtype)
+    e_data, e_gen = e_data.to(acc), e_gen.to(acc).reshape(-1)
+    log_mean = torch.logsumexp(-e_gen, 0) - math.log(e_gen.numel())
+    if log_partition is None:
+        return e_data.mean() + log_mean
+    a = log_partition.to(acc).reshape(())
+    return e_data.mean() + a + torch.exp(log_mean - a) - 1
 
 
 # --- log_mean_exp ----------------------------------------------------------------------------------------

@@ -11,9 +11,8 @@ Same results as eager up to fp32 rounding, given the same random draws: the late
 are drawn outside the compiled graph, from the trainer's generator, in eager's order (inductor's own random
 numbers differ from eager's under the same seed, and a graph that draws them gives another minibatch: that, not
 rounding, is what made an earlier compiled penalty gradient differ from eager by 8.6e-3; see
-tests/test_compiled_steps.py). The KALE loss is written here in plain torch ops: kf.kale_loss's custom op cannot
-be traced under torch.func's transforms by torch.compile (torch 2.13), and at a batch of a few hundred energies
-inductor's fused loop is as fast.
+tests/test_compiled_steps.py). The KALE loss is kale_fast.ops.kale.traceable_kale_loss, kf.kale_loss in plain
+torch ops: kf.kale_loss's custom op cannot be traced under torch.func's transforms by torch.compile (torch 2.13).
 
 Networks whose forward updates state in place (batch norm's running statistics, spectral norm's power iteration)
 cannot be a functional graph; they are refused with a ValueError (constant buffers, a flow's masks, are fine).
@@ -26,19 +25,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value
 from torch.nn.utils import parametrize
 
+from kale_fast.ops.kale import traceable_kale_loss
 from kale_fast.train.steps import EnergyStep, GradientHook, energy_objective
-
-
-def traceable_kale_loss(e_data: Tensor, e_base: Tensor, log_partition: Optional[Tensor]) -> Tensor:
-    """kf.kale_loss's value in plain torch ops (the stable log-sum-exp form), accumulated in fp32 (fp64 for fp64):
-    mean(e_data) + A + exp(log mean exp(-e_base) - A) - 1, or mean(e_data) + log mean exp(-e_base) without A."""
-    acc = torch.float64 if e_base.dtype == torch.float64 else torch.float32
-    e_data, e_base = e_data.to(acc), e_base.to(acc)
-    log_mean = torch.logsumexp(-e_base, 0) - math.log(e_base.numel())
-    if log_partition is None:
-        return (e_data.mean() + log_mean).to(e_base.dtype)
-    a = log_partition.to(acc)
-    return (e_data.mean() + a + torch.exp(log_mean - a) - 1).to(e_base.dtype)
 
 
 def _check_functional(name: str, module: nn.Module) -> None:
