@@ -41,7 +41,7 @@ def _restore_backend():
 @pytest.fixture
 def fused_backend_state(fused):
     """A factory of random integrator states on the fused backend's device: (shape, dtype) -> dict."""
-    from tests.test_integrators import _state
+    from tests.ops.test_integrators import _state
 
     _, device = fused
     return lambda shape, dtype: _state(shape, dtype, device, seed=shape[0] * 7 + shape[1])

@@ -11,8 +11,8 @@ import kale_fast as kf
 from kale_fast.ops import _backend
 from kale_fast.ops import integrators as fused
 from kale_fast.reference import integrators as reference
-from tests.test_integrators import (_close, _state, check_hmc_trajectory_end, check_leapfrog_kick_drift,
-                                    check_mala_accept)
+from tests.ops.test_integrators import (_close, _state, check_hmc_trajectory_end, check_leapfrog_kick_drift,
+                                        check_mala_accept)
 
 if _backend._AVAILABILITY["triton"]["cpu"] is not None or torch.cuda.is_available():
     pytest.skip("these tests run Triton's interpreter on CPU tensors", allow_module_level=True)

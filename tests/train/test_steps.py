@@ -145,7 +145,7 @@ def test_the_own_networks_example_of_the_training_docs_runs(capsys):
     import re
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "training.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
     section = text[text.index("## Your own networks"):]
     code = section[section.index("```python\n") + len("```python\n"):section.index("```\n", section.index("```python"))]
     code, count = re.subn(r"^ROUNDS, TUNE_ROUNDS, SAMPLES = .*$", "ROUNDS, TUNE_ROUNDS, SAMPLES = 3, 2, 64", code,

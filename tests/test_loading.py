@@ -8,7 +8,7 @@ import torch
 import kale_fast as kf
 from kale_fast.models import MLP
 from kale_fast.train import TrainConfig, load_run, train
-from tests.test_run_safety import TINY, _Payload
+from tests.train.test_run_safety import TINY, _Payload
 
 
 def _own_gebm(seed=0):

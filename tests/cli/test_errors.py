@@ -6,6 +6,7 @@ import pickle
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -178,7 +179,7 @@ def test_a_gebm_spec_that_is_not_json_is_named(tmp_path, run_dir):
 def test_a_bogus_backend_variable_is_one_line_and_import_survives(tmp_path):
     command = [sys.executable, "-m", "kale_fast.cli", "train", "--config", _config(tmp_path), "--quiet", "--no-eval"]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "KALE_FAST_BACKEND": "bogus"},
-                            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                            cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith(
         "kale-fast train: error: the environment variable KALE_FAST_BACKEND must be one of"), result.stderr

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from kale_fast.train import TrainConfig, train
-from tests.test_train import TINY
+from tests.train.test_loop import TINY
 
 
 def test_two_processes_train_identical_replicas(tmp_path):

@@ -158,7 +158,7 @@ def test_shipped_configs_are_found_by_name_and_a_path_still_works(tmp_path, caps
 
 
 def test_the_demo_requirements_are_pinned_as_the_tests_are():
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     pins = lambda name: {line.split("#")[0].strip() for line in (root / name).read_text().splitlines()  # noqa: E731
                          if line.split("#")[0].strip()}
     assert pins("requirements-demo.txt") <= pins("requirements.txt")
