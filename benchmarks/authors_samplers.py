@@ -4,7 +4,7 @@ on the summed potential with the networks' parameters requiring grad (so paramet
 accumulated), potentials recomputed by extra forward passes in the Metropolis tests, boolean-mask selects. Each
 function advances the state by one iteration, like one call of their loop, and takes their own step parameter.
 
-Their parameters against kale_fast's step size h (the functions below convert; tests/test_authors_reimplementation.py
+Their parameters against kale_fast's step size h (the functions below convert; tests/samplers/test_authors_samplers.py
 checks each step for step against kale_fast's sampler with the same noise):
 - ULA (their LangevinSampler): z - gamma/2 grad U + sqrt(gamma) xi, so gamma = 2h (`ula_gamma`);
 - MALA: z - gamma grad U + sqrt(2 gamma) xi, so gamma = h (`mala_gamma`); their Metropolis correction scales the

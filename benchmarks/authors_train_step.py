@@ -1,6 +1,6 @@
 """A faithful reimplementation, for cost comparison, of one training step of the GEBM authors' code
 (MichaelArbel/GeneralizedEBM, trainer.py `iteration` and compute.py), written from its algorithm, not copied.
-The math is kale_fast.train.Trainer's with `faithful: true` (tests/test_authors_reimplementation.py checks one
+The math is kale_fast.train.Trainer's with `faithful: true` (tests/train/test_authors_train_step.py checks one
 energy step and one base step against the Trainer in float64); the cost is theirs:
 - energy step (base in eval mode, energy in train mode): real, base and interpolate batches through the energy in
   three separate forwards (so spectral norm runs three power iterations), the penalty's input gradient by

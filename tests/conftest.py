@@ -39,9 +39,9 @@ def _restore_backend():
 
 
 @pytest.fixture
-def fused_backend_state(fused):
-    """A factory of random integrator states on the fused backend's device: (shape, dtype) -> dict."""
-    from tests.ops.test_integrators import _state
-
-    _, device = fused
-    return lambda shape, dtype: _state(shape, dtype, device, seed=shape[0] * 7 + shape[1])
+def float64():
+    """torch's default dtype float64 for the test, restored after it."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)

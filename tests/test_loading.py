@@ -8,7 +8,7 @@ import torch
 import kale_fast as kf
 from kale_fast.models import MLP
 from kale_fast.train import TrainConfig, load_run, train
-from tests.train.test_run_safety import TINY, _Payload
+from tests._helpers import TINIER, Payload
 
 
 def _own_gebm(seed=0):
@@ -53,7 +53,7 @@ def test_bad_arguments_to_save_are_named(tmp_path):
 
 
 def test_kale_fasts_networks_are_rebuilt_from_the_recorded_spec_and_a_run_folder_loads(tmp_path):
-    config = TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path), "energy_clamp": -10.0,
+    config = TrainConfig.from_dict({**TINIER, "out_dir": str(tmp_path), "energy_clamp": -10.0,
                                     "spectral_norm": True})
     run = load_run(train(config, progress=False))
     run.gebm.save(tmp_path / "gebm.pt", run.log_partition)
@@ -76,11 +76,11 @@ def test_loading_a_crafted_gebm_file_runs_no_code(tmp_path):
     marker = tmp_path / "marker"
     _own_gebm().save(tmp_path / "gebm.pt")
     saved = torch.load(tmp_path / "gebm.pt", weights_only=True)
-    payload = pickle.dumps(_Payload(marker))
+    payload = pickle.dumps(Payload(marker))
     pickle.loads(payload)  # the payload is live: plain unpickling runs it
     assert marker.exists()
     marker.unlink()
-    torch.save({**saved, "spec": _Payload(marker)}, tmp_path / "crafted.pt")
+    torch.save({**saved, "spec": Payload(marker)}, tmp_path / "crafted.pt")
     with pytest.raises(ValueError, match="refuses to load"):
         kf.load_gebm(tmp_path / "crafted.pt", base=MLP(3, 2, (8,)), energy=MLP(2, 1, (8,)))
     assert not marker.exists()

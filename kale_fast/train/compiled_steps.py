@@ -11,7 +11,7 @@ Same results as eager up to fp32 rounding, given the same random draws: the late
 are drawn outside the compiled graph, from the trainer's generator, in eager's order (inductor's own random
 numbers differ from eager's under the same seed, and a graph that draws them gives another minibatch: that, not
 rounding, is what made an earlier compiled penalty gradient differ from eager by 8.6e-3; see
-tests/test_compiled_steps.py). The KALE loss is kale_fast.ops.kale.traceable_kale_loss, kf.kale_loss in plain
+tests/train/test_steps.py). The KALE loss is kale_fast.ops.kale.traceable_kale_loss, kf.kale_loss in plain
 torch ops: kf.kale_loss's custom op cannot be traced under torch.func's transforms by torch.compile (torch 2.13).
 
 Networks whose forward updates state in place (batch norm's running statistics, spectral norm's power iteration)

@@ -1,17 +1,28 @@
-"""kf.kale_loss and kf.log_mean_exp: every fused backend against kale_fast.reference."""
+"""kf.kale_loss and kf.log_mean_exp (kale_fast.ops.kale; benchmarked by benchmarks/bench_kale_loss.py): every fused
+backend against kale_fast.reference, exact at any size and scale, bad input refused, custom ops and torch.compile;
+gradients beyond first order; property-based comparisons with the fp64 oracle; Triton's split reduction."""
 import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kale_fast as kf
 from kale_fast import reference
 from kale_fast.ops import _backend
+from tests.ops._properties import CPU_BACKENDS, ORACLE_RTOL, SETTINGS, close_to_oracle, floats, vectors
+
 
 SIZES = [1, 2, 127, 4099, 100_003]
+
+
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
+
+
 # Relative tolerance per dtype: a few units in the last place of the dtype the result is returned in.
 RTOL = {torch.float16: 2e-3, torch.bfloat16: 1.6e-2, torch.float32: 2e-5, torch.float64: 1e-11}
 
@@ -399,3 +410,237 @@ def test_kale_loss_refuses_more_than_one_energy_per_sample():
         kf.kale_loss(torch.randn(8, 2), e_gen)
     with pytest.raises(ValueError, match="e_gen must hold one energy per sample"):
         kf.kale_loss(e_data, torch.randn(3, 2))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpp"])
+@pytest.mark.parametrize("dim, keepdim", [(1, False), ((0, 2), True), (-1, True), (None, False)])
+def test_log_mean_exp_compiles_fullgraph_with_dim(backend, dim, keepdim):
+    import kale_fast as kf
+
+    torch._dynamo.reset()
+    with kf.use_backend(backend):
+        compiled = torch.compile(lambda x: kf.log_mean_exp(x, dim=dim, keepdim=keepdim), fullgraph=True)
+        x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(compiled(x).sum(), x)
+        out = compiled(x)
+    dims = (0, 1, 2) if dim is None else dim
+    count = x[0, 0, 0].numel() * np.prod([x.shape[d] for d in ((dims,) if isinstance(dims, int) else dims)])
+    expected = torch.logsumexp(x, dim=dims, keepdim=keepdim) - np.log(count)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(grad, torch.autograd.grad(expected.sum(), x)[0])
+
+
+# --- gradients beyond first order: low precision against fp64 element by element, double backward,
+# torch.func transforms, on every backend --------------------------------------------------------------------
+
+LOW_PRECISION = [torch.bfloat16, torch.float16]
+
+
+def _assert_each_element_close(actual, expected, dtype):
+    """Every element within one rounding of `dtype` of the fp64 value (a half unit in the last place, relative),
+    or below the smallest subnormal of `dtype` where the value underflows. (A test relative to the largest
+    element, as test_kale_loss_matches_reference's, would let a wrong small weight pass.)"""
+    rounding = torch.finfo(dtype).eps  # twice the half-unit, for the fp32 work before the last rounding
+    underflow = torch.finfo(dtype).smallest_normal * torch.finfo(dtype).eps
+    assert actual.dtype == dtype
+    error = (actual.double() - expected).abs()
+    bound = rounding * expected.abs() + underflow
+    assert (error <= bound).all(), f"worst element {(error / bound).argmax().item()}: {actual} vs {expected}"
+
+
+def _low_precision_rows(dtype, generator):
+    """Rows whose values are exact in `dtype`, far from 0 (where a result rounded to `dtype` loses most digits)
+    and spread over a few units (so that the weights differ)."""
+    first = torch.tensor([[300.0, 299.0, 298.0, 297.0, 270.0]])
+    offsets = torch.tensor([[1000.0], [-500.0], [60.0]])
+    spread = torch.randn(3, 5, generator=generator) * 2
+    return torch.cat([first, offsets + spread]).to(dtype).requires_grad_()
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+def test_log_mean_exp_gradients_in_low_precision_match_fp64(fused, dtype):
+    _, device = fused
+    x = _low_precision_rows(dtype, torch.Generator().manual_seed(1)).to(device).detach().requires_grad_()
+    weights = torch.tensor([1.0, -0.5, 2.0, 0.25], device=device)
+    (grad,) = torch.autograd.grad((kf.log_mean_exp(x, dim=1).float() * weights).sum(), x)
+    x64 = x.detach().double().requires_grad_()
+    (expected,) = torch.autograd.grad((reference.log_mean_exp(x64, dim=1) * weights.double()).sum(), x64)
+    _assert_each_element_close(grad, expected, dtype)
+    # The softmax weights of each row sum to 1 (times the row's weight), up to one rounding per element.
+    sums = grad.double().sum(dim=1)
+    torch.testing.assert_close(sums, weights.double(), rtol=5 * torch.finfo(dtype).eps, atol=0)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("with_a", [False, True], ids=["dv", "with_a"])
+def test_kale_loss_gradients_in_low_precision_match_fp64(fused, dtype, with_a):
+    _, device = fused
+    gen = torch.Generator().manual_seed(2)
+    e_data = (torch.randn(6, generator=gen) + 50).to(dtype=dtype, device=device).requires_grad_()
+    e_gen = (torch.randn(9, generator=gen) * 2 - 250).to(dtype=dtype, device=device).requires_grad_()
+    a = torch.tensor(251.0, device=device, requires_grad=True) if with_a else None
+    inputs = (e_data, e_gen)
+    grads = torch.autograd.grad(kf.kale_loss(e_data, e_gen, a), inputs)
+    doubles = [t.detach().double().requires_grad_() for t in inputs]
+    expected = torch.autograd.grad(reference.kale_loss(*doubles, None if a is None else a.double()), doubles)
+    for actual, oracle in zip(grads, expected):
+        _assert_each_element_close(actual, oracle, dtype)
+
+
+def _fp64_inputs(device, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    e_data = torch.randn(4, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    e_gen = torch.randn(6, generator=gen, dtype=torch.float64).to(device).requires_grad_()
+    a = torch.tensor(0.4, dtype=torch.float64, device=device, requires_grad=True)
+    return e_data, e_gen, a
+
+
+def test_kale_loss_double_backward_passes_gradgradcheck(fused):
+    _, device = fused
+    e_data, e_gen, a = _fp64_inputs(device)
+    assert torch.autograd.gradgradcheck(kf.kale_loss, (e_data, e_gen, a))
+    assert torch.autograd.gradgradcheck(lambda d, g: kf.kale_loss(d, g), (e_data, e_gen))
+
+
+def test_log_mean_exp_double_backward_passes_gradgradcheck(fused):
+    _, device = fused
+    x = torch.randn(3, 2, 4, dtype=torch.float64, device=device, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: kf.log_mean_exp(t, dim=(0, 2)), (x,))
+    assert torch.autograd.gradgradcheck(kf.log_mean_exp, (x,))
+
+
+def test_second_order_terms_match_the_reference(fused):
+    """The issue's example: d/de of |dL/de|^2 + sum(e) must keep the second-order term (it came back [1, 1, 1])."""
+    _, device = fused
+    e_data, e_gen, a = _fp64_inputs(device, seed=5)
+    for fn, oracle in ((kf.kale_loss, reference.kale_loss), (kf.log_mean_exp, reference.log_mean_exp)):
+        results = []
+        for f in (fn, oracle):
+            args = (e_data, e_gen) if f in (kf.kale_loss, reference.kale_loss) else (e_gen,)
+            (g,) = torch.autograd.grad(f(*args), e_gen, create_graph=True)
+            assert g.grad_fn is not None
+            results.append(torch.autograd.grad((g ** 2).sum() + e_gen.sum(), e_gen)[0])
+        torch.testing.assert_close(results[0], results[1], rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(results[0], torch.ones_like(results[0]))
+
+
+def test_torch_func_grad_hessian_and_vmap(fused):
+    """torch.func.grad, its nesting and vmap; forward mode (jvp, jacfwd) is not implemented."""
+    _, device = fused
+    e_data, e_gen, a = (t.detach() for t in _fp64_inputs(device, seed=7))
+    a_term = lambda g: kf.kale_loss(e_data, g, a)  # noqa: E731
+    a_oracle = lambda g: reference.kale_loss(e_data, g, a)  # noqa: E731
+    torch.testing.assert_close(torch.func.grad(a_term)(e_gen), torch.func.grad(a_oracle)(e_gen))
+    hessian = torch.func.jacrev(torch.func.jacrev(a_term))(e_gen)  # reverse over reverse (no forward mode)
+    torch.testing.assert_close(hessian, torch.func.jacrev(torch.func.jacrev(a_oracle))(e_gen))
+    rows = torch.randn(5, 3, 4, dtype=torch.float64, device=device)
+    per_sample = torch.func.vmap(lambda r: kf.log_mean_exp(r, dim=1))(rows)
+    torch.testing.assert_close(per_sample, reference.log_mean_exp(rows, dim=2))
+    per_sample_grad = torch.func.vmap(torch.func.grad(lambda r: kf.log_mean_exp(r)))(rows)
+    torch.testing.assert_close(per_sample_grad, torch.softmax(rows.reshape(5, -1), dim=1).reshape(rows.shape))
+    batched_loss = torch.func.vmap(lambda g: kf.kale_loss(e_data, g))(rows.reshape(5, -1))
+    torch.testing.assert_close(batched_loss, torch.stack([reference.kale_loss(e_data, g) for g in rows.reshape(5, -1)]))
+
+
+# --- properties against the fp64 oracle (hypothesis; see _properties.py) -------------------------------------
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@SETTINGS
+@given(e_data=vectors(), e_gen=vectors(), a=st.one_of(st.none(), floats(20.0)),
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]))
+def test_kale_loss_and_its_gradients_match_the_fp64_oracle(backend, e_data, e_gen, a, dtype):
+    inputs = [torch.tensor(e_data, dtype=dtype), torch.tensor(e_gen, dtype=dtype)]
+    inputs += [] if a is None else [torch.tensor(a, dtype=torch.float32)]
+    oracle_inputs = [t.double().requires_grad_() for t in inputs]
+    expected = reference.kale_loss(*oracle_inputs, *([None] if a is None else []))
+    expected_grads = torch.autograd.grad(expected, oracle_inputs)
+    inputs = [t.requires_grad_() for t in inputs]
+    with kf.use_backend(backend):
+        loss = kf.kale_loss(*inputs, *([None] if a is None else []))
+        grads = torch.autograd.grad(loss, inputs)
+    close_to_oracle(loss, expected.detach(), dtype)
+    for grad, expected_grad, t in zip(grads, expected_grads, inputs):
+        close_to_oracle(grad, expected_grad, t.dtype)
+
+
+def _near(data, dtype, center, max_size=40):
+    """center + small integers, rounded to dtype (at large |center| they round to center itself: constant inputs)."""
+    offsets = data.draw(st.lists(st.integers(-8, 8), min_size=1, max_size=max_size))
+    return (center + torch.tensor(offsets, dtype=torch.float64)).to(dtype)
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@SETTINGS
+@given(data=st.data(), dtype=st.sampled_from([torch.float32, torch.float64]), with_a=st.booleans())
+def test_kale_loss_is_exact_at_any_scale(backend, data, dtype, with_a):
+    """Energies and A of any magnitude up to the dtype's limits, e_gen + A small (the regime where the objective
+    is not all overflow or underflow): the loss and gradients against the fp64 oracle on the same values. The
+    loss is held to the rounding of its largest term (a mean of values of size |c| is known to eps * |c|);
+    the gradients, which do not depend on the magnitude, to the dtype's rounding."""
+    max_exponent = int(math.log2(torch.finfo(dtype).max)) - 1
+
+    def magnitude():
+        return data.draw(st.sampled_from([-1.0, 1.0])) * 2.0 ** data.draw(st.integers(0, max_exponent)) * 1.375
+
+    c_gen, c_data = magnitude(), magnitude()
+    e_gen, e_data = _near(data, dtype, c_gen), _near(data, dtype, c_data)
+    inputs = [e_data, e_gen] + ([torch.tensor(-c_gen, dtype=dtype)] if with_a else [])
+    oracle_inputs = [t.double().requires_grad_() for t in inputs]
+    expected = reference.kale_loss(*oracle_inputs, *([] if with_a else [None]))
+    expected_grads = torch.autograd.grad(expected, oracle_inputs)
+    inputs = [t.requires_grad_() for t in inputs]
+    with kf.use_backend(backend):
+        loss = kf.kale_loss(*inputs, *([] if with_a else [None]))
+        grads = torch.autograd.grad(loss, inputs)
+    terms = max(abs(c_gen), abs(c_data), abs(expected.item()), 1.0)
+    assert torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), expected.detach(), rtol=0, atol=ORACLE_RTOL[dtype] * terms)
+    for grad, expected_grad, t in zip(grads[:2], expected_grads, inputs):
+        close_to_oracle(grad, expected_grad, t.dtype)
+    if with_a:  # d A = 1 - mean(exp(-e_gen - A)): a difference of terms of size 1
+        torch.testing.assert_close(grads[2].double(), expected_grads[2], rtol=0, atol=ORACLE_RTOL[dtype])
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@SETTINGS
+@given(data=st.data(), shape=st.lists(st.integers(1, 5), min_size=1, max_size=3),
+       dtype=st.sampled_from([torch.float16, torch.bfloat16, torch.float32, torch.float64]),
+       keepdim=st.booleans(), offset=floats(1000.0))
+def test_log_mean_exp_and_its_gradient_match_the_fp64_oracle(backend, data, shape, dtype, keepdim, offset):
+    n = torch.Size(shape).numel()
+    values = data.draw(st.lists(floats(30.0), min_size=n, max_size=n))
+    x = (torch.tensor(values, dtype=torch.float64).reshape(shape) + offset).to(dtype)
+    dims = data.draw(st.one_of(st.none(), st.sets(st.integers(0, len(shape) - 1), min_size=1).map(sorted)))
+    dim = None if dims is None else dims[0] if len(dims) == 1 else tuple(dims)
+    oracle_x = x.double().requires_grad_()
+    expected = reference.log_mean_exp(oracle_x, dim=dim, keepdim=keepdim)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), oracle_x)
+    x.requires_grad_()
+    with kf.use_backend(backend):
+        out = kf.log_mean_exp(x, dim=dim, keepdim=keepdim)
+        (grad,) = torch.autograd.grad(out.sum(), x)
+    close_to_oracle(out, expected.detach(), dtype)
+    close_to_oracle(grad, expected_grad, dtype)
+    # the gradient of each reduced slice is a softmax: it sums to 1 up to the accumulation's rounding
+    slices = grad.double().sum(dim=dims if dims is not None else list(range(len(shape))))
+    torch.testing.assert_close(slices, torch.ones_like(slices), rtol=0, atol=50 * ORACLE_RTOL[dtype])
+
+
+# --- Triton's split reduction through the interpreter ---------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 5000), (2, 3000), (40, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_split_log_mean_exp_matches_torch(triton_kale, shape, dtype):
+    """Few long rows are split over programs (a combine pass merges them); many short rows are not."""
+    assert (triton_kale.log_mean_exp_splits(*shape, torch.device("cpu")) > 1) == (shape[1] > 1024)
+    gen = torch.Generator().manual_seed(shape[1])
+    x = (10 * torch.randn(shape, generator=gen, dtype=torch.float64)).to(dtype).requires_grad_()
+    out = kf.log_mean_exp(x, dim=1)
+    x64 = x.detach().double().requires_grad_()
+    want = torch.logsumexp(x64, dim=1) - math.log(shape[1])
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out.double(), want, **tol)
+    weights = torch.randn(shape[0], generator=gen, dtype=torch.float64)
+    (out.double() * weights).sum().backward()
+    (want * weights).sum().backward()
+    torch.testing.assert_close(x.grad.double(), x64.grad, **tol)

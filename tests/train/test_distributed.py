@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from kale_fast.train import TrainConfig, train
-from tests.train.test_loop import TINY
+from tests._helpers import TINY
 
 
 def test_two_processes_train_identical_replicas(tmp_path):

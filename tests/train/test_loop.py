@@ -1,8 +1,7 @@
-"""The training loop, its configs, checkpoints and resume, the CLI verbs, data loading and GEBM methods."""
+"""The training loop: resume, logging, divergence, run folders, frozen bases and flows, validation and
+early stopping, energy fine-tuning."""
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -10,14 +9,10 @@ import torch
 import yaml
 
 import kale_fast as kf
-from kale_fast.cli import main
 from kale_fast.data import toy_dataset
-from kale_fast.metrics import energy_distance, mmd
 from kale_fast.models import MLP
 from kale_fast.train import TrainConfig, load_run, train
-
-TINY = dict(name="tiny", dataset="8gaussians", n_train=512, n_test=128, hidden=16, depth=2, n_iter=6,
-            n_iter_d_init=3, n_iter_d=2, batch_size=32, n_eval=64, sampler_steps=4, log_every=2, checkpoint_every=3)
+from tests._helpers import TINY
 
 
 def _config(tmp_path, **changes):
@@ -80,133 +75,6 @@ def test_existing_run_is_never_overwritten(tmp_path):
     assert (run_dir / "checkpoint.pt").read_bytes() == before
 
 
-@pytest.mark.parametrize("values, error, match", [
-    (dict(batchsize=3), ValueError, "unknown config key"),
-    (dict(n_iter="10"), TypeError, "'n_iter' must be int"),
-    (dict(lr_energy=True), TypeError, "'lr_energy' must be float"),
-    (dict(objective="wgan"), ValueError, "'objective' must be one of"),
-    (dict(batch_size=0), ValueError, "'batch_size' must be >= 1"),
-    (dict(penalty=-1), ValueError, "'penalty' must be >= 0"),
-    (dict(lr_energy=math.inf), ValueError, "'lr_energy' must be a finite number"),
-    (dict(energy_clamp=math.nan), ValueError, "'energy_clamp' must be a finite number"),
-    (dict(beta2=1.0), ValueError, r"'beta2' must be in \[0, 1\)"),
-    (dict(name="../x"), ValueError, "'name' must be a folder name inside out_dir"),
-    (dict(name="/tmp/x"), ValueError, "'name' must be a folder name inside out_dir"),
-    (dict(name=".."), ValueError, "'name' must be a folder name inside out_dir"),
-])
-def test_bad_configs_are_rejected(values, error, match):
-    with pytest.raises(error, match=match):
-        TrainConfig.from_dict(values)
-
-
-def test_a_yaml_key_given_twice_is_rejected(tmp_path):
-    path = tmp_path / "twice.yaml"
-    path.write_text("n_iter: 10\npenalty: 0.1\nn_iter: 20\n")
-    with pytest.raises(ValueError, match="'n_iter' is given twice \\(line 3\\)"):
-        TrainConfig.from_yaml(path)
-    path.write_text("n_iter: 10\npenalty: 0.1\n")
-    assert TrainConfig.from_yaml(path).n_iter == 10
-
-
-def test_every_yaml_config_in_the_repository_loads():
-    from pathlib import Path
-
-    configs = sorted(Path("configs").glob("*.yaml"))
-    assert configs
-    for path in configs:
-        TrainConfig.from_yaml(path)
-
-
-def test_cli_train_sample_eval(tmp_path, capsys):
-    config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path)}))
-    assert main(["train", "--config", str(config_file), "--quiet", "--n-iter", "4", "--penalty", "0.5",
-                 "--energy-clamp", "none"]) == 0
-    run_dir = tmp_path / "tiny"
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert {"mmd_base", "mmd_gebm", "kale_held_out", "log_partition_mc"} <= set(summary)
-    assert yaml.safe_load((run_dir / "config.yaml").read_text())["penalty"] == 0.5
-    assert (run_dir / "samples.png").stat().st_size > 0 and (run_dir / "energy.png").stat().st_size > 0
-    assert main(["sample", "--run", str(run_dir), "--sampler", "hmc", "--n", "50", "--steps", "3"]) == 0
-    assert main(["sample", "--run", str(run_dir), "--n", "-5"]) == 2  # a usage mistake: one line, exit code 2
-    assert "--n: expected an integer >= 1, got -5" in capsys.readouterr().err
-    capsys.readouterr()
-    assert main(["eval", "--run", str(run_dir), "--feature-net", "features.pt"]) == 2
-    assert "feature_net is for image runs" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        main(["--version"])
-    assert capsys.readouterr().out.strip() == f"kale-fast {kf.__version__}"
-    saved = torch.load(run_dir / "samples-hmc.pt")
-    assert saved["samples"].shape == (50, 2) and torch.isfinite(saved["samples"]).all()
-    (run_dir / "summary.json").unlink()
-    assert main(["eval", "--run", str(run_dir)]) == 0
-    assert (run_dir / "summary.json").exists()
-    assert main(["train", "--config", str(config_file), "--n-iter", "ten"]) == 2
-    assert "invalid int value" in capsys.readouterr().err
-
-
-def test_cli_train_help_describes_every_config_key(capsys):
-    import dataclasses
-
-    with pytest.raises(SystemExit):
-        main(["train", "--help"])
-    text = "".join(capsys.readouterr().out.split())  # argparse wraps lines, at spaces and after hyphens
-    for field in dataclasses.fields(TrainConfig):
-        assert f"--{field.name.replace('_', '-')}" in text
-        assert "".join(field.metadata["help"].split()) + f"(default:{field.default})" in text
-    assert "--sampler{ula,mala,hmc,kinetic_langevin,chees}" in text and "--energy-clampFLOAT|none" in text
-
-
-def test_cli_bench_runs_the_benchmark_suite(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "kale_fast.cli", "bench", "--quick", "--ops", "integrators", "--out",
-                          str(tmp_path)], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert (tmp_path / "integrators-cpu.json").exists() and "leapfrog_kick_drift" in out.stdout
-
-
-def test_gebm_log_partition_kale_and_log_prob():
-    torch.manual_seed(0)
-
-    class Linear(torch.nn.Module):  # E(x) = -mu x: KALE(N(mu, 1) || N(0, 1)) = mu^2 / 2, A = mu^2 / 2
-        def forward(self, x):
-            return -0.8 * x[:, 0]
-
-    gebm = kf.GEBM(torch.nn.Identity(), Linear(), latent_dim=1)
-    a, se = gebm.log_partition(200_000, chunk_size=30_000)
-    assert abs(a.item() - 0.32) < 5 * se.item() + 1e-3 and 0 < se.item() < 0.01
-    x = torch.randn(200_000, 1) + 0.8
-    assert abs(gebm.kale(x, n_base=200_000).item() - 0.32) < 0.02
-    with pytest.raises(TypeError, match="exact density"):
-        gebm.log_prob(x, a)
-    samples, result = gebm.sample(4000, kf.MALA(0.5), 100)  # the GEBM is N(0.8, 1)
-    assert abs(samples.mean().item() - 0.8) < 0.1 and abs(samples.var().item() - 1) < 0.1
-
-
-def test_toy_data_are_reproducible_and_distances_separate_them():
-    a, b = toy_dataset("moons", 500, seed=1), toy_dataset("moons", 500, seed=1)
-    assert torch.equal(a, b) and a.shape == (500, 2)
-    same, other = toy_dataset("moons", 500, seed=2), toy_dataset("rings", 500, seed=2)
-    assert mmd(a, same) < 0.01 < mmd(a, other)
-    assert energy_distance(a, same) < energy_distance(a, other)
-    with pytest.raises(ValueError, match="unknown toy data set"):
-        toy_dataset("spirals", 10)
-
-
-def test_gaussian_nll_matches_scipy():
-    from scipy.stats import multivariate_normal
-
-    from kale_fast.metrics import gaussian_nll
-
-    train_rows, test_rows = torch.randn(500, 4) @ torch.randn(4, 4), torch.randn(50, 4)
-    expected = -multivariate_normal(train_rows.double().mean(0).numpy(),
-                                    torch.cov(train_rows.double().T, correction=0).numpy()).logpdf(test_rows.numpy())
-    result = gaussian_nll(train_rows, test_rows)
-    assert result["nll_gaussian"] == pytest.approx(expected.mean(), rel=1e-9)
-    assert result["nll_gaussian_se"] == pytest.approx(expected.std(ddof=1) / math.sqrt(50), rel=1e-9)
-    with pytest.raises(ValueError, match="more rows than columns"):
-        gaussian_nll(train_rows[:4], test_rows)
-
-
 def test_energy_only_mode_keeps_the_base_frozen(tmp_path):
     run_dir = train(_config(tmp_path, energy_only=True, n_iter=3), progress=False)
     config, gebm = load_run(run_dir)[:2]
@@ -214,50 +82,6 @@ def test_energy_only_mode_keeps_the_base_frozen(tmp_path):
     for name, value in gebm.base.state_dict().items():
         assert torch.equal(value, fresh.gebm.base.state_dict()[name])
     assert isinstance(gebm.base, MLP) and not math.isnan(float(_params(run_dir)["energy.net.0.weight"].sum()))
-
-
-@pytest.mark.parametrize("batch_norm", [False, True])
-def test_realnvp_inverts_and_its_log_density_matches_the_jacobian(batch_norm):
-    from kale_fast.models import RealNVP
-
-    torch.manual_seed(0)
-    flow = RealNVP(5, n_layers=4, hidden=16, batch_norm=batch_norm).double()
-    for layer in flow.layers:
-        torch.nn.init.normal_(layer.scale, std=0.5)
-    if batch_norm:  # training batches move the running statistics; then scales and shifts away from the identity
-        flow.log_prob(torch.randn(64, 5, dtype=torch.float64) * 3 + 1)
-        assert all(not torch.equal(norm.running_var, torch.ones(5, dtype=torch.float64)) for norm in flow.norms)
-        for norm in flow.norms:
-            for tensor, mean in ((norm.log_gamma, 0.0), (norm.beta, 0.0), (norm.running_mean, 0.0),
-                                 (norm.running_var, 2.0)):
-                torch.nn.init.normal_(tensor, mean, 0.5)
-        flow.eval()
-    z = torch.randn(3, 5, dtype=torch.float64)
-    x = flow(z)
-    z_back, log_det = flow.inverse(x)
-    torch.testing.assert_close(z_back, z)
-    jacobian = torch.autograd.functional.jacobian(lambda v: flow.inverse(v[None])[0][0], x[0])
-    torch.testing.assert_close(log_det[0], torch.logdet(jacobian))
-    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z[0]).sum() + torch.logdet(jacobian)
-    torch.testing.assert_close(flow.log_prob(x[:1])[0], expected)
-
-
-@pytest.mark.parametrize("kind", ["maf", "nsf"])
-def test_zuko_flow_maps_latent_to_data_with_the_log_density_of_its_jacobian(kind):
-    pytest.importorskip("zuko")
-    from kale_fast.models.zuko_flows import ZukoFlow
-
-    torch.manual_seed(0)
-    flow = ZukoFlow(kind, 3, transforms=2, hidden=8).double()
-    with torch.no_grad():
-        for param in flow.parameters():  # away from the identity map of a fresh flow
-            param.add_(torch.randn_like(param) * 0.3)
-    z = torch.randn(2, 3, dtype=torch.float64)
-    x = flow(z)
-    jacobian = torch.autograd.functional.jacobian(lambda v: flow(v[None])[0], z[0])
-    expected = torch.distributions.Normal(0.0, 1.0).log_prob(z[0]).sum() - torch.logdet(jacobian)
-    torch.testing.assert_close(flow.log_prob(x[:1])[0], expected)
-    assert torch.autograd.grad(flow(z.requires_grad_(True)).sum(), z)[0].abs().sum() > 0  # differentiable in z
 
 
 @pytest.mark.parametrize("base", ["realnvp", "zuko-maf"])
@@ -390,113 +214,6 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
                       validate_every=2), progress=False)
     with pytest.raises(ValueError, match="'patience' counts validations"):
         TrainConfig.from_dict({**common, "validate_every": 0})
-
-
-def test_image_loaders_read_local_files(tmp_path):
-    import pickle
-
-    import numpy as np
-
-    from kale_fast.data.images import load_cifar10, load_digits, load_npz, load_png_folder
-
-    images, labels = load_digits()
-    assert images.shape == (1797, 1, 8, 8) and images.min() >= -1 and images.max() <= 1 and labels.max() == 9
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    for i in range(1, 6):  # the standard layout, tiny
-        batch = {b"data": np.full((2, 3072), 10 * i, dtype=np.uint8), b"labels": [i, i + 1]}
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    cifar, cifar_labels = load_cifar10(folder)
-    assert cifar.shape == (10, 3, 32, 32) and cifar_labels.tolist()[:2] == [1, 2]
-    np.savez(tmp_path / "set.npz", images=np.zeros((4, 6, 6, 3), dtype=np.uint8), labels=np.arange(4))
-    npz, npz_labels = load_npz(tmp_path / "set.npz")
-    assert npz.shape == (4, 3, 6, 6) and (npz == -1).all() and npz_labels.tolist() == [0, 1, 2, 3]
-    import matplotlib.image
-
-    (tmp_path / "png").mkdir()
-    for i in range(3):
-        matplotlib.image.imsave(tmp_path / "png" / f"{i}.png", np.full((5, 5), i / 2), cmap="gray", vmin=0, vmax=1)
-    assert load_png_folder(tmp_path / "png").shape == (3, 3, 5, 5)
-    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py folder not found"):
-        load_cifar10(tmp_path / "missing")
-
-
-def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(tmp_path):
-    import pickle
-
-    import numpy as np
-
-    from kale_fast.models import build_gebm
-
-    gebm = build_gebm(TrainConfig.from_dict({**TINY, "spectral_norm": True}), (2,))
-    for _ in range(30):  # power iterations run in train-mode forwards
-        gebm.energies(torch.randn(8, 2))
-    for layer in gebm.energy.net:
-        if isinstance(layer, torch.nn.Linear):
-            assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, rel=1e-3)
-    assert not hasattr(build_gebm(TrainConfig.from_dict(TINY), (2,)).energy.net[0], "parametrizations")
-    folder = tmp_path / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(1, 6):
-        batch = {b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8), b"labels": [i % 10] * 4}
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    config = TrainConfig.from_dict({**TINY, "dataset": "cifar10", "data_dir": str(tmp_path), "base": "sngan32",
-                                    "latent_dim": 8, "spectral_norm": True, "n_test": 4, "batch_size": 4,
-                                    "n_partition_samples": 8,
-                                    "n_iter": 2, "n_iter_d_init": 1, "n_iter_d": 1, "out_dir": str(tmp_path)})
-    _, gebm, _, rounds, _ = load_run(train(config, progress=False))
-    assert rounds == 2 and gebm.base_sample(3).shape == (3, 3, 32, 32)
-    with pytest.raises(ValueError, match=r"needs \(3, 32, 32\) images"):
-        train(TrainConfig.from_dict({**TINY, "name": "bad", "dataset": "digits", "base": "sngan32",
-                                     "out_dir": str(tmp_path)}), progress=False)
-
-
-def test_feature_network_files_are_checked(tmp_path):
-    from kale_fast.metrics.image_scores import DigitFeatures, feature_network_from_file
-
-    with pytest.raises(FileNotFoundError, match="DigitFeatures or of torch-fidelity's Inception-v3"):
-        feature_network_from_file(tmp_path / "missing.pt", (1, 8, 8))
-    torch.save(DigitFeatures(3).state_dict(), tmp_path / "digits-rgb.pt")
-    with pytest.raises(ValueError, match="takes 3-channel images, the run's have 1"):
-        feature_network_from_file(tmp_path / "digits-rgb.pt", (1, 8, 8))
-    torch.save({"weight": torch.zeros(3)}, tmp_path / "inception.pth")  # not DigitFeatures: read as Inception
-    try:
-        import torch_fidelity  # noqa: F401
-    except ImportError:
-        with pytest.raises(ModuleNotFoundError, match="needs torch-fidelity"):
-            feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
-    else:
-        with pytest.raises(ValueError, match="does not hold torch-fidelity's Inception-v3 weights"):
-            feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
-
-
-def test_a_missing_optional_package_is_named_with_its_install_line(monkeypatch):
-    import importlib.util
-
-    from kale_fast.data import images
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "sklearn" else find_spec(name, *args))
-    with pytest.raises(ImportError, match=r"dataset: digits needs the package 'sklearn'.*kale_fast\[images\]"):
-        images.load_digits()
-
-
-def test_mode_scores_of_the_mixture_toys():
-    from kale_fast.metrics import mode_scores
-
-    for dataset, within_3_sd in (("8gaussians", 1 - math.exp(-4.5)), ("rings", 0.9973)):  # 2-D and 1-D normal
-        scores = mode_scores(toy_dataset(dataset, 20_000, seed=1), dataset)
-        assert abs(scores["high_quality"] - within_3_sd) < 3e-3  # 4 binomial standard errors
-        assert scores["modes_covered"] == scores["n_modes"] == {"8gaussians": 8, "rings": 3}[dataset]
-    one_mode = toy_dataset("8gaussians", 2000, seed=2)
-    one_mode = one_mode[one_mode[:, 1].abs() < 0.7]  # the modes at (2, 0) and (-2, 0) alone
-    assert mode_scores(one_mode, "8gaussians") == dict(high_quality=pytest.approx(0.99, abs=0.01), modes_covered=2,
-                                                       n_modes=8)
-    assert mode_scores(torch.full((100, 2), 10.0), "8gaussians")["high_quality"] == 0
-    with pytest.raises(ValueError, match="mixture toys"):
-        mode_scores(one_mode, "moons")
 
 
 def test_energy_fine_tuning_on_a_frozen_base_is_selected_by_validation_kale(tmp_path):

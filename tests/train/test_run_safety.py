@@ -19,24 +19,11 @@ from kale_fast.cli import main
 from kale_fast.data.images import load_cifar10
 from kale_fast.train import TrainConfig, load_run, train
 from kale_fast.train.run_folder import RunFolderLock
-
-TINY = dict(name="tiny", dataset="8gaussians", n_train=256, n_test=64, hidden=8, depth=1, n_iter=4,
-            n_iter_d_init=1, n_iter_d=1, batch_size=16, n_eval=32, sampler_steps=2, log_every=2, checkpoint_every=2,
-            n_partition_samples=16)
+from tests._helpers import TINIER, Payload
 
 
 def _config(tmp_path, **changes):
-    return TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path), **changes})
-
-
-class _Payload:
-    """Unpickling it creates the file `marker` (what an attacker's code could do)."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return open, (self.marker, "w")
+    return TrainConfig.from_dict({**TINIER, "out_dir": str(tmp_path), **changes})
 
 
 def _payload_bytes_work(payload_bytes, marker):
@@ -49,7 +36,7 @@ def _payload_bytes_work(payload_bytes, marker):
 @pytest.fixture
 def marker(tmp_path):
     path = tmp_path / "marker"
-    _payload_bytes_work(pickle.dumps(_Payload(path)), path)
+    _payload_bytes_work(pickle.dumps(Payload(path)), path)
     yield path
     assert not path.exists(), "loading the crafted file ran its code"
 
@@ -62,7 +49,7 @@ def run_dir(tmp_path):
 def _craft_checkpoint(path, marker, like=None):
     """A checkpoint with the keys kale_fast expects (from `like`) plus the payload."""
     state = dict(torch.load(like, weights_only=True)) if like is not None else {}
-    torch.save({**state, "config": {"name": _Payload(marker)}}, path)
+    torch.save({**state, "config": {"name": Payload(marker)}}, path)
 
 
 def test_resume_refuses_a_crafted_checkpoint(tmp_path, run_dir, marker):
@@ -108,7 +95,7 @@ def test_cifar_batches_refuse_a_crafted_pickle(tmp_path, marker):
             (folder / f"data_batch_{i}").write_bytes(pickle.dumps(good, protocol=protocol))
         images, labels = load_cifar10(folder)
         assert images.shape == (10, 3, 32, 32) and (images == 1).all() and labels.tolist()[:2] == [1, 2]
-    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": _Payload(marker), b"labels": [1]}))
+    (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Payload(marker), b"labels": [1]}))
     with pytest.raises(ValueError, match="refuses to load it"):
         load_cifar10(folder)
 
@@ -209,7 +196,7 @@ def test_feature_network_weights_give_the_same_features(tmp_path, no_program_loa
 def test_feature_network_state_dict_with_a_payload_is_refused(tmp_path, marker):
     from kale_fast.metrics.image_scores import feature_network_from_file
 
-    torch.save({"features.0.weight": _Payload(marker)}, tmp_path / "inception.pth")
+    torch.save({"features.0.weight": Payload(marker)}, tmp_path / "inception.pth")
     with pytest.raises(ValueError, match="refuses to load"):
         feature_network_from_file(tmp_path / "inception.pth", (1, 8, 8))
 
@@ -219,7 +206,7 @@ def test_the_feature_network_cache_is_read_as_weights_only(tmp_path, marker):
 
     images, labels = torch.rand(20, 1, 8, 8) * 2 - 1, torch.arange(20) % 10
     (tmp_path / "cache").mkdir()
-    torch.save({"features.0.weight": _Payload(marker)}, tmp_path / "cache" / "digits.pt")
+    torch.save({"features.0.weight": Payload(marker)}, tmp_path / "cache" / "digits.pt")
     with pytest.raises(ValueError, match="refuses to load"):
         cached_feature_network("digits", images, labels, tmp_path / "cache")
     torch.save(DigitFeatures(1, 7).state_dict(), tmp_path / "cache" / "digits.pt")  # another data set's classes
@@ -231,7 +218,7 @@ def test_eval_refuses_a_run_whose_config_names_a_program(tmp_path, no_program_lo
     """A run folder whose saved config names a .pt2 feature network (item 7 of issue 20): `eval` refuses it
     in one line, with `--feature-net` too; the refusal comes before the file is read."""
     _exported_digit_features(tmp_path)
-    run_dir = train(TrainConfig.from_dict({**TINY, "out_dir": str(tmp_path), "dataset": "digits", "base": "conv",
+    run_dir = train(TrainConfig.from_dict({**TINIER, "out_dir": str(tmp_path), "dataset": "digits", "base": "conv",
                                            "latent_dim": 4, "n_test": 100, "n_eval": 16, "n_iter": 1,
                                            "checkpoint_every": 1, "feature_net": str(tmp_path / "features.pt2")}),
                     progress=False)
@@ -301,7 +288,7 @@ def test_temporary_files_of_an_interrupted_save_are_deleted_at_the_next_start(tm
 
 def test_ctrl_c_ends_with_a_resume_hint_and_the_run_resumes(tmp_path):
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path), "n_iter": 10 ** 6,
+    config_file.write_text(yaml.safe_dump({**TINIER, "out_dir": str(tmp_path), "n_iter": 10 ** 6,
                                            "checkpoint_every": 3}))
     args = ["train", "--config", str(config_file), "--quiet", "--no-eval"]
     process = subprocess.Popen([sys.executable, "-m", "kale_fast.cli", *args], stderr=subprocess.PIPE, text=True)
@@ -325,7 +312,7 @@ def test_two_train_processes_on_one_run_name_one_is_refused(tmp_path):
     """Two real `kale-fast train` processes started at once on one run: the one that loses the lock ends with
     exit code 2 and names the holder; the other trains on (and is interrupted here)."""
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path), "n_iter": 10 ** 6}))
+    config_file.write_text(yaml.safe_dump({**TINIER, "out_dir": str(tmp_path), "n_iter": 10 ** 6}))
     command = [sys.executable, "-m", "kale_fast.cli", "train", "--config", str(config_file), "--quiet", "--no-eval"]
     processes = [subprocess.Popen(command, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     try:
@@ -438,7 +425,7 @@ def test_a_damaged_metric_line_is_named_in_one_line(tmp_path, run_dir, capsys):
     lines = (run_dir / "metrics.jsonl").read_text().splitlines(keepends=True)
     (run_dir / "metrics.jsonl").write_text("\x00\xff garbage\n" + "".join(lines))
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path), "n_iter": 6}))
+    config_file.write_text(yaml.safe_dump({**TINIER, "out_dir": str(tmp_path), "n_iter": 6}))
     assert main(["train", "--config", str(config_file), "--resume", "--no-eval", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert "metrics.jsonl: line 1 is not a metric line of kale_fast" in err and err.count("\n") == 1, err
@@ -476,7 +463,7 @@ def test_a_full_disk_while_logging_says_so_and_loses_nothing(tmp_path, monkeypat
     real_open = metrics_log.open_plain_file
     monkeypatch.setattr(metrics_log, "open_plain_file", lambda path, mode: _DiskFillsUp(real_open(path, mode), 200))
     config_file = tmp_path / "tiny.yaml"
-    config_file.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path)}))
+    config_file.write_text(yaml.safe_dump({**TINIER, "out_dir": str(tmp_path)}))
     args = ["train", "--config", str(config_file), "--no-eval", "--quiet"]
     assert main(args) == 2  # the round-2 line fits, the round-4 line does not
     err = capsys.readouterr().err
@@ -562,87 +549,3 @@ def test_files_are_written_with_the_users_umask(tmp_path, umask):
     assert {p.name for p in written} >= {"checkpoint.pt", "config.yaml", "metrics.jsonl", ".lock"}
     for path in written:
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path
-
-
-# --- integrator ops: buffers updated in place ---------------------------------------------------------------
-
-# Each in-place op: its arguments and the ones it updates in place (names as in kale_fast.ops.integrators).
-IN_PLACE_OPS = {
-    "leapfrog_kick_drift": (("z", "p", "grad", "step_size"), ("z", "p")),
-    "hmc_trajectory_end": (("z", "p", "grad", "potential", "z0", "potential0", "grad0", "kinetic0", "step_size",
-                            "log_uniform"), ("z", "grad", "potential")),
-    "mala_accept": (("z", "potential", "grad", "z_prop", "potential_prop", "grad_prop", "step_size", "log_uniform"),
-                    ("z_prop", "potential_prop", "grad_prop")),
-    "ula_step": (("z", "grad", "step_size"), ("z",)),
-    "kinetic_langevin_baoa": (("z", "v", "grad", "step_size", "friction"), ("z", "v")),
-}
-
-
-def _arguments(b=4, n=3):
-    """Fresh, separate tensors for every argument name of IN_PLACE_OPS."""
-    gen = torch.Generator().manual_seed(0)
-    states = ("z", "p", "grad", "z0", "grad0", "z_prop", "grad_prop", "v")
-    per_chain = ("potential", "potential0", "kinetic0", "potential_prop", "log_uniform")
-    arguments = {name: torch.randn(b, n, generator=gen, dtype=torch.float64) for name in states}
-    arguments.update({name: torch.randn(b, generator=gen, dtype=torch.float64) for name in per_chain})
-    arguments.update(step_size=torch.full((b,), 0.1, dtype=torch.float64), friction=torch.ones(b, dtype=torch.float64))
-    return arguments
-
-
-def _call(op, **replace):
-    from kale_fast.ops import integrators
-
-    arguments = {**_arguments(), **replace}
-    return getattr(integrators, op)(*[arguments[name] for name in IN_PLACE_OPS[op][0]])
-
-
-@pytest.mark.parametrize("op", IN_PLACE_OPS)
-def test_in_place_buffers_that_require_grad_or_alias_another_are_refused(fused, op):
-    names, updated = IN_PLACE_OPS[op]
-    shapes = {name: t.shape for name, t in _arguments().items()}
-    _call(op)  # separate tensors: accepted
-    for name in updated:
-        leaf = _arguments()[name].requires_grad_()
-        with pytest.raises(ValueError, match=f"{name} is updated in place and must not require grad"):
-            _call(op, **{name: leaf})
-        with torch.no_grad():  # the check does not depend on grad mode
-            with pytest.raises(ValueError, match=f"{name} is updated in place and must not require grad"):
-                _call(op, **{name: leaf})
-        for other in names:
-            if other != name and shapes[other] == shapes[name]:
-                shared = _arguments()[name]
-                with pytest.raises(ValueError, match=f"(({name}|{other}) is updated in place and shares memory "
-                                                     f"with ({name}|{other}))"):
-                    _call(op, **{name: shared, other: shared})  # the very same tensor
-    buffer = torch.randn(5, 3, dtype=torch.float64)  # overlapping, not identical: two views of one buffer
-    other = next(n for n in names if n != updated[0] and shapes[n] == shapes[updated[0]])
-    with pytest.raises(ValueError, match="shares memory with"):
-        _call(op, **{updated[0]: buffer[:4], other: buffer[1:]})
-
-
-def test_disjoint_views_of_one_buffer_are_accepted():
-    from kale_fast.ops import integrators
-
-    buffer, step = torch.randn(8, 3, dtype=torch.float64), torch.full((4,), 0.1, dtype=torch.float64)
-    z, grad = buffer[:4], buffer[4:]
-    expected = z - 0.1 * grad
-    integrators.ula_step(z, grad, step, noise=torch.zeros(4, 3, dtype=torch.float64))
-    torch.testing.assert_close(buffer[:4], expected)
-
-
-@pytest.mark.parametrize("backend", ["reference", "cpp"])
-@pytest.mark.parametrize("dim, keepdim", [(1, False), ((0, 2), True), (-1, True), (None, False)])
-def test_log_mean_exp_compiles_fullgraph_with_dim(backend, dim, keepdim):
-    import kale_fast as kf
-
-    torch._dynamo.reset()
-    with kf.use_backend(backend):
-        compiled = torch.compile(lambda x: kf.log_mean_exp(x, dim=dim, keepdim=keepdim), fullgraph=True)
-        x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-        (grad,) = torch.autograd.grad(compiled(x).sum(), x)
-        out = compiled(x)
-    dims = (0, 1, 2) if dim is None else dim
-    count = x[0, 0, 0].numel() * np.prod([x.shape[d] for d in ((dims,) if isinstance(dims, int) else dims)])
-    expected = torch.logsumexp(x, dim=dims, keepdim=keepdim) - np.log(count)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(grad, torch.autograd.grad(expected.sum(), x)[0])
