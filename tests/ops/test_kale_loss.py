@@ -98,7 +98,7 @@ def test_kale_loss_gradcheck_fp64(fused):
 def test_kale_equals_kl_for_shifted_gaussians(fused):
     """P = N(mu, 1), G = N(0, 1), E(x) = -mu x: with the optimal A = mu^2/2, KALE = -loss = KL = mu^2/2."""
     _, device = fused
-    mu, n = 0.8, 400_000
+    mu, n = 0.8, 100_000
     gen = torch.Generator().manual_seed(11)
     x_data = (torch.randn(n, generator=gen, dtype=torch.float64) + mu).to(device)
     x_gen = torch.randn(n, generator=gen, dtype=torch.float64).to(device)
@@ -106,9 +106,9 @@ def test_kale_equals_kl_for_shifted_gaussians(fused):
     kale_with_a = -kf.kale_loss(e_data, e_gen, torch.tensor(mu**2 / 2, dtype=torch.float64, device=device))
     kale_dv = -kf.kale_loss(e_data, e_gen)
     # Monte-Carlo standard error of mean(mu x) + mean(exp(mu x - mu^2/2)) is about
-    # sqrt(mu^2 + exp(mu^2) - 1) / sqrt(n) = 0.0021 here; allow 5 of them.
+    # sqrt(mu^2 + exp(mu^2) - 1) / sqrt(n) = 0.0039 here; allow 5 of them.
     for kale in (kale_with_a, kale_dv):
-        assert abs(kale.item() - mu**2 / 2) < 5 * 0.0021
+        assert abs(kale.item() - mu**2 / 2) < 5 * 0.0039
 
 
 def test_objective_is_below_donsker_varadhan_with_equality_at_optimal_a(fused):
@@ -297,7 +297,7 @@ def test_log_mean_exp_matches_reference(fused, shape, dim, keepdim, dtype):
 
 def test_log_mean_exp_gradcheck_fp64(fused):
     _, device = fused
-    x = torch.randn(4, 3, 5, dtype=torch.float64, device=device, requires_grad=True)
+    x = torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
     assert torch.autograd.gradcheck(lambda t: kf.log_mean_exp(t, dim=(0, 2)), (x,))
     assert torch.autograd.gradcheck(kf.log_mean_exp, (x,))
 
@@ -373,13 +373,16 @@ def test_backend_selection():
     assert kf.get_backend() == "auto"
 
 
-def test_backend_environment_variable():
+def test_backend_environment_variable(monkeypatch):
+    """Read at import (a fresh process), checked at first use (a bad value, as read, checked here in-process:
+    tests/cli/test_errors.py runs a process with one end to end)."""
     code = "import kale_fast as kf; print(kf.get_backend())"
     ok = subprocess.run([sys.executable, "-c", code], env={"KALE_FAST_BACKEND": "reference"},
                         capture_output=True, text=True)
     assert ok.stdout.strip() == "reference", ok.stderr
-    bad = subprocess.run([sys.executable, "-c", code], env={"KALE_FAST_BACKEND": "gpu"}, capture_output=True, text=True)
-    assert bad.returncode != 0 and "KALE_FAST_BACKEND must be one of" in bad.stderr
+    monkeypatch.setattr(_backend, "_process_default", "gpu")
+    with pytest.raises(ValueError, match="KALE_FAST_BACKEND must be one of"):
+        kf.get_backend()
 
 
 def test_custom_op_path_matches_eager_path(fused):

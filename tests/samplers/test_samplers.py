@@ -388,7 +388,14 @@ def _unique_graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-@pytest.mark.parametrize("make_sampler", ALL_SAMPLERS)
+# Each case compiles its sampler's graphs cold (13-67 s a case on a loaded 2-core machine): `make test` runs the
+# two compiled paths, whole iterations (ULA) and leapfrog chunks (ChEES); the other samplers run under -m slow.
+_COMPILE_PATHS = {"ula", "chees"}
+
+
+@pytest.mark.parametrize("make_sampler", [p if p.id in _COMPILE_PATHS else pytest.param(*p.values, id=p.id,
+                                                                                        marks=pytest.mark.slow)
+                                          for p in ALL_SAMPLERS])
 def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     """Step sizes, dual-averaging state, metrics and trajectory lengths change through warm-up: none of them may
     be a constant of a compiled graph. A first run compiles a few graphs (its chunk of whole iterations, or
