@@ -436,7 +436,8 @@ def test_tiled_updates_match_reference(small_tiles, triton_integrators, shape, d
     _check_all_updates(shape, dtype)
 
 
-@pytest.mark.parametrize("shape", [(1, 1 << 22), (1 << 20, 1), (1 << 20, 2)])
+@pytest.mark.parametrize("shape", [(1, 1 << 22), (1 << 20, 1),
+                                   pytest.param((1 << 20, 2), marks=pytest.mark.slow)])  # 10 s interpreted
 def test_large_states_match_reference(triton_interpreter, shape):
     s = _metropolis_state(shape, torch.float64)
     prob, accepted = check_hmc_trajectory_end(s)
