@@ -48,8 +48,9 @@ def _truncated(file, size: int):
 class MetricsLog:
     """Metric lines of a run: metrics.jsonl, mirrored to TensorBoard (run_dir/tensorboard) when the tensorboard
     package is installed. TensorBoard's writer opens its event file by name, following links: so its folder must
-    hold no link (own_folder), and the file's name ends in a random suffix that nothing planted can match. Opened at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint,
-    so that a resume leaves each round logged once. `announce`: print the TensorBoard command (not when quiet)."""
+    hold no link (own_folder), and the file's name ends in a random suffix that nothing planted can match. Opened
+    at `rounds_done`, it drops lines a crashed run wrote after its last checkpoint, so that a resume leaves each
+    round logged once. `announce`: print the TensorBoard command (not when quiet)."""
 
     def __init__(self, run_dir: Path, rounds_done: int, announce: bool = True):
         path = self.path = run_dir / METRICS
