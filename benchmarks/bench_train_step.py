@@ -18,7 +18,6 @@ round) and the GEMM floor of each step: torch's measured fp32 GEMM rate (benchma
 the step's forward, penalty (input gradient and its double backward) and parameter gradients need.
 """
 import copy
-import dataclasses
 import time
 from typing import List, Sequence, Tuple
 
@@ -40,10 +39,10 @@ def _config(device, **values) -> TrainConfig:
 def _rows(name: str, config: TrainConfig, data: torch.Tensor, budget_s: float) -> dict:
     torch.manual_seed(0)
     ours = Trainer.create(config, data)
-    theirs = AuthorsTrainStep(copy.deepcopy(ours.gebm.base), copy.deepcopy(ours.gebm.energy), config.latent_dim,
-                              config.penalty)
+    theirs = AuthorsTrainStep(copy.deepcopy(ours.gebm.base), copy.deepcopy(ours.gebm.energy), config.model.latent_dim,
+                              config.objective.penalty)
     device = data.device
-    batch = config.batch_size
+    batch = config.optimiser.batch_size
     real = lambda: data[torch.randint(0, len(data), (batch,), device=device)]  # noqa: E731
     # one round: all four steps, so the round ratio below pairs steps timed under the same load
     steps = dict(ours_energy=lambda: ours.energy_step(data), authors_energy=lambda: theirs.energy_step(real()),
@@ -94,31 +93,32 @@ def _compiled_rows(name: str, config: TrainConfig, data: torch.Tensor, budget_s:
     compile_s = {}
     for mode in ("eager", "compiled"):
         torch.manual_seed(0)
-        trainer = Trainer.create(dataclasses.replace(config, compile=mode == "compiled"), data)
+        trainer = Trainer.create(config.replace(compile=mode == "compiled"), data)
         start = time.perf_counter()
         trainer.energy_step(data)
-        if not config.energy_only:
+        if not config.objective.energy_only:
             trainer.base_step(data)
         compile_s[mode] = time.perf_counter() - start
         trainers[mode] = trainer
     steps = {f"{mode}_energy": (lambda t=t: t.energy_step(data)) for mode, t in trainers.items()}
-    if not config.energy_only:
+    if not config.objective.energy_only:
         steps.update({f"{mode}_base": (lambda t=t: t.base_step(data)) for mode, t in trainers.items()})
     ms = interleaved_ms(steps, data.device, budget_s=budget_s)
-    base_ms = (lambda mode: ms[f"{mode}_base"]) if not config.energy_only else (lambda mode: [0.0] * len(ms[
+    objective, batch = config.objective, config.optimiser.batch_size
+    base_ms = (lambda mode: ms[f"{mode}_base"]) if not objective.energy_only else (lambda mode: [0.0] * len(ms[
         f"{mode}_energy"]))
-    rounds = {mode: [config.n_iter_d * e + b for e, b in zip(ms[f"{mode}_energy"], base_ms(mode))]
+    rounds = {mode: [objective.n_iter_d * e + b for e, b in zip(ms[f"{mode}_energy"], base_ms(mode))]
               for mode in trainers}
     gebm = trainers["eager"].gebm
     energy_widths = _linear_widths(gebm.energy)
-    base_forward = [(config.batch_size, o, i) for i, o in _linear_widths(gebm.base)]  # the base samples, no grad
-    floor_energy = gemm_floor_ms(base_forward + energy_step_gemms(energy_widths, config.batch_size,
-                                                                  config.penalty > 0), data.device)
-    floor_base = 0.0 if config.energy_only else gemm_floor_ms(
-        base_step_gemms(_linear_widths(gebm.base), energy_widths, config.batch_size), data.device)
+    base_forward = [(batch, o, i) for i, o in _linear_widths(gebm.base)]  # the base samples, no grad
+    floor_energy = gemm_floor_ms(base_forward + energy_step_gemms(energy_widths, batch, objective.penalty > 0),
+                                 data.device)
+    floor_base = 0.0 if objective.energy_only else gemm_floor_ms(
+        base_step_gemms(_linear_widths(gebm.base), energy_widths, batch), data.device)
     saved_ms = spread(rounds["eager"])["median"] - spread(rounds["compiled"])["median"]
     break_even = (compile_s["compiled"] - compile_s["eager"]) * 1e3 / saved_ms if saved_ms > 0 else None
-    return dict(workload=name, batch=config.batch_size, rounds_in_config=config.n_iter,
+    return dict(workload=name, batch=batch, rounds_in_config=config.run.n_iter,
                 compile_s=compile_s["compiled"], **{f"{k}_ms": spread(v) for k, v in ms.items()},
                 round_eager_ms=spread(rounds["eager"]), round_compiled_ms=spread(rounds["compiled"]),
                 eager_over_compiled_per_round=ratio_spread(rounds["eager"], rounds["compiled"]),

@@ -29,7 +29,7 @@ import kale_fast
 from kale_fast._io import DiskFullError
 from kale_fast.data.tabular import parse_columns
 from kale_fast._suggest import did_you_mean
-from kale_fast.train.config import SAMPLERS, SEED_LIMIT, TrainConfig, unavailable_device
+from kale_fast.train.config import SAMPLERS, SECTIONS, SEED_LIMIT, TrainConfig, unavailable_device
 from kale_fast.train.run_folder import RunFolderInUse
 
 
@@ -56,24 +56,26 @@ def _flag_type(annotation):
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per config key, its help, default and choices read from the TrainConfig field itself."""
-    hints = typing.get_type_hints(TrainConfig)
-    group = parser.add_argument_group("config keys (override the YAML file; default: the YAML's value, else the "
-                                      "one shown)")
-    for field in dataclasses.fields(TrainConfig):
-        annotation = hints[field.name]
-        choices = field.metadata["choices"]
-        inner = next(a for a in typing.get_args(annotation) if a is not type(None)) if typing.get_args(
-            annotation) else annotation
-        metavar = ("{" + ",".join(choices) + "}" if choices else "A,B,..." if typing.get_origin(inner) is list
-                   else inner.__name__.upper())
-        if type(None) in typing.get_args(annotation):
-            metavar += "|none"
-        elif str in typing.get_args(annotation):  # latent_dim
-            metavar += "|auto"
-        group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"config.{field.name}", default=argparse.SUPPRESS,
-                           type=_flag_type(annotation), choices=choices, metavar=metavar,
-                           help=f"{field.metadata['help']} (default: {field.default})")
+    """One flag per config key, its help, default and choices read from the key's field itself; one group of flags
+    per section of the config."""
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        group = parser.add_argument_group(f"config keys, {section} section (override the YAML file; default: the "
+                                          f"YAML's value, else the one shown)")
+        for field in dataclasses.fields(cls):
+            annotation = hints[field.name]
+            choices = field.metadata["choices"]
+            inner = next(a for a in typing.get_args(annotation) if a is not type(None)) if typing.get_args(
+                annotation) else annotation
+            metavar = ("{" + ",".join(choices) + "}" if choices else "A,B,..." if typing.get_origin(inner) is list
+                       else inner.__name__.upper())
+            if type(None) in typing.get_args(annotation):
+                metavar += "|none"
+            elif str in typing.get_args(annotation):  # latent_dim
+                metavar += "|auto"
+            group.add_argument(f"--{field.name.replace('_', '-')}", dest=f"config.{field.name}",
+                               default=argparse.SUPPRESS, type=_flag_type(annotation), choices=choices,
+                               metavar=metavar, help=f"{field.metadata['help']} (default: {field.default})")
 
 
 def _int_at_least(minimum: int):
@@ -207,7 +209,7 @@ def _train(args) -> None:
     try:
         run_dir = train(config, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
-        raise _Interrupted(Path(config.out_dir) / config.name) from None
+        raise _Interrupted(Path(config.run.out_dir) / config.run.name) from None
     rank, size = rank_and_size()
     if size > 1:  # under torchrun: rank 0 evaluates alone
         torch.distributed.destroy_process_group()
@@ -241,38 +243,9 @@ def _resume_hint(argv: List[str], run_dir: Path) -> str:
 
 
 def _sample(args) -> None:
-    """GEBM samples of a run, with held-out data and base samples beside them: samples-<sampler>.pt (tensors
-    only), samples-<sampler>.png (image panels or a scatter) and, for vector data, samples-<sampler>.csv and a
-    per-column summary."""
-    from kale_fast._io import atomic_torch_save
-    from kale_fast.data import load_data
-    from kale_fast.train.checkpoints import load_run
-    from kale_fast.train.plots import image_panels, scatter_samples
-    from kale_fast.train.sampling import column_summary, draw_gebm_samples, write_csv
+    from kale_fast.train.sampling import sample_run
 
-    config, gebm = load_run(args.run, args.device)[:2]
-    config = dataclasses.replace(config, **{k: v for k, v in dict(sampler=args.sampler, sampler_steps=args.steps)
-                                            .items() if v is not None})
-    warmup = config.sampler_steps // 2 if args.warmup is None else args.warmup
-    generator = torch.Generator(device=config.device).manual_seed(args.seed)
-    drawn = draw_gebm_samples(gebm, config, args.n, warmup, generator, step_size=args.step_size, progress=True)
-    with torch.no_grad():
-        panels = {"held-out data": load_data(config).test[: args.n], "base": gebm.base_sample(args.n, generator).cpu(),
-                  f"GEBM ({config.sampler})": drawn.x.cpu()}
-    out = Path(args.run) / f"samples-{config.sampler}"
-    atomic_torch_save(dict(samples=drawn.x.cpu(), z=drawn.result.z.cpu(), base_samples=panels["base"],
-                           accept_rate=drawn.result.accept_rate.cpu(), step_size=drawn.result.step_size.cpu()),
-                      out.with_suffix(".pt"))
-    written = [out.with_suffix(".pt"), out.with_suffix(".png")]
-    if drawn.x.dim() == 4:
-        image_panels(panels, written[1])
-    else:
-        scatter_samples(panels, written[1])
-        write_csv(drawn.x, written[1].with_suffix(".csv"))
-        written.append(written[1].with_suffix(".csv"))
-        print(column_summary(panels))
-    print(drawn.describe(config.sampler))
-    print(f"{args.n} samples written to {', '.join(map(str, written))}")
+    sample_run(args.run, args.sampler, args.n, args.steps, args.warmup, args.step_size, args.seed, args.device)
 
 
 def _eval(args) -> None:
@@ -284,7 +257,7 @@ def _eval(args) -> None:
 
 def _print_summary(summary: dict, run_dir: Path, as_json: bool) -> None:
     """summary.json's contents (--json: stdout is then one JSON document), else the lines people read."""
-    from kale_fast.train.evaluate import summary_text
+    from kale_fast.train.eval_report import summary_text
 
     print(json.dumps(summary, indent=1) if as_json else summary_text(summary, run_dir))
 

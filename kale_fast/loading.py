@@ -58,6 +58,8 @@ def _networks_from_spec(saved: dict, path: PathLike, device: str):
 
     if not isinstance(spec["config"], dict):
         raise ValueError(f"{path}: its spec's config is not a mapping of config keys")
-    config = TrainConfig.from_dict({**spec["config"], "device": device})
-    rebuilt = build_gebm_for_weights(config, spec["data_shape"], saved["state"], path)
+    # The model section's keys (a spec written before the config had sections holds every key: the others are
+    # read, checked and left unused)
+    model = TrainConfig.from_dict({**spec["config"], "device": device}).model
+    rebuilt = build_gebm_for_weights(model, spec["data_shape"], saved["state"], path)
     return rebuilt.base, rebuilt.energy

@@ -62,7 +62,7 @@ def test_kale_fasts_networks_are_rebuilt_from_the_recorded_spec_and_a_run_folder
         assert _same_weights(loaded, run.gebm) and torch.equal(log_partition, run.log_partition)
         x = torch.randn(7, 2)
         assert torch.equal(loaded.energies(x), run.gebm.energies(x))
-        z = torch.randn(4, config.latent_dim)
+        z = torch.randn(4, config.model.latent_dim)
         assert torch.equal(loaded.base(z), run.gebm.base(z))
     with pytest.raises(ValueError, match="is a run folder"):
         kf.load_gebm(tmp_path / "tiny", base=MLP(3, 2, (8,)), energy=MLP(2, 1, (8,)))

@@ -1,10 +1,10 @@
 """kale_fast's own networks for a GEBM, built from a training config: MLPs or a RealNVP for vectors, conv nets or
 the paper's 32x32 networks for images, initialised, spectrally normalised and clamped where the config says so.
 
-`config` is read by attribute only (kale_fast.train.TrainConfig, or anything with its model keys: base,
-latent_dim, hidden, depth, flow_layers, flow_hidden, flow_batch_norm, init, spectral_norm, spectral_norm_head,
-energy_clamp), so that models never imports train; kf.load_gebm rebuilds a saved GEBM's networks from its
-recorded config here.
+`model` is the config's model section, read by attribute only (kale_fast.train.config.ModelConfig, or anything
+with its keys: base, latent_dim, hidden, depth, flow_layers, flow_hidden, flow_batch_norm, init, spectral_norm,
+spectral_norm_head, energy_clamp, and to_dict), so that models never imports train; kf.load_gebm rebuilds a saved
+GEBM's networks from its recorded model keys here.
 """
 import math
 from typing import Tuple
@@ -33,51 +33,52 @@ class ClampedEnergy(nn.Module):
         return torch.clamp(self.energy(x), min=self.floor)
 
 
-def base_and_energy(config, data_shape: Tuple[int, ...]) -> Tuple[nn.Module, nn.Module]:
-    """The config's base and energy networks for samples of shape data_shape, as constructed (no init, no
+def base_and_energy(model, data_shape: Tuple[int, ...]) -> Tuple[nn.Module, nn.Module]:
+    """The model section's base and energy networks for samples of shape data_shape, as constructed (no init, no
     spectral norm, no clamp: build_gebm adds those)."""
-    if config.base in ("conv", "sngan32"):
-        if len(data_shape) != 3 or (config.base == "sngan32" and tuple(data_shape) != (3, 32, 32)):
-            expected = "(3, 32, 32) images" if config.base == "sngan32" else "image data (C, H, W)"
-            raise ValueError(f"base {config.base!r} needs {expected}, got samples of shape {tuple(data_shape)}")
-        if config.base == "sngan32":
-            return SNGANBase32(config.latent_dim), SNGANEnergy32(spectral_norm=False)
+    if model.base in ("conv", "sngan32"):
+        if len(data_shape) != 3 or (model.base == "sngan32" and tuple(data_shape) != (3, 32, 32)):
+            expected = "(3, 32, 32) images" if model.base == "sngan32" else "image data (C, H, W)"
+            raise ValueError(f"base {model.base!r} needs {expected}, got samples of shape {tuple(data_shape)}")
+        if model.base == "sngan32":
+            return SNGANBase32(model.latent_dim), SNGANEnergy32(spectral_norm=False)
         channels, size = data_shape[0], data_shape[1]
-        return ConvBase(config.latent_dim, channels, size, config.hidden), ConvEnergy(channels, size, config.hidden)
+        return ConvBase(model.latent_dim, channels, size, model.hidden), ConvEnergy(channels, size, model.hidden)
     if len(data_shape) != 1:
-        raise ValueError(f"base {config.base!r} needs vector data, got samples of shape {tuple(data_shape)}: "
+        raise ValueError(f"base {model.base!r} needs vector data, got samples of shape {tuple(data_shape)}: "
                          f"use base: conv for images")
     data_dim = data_shape[0]
-    hidden = (config.hidden,) * config.depth
-    if config.base == "realnvp" or config.base.startswith("zuko-"):
-        if config.latent_dim != data_dim:
+    hidden = (model.hidden,) * model.depth
+    if model.base == "realnvp" or model.base.startswith("zuko-"):
+        if model.latent_dim != data_dim:
             raise ValueError(f"a flow base maps the latent space onto the data: latent_dim must be the data's "
-                             f"dimension {data_dim} (or 'auto'), got {config.latent_dim}")
-        flow = (RealNVP(data_dim, config.flow_layers, config.flow_hidden, config.flow_batch_norm)
-                if config.base == "realnvp" else
-                ZukoFlow(config.base[len("zuko-"):], data_dim, config.flow_layers, config.flow_hidden))
+                             f"dimension {data_dim} (or 'auto'), got {model.latent_dim}")
+        flow = (RealNVP(data_dim, model.flow_layers, model.flow_hidden, model.flow_batch_norm)
+                if model.base == "realnvp" else
+                ZukoFlow(model.base[len("zuko-"):], data_dim, model.flow_layers, model.flow_hidden))
         return flow, MLP(data_dim, 1, hidden)
-    return MLP(config.latent_dim, data_dim, hidden), MLP(data_dim, 1, hidden)
+    return MLP(model.latent_dim, data_dim, hidden), MLP(data_dim, 1, hidden)
 
 
-def build_gebm(config, data_shape: Tuple[int, ...]) -> GEBM:
+def build_gebm(model, data_shape: Tuple[int, ...]) -> GEBM:
     """MLPs or a RealNVP for vectors (data_shape (D,)); ConvBase/ConvEnergy of width `hidden`, or the paper's
-    32x32 networks, for images; Xavier-initialised, the energy spectrally normalised and clamped where the config
-    says so. The GEBM records config.to_dict() and data_shape (GEBM.spec), from which kf.load_gebm rebuilds it."""
-    base, energy = base_and_energy(config, data_shape)
-    if config.init == "xavier":  # before spectral norm, which reparametrises the weights
+    32x32 networks, for images; Xavier-initialised, the energy spectrally normalised and clamped where the model
+    section says so. The GEBM records model.to_dict() and data_shape (GEBM.spec), from which kf.load_gebm rebuilds
+    it."""
+    base, energy = base_and_energy(model, data_shape)
+    if model.init == "xavier":  # before spectral norm, which reparametrises the weights
         xavier_uniform_init(base)
         xavier_uniform_init(energy)
-    if config.spectral_norm:
-        energy = with_spectral_norm(energy, head=config.spectral_norm_head)
-    if config.energy_clamp is not None:
-        energy = ClampedEnergy(energy, config.energy_clamp)
-    spec = dict(config=config.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
-    return GEBM(base, energy, config.latent_dim, spec)
+    if model.spectral_norm:
+        energy = with_spectral_norm(energy, head=model.spectral_norm_head)
+    if model.energy_clamp is not None:
+        energy = ClampedEnergy(energy, model.energy_clamp)
+    spec = dict(config=model.to_dict(), data_shape=list(data_shape))  # how kf.load_gebm rebuilds the networks
+    return GEBM(base, energy, model.latent_dim, spec)
 
 
-def build_gebm_for_weights(config, data_shape, weights: dict, source) -> GEBM:
-    """build_gebm(config, data_shape) for saved weights (a GEBM's state_dict, e.g. a checkpoint's "gebm"), checked
+def build_gebm_for_weights(model, data_shape, weights: dict, source) -> GEBM:
+    """build_gebm(model, data_shape) for saved weights (a GEBM's state_dict, e.g. a checkpoint's "gebm"), checked
     before anything is allocated: the data shape is bounded by the weights' size (every energy reads the whole
     sample), and the networks are laid out on the meta device (no memory) and must hold no more numbers than the
     weights. So a config that is not the one the weights were trained with (a crafted file saying hidden: 200000
@@ -93,8 +94,8 @@ def build_gebm_for_weights(config, data_shape, weights: dict, source) -> GEBM:
         raise ValueError(f"{source}: its data_shape {tuple(data_shape)} is larger than its {saved} weights allow: "
                          f"the file was altered")
     with torch.device("meta"):  # the networks as constructed (spectral norm, which adds vectors, left out)
-        layout = sum(p.numel() for net in base_and_energy(config, tuple(data_shape)) for p in net.state_dict().values())
+        layout = sum(p.numel() for net in base_and_energy(model, tuple(data_shape)) for p in net.state_dict().values())
     if layout > saved:
         raise ValueError(f"{source}: its config describes networks of {layout} numbers, its weights hold {saved}: "
                          f"the file was altered, or its config is not the one it was trained with")
-    return build_gebm(config, tuple(data_shape))
+    return build_gebm(model, tuple(data_shape))

@@ -32,9 +32,10 @@ def check_resumable(saved: dict, config: TrainConfig) -> None:
     """Refuse to resume a checkpoint whose config (`saved`, a dict) differs from `config` in a key other than
     RESUMABLE_CHANGES."""
     saved = {**TrainConfig().to_dict(), **saved}  # keys added since the checkpoint was written: their defaults
-    changed = sorted(k for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES and saved[k] != v)
+    keys = config.to_dict()
+    changed = sorted(k for k, v in keys.items() if k not in RESUMABLE_CHANGES and saved[k] != v)
     if changed:
-        differences = ", ".join(f"{k}: {saved[k]!r} -> {getattr(config, k)!r}" for k in changed)
+        differences = ", ".join(f"{k}: {saved[k]!r} -> {keys[k]!r}" for k in changed)
         raise ValueError(f"the checkpoint comes from another config ({differences}); "
                          "start a new run (another name) instead")
 
@@ -71,7 +72,8 @@ def load_run(run_dir: Path, device: Optional[str] = None, best: bool = True) -> 
     if best and (run_dir / BEST).exists():
         state.update(read_state(run_dir / BEST, device or "cpu", BEST_KEYS))
     config = TrainConfig.from_dict({**state["config"], **({"device": device} if device else {})})
-    gebm = build_gebm_for_weights(config, state["data_shape"], state["gebm"], run_dir / CHECKPOINT).to(config.device)
+    gebm = build_gebm_for_weights(config.model, state["data_shape"], state["gebm"], run_dir / CHECKPOINT)
+    gebm = gebm.to(config.run.device)
     try:
         gebm.load_state_dict(state["gebm"])
     except RuntimeError as error:  # names or shapes that are not those of the config's networks

@@ -1,6 +1,6 @@
 """The config's sampler (make_sampler), GEBM samples of a trained run with the warm-up spelled out, one rule for
-the step size of the unadjusted samplers, and vector samples as a CSV table and a per-column summary (the `sample`
-verb; evaluation can share it).
+the step size of the unadjusted samplers, and the `sample` verb (sample_run): the samples saved as tensors, a
+figure and, for vectors, a CSV table and a per-column summary.
 
 ULA and kinetic Langevin have no acceptance rate to adapt a step size to. Unless a step size is given, their
 warm-up is MALA's (its step size and diagonal metric adapted by dual averaging towards acceptance 0.574), and
@@ -19,29 +19,32 @@ they go on from MALA's chains with its metric and a step derived from MALA's ste
 import dataclasses
 import math
 from pathlib import Path
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 import kale_fast as kf
-from kale_fast._io import atomic_write
+from kale_fast._io import atomic_torch_save, atomic_write
+from kale_fast.data import load_data
 from kale_fast.models import GEBM
 from kale_fast.samplers import LatentPotential, SampleResult
-from kale_fast.train.config import TrainConfig
+from kale_fast.train.checkpoints import load_run
+from kale_fast.train.config import SamplingConfig
+from kale_fast.train.plots import image_panels, scatter_samples
 
 UNADJUSTED = ("ula", "kinetic_langevin")
 ULA_MAX_STEP = 0.2  # 1 / (1 - 0.2/2) = 1.11: ULA's variance bias on a unit Gaussian at this step
 
 
-def make_sampler(config: TrainConfig, tuned: Optional[SampleResult] = None) -> kf.samplers.Sampler:
-    """The config's sampler, adapting during a warm-up when the run has one (MALA, HMC, ChEES: step size; ChEES:
-    trajectory length; all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler,
+def make_sampler(sampling: SamplingConfig, tuned: Optional[SampleResult] = None) -> kf.samplers.Sampler:
+    """The sampling section's sampler, adapting during a warm-up when the run has one (MALA, HMC, ChEES: step size;
+    ChEES: trajectory length; all: the diagonal metric); with `tuned`, the result of a warm-up run of the same sampler,
     it is frozen at what that warm-up adapted (the step size shared by its chains, its metric and trajectory
     length)."""
     if tuned is None:  # adapt_step_size None: adapt wherever a warm-up is given, keep the step without one
-        step, adapt, metric, length = config.step_size, None, "diag", 1.0
+        step, adapt, metric, length = sampling.step_size, None, "diag", 1.0
     else:
         step, adapt, metric, length = float(tuned.step_size.mean()), False, tuned.metric, tuned.trajectory_length
     return {"ula": lambda: kf.ULA(step, metric=metric),
@@ -49,7 +52,7 @@ def make_sampler(config: TrainConfig, tuned: Optional[SampleResult] = None) -> k
             "hmc": lambda: kf.HMC(step, 5, metric=metric, adapt_step_size=adapt),
             "kinetic_langevin": lambda: kf.KineticLangevin(step, 1.0, metric=metric),
             "chees": lambda: kf.ChEES(step, trajectory_length=length, metric=metric, adapt_step_size=adapt),
-            }[config.sampler]()
+            }[sampling.sampler]()
 
 
 class GEBMSamples(NamedTuple):
@@ -81,27 +84,60 @@ def unadjusted_sampler(name: str, mala_warmup: SampleResult) -> Tuple[kf.sampler
     raise ValueError(f"name must be one of the unadjusted samplers {UNADJUSTED}, got {name!r}")
 
 
-def draw_gebm_samples(gebm: GEBM, config: TrainConfig, n: int, warmup: int, generator: torch.Generator,
+def draw_gebm_samples(gebm: GEBM, sampling: SamplingConfig, n: int, warmup: int, generator: torch.Generator,
                       step_size: Optional[float] = None, progress: bool = False) -> GEBMSamples:
-    """n GEBM samples by config.sampler: `warmup` iterations, then config.sampler_steps kept ones. step_size: the
-    initial step of MALA and HMC (they adapt it during warm-up) or the fixed step of ULA and kinetic Langevin;
-    None: config.step_size for MALA and HMC, MALA's warm-up rule (module docstring) for the unadjusted samplers."""
-    kept = config.sampler_steps
-    initial = config.step_size if step_size is None else step_size
-    if config.sampler not in UNADJUSTED or step_size is not None or warmup == 0:
-        sampler = make_sampler(dataclasses.replace(config, step_size=initial))
+    """n GEBM samples by sampling.sampler: `warmup` iterations, then sampling.sampler_steps kept ones. step_size:
+    the initial step of MALA and HMC (they adapt it during warm-up) or the fixed step of ULA and kinetic Langevin;
+    None: sampling.step_size for MALA and HMC, MALA's warm-up rule (module docstring) for the unadjusted
+    samplers."""
+    kept = sampling.sampler_steps
+    initial = sampling.step_size if step_size is None else step_size
+    if sampling.sampler not in UNADJUSTED or step_size is not None or warmup == 0:
+        sampler = make_sampler(dataclasses.replace(sampling, step_size=initial))
         x, result = gebm.sample(n, sampler, kept, warmup=warmup, generator=generator, progress=progress)
-        origin = ("adapted during warm-up" if config.sampler not in UNADJUSTED and warmup else
+        origin = ("adapted during warm-up" if sampling.sampler not in UNADJUSTED and warmup else
                   "given" if step_size is not None else "the run's step_size")
         return GEBMSamples(x, result, warmup, kept, result.step_size.mean().item(), origin)
     _, warm = gebm.sample(n, kf.MALA(initial, adapt_step_size=True), 0, warmup=warmup, generator=generator,
                           progress=progress)
-    sampler, origin = unadjusted_sampler(config.sampler, warm)
+    sampler, origin = unadjusted_sampler(sampling.sampler, warm)
     result = sampler.run(LatentPotential(gebm.base, gebm.energy), warm.z, kept, generator=generator,
                          progress=progress)
     with torch.no_grad():
         x = gebm.base(result.z)
     return GEBMSamples(x, result, warmup, kept, result.step_size.mean().item(), origin)
+
+
+def sample_run(run_dir: Path, sampler: Optional[str], n: int, steps: Optional[int], warmup: Optional[int],
+               step_size: Optional[float], seed: int, device: Optional[str]) -> List[Path]:
+    """`kale-fast sample`: n GEBM samples of the run folder's GEBM (draw_gebm_samples; sampler, steps and device
+    None: the run's; warmup None: steps // 2), with held-out data and base samples beside them, written to
+    samples-<sampler>.pt (tensors only), samples-<sampler>.png (image panels or a scatter) and, for vector data,
+    samples-<sampler>.csv, a per-column summary printed; returns the files written."""
+    config, gebm = load_run(run_dir, device)[:2]
+    sampling = dataclasses.replace(config.sampling, **{k: v for k, v in dict(sampler=sampler, sampler_steps=steps)
+                                                       .items() if v is not None})
+    warmup = sampling.sampler_steps // 2 if warmup is None else warmup
+    generator = torch.Generator(device=config.run.device).manual_seed(seed)
+    drawn = draw_gebm_samples(gebm, sampling, n, warmup, generator, step_size=step_size, progress=True)
+    with torch.no_grad():
+        panels = {"held-out data": load_data(config.data, config.run.seed).test[:n],
+                  "base": gebm.base_sample(n, generator).cpu(), f"GEBM ({sampling.sampler})": drawn.x.cpu()}
+    out = Path(run_dir) / f"samples-{sampling.sampler}"
+    atomic_torch_save(dict(samples=drawn.x.cpu(), z=drawn.result.z.cpu(), base_samples=panels["base"],
+                           accept_rate=drawn.result.accept_rate.cpu(), step_size=drawn.result.step_size.cpu()),
+                      out.with_suffix(".pt"))
+    written = [out.with_suffix(".pt"), out.with_suffix(".png")]
+    if drawn.x.dim() == 4:
+        image_panels(panels, written[1])
+    else:
+        scatter_samples(panels, written[1])
+        write_csv(drawn.x, written[1].with_suffix(".csv"))
+        written.append(written[1].with_suffix(".csv"))
+        print(column_summary(panels))
+    print(drawn.describe(sampling.sampler))
+    print(f"{n} samples written to {', '.join(map(str, written))}")
+    return written
 
 
 def write_csv(samples: Tensor, path: Path) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 from kale_fast.models import GEBM
 from kale_fast.samplers import LatentPotential
 from kale_fast.samplers.base import Sampler
-from kale_fast.train.config import TrainConfig
+from kale_fast.train.config import SamplingConfig
 from kale_fast.train.sampling import UNADJUSTED, make_sampler, unadjusted_sampler
 
 STEP_GRID = (0, 10, 25, 50, 100, 200, 500, 1000, 2000, 5000, 10_000)
@@ -47,19 +47,19 @@ def _capped(sampler: Sampler) -> Sampler:
     return sampler
 
 
-def tuned_sampler(gebm: GEBM, config: TrainConfig, name: str, generator: torch.Generator,
+def tuned_sampler(gebm: GEBM, sampling: SamplingConfig, name: str, generator: torch.Generator,
                   n_chains: int = PILOT_CHAINS) -> Sampler:
-    """Sampler `name` frozen at what a warm-up of config.sampler_steps // 2 iterations of n_chains chains adapted
+    """Sampler `name` frozen at what a warm-up of sampling.sampler_steps // 2 iterations of n_chains chains adapted
     (with no warm-up: as configured). ULA and kinetic Langevin, which have no acceptance rate to adapt to, take
     their step and metric from a MALA warm-up by the `sample` verb's rule (kale_fast.train.sampling). ChEES runs
     at most EVAL_MAX_LEAPFROG leapfrog steps per iteration, in its warm-up and after."""
-    config = dataclasses.replace(config, sampler=name)
-    warmup = config.sampler_steps // 2
+    sampling = dataclasses.replace(sampling, sampler=name)
+    warmup = sampling.sampler_steps // 2
     if warmup == 0:
-        return _capped(make_sampler(config))
-    warming = _capped(make_sampler(dataclasses.replace(config, sampler="mala") if name in UNADJUSTED else config))
+        return _capped(make_sampler(sampling))
+    warming = _capped(make_sampler(dataclasses.replace(sampling, sampler="mala") if name in UNADJUSTED else sampling))
     _, pilot = gebm.sample(n_chains, warming, 0, warmup=warmup, generator=generator)
-    return unadjusted_sampler(name, pilot)[0] if name in UNADJUSTED else _capped(make_sampler(config, tuned=pilot))
+    return unadjusted_sampler(name, pilot)[0] if name in UNADJUSTED else _capped(make_sampler(sampling, tuned=pilot))
 
 
 class ChainPoint(NamedTuple):

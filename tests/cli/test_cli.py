@@ -117,7 +117,7 @@ def test_a_device_the_machine_lacks_is_refused_for_every_verb(tmp_path, config_f
 
 
 def test_cpu_is_a_device_every_machine_has():
-    assert TrainConfig(device="cpu").device == "cpu"
+    assert TrainConfig(device="cpu").run.device == "cpu"
 
 
 @pytest.mark.parametrize("argv, expected", [

@@ -19,6 +19,12 @@ UCI_PRESENT = (data_dir() / "uci/winequality-red.csv").exists() and (data_dir() 
 needs_uci = pytest.mark.skipif(not UCI_PRESENT, reason="shared UCI data (../shared/data/uci) not present")
 
 
+
+def _load(**keys):
+    """The splits of a config of these flat keys."""
+    config = TrainConfig(**keys)
+    return load_data(config.data, config.run.seed)
+
 def _quantised_table(rows=300, seed=0):
     """Fresh correlated rows rounded to 0.1 or 1 (so that dequantisation has gaps to fill), float64."""
     rng = np.random.default_rng(seed)
@@ -74,7 +80,7 @@ def test_dkef_split_is_dkefs_loader_bit_for_bit(seed, dequantise, whiten):
 def test_dkef_split_fingerprint_gaussian_nll(name, expected):
     """issue 11: a full-covariance Gaussian fitted to DKEF's train split scores these nats on its test rows."""
     config = TrainConfig(dataset=name, split="dkef")
-    splits = load_data(config)
+    splits = load_data(config.data, config.run.seed)
     assert gaussian_nll(splits.train, splits.test)["nll_gaussian"] == pytest.approx(expected, abs=0.005)
     values, _ = read_table(data_dir() / f"uci/winequality-{'red' if name == 'redwine' else 'white'}.csv",
                            drop=("quality",))
@@ -114,16 +120,16 @@ def test_random_split_dequantises_within_each_gap_and_whitening_can_be_off():
 def test_split_seed_fixes_the_split_while_the_training_seed_changes(tmp_path):
     path = _write(tmp_path / "t.csv", _quantised_table())
     base = dict(dataset=str(path))
-    assert torch.equal(load_data(TrainConfig(**base, split="dkef", seed=0)).test,
-                       load_data(TrainConfig(**base, split="dkef", seed=5)).test)  # dkef: seed 1 unless told
-    assert torch.equal(load_data(TrainConfig(**base, split="dkef", split_seed=1)).test,
-                       load_data(TrainConfig(**base, split="dkef")).test)
-    assert torch.equal(load_data(TrainConfig(**base, seed=0, split_seed=2)).test,
-                       load_data(TrainConfig(**base, seed=5, split_seed=2)).test)
+    assert torch.equal(_load(**base, split="dkef", seed=0).test,
+                       _load(**base, split="dkef", seed=5).test)  # dkef: seed 1 unless told
+    assert torch.equal(_load(**base, split="dkef", split_seed=1).test,
+                       _load(**base, split="dkef").test)
+    assert torch.equal(_load(**base, seed=0, split_seed=2).test,
+                       _load(**base, seed=5, split_seed=2).test)
     # random without split_seed follows the training seed (the behaviour before the key existed)
-    assert not torch.equal(load_data(TrainConfig(**base, seed=0)).test, load_data(TrainConfig(**base, seed=5)).test)
-    assert torch.equal(load_data(TrainConfig(**base, seed=5)).test,
-                       load_data(TrainConfig(**base, seed=0, split_seed=5)).test)
+    assert not torch.equal(_load(**base, seed=0).test, _load(**base, seed=5).test)
+    assert torch.equal(_load(**base, seed=5).test,
+                       _load(**base, seed=0, split_seed=5).test)
 
 
 def test_correlation_filter_drops_greedily_lowest_index_first():
@@ -197,7 +203,7 @@ def test_column_ranges_and_mixtures(tmp_path):
 
 def test_columns_as_one_string():
     assert parse_columns("alcohol, 3,pH, 3-21, 4:") == ["alcohol", 3, "pH", "3-21", "4:"]
-    assert TrainConfig(columns="0,3-21").columns == [0, "3-21"]  # YAML `columns: 0,3-21` as on the command line
+    assert TrainConfig(columns="0,3-21").data.columns == [0, "3-21"]  # YAML `columns: 0,3-21` as on the command line
     for text in ("", "a,,b", "a,"):
         with pytest.raises(ValueError, match="config key 'columns'"):
             parse_columns(text)
@@ -244,18 +250,18 @@ def test_relative_paths_are_read_from_data_dir_when_it_is_set(tmp_path, monkeypa
     _write(tmp_path / "folder" / "t.csv", values)
     _write(tmp_path / "t.csv", values + 1)
     monkeypatch.chdir(tmp_path)
-    in_folder = load_data(TrainConfig(dataset="t.csv", data_dir="folder", whiten=False, dequantise=False))
-    in_cwd = load_data(TrainConfig(dataset="t.csv", whiten=False, dequantise=False))
+    in_folder = _load(dataset="t.csv", data_dir="folder", whiten=False, dequantise=False)
+    in_cwd = _load(dataset="t.csv", whiten=False, dequantise=False)
     torch.testing.assert_close(in_cwd.train, in_folder.train + 1)
     monkeypatch.setenv("KALE_FAST_DATA", str(tmp_path / "folder"))  # the environment serves named sets only
-    assert torch.equal(load_data(TrainConfig(dataset="t.csv", whiten=False, dequantise=False)).train, in_cwd.train)
+    assert torch.equal(_load(dataset="t.csv", whiten=False, dequantise=False).train, in_cwd.train)
 
 
 def test_a_pre_split_npz_is_taken_as_it_is(tmp_path):
     rng = np.random.default_rng(0)
     arrays = dict(train=rng.normal(size=(50, 3)), validation=rng.normal(size=(10, 3)), test=rng.normal(size=(7, 3)))
     np.savez(tmp_path / "s.npz", **arrays)
-    splits = load_data(TrainConfig(dataset="s.npz", data_dir=str(tmp_path)))
+    splits = _load(dataset="s.npz", data_dir=str(tmp_path))
     for key, split in zip(("train", "validation", "test"), splits):
         assert torch.equal(split, torch.from_numpy(arrays[key]).float())
     with pytest.raises(ValueError, match=r"\['split', 'whiten'\] do not apply"):
@@ -306,7 +312,7 @@ def test_resume_and_base_from_refuse_other_data(tmp_path):
               "out_dir": str(tmp_path)}
     base_dir = train(TrainConfig.from_dict({**common, "name": "ml", "objective": "ml"}), progress=False)
     saved = torch.load(base_dir / "checkpoint.pt", weights_only=True)["data_hash"]
-    assert saved == data_hash(load_data(TrainConfig.from_dict(common)))
+    assert saved == data_hash(_load(**common))
     assert evaluate(base_dir)["data_hash"] == saved
     energy = {**common, "energy_only": True, "base_from": str(base_dir)}
     with pytest.raises(ValueError, match="base_from run .* was trained on other data"):
@@ -336,6 +342,6 @@ def test_an_unknown_data_set_name_lists_the_known_ones(tmp_path):
     from kale_fast.data import load_data
 
     with pytest.raises(ValueError, match=r"'nosuch' is neither a data set of kale_fast \(toys: \['8gaussians'"):
-        load_data(TrainConfig(dataset="nosuch", out_dir=str(tmp_path)))
+        _load(dataset="nosuch", out_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="missing.csv not found"):  # a file name: the file is missing
-        load_data(TrainConfig(dataset=str(tmp_path / "missing.csv"), out_dir=str(tmp_path)))
+        _load(dataset=str(tmp_path / "missing.csv"), out_dir=str(tmp_path))

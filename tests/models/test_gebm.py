@@ -33,13 +33,13 @@ def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(t
 
     from kale_fast.models import build_gebm
 
-    gebm = build_gebm(TrainConfig.from_dict({**TINY, "spectral_norm": True}), (2,))
+    gebm = build_gebm(TrainConfig.from_dict({**TINY, "spectral_norm": True}).model, (2,))
     for _ in range(30):  # power iterations run in train-mode forwards
         gebm.energies(torch.randn(8, 2))
     for layer in gebm.energy.net:
         if isinstance(layer, torch.nn.Linear):
             assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, rel=1e-3)
-    assert not hasattr(build_gebm(TrainConfig.from_dict(TINY), (2,)).energy.net[0], "parametrizations")
+    assert not hasattr(build_gebm(TrainConfig.from_dict(TINY).model, (2,)).energy.net[0], "parametrizations")
     folder = tmp_path / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)

@@ -111,21 +111,21 @@ def _faithful_config(**values) -> TrainConfig:
 
 def test_faithful_sets_the_authors_options_and_refuses_another_clamp():
     config = _faithful_config()
-    assert (config.spectral_norm, config.spectral_norm_head, config.init, config.eval_idle_network,
-            config.energy_clamp) == (True, False, "xavier", True, -10.0)
+    assert (config.model.spectral_norm, config.model.spectral_norm_head, config.model.init,
+            config.objective.eval_idle_network, config.model.energy_clamp) == (True, False, "xavier", True, -10.0)
     assert TrainConfig.from_dict(config.to_dict()) == config  # a saved config reads back the same
     with pytest.raises(ValueError, match="energy_clamp"):
         _faithful_config(energy_clamp=-5.0)
     with pytest.raises(ValueError, match="'init' must be one of"):
         TrainConfig(init="kaiming")
     default = TrainConfig()  # kale_fast's original behaviour unless asked
-    assert (default.spectral_norm, default.spectral_norm_head, default.init, default.eval_idle_network,
-            default.energy_clamp) == (False, True, "torch", False, None)
+    assert (default.model.spectral_norm, default.model.spectral_norm_head, default.model.init,
+            default.objective.eval_idle_network, default.model.energy_clamp) == (False, True, "torch", False, None)
 
 
 def test_the_faithful_networks_are_the_authors_on_the_same_weights(float64):
     torch.manual_seed(0)
-    gebm = build_gebm(_faithful_config(), (3, 32, 32))
+    gebm = build_gebm(_faithful_config().model, (3, 32, 32))
     base, energy = AuthorsBase(LATENT), AuthorsEnergy()
     base.load_state_dict(_authors_state(gebm.base, base))
     energy.load_state_dict(_authors_state(gebm.energy, energy))
@@ -148,7 +148,7 @@ def test_the_faithful_networks_are_the_authors_on_the_same_weights(float64):
 
 def test_the_spectral_norm_head_option_and_xavier_init(float64):
     torch.manual_seed(0)
-    free, normalised = (build_gebm(TrainConfig(base="sngan32", spectral_norm=True, spectral_norm_head=head),
+    free, normalised = (build_gebm(TrainConfig(base="sngan32", spectral_norm=True, spectral_norm_head=head).model,
                                    (3, 32, 32)).energy for head in (False, True))
     assert all(hasattr(net.features[0], "parametrizations") for net in (free, normalised))
     assert not hasattr(free.head, "parametrizations") and hasattr(normalised.head, "parametrizations")
@@ -158,7 +158,7 @@ def test_the_spectral_norm_head_option_and_xavier_init(float64):
         normalised.head.parametrizations.weight.original.copy_(free.head.weight)
         assert not torch.allclose(free.eval()(x), normalised.eval()(x))
     # Xavier-uniform, gain 1: U(-a, a) with a = sqrt(6 / (fan_in + fan_out)), so sd = a / sqrt(3)
-    gebm = build_gebm(_faithful_config(), (3, 32, 32))
+    gebm = build_gebm(_faithful_config().model, (3, 32, 32))
     for layer in (gebm.base.project, gebm.base.net[2], gebm.energy.energy.features[12], gebm.energy.energy.head):
         weight = getattr(layer, "parametrizations", None)
         weight = weight.weight.original if weight is not None else layer.weight
@@ -181,9 +181,9 @@ def test_faithful_trainer_steps_match_the_authors_training_step(float64):
     base, energy = AuthorsBase(LATENT), AuthorsEnergy()
     base.load_state_dict(_authors_state(ours.gebm.base, base))
     energy.load_state_dict(_authors_state(ours.gebm.energy, energy))
-    theirs = AuthorsTrainStep(base, energy, LATENT, config.penalty, lr=config.lr_energy,
+    theirs = AuthorsTrainStep(base, energy, LATENT, config.objective.penalty, lr=config.optimiser.lr_energy,
                               log_partition=ours.log_partition.item())
-    n = config.batch_size
+    n = config.optimiser.batch_size
 
     def replay():
         return torch.Generator().set_state(ours.generator.get_state())

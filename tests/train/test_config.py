@@ -31,7 +31,7 @@ def test_a_yaml_key_given_twice_is_rejected(tmp_path):
     with pytest.raises(ValueError, match="'n_iter' is given twice \\(line 3\\)"):
         TrainConfig.from_yaml(path)
     path.write_text("n_iter: 10\npenalty: 0.1\n")
-    assert TrainConfig.from_yaml(path).n_iter == 10
+    assert TrainConfig.from_yaml(path).run.n_iter == 10
 
 
 def test_every_yaml_config_in_the_repository_loads():

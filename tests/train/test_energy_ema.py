@@ -6,7 +6,7 @@ import torch
 
 from kale_fast.data import load_data
 from kale_fast.train import TrainConfig, load_run, train
-from kale_fast.train.loop import Trainer
+from kale_fast.train import Trainer
 
 FLOW_GEBM = dict(base="realnvp", latent_dim=3, flow_layers=2, flow_hidden=8, hidden=16, depth=2, n_iter_d_init=2,
                  n_iter_d=2, batch_size=32, n_eval=64, sampler_steps=4, log_every=2, validate_every=2,
@@ -52,7 +52,7 @@ def test_validation_scores_the_average_best_pt_keeps_it_and_a_resume_continues_i
     trainer = Trainer.create(best.config, torch.zeros(1, 3))
     trainer.gebm.load_state_dict(best.gebm.state_dict())
     trainer.energy_average = None  # score best.pt's weights as they are
-    validation = load_data(best.config).validation
+    validation = load_data(best.config.data, best.config.run.seed).validation
     assert trainer.validation_score(validation) == pytest.approx(validations[best.rounds_done], rel=1e-6)
     last = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     raw = {k[len("module."):]: v for k, v in last["energy_average"].items() if k.startswith("module.")}

@@ -1,7 +1,6 @@
 """evaluate() on runs: selection on validation data only, the curves, the verdict, the summary's bookkeeping; the
 digits FID sweep (slow: `pytest -m slow`). The selection rules are in test_selection.py, the comparisons and image
 scores in tests/metrics/."""
-import dataclasses
 import importlib
 import json
 import math
@@ -71,7 +70,7 @@ def test_evaluation_selects_on_validation_data_only_and_repeats_exactly(tmp_path
     # the test split never steers the choice: other test points, the same curves and choice
     evaluate_module = importlib.import_module("kale_fast.train.evaluate")
     real_load = evaluate_module.load_data
-    monkeypatch.setattr(evaluate_module, "load_data", lambda c: real_load(c)._replace(test=real_load(c).test + 5))
+    monkeypatch.setattr(evaluate_module, "load_data", lambda *c: real_load(*c)._replace(test=real_load(*c).test + 5))
     with pytest.raises(ValueError, match="trained on other data"):  # other data than the run's are refused...
         evaluate(run_dir)
     monkeypatch.setattr(evaluate_module, "check_same_data", lambda *args: None)  # ...so this test lets them in
@@ -96,7 +95,7 @@ def test_summary_holds_the_best_validation_nll_and_the_nll_verdict(tmp_path):
     assert summary["verdict"]["difference"] == summary["nll_gebm"] - summary["nll_base"]
     assert summary["validation_data"] == "the data set's validation split"
     # a base-only run (objective ml): the flow's numbers, no MCMC and no verdict about an untrained energy
-    base_only = evaluate(train(dataclasses.replace(config, name="ml", objective="ml"), progress=False))
+    base_only = evaluate(train(config.replace(name="ml", objective="ml"), progress=False))
     assert {"nll_base", "nll_base_se", "nll_gaussian", "mmd_base", "evaluated"} <= set(base_only)
     assert not {"verdict", "selected", "curves", "nll_gebm", "log_partition_mc"} & set(base_only)
     assert "sampling" not in base_only["eval_time_split_s"]

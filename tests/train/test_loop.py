@@ -162,7 +162,7 @@ def test_a_table_of_ones_own_needs_no_guessed_numbers(tmp_path, monkeypatch):
 
 
 def test_smoothed_validation_does_not_choose_a_state_for_one_lucky_score():
-    from kale_fast.train.loop import Trainer
+    from kale_fast.train import Trainer
 
     data = torch.randn(64, 2)
     scores = [5.0, 4.0, 3.0, 1.0, 3.0, 2.8, 2.6, 2.4, 2.2, 2.0]  # a lucky dip at the 4th, a steady descent after it
@@ -201,7 +201,7 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
     assert best.rounds_done == best_round and load_run(run_dir, best=False).rounds_done == last["rounds_done"]
     from kale_fast.data import load_data
 
-    validation = load_data(best.config).validation
+    validation = load_data(best.config.data, best.config.run.seed).validation
     assert -best.gebm.base.log_prob(validation).mean().item() == pytest.approx(validations[best_round], rel=1e-6)
     # interrupted at an earlier checkpoint, then resumed: the same stop, the same best state
     train(TrainConfig.from_dict({**common, "name": "split", "n_iter": 10}), progress=False)
@@ -229,10 +229,10 @@ def test_energy_fine_tuning_on_a_frozen_base_is_selected_by_validation_kale(tmp_
     assert best.rounds_done == best_round
     from kale_fast.data import load_data
 
-    validation = load_data(best.config).validation
-    generator = torch.Generator().manual_seed(best.config.seed + 3)
-    assert best.gebm.kale(validation, best.config.n_partition_samples, generator=generator).item() == pytest.approx(
-        validations[best_round], rel=1e-5, abs=1e-6)
+    validation = load_data(best.config.data, best.config.run.seed).validation
+    generator = torch.Generator().manual_seed(best.config.run.seed + 3)
+    score = best.gebm.kale(validation, best.config.objective.n_partition_samples, generator=generator).item()
+    assert score == pytest.approx(validations[best_round], rel=1e-5, abs=1e-6)
     assert torch.equal(best.gebm.base.net[0].weight, load_run(base_dir).gebm.base.net[0].weight)  # frozen
     with pytest.raises(ValueError, match="a moving base without a density"):
         _config(tmp_path, validate_every=3)

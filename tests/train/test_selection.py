@@ -32,7 +32,7 @@ def test_chain_points_are_one_chain_read_at_the_grid(name):
     and 0 steps are the base samples of the starting points."""
     gebm = _gebm()
     config = TrainConfig(sampler_steps=8)
-    sampler = tuned_sampler(gebm, config, name, torch.Generator().manual_seed(1), n_chains=40)
+    sampler = tuned_sampler(gebm, config.sampling, name, torch.Generator().manual_seed(1), n_chains=40)
     z0 = gebm.latent(40, torch.Generator().manual_seed(2))
     points = list(chain_points(gebm, sampler, z0, [0, 3, 7], torch.Generator().manual_seed(3)))
     potential = LatentPotential(gebm.base, gebm.energy)
@@ -51,15 +51,15 @@ def test_chain_points_are_one_chain_read_at_the_grid(name):
 def test_tuned_sampler_is_frozen_at_its_warm_ups_adaptation():
     gebm = _gebm()
     config = TrainConfig(sampler_steps=40, step_size=0.01)
-    tuned = tuned_sampler(gebm, config, "mala", torch.Generator().manual_seed(0), n_chains=64)
+    tuned = tuned_sampler(gebm, config.sampling, "mala", torch.Generator().manual_seed(0), n_chains=64)
     _, pilot = gebm.sample(64, kf.MALA(0.01, adapt_step_size=True), 0, warmup=20,
                            generator=torch.Generator().manual_seed(0))
     assert not tuned.adapt_step_size and tuned.step_size == pytest.approx(pilot.step_size.mean().item())
     assert tuned.step_size > 0.05  # MALA adapts away from the too small 0.01 on this easy target
     assert torch.equal(tuned.metric.scale, pilot.metric.scale)
     # the unadjusted samplers: the `sample` verb's rule on the same MALA warm-up
-    ula = tuned_sampler(gebm, config, "ula", torch.Generator().manual_seed(0), n_chains=64)
-    kinetic = tuned_sampler(gebm, config, "kinetic_langevin", torch.Generator().manual_seed(0), n_chains=64)
+    ula = tuned_sampler(gebm, config.sampling, "ula", torch.Generator().manual_seed(0), n_chains=64)
+    kinetic = tuned_sampler(gebm, config.sampling, "kinetic_langevin", torch.Generator().manual_seed(0), n_chains=64)
     assert ula.step_size == pytest.approx(min(tuned.step_size, 0.2))
     assert kinetic.step_size == pytest.approx(math.sqrt(2 * min(tuned.step_size, 0.2)))
     assert torch.equal(ula.metric.scale, pilot.metric.scale) and torch.equal(kinetic.metric.scale, pilot.metric.scale)
