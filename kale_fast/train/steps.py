@@ -10,7 +10,7 @@ kf.kale_energy_step, kf.kale_base_step and kf.KALETrainer; kale_fast's own loop 
   softmax(-E)-weighted energy gradient; only the base's parameter gradients are computed.
 - KALETrainer holds A (started at its Monte-Carlo optimum log mean exp(-E(B(z))) for the initial networks),
   the two Adam optimisers and a generator, and runs either step eagerly or compiled (compile=True:
-  train/compiled_steps.py computes the same gradients in one compiled graph per step).
+  train/compiled_steps.py runs each step, its Adam update included, as one compiled graph).
 """
 from typing import Callable, Dict, NamedTuple, Optional, Sequence, Tuple
 
@@ -128,7 +128,7 @@ class KALETrainer:
     lr_energy (also A's), lr_base, betas: Adam's.
     n_partition_samples: base samples of A's initial value, the Monte-Carlo log mean exp(-E(B(z))).
     generator: draws latents and interpolation weights (default: a CPU/GPU generator seeded with `seed`).
-    compile: compute each step's gradients in one torch.compile'd graph (fused Adam); same results as eager
+    compile: run each step (gradients and Adam's update) as one torch.compile'd graph; same results as eager
       up to fp32 rounding, given the same draws. Not for batch norm or spectral norm (a ValueError).
     reduce_gradients: called on the trained parameters before each optimizer step (data-parallel averaging).
 
@@ -170,16 +170,16 @@ class KALETrainer:
 
     def energy_step(self, x_real: Tensor) -> Dict[str, Tensor]:
         """One energy step on the data batch x_real (n, ...) against n fresh base samples."""
-        n = len(x_real)
-        with torch.no_grad():
-            x_base = self.gebm.base(self.latent(n))
+        z = self.latent(len(x_real))
         a = self.log_partition if self.objective == "kale" else None
         t = interpolation_weights(x_real, self.generator)  # drawn with or without a penalty: one random stream
         if self.compiled is None:
+            with torch.no_grad():
+                x_base = self.gebm.base(z)
             step = kale_energy_step(self.gebm.energy, self.energy_optimizer, x_real, x_base, a, penalty=self.penalty,
                                     t=t, reduce_gradients=self.reduce_gradients)
-        else:
-            step = self.compiled.energy_step(self.energy_optimizer, x_real, x_base, t, a, self.reduce_gradients)
+        else:  # the base samples are computed inside the compiled step
+            step = self.compiled.energy_step(self.energy_optimizer, x_real, z, t, a, self.reduce_gradients)
         return dict(energy_loss=step.loss, penalty=step.penalty)
 
     def base_step(self, n: int) -> Dict[str, Tensor]:

@@ -76,7 +76,10 @@ class Trainer:
                             lr_energy=optimiser.lr_energy, lr_base=optimiser.lr_base,
                             betas=(optimiser.beta1, optimiser.beta2), n_partition_samples=objective.n_partition_samples,
                             generator=torch.Generator(device=device).manual_seed(config.run.seed + 1),
-                            compile=config.run.compile, reduce_gradients=distributed.average_gradients)
+                            compile=config.run.compile,
+                            # (no hook on one process: a compiled step then runs its optimizer inside the graph)
+                            reduce_gradients=distributed.average_gradients if distributed.rank_and_size()[1] > 1
+                            else None)
         distributed.broadcast_parameters([*gebm.parameters(), steps.log_partition])
         rank, _ = distributed.rank_and_size()
         if rank:  # each process draws its own batches

@@ -10,7 +10,7 @@ from torch import nn
 
 import kale_fast as kf
 from kale_fast.models import MLP
-from kale_fast.train.compiled_steps import CompiledSteps, traceable_kale_loss
+from kale_fast.train.compiled_steps import CompiledSteps, adam_state, apply_adam, traceable_kale_loss
 from kale_fast.train.steps import energy_objective
 
 
@@ -122,9 +122,9 @@ def test_compiled_gradients_equal_eager_ones_up_to_fp32_rounding():
 
     steps = CompiledSteps(base, energy, 0.1, "kale")
     values = lambda m: {k: p.detach() for k, p in m.named_parameters()}  # noqa: E731
-    (param_grads, a_grad), _ = steps._energy_gradients(values(energy), a, x_real, x_base, t)
+    (param_grads, a_grad), _ = steps._energy_step(values(energy), a, values(base), x_real, z, t, None)
     compiled_energy = _flat([*param_grads.values(), a_grad])
-    base_grads, _ = steps._base_gradients(values(base), values(energy), z)
+    base_grads, _ = steps._base_step(values(base), values(energy), z, None)
     compiled_base = _flat(base_grads.values())
     truth, fp32 = eager(torch.float64), eager(torch.float32)
     for compiled, eager32, exact in ((compiled_energy, fp32[0], truth[0]), (compiled_base, fp32[1], truth[1])):
@@ -155,10 +155,72 @@ def test_the_own_networks_example_of_the_training_docs_runs(capsys):
     assert re.fullmatch(r"base 0\.\d{3}, GEBM 0\.\d{3}\n|base 1\.000, GEBM \d\.\d{3}\n", capsys.readouterr().out)
 
 
+def test_the_in_graph_adam_update_is_torch_adams():
+    """adam_state + apply_adam (the optimizer step inside a compiled step, run eagerly here) against
+    torch.optim.Adam's own step on the same gradients, in fp64: same parameters and the same state_dict (so
+    checkpoints and resumes cannot tell them apart), with and without weight decay; a parameter of the optimizer
+    without a gradient (A under "dv") is left alone, as Adam leaves it."""
+    for weight_decay in (0.0, 0.01):
+        torch.manual_seed(0)
+        ours = [nn.Parameter(torch.randn(5, 3, dtype=torch.float64)), nn.Parameter(torch.randn(3, dtype=torch.float64))]
+        idle = nn.Parameter(torch.zeros((), dtype=torch.float64))
+        theirs = [nn.Parameter(p.detach().clone()) for p in [*ours, idle]]
+        ours_opt = torch.optim.Adam([*ours, idle], lr=1e-2, betas=(0.5, 0.999), weight_decay=weight_decay)
+        theirs_opt = torch.optim.Adam(theirs, lr=1e-2, betas=(0.5, 0.999), weight_decay=weight_decay)
+        for step in range(4):
+            grads = [torch.randn_like(p) for p in ours]
+            if step == 2:  # a changed learning rate takes effect (it is a tensor inside the graph)
+                ours_opt.param_groups[0]["lr"] = theirs_opt.param_groups[0]["lr"] = 3e-3
+            with torch.no_grad():
+                apply_adam([p.detach() for p in ours], grads, adam_state(ours_opt, ours))
+            for p, g in zip(theirs, grads):
+                p.grad = g
+            theirs_opt.step()
+        for p, q in zip([*ours, idle], theirs):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-14)
+        ours_state, theirs_state = ours_opt.state_dict()["state"], theirs_opt.state_dict()["state"]
+        assert ours_state.keys() == theirs_state.keys() == {0, 1}
+        for key in ours_state:
+            for name in ("step", "exp_avg", "exp_avg_sq"):
+                torch.testing.assert_close(ours_state[key][name], theirs_state[key][name], rtol=1e-12, atol=1e-14)
+    # optimizers it does not step: their own step runs (None), nothing touched
+    p = nn.Parameter(torch.zeros(2))
+    assert adam_state(torch.optim.Adam([p], amsgrad=True), [p]) is None
+    assert adam_state(torch.optim.SGD([p], lr=0.1), [p]) is None
+    other = torch.optim.Adam([nn.Parameter(torch.zeros(2))])
+    assert adam_state(other, [p]) is None and not other.state
+
+
+@pytest.mark.slow  # a compiled KALETrainer with a gradient hook and one without: two graphs of each step
+def test_a_gradient_hook_gets_the_compiled_gradients_before_the_step():
+    """With reduce_gradients (data-parallel averaging), the compiled graph stops at the gradients, the hook sees
+    them in .grad and the optimizer steps after it; the result is the in-graph update's."""
+    torch.manual_seed(0)
+    gebm = kf.GEBM(MLP(2, 2, (8,)), _energy(hidden=8), 2)
+    data = torch.randn(64, 2)
+    seen = []
+
+    def hook(params):
+        seen.append([p.grad.clone() for p in params])
+
+    trainers = [kf.KALETrainer(copy.deepcopy(gebm), compile=True, seed=1, reduce_gradients=h, n_partition_samples=64)
+                for h in (None, hook)]
+    for trainer in trainers:
+        for _ in range(3):
+            trainer.energy_step(data)
+            trainer.base_step(64)
+    assert len(seen) == 6 and all(torch.isfinite(g).all() for grads in seen for g in grads)
+    assert len(seen[0]) == len(list(gebm.energy.parameters())) + 1 and len(seen[1]) == len(list(gebm.base.parameters()))
+    final = [_flat([*t.gebm.parameters(), t.log_partition]) for t in trainers]
+    assert ((final[1] - final[0]).norm() / final[0].norm()).item() < 1e-6
+
+
 @pytest.mark.slow  # two torch.compile'd steps
 def test_a_compiled_run_follows_the_eager_run_under_a_seed():
-    """20 rounds (120 steps, fused Adam against foreach Adam) of `compile: true` against eager from one seed: the
-    parameters stay within fp32 rounding of each other (measured 1.2e-7 relative)."""
+    """20 rounds (120 steps, Adam inside the graph against foreach Adam) of `compile: true` against eager from one
+    seed: the parameters and the optimizers' moments stay within fp32 rounding of each other (measured 1.2e-7
+    relative), the step counts are equal, and nothing recompiles after the first round, a changed learning rate
+    included."""
     from kale_fast.data import toy_dataset
     from kale_fast.train import TrainConfig, Trainer
 
@@ -166,10 +228,20 @@ def test_a_compiled_run_follows_the_eager_run_under_a_seed():
                                         n_iter_d_init=5, n_iter_d=5, n_partition_samples=1024, lr_energy=1e-3,
                                         lr_base=1e-3))
     data = toy_dataset("8gaussians", 2048)
-    final = []
+    final, moments, steps = [], [], []
     for compiled in (False, True):
         trainer = Trainer.create(config.replace(compile=compiled), data)
-        for _ in range(20):
-            trainer.round(data)
+        trainer.round(data)
+        with torch.compiler.set_stance("fail_on_recompile"):
+            for round_ in range(19):
+                if round_ == 10:
+                    trainer.energy_optimizer.param_groups[0]["lr"] = 5e-4
+                trainer.round(data)
         final.append(_flat([*trainer.gebm.parameters(), trainer.log_partition]))
+        states = [s for optimizer in (trainer.energy_optimizer, trainer.base_optimizer)
+                  for s in optimizer.state_dict()["state"].values()]
+        moments.append(_flat([s[name] for s in states for name in ("exp_avg", "exp_avg_sq")]))
+        steps.append([float(s["step"]) for s in states])
     assert ((final[1] - final[0]).norm() / final[0].norm()).item() < 1e-5
+    assert ((moments[1] - moments[0]).norm() / moments[0].norm()).item() < 1e-4
+    assert steps[0] == steps[1]

@@ -197,7 +197,7 @@ class RunConfig(Section):
     seed: int = key(0, "seed of the networks' initialisation, the batches and the evaluation")
     device: str = key("cpu", "torch device: cpu, cuda, cuda:1, ... (one this machine has)")
     n_iter: int = key(1000, "rounds: base steps (energy_only: rounds of n_iter_d energy steps)")
-    compile: bool = key(False, "compute each step's gradients in one torch.compile'd graph, with fused Adam (same "
+    compile: bool = key(False, "run each step (gradients and Adam's update) as one torch.compile'd graph (same "
                         "results as eager up to fp32 rounding; compilation takes tens of seconds at the start; "
                         "not with batch norm (conv, sngan32) or spectral_norm)")
     validate_every: int = key(0, "rounds between validations (0: off): the validation NLL with a flow base, else "
