@@ -143,7 +143,7 @@ def test_an_unknown_yaml_key_names_the_closest_key(tmp_path):
 
 
 def test_shipped_configs_are_found_by_name_and_a_path_still_works(tmp_path, capsys):
-    from kale_fast.cli import CONFIGS_DIR, config_path, shipped_configs
+    from kale_fast.cli_parser import CONFIGS_DIR, config_path, shipped_configs
 
     assert {"toy_8gaussians", "toy_8gaussians_tuned", "digits"} <= set(shipped_configs())
     assert config_path("toy_8gaussians") == CONFIGS_DIR / "toy_8gaussians.yaml"
