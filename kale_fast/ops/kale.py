@@ -10,6 +10,10 @@ Gradients: the first-order backward runs the backend's kernels, from the forward
 whatever the input dtype; a backward with create_graph=True (double backward, torch.func.grad of a grad)
 runs the reference backend's backward instead, written in differentiable torch ops, so that higher
 derivatives are exact on every backend (eager mode; torch.compile does not support double backward).
+
+One module of over 300 lines, on purpose: it is one op family's column (kale_loss and log_mean_exp share the
+backward-backend rule, the cheap apply and the registrations), and each op's Function, custom op and rules read
+best side by side.
 """
 import math
 from typing import Optional, Sequence, Tuple, Union

@@ -14,6 +14,7 @@ from kale_fast._io import atomic_torch_save, load_torch_file
 from kale_fast.samplers import diagnostics
 from kale_fast.samplers.metric import (Metric, gradient_from_unit, gradient_to_unit, position_from_unit,
                                        position_to_unit)
+from kale_fast.samplers.summary import Summary, summarize, to_inference_data
 
 
 class ChainState(NamedTuple):
@@ -167,17 +168,17 @@ class SampleResult:
             raise ValueError(f"method must be 'bulk' or 'tail', got {method!r}")
         return (diagnostics.ess_bulk if method == "bulk" else diagnostics.ess_tail)(self._trace())
 
-    def summary(self, prob: float = 0.9) -> diagnostics.Summary:
+    def summary(self, prob: float = 0.9) -> Summary:
         """Per latent coordinate: mean, sd, median, the central `prob` interval, and with a trace (thin >= 1)
         mcse_mean, ess_bulk, ess_tail and r_hat (ArviZ's names and algorithms); per chain: acceptance and
         divergences. print(result.summary()) shows them as a table; .columns holds the numbers. Without a trace
         the statistics are over the chains' final states."""
         draws = self.trace if self.trace is not None else self.z[:, None, :]
-        return diagnostics.summarize(draws, self.accept_rate, self.n_divergent, self.n_divergent_warmup, prob)
+        return summarize(draws, self.accept_rate, self.n_divergent, self.n_divergent_warmup, prob)
 
     def to_arviz(self):
         """ArviZ's data object: posterior z (chain, draw, dim) and the potential as a sample statistic."""
-        return diagnostics.to_inference_data(self._trace(), {"potential": self.potential_trace})
+        return to_inference_data(self._trace(), {"potential": self.potential_trace})
 
     @staticmethod
     def concatenate(results: List["SampleResult"]) -> "SampleResult":

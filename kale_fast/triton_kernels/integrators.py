@@ -8,6 +8,9 @@ second kernel adds a row's partials in a fixed order (deterministic, no atomics)
 updates a third restores the rejected rows' tiles. Noise is Philox (tl.randint4x) keyed by a seed tensor drawn
 from torch's generator, at the 64-bit element offset row * L + column; fp64 states get fp64 normals (53-bit
 uniforms through Box-Muller in fp64), fp32 states tl.randn.
+
+One module of over 300 lines, on purpose: every fused MCMC update (the twin of csrc/integrators.cpp) shares
+the tiling, the Philox noise, the partial sums and the Metropolis test written once here.
 """
 import os
 from dataclasses import dataclass

@@ -15,6 +15,10 @@ Accuracy at any size: each lane's running sums are compensated (Kahan), and lane
 combined by tree reductions, so no sum grows a rounding error with the number of elements. The gradients keep
 1/M and 1/K as factors (a large |A| or |log-mean-exp| would round them away inside an exponent), and the mean of
 e_data falls back to a sum scaled by 2^-64 where the plain one overflows.
+
+One module of over 300 lines, on purpose: the kernels of one op family (the twin of csrc/kale.cpp), sharing
+the online (max, compensated sum) helpers that keep every reduction exact; split, each half would import them
+back.
 """
 import os
 

@@ -12,7 +12,8 @@ from scipy.signal import lfilter
 from scipy.special import ndtri
 from scipy.stats import rankdata
 
-from kale_fast.samplers.diagnostics import ess_bulk, ess_mean, ess_tail, rhat, to_inference_data
+from kale_fast.samplers.diagnostics import ess_bulk, ess_mean, ess_tail, rhat
+from kale_fast.samplers.summary import to_inference_data
 
 
 def ar1(n_chains, n_draws, dims, rho, seed):
