@@ -1,4 +1,4 @@
-"""Write the table of training config keys into docs/training.md, from TrainConfig's own field metadata.
+"""Write the table of training config keys into docs/training.md: one table per config section, from the keys' fields.
 
     python tools/config_docs.py           # rewrite the table between the markers
     python tools/config_docs.py --check   # exit 1 if the table is out of date (tests/test_docs.py runs this check)
