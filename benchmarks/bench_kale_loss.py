@@ -7,6 +7,7 @@ kale_fast.reference was until it gained guards against overflow and against losi
 `measure` serves the runner (python -m benchmarks); the test functions are pytest-benchmark cases (and, with
 --benchmark-disable as in `make test`, a check that every variant still runs).
 """
+import functools
 import math
 from typing import Callable, Dict, List
 
@@ -39,20 +40,9 @@ def _forward_backward(loss_fn: Callable, e_data: torch.Tensor, e_gen: torch.Tens
     return lambda: torch.autograd.grad(loss_fn(e_data, e_gen), (e_data, e_gen))
 
 
-def _with_backend(name: str, fn: Callable) -> Callable:
-    def run(*args):
-        previous = kf.get_backend()
-        kf.set_backend(name)
-        try:
-            return fn(*args)
-        finally:
-            kf.set_backend(previous)
-    return run
-
-
 def implementations(device: torch.device) -> Dict[str, Callable]:
     """Every variant that can run on `device`: each fused backend, eager and compiled plain PyTorch."""
-    impls = {f"fused:{name}": _with_backend(name, kf.kale_loss)
+    impls = {f"fused:{name}": functools.partial(kf.kale_loss, backend=name)
              for name in ("cpp", "triton", "cuda") if _AVAILABILITY[name].get(device.type) is None}
     if device.type == "cpu":
         impls.pop("fused:triton", None)  # the interpreter is a correctness tool, not a benchmark

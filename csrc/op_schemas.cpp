@@ -11,6 +11,9 @@ TORCH_LIBRARY(kale_fast, m) {
         "-> (Tensor, Tensor, Tensor)");
   m.def("log_mean_exp_forward(Tensor x) -> Tensor");
   m.def("log_mean_exp_backward(Tensor grad, Tensor x, Tensor out) -> Tensor");
+  // Not a kernel: kale_loss's eager path on the C++ and CUDA backends, the two kale_loss kernels above with their
+  // autograd in C++ (csrc/kale_autograd.cpp); returns the loss in the accumulation dtype.
+  m.def("kale_loss_autograd(Tensor e_data, Tensor e_gen, Tensor? log_partition) -> Tensor");
   // MCMC updates (csrc/integrators.cpp, kernels/integrators.cu)
   m.def("hmc_draw_momentum(Tensor z, Tensor seed) -> (Tensor, Tensor)");
   m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");

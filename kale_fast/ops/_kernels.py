@@ -26,6 +26,9 @@ _PYTHON_BACKEND_MODULES = {"triton": "kale_fast.triton_kernels.{family}", "refer
 # (every other kernel op must have a CUDA C++ kernel: tools/check_cuda_registrations.py checks both).
 KERNEL_OPS: Dict[str, List[str]] = {}
 TRITON_ON_CUDA: List[str] = []
+# Ops of csrc/op_schemas.cpp that are no kernels but compose them in C++ (kale_loss_autograd), declared by their
+# family with `composite_op`: what tools/check_cuda_registrations.py expects besides KERNEL_OPS.
+COMPOSITE_OPS: List[str] = []
 
 _LIBRARY = torch.library.Library("kale_fast", "FRAGMENT")  # kept alive: registrations last as long as it does
 _TRACEABLE = {backend: {} for backend in _PYTHON_BACKEND_MODULES}  # backend -> family -> namespace of ops
@@ -67,6 +70,25 @@ def kernel_op(family: str, op: str, triton_on_cuda: bool = False) -> Callable[[C
         return fake
 
     return register
+
+
+def composite_op(op: str, fake: Callable):
+    """torch.ops.kale_fast.<op>'s default overload, an op of the extension over its kernels, with its fake rule
+    registered; None where the extension does not define it (a build that predates it: the caller falls back to
+    its Python path)."""
+    COMPOSITE_OPS.append(op)
+    if not (HAS_SCHEMAS and hasattr(torch.ops.kale_fast, op)):
+        return None
+    torch.library.register_fake(f"kale_fast::{op}", fake, lib=_LIBRARY)
+    return getattr(torch.ops.kale_fast, op).default
+
+
+def define_composite_implicit(op: str, schema: str, function: Callable) -> None:
+    """Define kale_fast::<op> (schema: its arguments and results) as `function`, run in torch ops under autograd
+    (CompositeImplicitAutograd: differentiable through them, nothing opaque); for the extension's C++ to call."""
+    if HAS_SCHEMAS:
+        _LIBRARY.define(op + schema)
+        _LIBRARY.impl(op, function, "CompositeImplicitAutograd")
 
 
 def kernels(backend: str, family: str):

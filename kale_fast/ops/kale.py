@@ -1,11 +1,13 @@
 """Fused KALE objective and log-mean-exp: autograd ops over the backends' kernels.
 
-The public functions validate their arguments, flatten to the kernels' layout (1-D for kale_loss, (R, K)
-rows for log_mean_exp) and run the kernels of the backend chosen for the device (kale_fast.ops._backend).
-Each op has two front doors over the same kernel calls: in eager mode a torch.autograd.Function (its Python
-overhead is a third of a custom op's, which matters in the launch-bound training-batch regime), and under
-torch.compile a torch.library custom op with registered autograd and fake rules, which the compiler keeps
-as one opaque node. Every backend, "reference" included, runs behind the same kernel contract.
+Users have one way in, kale_loss and log_mean_exp: they validate their arguments, flatten to the kernels' layout
+(1-D for kale_loss, (R, K) rows for log_mean_exp) and run the kernels of the backend chosen for the call
+(kale_fast.ops._backend). Inside, one door per regime, all over the same kernel contract (declared below with
+its fake rules): under torch.compile a torch.library custom op with registered autograd and fake rules, which
+the compiler keeps as one opaque node; in eager mode a torch.autograd.Function (its Python overhead a third of a
+custom op's, which matters in the launch-bound training-batch regime; torch.func transforms go through it), and
+for kale_loss on the C++ and CUDA backends, where no transform is active, the kernels with their autograd in C++
+(kale_loss_autograd), whose backward enters no Python.
 Gradients: the first-order backward runs the backend's kernels, from the forward's fp32 (fp64) results
 whatever the input dtype; a backward with create_graph=True (double backward, torch.func.grad of a grad)
 runs the reference backend's backward instead, written in differentiable torch ops, so that higher
@@ -25,7 +27,7 @@ from torch._functorch.utils import unwrap_dead_wrappers
 from kale_fast.ops import _checks
 from kale_fast.ops._backend import resolve
 from kale_fast.ops._dtypes import accumulation_dtype
-from kale_fast.ops._kernels import kernel_op, kernels, traceable_kernels
+from kale_fast.ops._kernels import composite_op, define_composite_implicit, kernel_op, kernels, traceable_kernels
 
 _FAMILY = "kale"
 
@@ -153,6 +155,19 @@ def _kale_loss_op_grad(ctx, grad_loss, _grad_state):
 torch.library.register_autograd("kale_fast::kale_loss", _kale_loss_op_grad, setup_context=_kale_loss_setup_context)
 
 
+# The eager door of the C++ and CUDA backends where no torch.func transform is active: the kernels with their
+# autograd in C++ (csrc/kale_autograd.cpp), whose backward enters no Python; a Python autograd.Function's forward,
+# setup_context and backward cost more than the kernels at training-batch sizes. Its create_graph=True backward
+# calls the reference's differentiable closed forms through kale_loss_backward_differentiable.
+_kale_loss_autograd = composite_op("kale_loss_autograd", lambda e_data, e_gen, log_partition: e_gen.new_empty(
+    (), dtype=accumulation_dtype(e_gen.dtype)))
+_CPP_AUTOGRAD_BACKENDS = ("cpp", "cuda") if _kale_loss_autograd is not None else ()
+define_composite_implicit(
+    "kale_loss_backward_differentiable",
+    "(Tensor grad, Tensor e_data, Tensor e_gen, Tensor? log_partition, Tensor state) -> (Tensor, Tensor, Tensor)",
+    lambda *args: kernels("reference", _FAMILY).kale_loss_backward(*args))
+
+
 def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float, None] = None, *,
               backend: Optional[str] = None) -> Tensor:
     """The energy's KALE loss -F(E, A), a 0-dim tensor in the energies' dtype.
@@ -186,6 +201,8 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     e_gen = (e_gen if e_gen.dim() == 1 else e_gen.reshape(-1)).contiguous()
     if torch.compiler.is_compiling():
         loss = _kale_loss_op(e_data, e_gen, log_partition, backend)[0]
+    elif backend in _CPP_AUTOGRAD_BACKENDS and not torch._C._are_functorch_transforms_active():
+        loss = _kale_loss_autograd(e_data, e_gen, log_partition)
     else:
         loss = _kale_loss_apply(e_data, e_gen, log_partition, backend)[0]
     return loss if loss.dtype == e_data.dtype else loss.to(e_data.dtype)

@@ -1,0 +1,85 @@
+// kale_loss_autograd: the KALE loss as one op with its autograd in C++, over the kernel ops kale_loss_forward and
+// kale_loss_backward of whatever device the energies are on (csrc/kale.cpp, kernels/kale.cu). It is kale_loss's
+// eager path on the C++ and CUDA backends (kale_fast/ops/kale.py): at training-batch sizes a Python
+// autograd.Function's forward, setup_context and backward cost more than the kernels, and here the backward
+// runs without entering Python. A backward with create_graph=True must itself be differentiable: it runs the
+// reference's closed forms in torch ops (kale_fast::kale_loss_backward_differentiable, which kale_fast/ops/kale.py
+// registers) instead of the kernel.
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+namespace kale_fast {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using ForwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&,
+                                                            const std::optional<at::Tensor>&);
+using BackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
+    const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&, const at::Tensor&);
+
+std::tuple<at::Tensor, at::Tensor> forward_kernels(const at::Tensor& e_data, const at::Tensor& e_gen,
+                                                   const std::optional<at::Tensor>& log_partition) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kale_fast::kale_loss_forward", "")
+                             .typed<ForwardSignature>();
+  return op.call(e_data, e_gen, log_partition);
+}
+
+class KaleLoss : public torch::autograd::Function<KaleLoss> {
+ public:
+  // e_data, e_gen 1-D contiguous, log_partition 0-dim in the accumulation dtype (the Python layer checks and
+  // flattens); returns the 0-dim loss in the accumulation dtype.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& e_data, const at::Tensor& e_gen,
+                            const std::optional<at::Tensor>& log_partition) {
+    auto [loss, state] = forward_kernels(e_data, e_gen, log_partition);
+    ctx->save_for_backward({e_data, e_gen, log_partition.value_or(at::Tensor())});
+    ctx->saved_data["state"] = state;  // the (max, sum) of the log-sum-exp: an intermediate, never modified
+    return loss;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    static const auto kernel = c10::Dispatcher::singleton()
+                                   .findSchemaOrThrow("kale_fast::kale_loss_backward", "")
+                                   .typed<BackwardSignature>();
+    const auto saved = ctx->get_saved_variables();
+    const at::Tensor& a = saved[2];
+    const std::optional<at::Tensor> log_partition = a.defined() ? std::optional<at::Tensor>(a) : std::nullopt;
+    const at::Tensor state = ctx->saved_data["state"].toTensor();
+    std::tuple<at::Tensor, at::Tensor, at::Tensor> grads;
+    if (at::GradMode::is_enabled()) {  // create_graph=True: differentiable torch ops, registered from Python
+      const auto differentiable = c10::Dispatcher::singleton()
+                                      .findSchemaOrThrow("kale_fast::kale_loss_backward_differentiable", "")
+                                      .typed<BackwardSignature>();
+      grads = differentiable.call(grad_outputs[0], saved[0], saved[1], log_partition, state);
+    } else {
+      grads = kernel.call(grad_outputs[0], saved[0], saved[1], log_partition, state);
+    }
+    return {std::get<0>(grads), std::get<1>(grads), a.defined() ? std::get<2>(grads) : at::Tensor()};
+  }
+};
+
+at::Tensor kale_loss_autograd(const at::Tensor& e_data, const at::Tensor& e_gen,
+                              const std::optional<at::Tensor>& log_partition) {
+  return KaleLoss::apply(e_data, e_gen, log_partition);
+}
+
+// Below autograd (no_grad, inference mode): the forward kernel alone.
+at::Tensor kale_loss_value(const at::Tensor& e_data, const at::Tensor& e_gen,
+                           const std::optional<at::Tensor>& log_partition) {
+  return std::get<0>(forward_kernels(e_data, e_gen, log_partition));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kale_fast, Autograd, m) { m.impl("kale_loss_autograd", &kale_loss_autograd); }
+
+TORCH_LIBRARY_IMPL(kale_fast, CompositeExplicitAutograd, m) { m.impl("kale_loss_autograd", &kale_loss_value); }
+
+}  // namespace kale_fast
