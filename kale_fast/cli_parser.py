@@ -12,6 +12,7 @@ import kale_fast
 from kale_fast._suggest import did_you_mean
 from kale_fast.data.tabular import parse_columns
 from kale_fast.train.config import SAMPLERS, SECTIONS, SEED_LIMIT, unavailable_device
+from kale_fast.train.config.keys import SIZE_LIMITS
 
 
 def _parse_bool(text: str) -> bool:
@@ -24,16 +25,29 @@ def _parse_bool(text: str) -> bool:
 
 
 def _flag_type(annotation):
-    """argparse type of a config field; Optional fields also take 'none'."""
+    """argparse type of a config key; Optional keys also take 'none'. A value that does not parse is a usage error
+    naming what was expected (argparse names a type by its __name__)."""
     args = typing.get_args(annotation)
     if typing.get_origin(annotation) is typing.Union and set(args) == {int, str}:  # latent_dim: 11 or auto
         return lambda text: int(text) if text.strip().lstrip("-").isdigit() else text
     if typing.get_origin(annotation) is typing.Union:
         inner = _flag_type(next(a for a in args if a is not type(None)))
-        return lambda text: None if text.lower() == "none" else inner(text)
+
+        def optional(text: str):
+            return None if text.lower() == "none" else inner(text)
+        optional.__name__ = f"{inner.__name__} (or none)"
+        return optional
     if typing.get_origin(annotation) is list:
-        return parse_columns
+        return _columns
     return _parse_bool if annotation is bool else annotation
+
+
+def _columns(text: str):
+    """--columns: parse_columns' own message (what is wrong with the list) as the usage error."""
+    try:
+        return parse_columns(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -72,15 +86,20 @@ def _int_at_least(minimum: int):
     return parse
 
 
+def _int_in(minimum: int, maximum: int):
+    """argparse type: an int from minimum to maximum, else a usage error naming the value."""
+    def parse(text: str) -> int:
+        value = _int_at_least(minimum)(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer from {minimum} to {maximum}, got {value}")
+        return value
+    return parse
+
+
 _positive_int = _int_at_least(1)
 
 
-def _seed(text: str) -> int:
-    """argparse type: a seed as `train` takes it (0 to 2^32 - 1), else a usage error naming the value."""
-    value = _int_at_least(0)(text)
-    if value > SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {SEED_LIMIT}, got {value}")
-    return value
+_seed = _int_in(0, SEED_LIMIT)  # a seed as `train` takes it
 
 
 def _device(text: str) -> str:
@@ -151,7 +170,8 @@ def command_parser() -> argparse.ArgumentParser:
     sample = add_verb("sample", help="draw GEBM samples from a trained run")
     sample.add_argument("--run", required=True, type=Path)
     sample.add_argument("--sampler", choices=SAMPLERS, default=None, help="default: the run's config")
-    sample.add_argument("--n", type=_positive_int, default=1000, help="number of samples (chains)")
+    sample.add_argument("--n", type=_int_in(1, SIZE_LIMITS["n_eval"]), default=1000,
+                        help="number of samples (chains)")
     sample.add_argument("--steps", type=_positive_int, default=None, help="iterations kept (the chains' state after "
                         "the last one is the sample); default: the run's sampler_steps")
     sample.add_argument("--warmup", type=_int_at_least(0), default=None, help="warm-up iterations before them, "

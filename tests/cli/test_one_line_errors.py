@@ -1,6 +1,7 @@
 """Issue 20's errors that did not name their problem, the cases still giving a traceback when reviewed again: each
 is now one line naming the input and what was expected (exit code 2)."""
 import pytest
+import yaml
 
 from kale_fast.cli import main
 
@@ -45,3 +46,19 @@ def test_a_config_that_is_a_folder_is_named_as_one(tmp_path, capsys):
 
 def test_a_seed_at_the_limit_is_taken(run_dir):
     assert main(["sample", "--run", str(run_dir), "--n", "4", "--steps", "1", "--seed", str(2 ** 32 - 1)]) == 0
+
+
+def test_sample_n_beyond_any_run_is_one_line(capsys, run_dir):
+    """Was: torch's 'randn(): argument 'size' failed to unpack ... Overflow when unpacking long long'."""
+    _one_line_error(capsys, ["sample", "--run", str(run_dir), "--n", str(10 ** 20)], "sample",
+                    f"argument --n: expected an integer from 1 to {10 ** 7}, got {10 ** 20}")
+
+
+@pytest.mark.parametrize("flag, value, expected", [
+    ("--columns", ",,", "argument --columns: config key 'columns': ',,' holds an empty item"),
+    ("--max-correlation", "abc", "argument --max-correlation: invalid float (or none) value: 'abc'")])
+def test_config_flags_that_do_not_parse_say_what_was_expected(tmp_path, capsys, flag, value, expected):
+    """Was: 'invalid <lambda> value' (the flag's parser had no name, and the columns' own message was lost)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path)}))
+    _one_line_error(capsys, ["train", "--config", str(config), flag, value], "train", expected)
