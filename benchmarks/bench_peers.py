@@ -10,6 +10,8 @@ Each configuration runs REPEATS times, configurations round-robin within a repea
 
 Opt-in: `python -m benchmarks --ops peers` (needs `pip install -r benchmarks/requirements-peers.txt`).
 This module imports without JAX; its JAX tests are skipped without it.
+Over 300 lines, on purpose: the peer comparison with the tests that its numbers are comparable (the same
+potential and moments in torch, NumPy and JAX) kept beside the code they check.
 """
 import argparse
 import functools

@@ -12,6 +12,8 @@
    and compile=True, against JAX jit's value_and_grad of the same potential and its bare GEMMs.
 5. Overhead per leapfrog step: HMC with 10 leapfrog steps on a quadratic potential with a closed-form
    gradient at B = 1, L = 100 (where the arithmetic is negligible), eager and with compile=True, one thread.
+Over 300 lines, on purpose: one benchmark module per op family (tests/samplers mirrors it), its five tables
+sharing the timing helpers and the samplers' list.
 """
 import warnings
 from typing import Callable, Dict, List, Optional
