@@ -1,0 +1,36 @@
+"""ChEES's trajectory-length adaptation (kale_fast.samplers.adaptation) leaves divergent transitions out."""
+import math
+
+import torch
+
+from kale_fast.samplers import adaptation
+from kale_fast.samplers.hmc import ChEESTransition
+
+
+def _transition(start, proposal, momentum, accept_prob, divergent):
+    return ChEESTransition(accept_prob, torch.ones_like(divergent), divergent, proposal, momentum, start)
+
+
+def test_chees_gradient_ignores_what_divergent_chains_report():
+    """Divergent chains' proposals and momenta (here NaN, +-inf, huge) and acceptance change nothing: the
+    gradient equals the one over the non-divergent chains alone (their starts' mean is over all chains, as the
+    starts are the chains' states either way), and stays finite; all chains divergent gives 0, no update."""
+    g = torch.Generator().manual_seed(0)
+    start, proposal, momentum = (torch.randn(12, 3, generator=g, dtype=torch.float64) for _ in range(3))
+    accept_prob = torch.rand(12, generator=g, dtype=torch.float64)
+    divergent = torch.zeros(12, dtype=torch.bool)
+    divergent[[1, 4, 7]] = True
+    bad_proposal, bad_momentum = proposal.clone(), momentum.clone()
+    bad_proposal[1], bad_proposal[4], bad_proposal[7] = math.nan, math.inf, 1e300
+    bad_momentum[1], bad_momentum[4], bad_momentum[7] = -math.inf, math.nan, 1e300
+    bad_accept = accept_prob.clone()
+    bad_accept[[1, 4, 7]] = torch.tensor([0.0, 1.0, 0.5], dtype=torch.float64)
+    gradient = adaptation.chees_gradient(_transition(start, bad_proposal, bad_momentum, bad_accept, divergent), 0.7)
+    clean = _transition(start, proposal, momentum, torch.where(divergent, 0.0, accept_prob), divergent)
+    assert math.isfinite(float(gradient))
+    torch.testing.assert_close(gradient, adaptation.chees_gradient(clean, 0.7))
+    everything = torch.ones(12, dtype=torch.bool)
+    assert float(adaptation.chees_gradient(_transition(start, bad_proposal, bad_momentum, bad_accept, everything),
+                                           0.7)) == 0.0
+    state = adaptation.chees_init(1.0)
+    assert adaptation.chees_update(state, 0.0, 0.1, 1000).log_length == state.log_length
