@@ -3,8 +3,8 @@
 A sampler is a small pure pair in the BlackJAX sense: `init(ctx, y) -> state` and
 `step(state, params, ctx) -> (state, transition)`, over unit-mass coordinates y (kale_fast.samplers.metric), with
 its own state type; a step never modifies the state it is given (the fused in-place kernels only ever touch
-tensors the step itself created). For the compiled path a sampler also gives `draws` and `algebra_step`: the same
-transition as tensor algebra from pre-drawn random numbers (kale_fast.samplers.compiled). The loop is
+tensors the step itself created). For the compiled path a sampler also gives `draw_kinds` and `algebra_step`: the
+same transition as tensor algebra from pre-drawn random numbers (kale_fast.samplers.compiled). The loop is
 kale_fast.samplers.run, which knows samplers only through this interface.
 """
 from typing import List, Optional, Tuple, Union
@@ -68,8 +68,9 @@ class Sampler:
         """One transition of all chains: (new state, Transition); `state` itself is left untouched."""
         raise NotImplementedError
 
-    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
-        """The random numbers of k iterations for algebra_step, each with a leading k dimension."""
+    def draw_kinds(self) -> Tuple[str, ...]:
+        """What one iteration of algebra_step draws, in order: "normal" (B, L), "log_uniform" (B,), "uniform"
+        (B,) (kale_fast.samplers.compiled.draws_from_uniforms)."""
         raise NotImplementedError
 
     def algebra_step(self, state, params: StepParams, draws: Tuple[Tensor, ...], value_and_grad: ValueAndGrad):

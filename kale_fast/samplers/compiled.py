@@ -6,8 +6,11 @@ potential. So the samplers whose iterations all have one shape (ULA, MALA, kinet
 MAX_UNROLLED_GRADIENTS leapfrog steps) run k iterations per call: proposal, the potential's value and gradient,
 the Metropolis test and the dual-averaging update of the step size, all in one graph that the compiler fuses
 (the updates are tensor algebra, kale_fast.reference.integrators; the fused kernels are opaque ops that would
-cost a dispatcher crossing each). The random draws of the k iterations are made before the call from the run's
-generator, one call per kind of draw (Sampler.draws), so a run is repeatable bit for bit under a seed. Step
+cost a dispatcher crossing each). The random numbers of the k iterations are drawn before the call from the
+run's generator as uniforms, one row per iteration whatever k (uniform_rows), and turned into the sampler's
+draws (Sampler.draw_kinds) inside the graph; calls start at multiples of k in the chain's absolute iteration
+count (kale_fast.samplers.run). So a run is repeatable bit for bit under a seed, and a run split anywhere and
+resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code). Step
 sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants: warm-up
 changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: it runs eager
 iterations around compiled chunks of leapfrog steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
@@ -97,13 +100,49 @@ def chunk_iterations(sampler) -> int:
     return max(1, min(MAX_CHUNK_ITERATIONS, MAX_UNROLLED_GRADIENTS // gradients))
 
 
-def aligned_chunk(longest: int, lengths) -> int:
-    """The chunk length for runs of iterations of these lengths (warm-up windows, sampling): the largest divisor
-    of all of them up to `longest`, so that one compiled function serves the whole run, unless that is under half
-    of `longest`; then `longest`, with single iterations (a second function) for the remainders."""
-    common = math.gcd(*lengths) if lengths else longest
-    divisor = next(d for d in range(min(longest, max(common, 1)), 0, -1) if common % d == 0)
-    return divisor if 2 * divisor >= longest else longest
+# --- the random numbers of compiled iterations ------------------------------------------------------------
+# Each iteration draws one row of uniforms from the run's generator, transformed inside the compiled graph
+# (Box-Muller normals, log-uniforms for Metropolis tests, uniforms for HMC's jitter). Rows are the same whatever
+# the number of iterations per call, so a run split anywhere and resumed draws what the unbroken run drew.
+
+def _uniforms_per_draw(kind: str, like: Tensor) -> int:
+    if kind == "normal":  # Box-Muller: a pair of uniforms per pair of normals
+        return 2 * ((like.numel() + 1) // 2)
+    if kind in ("log_uniform", "uniform"):  # one per chain
+        return like.shape[0]
+    raise ValueError(f"unknown kind of draw {kind!r}")
+
+
+def uniform_rows(k: int, kinds: Tuple[str, ...], like: Tensor, generator: torch.Generator) -> Tensor:
+    """(k, n) uniforms in [0, 1), one row per iteration, for draws of these kinds like the chains `like` (B, L).
+    The CPU generator fills a tensor serially, so one call equals k calls of one row; other devices' generators
+    (CUDA's Philox advances per call) draw row by row."""
+    n = sum(_uniforms_per_draw(kind, like) for kind in kinds)
+    if like.device.type == "cpu":
+        return torch.rand((k, n), generator=generator, dtype=like.dtype, device=like.device)
+    return torch.stack([torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
+                        for _ in range(k)])
+
+
+def draws_from_uniforms(rows: Tensor, kinds: Tuple[str, ...], like: Tensor) -> Tuple[Tensor, ...]:
+    """The draws of these kinds for k iterations from uniform_rows (k, n): "normal" (k, B, L) standard normals,
+    "log_uniform" (k, B) log u, "uniform" (k, B) u. Traced inside the compiled graph."""
+    k, draws, offset = rows.shape[0], [], 0
+    for kind in kinds:
+        n = _uniforms_per_draw(kind, like)
+        block = rows[:, offset:offset + n]
+        offset += n
+        if kind == "normal":
+            first, second = block[:, :n // 2], block[:, n // 2:]
+            radius = torch.sqrt(-2.0 * torch.log1p(-first))  # 1 - u in (0, 1]: a finite radius
+            angle = (2.0 * math.pi) * second
+            normals = torch.cat([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
+            draws.append(normals[:, :like.numel()].reshape(k, *like.shape))
+        elif kind == "log_uniform":
+            draws.append(torch.log(block))
+        else:
+            draws.append(block)
+    return tuple(draws)
 
 
 def _as_tensors(state, like: Tensor):
@@ -133,9 +172,10 @@ class CompiledIterations:
         if key not in self.functions:
             sampler, reference = self.sampler, self.potential
 
-            def iterations(chains, template: StepParams, states, adapting, scale, cholesky, draws):
+            def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms):
                 metric, potential = Metric(scale, cholesky), reference()
                 value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+                draws = draws_from_uniforms(uniforms, sampler.draw_kinds(), chains.z)
                 tune = Tuning(template.step_size)
                 rows = []
                 for i in range(k):
@@ -161,11 +201,11 @@ class CompiledIterations:
                  params: StepParams, generator: torch.Generator):
         """Run k iterations: (chains, tune, adaptation states, Report). `rules` are the run's adaptations (all
         traceable), applied while `adapting`."""
-        draws = self.sampler.draws(k, chains.z, generator)
+        uniforms = uniform_rows(k, self.sampler.draw_kinds(), chains.z, generator)
         states = tuple(_as_tensors(s, chains.z) for s in states)
         flag = torch.tensor(adapting, device=chains.z.device)
         chains, step_size, states, report = self._function(k, rules)(
-            chains, params, states, flag, *metric_arguments(metric, chains.z), draws)
+            chains, params, states, flag, *metric_arguments(metric, chains.z), uniforms)
         return chains, tune.with_step_size(step_size), states, report
 
 

@@ -15,7 +15,6 @@ from kale_fast.reference import integrators as reference
 from kale_fast.samplers import adaptation, checks
 from kale_fast.samplers.base import Sampler
 from kale_fast.samplers.core import StepContext, StepParams, Tuning, ValueAndGrad, check_count, check_fraction
-from kale_fast.samplers.langevin import log_uniform_draws, normal_draws
 from kale_fast.samplers.leapfrog import algebra_leapfrog
 from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.state import ChainState, Transition
@@ -68,12 +67,9 @@ class HMC(Sampler):
                                                                kinetic0, step_size, ctx.log_uniform(value))
         return ChainState(y, value, grad), self._transition(accept_prob, accepted, divergent, proposal, y0, params)
 
-    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
-        """Momenta (k, B, L), log-uniforms (k, B) and, with jitter, the step's uniforms (k, B)."""
-        draws = normal_draws(k, like, generator), log_uniform_draws(k, like, generator)
-        if self.jitter:
-            draws += (torch.rand((k, like.shape[0]), generator=generator, dtype=like.dtype, device=like.device),)
-        return draws
+    def draw_kinds(self) -> Tuple[str, ...]:
+        """Momenta, log-uniforms and, with jitter, the step's uniforms."""
+        return ("normal", "log_uniform") + (("uniform",) if self.jitter else ())
 
     def algebra_step(self, state: ChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
         momentum, log_uniform, *uniform = draws

@@ -9,7 +9,7 @@ from torch import Tensor
 from kale_fast.reference import integrators as reference
 from kale_fast.samplers.base import Sampler
 from kale_fast.samplers.core import StepContext, StepParams, ValueAndGrad, check_positive
-from kale_fast.samplers.langevin import normal_draws, unadjusted
+from kale_fast.samplers.langevin import unadjusted
 from kale_fast.samplers.metric import Metric
 from kale_fast.samplers.state import KineticChainState, Transition
 
@@ -43,8 +43,8 @@ class KineticLangevin(Sampler):
         velocity.sub_(0.5 * step_size[:, None] * grad)  # the closing B, with the new gradient
         return KineticChainState(y, value, grad, velocity), unadjusted(value, grad)
 
-    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
-        return (normal_draws(k, like, generator),)
+    def draw_kinds(self) -> Tuple[str, ...]:
+        return ("normal",)
 
     def algebra_step(self, state: KineticChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
         (noise,) = draws

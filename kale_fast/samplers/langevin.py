@@ -23,16 +23,6 @@ def unadjusted(potential: Tensor, grad: Tensor) -> Transition:
     return Transition(ones, torch.ones_like(ones, dtype=torch.bool), checks.nonfinite(potential, grad))
 
 
-def normal_draws(k: int, like: Tensor, generator: torch.Generator) -> Tensor:
-    """k draws of standard normal noise like the chains, (k, B, L)."""
-    return torch.randn((k, *like.shape), generator=generator, dtype=like.dtype, device=like.device)
-
-
-def log_uniform_draws(k: int, like: Tensor, generator: torch.Generator) -> Tensor:
-    """k draws of log u, u ~ U(0, 1), one per chain: (k, B), for Metropolis tests."""
-    return torch.log(torch.rand((k, like.shape[0]), generator=generator, dtype=like.dtype, device=like.device))
-
-
 class ULA(Sampler):
     """Unadjusted Langevin: biased by the step (for a standard Gaussian the stationary variance is
     1 / (1 - h/2)), cheap: no Metropolis test."""
@@ -51,8 +41,8 @@ class ULA(Sampler):
         value, grad = ctx.value_and_grad(y)
         return ChainState(y, value, grad), unadjusted(value, grad)
 
-    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
-        return (normal_draws(k, like, generator),)
+    def draw_kinds(self) -> Tuple[str, ...]:
+        return ("normal",)
 
     def algebra_step(self, state: ChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
         (noise,) = draws
@@ -85,8 +75,8 @@ class MALA(Sampler):
             state.z, state.potential, state.grad, y_prop, value, grad, params.step_size, ctx.log_uniform(value))
         return ChainState(y_prop, value, grad), Transition(accept_prob, accepted, checks.divergent(energy_error))
 
-    def draws(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, ...]:
-        return normal_draws(k, like, generator), log_uniform_draws(k, like, generator)
+    def draw_kinds(self) -> Tuple[str, ...]:
+        return "normal", "log_uniform"
 
     def algebra_step(self, state: ChainState, params: StepParams, draws, value_and_grad: ValueAndGrad):
         noise, log_uniform = draws

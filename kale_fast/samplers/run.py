@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kale_fast.samplers import adaptation, checks
-from kale_fast.samplers.compiled import Report, aligned_chunk, chunk_iterations, compiled_iterations, compiled_paths
+from kale_fast.samplers.compiled import Report, chunk_iterations, compiled_iterations, compiled_paths
 from kale_fast.samplers.context import build_context
 from kale_fast.samplers.core import Tuning, check_count
 from kale_fast.samplers.cuda_graph import CapturedSteps
@@ -88,15 +88,16 @@ class _Engine:
         return chains, tune, states, reports[0] if k == 1 else Report(*map(torch.cat, zip(*reports)))
 
 
-def _segments(total: int, boundaries: List[int], longest: int):
-    """[start, end) runs of iterations that end on every boundary: of one aligned chunk length where it fits
-    (kale_fast.samplers.compiled.aligned_chunk), else single iterations."""
+def _segments(total: int, boundaries: List[int], chunk: int, first: int):
+    """[start, end) runs of a run's `total` iterations that end on every boundary (both counted from the run's
+    start), for a chain at absolute iteration `first`: chunks of `chunk` iterations that start at multiples of
+    `chunk` in the absolute count, single iterations elsewhere. Where the calls fall depends on the absolute
+    iteration, not on where a run started: a run resumed from any state makes the unbroken run's calls."""
     stops = sorted(set(boundaries) | {total})
-    chunk = aligned_chunk(longest, [b - a for a, b in zip([0] + stops, stops) if b > a])
     i = 0
     while i < total:
         stop = next(s for s in stops if s > i)
-        k = chunk if i + chunk <= stop else 1
+        k = chunk if (first + i) % chunk == 0 and i + chunk <= stop else 1
         yield i, i + k
         i += k
 
@@ -173,9 +174,9 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
     start_z, start_potential = z, chains.potential  # for the end-of-run checks (never modified in place)
     traces, potential_traces = [], []
     total = warmup + n_steps
-    longest = engine.chunk if engine.whole_iterations(rules) else 1
+    chunk = engine.chunk if engine.whole_iterations(rules) else 1
     with torch.no_grad(), tqdm(total=total, disable=not progress, desc=type(sampler).__name__) as bar:
-        for start, end in _segments(total, sorted(window_ends | {warmup}), longest):
+        for start, end in _segments(total, sorted(window_ends | {warmup}), chunk, iteration):
             adapting = start < warmup
             chains, tune, states, report = engine.advance(chains, tune, states, rules, end - start, iteration,
                                                           adapting)
