@@ -91,10 +91,15 @@ _ENVIRONMENT = "the environment variable KALE_FAST_BACKEND"
 _block_choice: contextvars.ContextVar[Optional[str]] = contextvars.ContextVar("kale_fast_backend", default=None)
 
 
-@torch.compiler.assume_constant_result
 def _traced_block_choice() -> Optional[str]:
     """The innermost `backend` block's name, read by torch.compile once per trace (it cannot trace a contextvar)."""
     return _block_choice.get()
+
+
+# What `torch.compiler.assume_constant_result` does, without the decorator's import of torch._dynamo (about 2 s,
+# paid by every `import kale_fast` and so every CLI call); tests/ops/test_backend_choice.py checks that the
+# decorator still sets exactly this mark.
+_traced_block_choice._dynamo_marked_constant = True
 
 
 def _chosen() -> str:

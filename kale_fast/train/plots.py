@@ -6,24 +6,28 @@ import textwrap
 from pathlib import Path
 from typing import Dict, Optional, Sequence, Tuple
 
-import matplotlib
+import torch
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure  # not pyplot: no global state, no backend switched in the user's session
+from torch import Tensor
 
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from kale_fast._io import atomic_write  # noqa: E402
-from kale_fast.metrics.image_scores import unit_range  # noqa: E402
+from kale_fast._io import atomic_write
+from kale_fast.metrics.image_scores import unit_range
 
 
 def _save(fig, path: Path, dpi: int) -> None:
     """Write the figure to `path` as PNG atomically (a kill leaves the previous file or none, never half a PNG; a
-    link planted at path is replaced, not followed), and close it."""
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
+    link planted at path is replaced, not followed)."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+
+
+def _subplots(*grid, figsize: Tuple[float, float], **kwargs):
+    """(figure, axes) as `pyplot.subplots` gives them, from a Figure on an Agg canvas (layout needs its renderer;
+    freed with its last reference, nothing registered with pyplot)."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*grid, **kwargs)
 
 
 def scatter_samples(samples: Dict[str, Tensor], path: Path, caption: Optional[str] = None) -> None:
@@ -32,7 +36,7 @@ def scatter_samples(samples: Dict[str, Tensor], path: Path, caption: Optional[st
     reference = next(iter(samples.values()))[:, :2]
     margin = 0.1 * (reference.max(0).values - reference.min(0).values)
     low, high = reference.min(0).values - margin, reference.max(0).values + margin
-    fig, axes = plt.subplots(1, len(samples), figsize=(4 * len(samples), 4.4 + 0.5 * bool(caption)), sharex=True,
+    fig, axes = _subplots(1, len(samples), figsize=(4 * len(samples), 4.4 + 0.5 * bool(caption)), sharex=True,
                              sharey=True, squeeze=False)
     for ax, (title, points) in zip(axes.flat, samples.items()):
         points = points[:, :2].cpu().numpy()
@@ -63,8 +67,8 @@ def energy_landscape(energy, data: Tensor, path: Path, resolution: int = 200, fl
     clamped = (values <= floor + 1e-6) if floor is not None else torch.zeros_like(values, dtype=torch.bool)
     shown = (-values).masked_fill(clamped, math.nan)  # clamped cells: outside the colour scale
     at_data = -energy(data).cpu()  # the colour scale spans -E over the data (what reweights the base there)
-    fig, ax = plt.subplots(figsize=(5, 4.4))
-    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")
+    fig, ax = _subplots(figsize=(5, 4.4))
+    cmap = colormaps["viridis"].with_extremes(bad="lightgrey")
     image = ax.imshow(shown.numpy(), origin="lower", extent=extent, cmap=cmap, vmin=at_data.min().item() - 1.0,
                       vmax=at_data.max().item())
     points = data[:, :2].cpu().numpy()
@@ -108,7 +112,7 @@ def image_panels(panels: Dict[str, Tensor], path: Path, columns: int = 8, rows: 
              for images in panels.values()]
     height, width = max(t.shape[0] for t in tiles), max(t.shape[1] for t in tiles)
     panel_inches = 3.0 * width / max(height, width), 3.0 * height / max(height, width)
-    fig, axes = plt.subplots(1, len(tiles), squeeze=False, figsize=(panel_inches[0] * len(tiles) + 0.1 * len(tiles),
+    fig, axes = _subplots(1, len(tiles), squeeze=False, figsize=(panel_inches[0] * len(tiles) + 0.1 * len(tiles),
                                                                      panel_inches[1] + 0.35))
     for ax, title, tile in zip(axes.flat, panels, tiles):
         ax.imshow(tile.squeeze(-1).numpy(), cmap="gray" if tile.shape[-1] == 1 else None, vmin=0, vmax=1,
@@ -141,7 +145,7 @@ def training_curves(metrics_path: Path, path: Path) -> Optional[Path]:
                                                                             for key, _, _ in curves)]
     if not panels:
         return None
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(3.6 * len(panels), 3.0), squeeze=False)
     for ax, (title, curves) in zip(axes.flat, panels):
         for key, label, sign in curves:
             points = [(line["round"], sign * line[key]) for line in lines if key in line]
@@ -163,7 +167,7 @@ def metric_vs_steps(steps: Sequence[int], curves: Dict[str, Sequence[float]], pa
     """The sample metric (named by `metric`) against MCMC steps, one line per sampler (the paper's FID-vs-steps
     figure), with +-1 standard error bars where `errors` gives them; steps 0 are the base samples; the
     (sampler, steps) pair chosen on validation data is circled."""
-    fig, ax = plt.subplots(figsize=(6, 4.4))
+    fig, ax = _subplots(figsize=(6, 4.4))
     for name, values in curves.items():
         ax.errorbar(steps, values, yerr=None if errors is None else errors[name], marker="o", markersize=3,
                     capsize=2, label=name)

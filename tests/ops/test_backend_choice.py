@@ -103,6 +103,21 @@ def test_the_keyword_is_a_constant_that_torch_compile_guards():
         torch.testing.assert_close(compiled(x, name), torch.logsumexp(x, 0) - torch.log(torch.tensor(7.0)).double())
 
 
+def test_the_block_choice_is_marked_as_torch_compile_marks_a_constant_result():
+    """_backend marks its block reader by hand (the decorator would import torch._dynamo with kale_fast): the mark
+    must stay the one torch.compiler.assume_constant_result sets, and a block must trace in a full graph."""
+    def probe():
+        return None
+
+    torch.compiler.assume_constant_result(probe)
+    assert vars(probe) == vars(_backend._traced_block_choice) == {"_dynamo_marked_constant": True}
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: kf.log_mean_exp(x), fullgraph=True, backend="eager")
+    x = torch.randn(7, dtype=torch.float64)
+    with kf.backend("reference"):
+        torch.testing.assert_close(compiled(x), torch.logsumexp(x, 0) - torch.log(torch.tensor(7.0)).double())
+
+
 def test_triton_grid_limits_are_queried_per_device(monkeypatch):
     from kale_fast.triton_kernels import _launch
 
