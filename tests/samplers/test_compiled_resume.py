@@ -15,7 +15,8 @@ def scaled_gaussian(z):
     return 0.5 * (((z - MEAN.to(z.dtype)) / SD.to(z.dtype)) ** 2).sum(1)
 
 
-# Cold compiles take a minute or more per sampler: one sampler in the default suite, the others slow.
+# Cold compiles take minutes per sampler and dtype (4 graphs: k and 1 iterations, with and without warm-up
+# adaptation): MALA in fp64 in the default suite, the rest slow.
 SAMPLERS = [pytest.param(lambda: kf.MALA(0.3), id="mala"),
             pytest.param(lambda: kf.ULA(0.1), id="ula", marks=pytest.mark.slow),
             pytest.param(lambda: kf.KineticLangevin(0.2), id="kinetic", marks=pytest.mark.slow),
@@ -25,7 +26,8 @@ SAMPLERS = [pytest.param(lambda: kf.MALA(0.3), id="mala"),
 
 @pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
 @pytest.mark.parametrize("make_sampler", SAMPLERS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)],
+                         ids=["fp64", "fp32"])
 def test_compiled_runs_resume_bit_for_bit_at_any_split(make_sampler, dtype):
     """Warm-up of 30 (metric windows and step-size adaptation), then 13 sampling iterations, split after 1, 4,
     8 (a multiple of the chunk length) and 11 of them, twice over (resumed states are resumed again)."""
