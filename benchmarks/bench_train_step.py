@@ -164,8 +164,8 @@ def markdown(record: dict) -> str:
                      f"| {cell(r['ours_base_ms'])} / {cell(r['authors_base_ms'])} | {cell(r['round_ours_ms'])} / "
                      f"{cell(r['round_authors_ms'])} | {cell(r['authors_over_ours_per_round'], suffix='x')} |")
     if record.get("compiled_rows"):
-        lines += ["", "Eager against compiled rounds of the loop (`compile: true`: Trainer.round, n_iter_d energy steps "
-                  "and a base step), fp32, interleaved; floor: torch's GEMM rate at the round's products "
+        lines += ["", "Eager against compiled rounds of the loop (`compile: true`: Trainer.round, n_iter_d energy "
+                  "steps and a base step), fp32, interleaved; floor: torch's GEMM rate at the round's products "
                   "(benchmarks/floors.py); compile: the first round, inductor's cache as found", "",
                   "| config | B | compile (s) | round eager / compiled / floor (ms) | eager / compiled per round | "
                   "break-even rounds (config's) |",

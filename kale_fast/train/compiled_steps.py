@@ -113,11 +113,13 @@ def apply_adam(params: List[Tensor], grads: List[Tensor], adam: AdamState) -> No
         param.sub_(adam.scalars[i, 0] * exp_avg / denom)
 
 
-class _UnfusedBiasGemms(CustomGraphPass):
-    """An inductor graph pass: addmm(bias, a, b) -> mm(a, b) + bias, so that the bias is added inside the fused
-    elementwise kernel that reads the product next (SiLU, Adam's update) instead of being copied into the output
-    before the GEMM, a pass over the output per Linear layer (measured 9% of a compiled toy round on CPU; inductor
-    does this itself on GPUs only)."""
+class _GemmRewrites(CustomGraphPass):
+    """An inductor graph pass over the steps' GEMMs (measured on a compiled toy round on CPU):
+    - addmm(bias, a, b) -> mm(a, b) + bias, so that the bias is added inside the fused elementwise kernel that
+      reads the product next (SiLU, Adam's update) instead of being copied into the output before the GEMM, a pass
+      over the output per Linear layer (9% of the round; inductor does this itself on GPUs only);
+    - a product over an inner dimension of at most 4 (the first layer of a network on 2-D points or latents) ->
+      a broadcast multiply and sum, which inductor unrolls into the elementwise kernel around it (3%)."""
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         for node in list(graph.find_nodes(op="call_function", target=torch.ops.aten.addmm.default)):
@@ -130,15 +132,29 @@ class _UnfusedBiasGemms(CustomGraphPass):
             product.meta, total.meta = dict(node.meta), dict(node.meta)
             node.replace_all_uses_with(total)
             graph.erase_node(node)
+        for node in list(graph.find_nodes(op="call_function", target=torch.ops.aten.mm.default)):
+            a, b = node.args
+            if a.meta["val"].shape[1] > 4:
+                continue
+            with graph.inserting_before(node):
+                columns = graph.call_function(torch.ops.aten.unsqueeze.default, (a, 2))  # (m, k, 1)
+                rows = graph.call_function(torch.ops.aten.unsqueeze.default, (b, 0))     # (1, k, n)
+                terms = graph.call_function(torch.ops.aten.mul.Tensor, (columns, rows))
+                total = graph.call_function(torch.ops.aten.sum.dim_IntList, (terms, [1]))
+            columns.meta["val"], rows.meta["val"] = a.meta["val"].unsqueeze(2), b.meta["val"].unsqueeze(0)
+            terms.meta["val"] = columns.meta["val"] * rows.meta["val"]
+            total.meta = dict(node.meta)
+            node.replace_all_uses_with(total)
+            graph.erase_node(node)
 
     def uuid(self):
         return get_hash_for_files((__file__,))
 
 
 # The inductor options of both steps (one object, so that every CompiledSteps shares the compiled graphs of its
-# shapes): the pass above, and the graph's wrapper in C++ (measured 5% of a compiled toy round: the Python wrapper
+# shapes): the passes above, and the graph's wrapper in C++ (measured 5% of a compiled toy round: the Python wrapper
 # allocates and launches some 60 buffers and kernels per step).
-_INDUCTOR_OPTIONS = {"post_grad_custom_post_pass": _UnfusedBiasGemms(), "cpp_wrapper": True}
+_INDUCTOR_OPTIONS = {"post_grad_custom_post_pass": _GemmRewrites(), "cpp_wrapper": True}
 
 
 class CompiledSteps:
