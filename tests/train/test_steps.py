@@ -245,3 +245,30 @@ def test_a_compiled_run_follows_the_eager_run_under_a_seed():
     assert ((final[1] - final[0]).norm() / final[0].norm()).item() < 1e-5
     assert ((moments[1] - moments[0]).norm() / moments[0].norm()).item() < 1e-4
     assert steps[0] == steps[1]
+
+
+@pytest.mark.slow  # compiled steps (the shapes of the test above: compiled once per process)
+def test_a_compiled_run_resumes_bit_for_bit():
+    """A compiled run's state (networks, A, both Adams' state, generators) restored into a fresh compiled Trainer
+    continues exactly as the unbroken run: the in-graph optimizer keeps its state in torch.optim.Adam's own
+    tensors, which the checkpoint holds."""
+    from kale_fast.data import toy_dataset
+    from kale_fast.train import TrainConfig, Trainer
+
+    config = TrainConfig.from_dict(dict(hidden=32, depth=2, latent_dim=2, batch_size=128, penalty=0.1,
+                                        n_iter_d_init=5, n_iter_d=5, n_partition_samples=1024, lr_energy=1e-3,
+                                        lr_base=1e-3, compile=True))
+    data = toy_dataset("8gaussians", 2048)
+    unbroken = Trainer.create(config, data)
+    for _ in range(3):
+        unbroken.round(data)
+    state = copy.deepcopy(unbroken.state_dict())
+    resumed = Trainer.create(config, data)
+    resumed.load_state_dict(state)
+    for _ in range(3):
+        unbroken.round(data)
+        resumed.round(data)
+    for trainer in (unbroken, resumed):
+        assert [float(s["step"]) for s in trainer.energy_optimizer.state_dict()["state"].values()] == [30.0] * 7
+    assert torch.equal(_flat([*unbroken.gebm.parameters(), unbroken.log_partition]),
+                       _flat([*resumed.gebm.parameters(), resumed.log_partition]))
