@@ -77,20 +77,19 @@ def adam_state(optimizer: torch.optim.Optimizer, params: Sequence[Tensor]) -> Op
             or not all(id(p) in held for p in params)):
         return None
     lr, (beta1, beta2) = float(group["lr"]), group["betas"]
-    exp_avgs, exp_avg_sqs, scalars = [], [], []
-    for param in params:
-        state = optimizer.state[param]
+    states = [optimizer.state[param] for param in params]
+    for param, state in zip(params, states):
         if not state:  # torch.optim.Adam's own lazy initialisation (_init_group), so its state_dict reads the same
             fused = group["fused"]
             state["step"] = torch.zeros((), dtype=torch.float32 if fused else _default_scalar_dtype(),
                                         device=param.device if fused else torch.device("cpu"))
             state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-        state["step"] += 1
-        step = float(state["step"])
-        scalars.append((lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5))
-        exp_avgs.append(state["exp_avg"])
-        exp_avg_sqs.append(state["exp_avg_sq"])
+    steps = [state["step"] for state in states]
+    torch._foreach_add_(steps, 1)  # as Adam's step begins (one op for all: this runs before every compiled step)
+    scalars = [(lr / (1 - beta1 ** step), (1 - beta2 ** step) ** 0.5) for step in torch.stack(steps).tolist()]
+    exp_avgs = [state["exp_avg"] for state in states]
+    exp_avg_sqs = [state["exp_avg_sq"] for state in states]
     return AdamState(exp_avgs, exp_avg_sqs, torch.tensor(scalars, dtype=torch.float64), float(beta1), float(beta2),
                      float(group["eps"]), float(group["weight_decay"]))
 
