@@ -6,10 +6,9 @@ step is one function of tensors handed to torch.compile: the base samples B(z) o
 as a function of the parameters and differentiated with torch.func (grad of the energy in x for the penalty,
 grad_and_value in the parameters), and the optimizer's Adam update (torch.optim.Adam's arithmetic, applied in
 place to the parameters and to the optimizer's own state tensors, so checkpoints and resumes see a plain
-torch.optim.Adam).
-AOTAutograd traces forward, double backward and parameter gradients into one graph, and inductor fuses the
-elementwise work (SiLU's sigmoid, Adam's moments) between the GEMMs. A round of the loop costs one compiled call
-per step and nothing else.
+torch.optim.Adam). AOTAutograd traces forward, double backward and parameter gradients into one graph, inductor
+fuses the elementwise work (SiLU and its derivatives, bias additions, Adam's moments) between the GEMMs
+(_GemmRewrites below), and the graph's wrapper is C++. A step costs one compiled call and a few host-side draws.
 
 With a gradient hook (data-parallel averaging under torchrun), or an optimizer that is not a plain one-group Adam,
 the graph stops at the gradients: they go to .grad, the hook averages them and the optimizer steps eagerly.
