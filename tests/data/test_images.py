@@ -6,8 +6,6 @@ import pytest
 def test_image_loaders_read_local_files(tmp_path):
     import pickle
 
-    import numpy as np
-
     from kale_fast.data.images import load_cifar10, load_digits, load_npz, load_png_folder
 
     images, labels = load_digits()

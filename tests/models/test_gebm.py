@@ -29,8 +29,6 @@ def test_gebm_log_partition_kale_and_log_prob():
 def test_spectral_norm_option_and_the_papers_32x32_networks_on_a_local_cifar10(tmp_path):
     import pickle
 
-    import numpy as np
-
     from kale_fast.models import build_gebm
 
     gebm = build_gebm(TrainConfig.from_dict({**TINY, "spectral_norm": True}).model, (2,))
