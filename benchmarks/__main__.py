@@ -16,7 +16,7 @@ import platform
 import re
 import sys
 from pathlib import Path
-from typing import List
+from typing import List, Optional
 
 import torch
 from tqdm import tqdm
@@ -52,11 +52,12 @@ def environment(device: torch.device) -> dict:
                 date=datetime.datetime.now().isoformat(timespec="seconds"), copy_gbps=copy_gbps(device))
 
 
-def run_with_load(op: str, device: torch.device, quick: bool, threads: int) -> dict:
-    """One benchmark's record, with the machine load before and after it and the warnings that follow."""
+def run_with_load(op: str, device: torch.device, quick: bool, threads: int, options: Optional[dict] = None) -> dict:
+    """One benchmark's record, with the machine load before and after it and the warnings that follow; options:
+    keyword arguments of that benchmark's run (the peers' target_names)."""
     before = machine_load()
     with tqdm(desc=op, file=sys.stderr) as progress:
-        record = ALL_BENCHES[op].run(device, quick, progress)
+        record = ALL_BENCHES[op].run(device, quick, progress, **(options or {}))
     after = machine_load()
     warnings = [w for w in (load_warning(before["load_average"], before["cpus"], threads, "before"),
                             load_warning(after["load_average"], after["cpus"], threads, "after")) if w]
@@ -96,9 +97,13 @@ def main(argv: List[str] = None) -> None:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: CPU comparisons on one thread, less exposed to load)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where --quick writes its JSON")
+    parser.add_argument("--targets", nargs="+", choices=list(bench_peers.targets.TARGETS),
+                        help="peers only: these targets (recorded apart, in results/peers-<targets>-<device>.json)")
     args = parser.parse_args(argv)
     if args.threads < 1:
         parser.error(f"--threads must be a positive integer, got {args.threads}")
+    if args.targets and args.ops != ["peers"]:
+        parser.error(f"--targets selects the peers benchmark's targets: give it with --ops peers alone, not {args.ops}")
     device = torch.device(args.device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -106,11 +111,13 @@ def main(argv: List[str] = None) -> None:
         env = environment(device)
         print(f"{env['device_name']}; {SPREAD_LEGEND}\n")
         for op in args.ops:
-            record = run_with_load(op, device, args.quick, args.threads)
+            options = dict(target_names=args.targets) if args.targets else {}
+            record = run_with_load(op, device, args.quick, args.threads, options)
             record.update(op=op, env=env)
             out_dir = args.out if args.quick else RESULTS_DIR
             out_dir.mkdir(parents=True, exist_ok=True)
-            (out_dir / f"{op}-{device.type}.json").write_text(json.dumps(record, indent=1))
+            stem = "-".join([op, *(args.targets or []), device.type])  # a subset never overwrites the full record
+            (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1))
             print(render(record))
     finally:
         torch.set_num_threads(previous_threads)

@@ -142,7 +142,8 @@ def measure(target_names, sizes_by_batch: Dict[int, Sizes], repeats: int, progre
     return rows
 
 
-def run(device: torch.device, quick: bool, progress) -> dict:
+def run(device: torch.device, quick: bool, progress, target_names=None) -> dict:
+    """target_names: a subset of targets.TARGETS (default: all three; --quick: the gaussian)."""
     if device.type != "cpu":
         raise ValueError(f"the peers benchmark compares CPU samplers on one thread; got device {device}")
     affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
@@ -152,7 +153,9 @@ def run(device: torch.device, quick: bool, progress) -> dict:
     torch.set_num_threads(1)
     os.sched_setaffinity(0, {max(affinity)})  # one core for every library, whatever threads XLA starts
     try:
-        rows = measure(QUICK_TARGETS if quick else tuple(targets.TARGETS), QUICK_SIZES if quick else FULL_SIZES,
+        if target_names is None:
+            target_names = QUICK_TARGETS if quick else tuple(targets.TARGETS)
+        rows = measure(tuple(target_names), QUICK_SIZES if quick else FULL_SIZES,
                        QUICK_REPEATS if quick else FULL_REPEATS, progress)
     finally:
         os.sched_setaffinity(0, affinity)

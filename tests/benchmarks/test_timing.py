@@ -130,3 +130,16 @@ def test_runner_records_and_prints_the_load(monkeypatch, capsys):
     text = runner.render(record)
     assert "Load average 1.60 before, 1.20 after, on 2 CPUs" in text and "**Warning: machine loaded before" in text
     assert "| 1 [0.95, 1.05] |" in text and record["env"]["threads"] == torch.get_num_threads()
+
+
+def test_peers_targets_run_a_subset_recorded_apart(monkeypatch, tmp_path):
+    calls = []
+    fake = types.SimpleNamespace(TITLE="fake peers", markdown=lambda record: "",
+                                 run=lambda device, quick, progress, **options: calls.append(options) or {})
+    monkeypatch.setitem(runner.ALL_BENCHES, "peers", fake)
+    monkeypatch.setattr(runner, "copy_gbps", lambda device: None)
+    runner.main(["--device", "cpu", "--ops", "peers", "--targets", "gebm", "--quick", "--out", str(tmp_path)])
+    assert calls == [dict(target_names=["gebm"])]
+    assert [p.name for p in tmp_path.iterdir()] == ["peers-gebm-cpu.json"]
+    with pytest.raises(SystemExit):
+        runner.main(["--device", "cpu", "--ops", "peers", "kale_loss", "--targets", "gebm", "--quick"])
