@@ -102,11 +102,11 @@ def apply_adam(params: List[Tensor], grads: List[Tensor], adam: AdamState) -> No
     torch.optim.Adam's single-tensor step (torch/optim/adam.py, not capturable) with its host-side scalars read
     from adam.scalars. (torch.optim.adam.adam itself, traced, recomputes the bias corrections' powers of the step
     for every vector of 16 elements: measured 0.1-0.2 ms of a 3 ms step.)"""
-    for i, (param, grad, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, adam.exp_avgs, adam.exp_avg_sqs)):
+    for i, (param, gradient, exp_avg, exp_avg_sq) in enumerate(zip(params, grads, adam.exp_avgs, adam.exp_avg_sqs)):
         if adam.weight_decay != 0:
-            grad = grad.add(param, alpha=adam.weight_decay)
-        exp_avg.lerp_(grad, 1 - adam.beta1)
-        exp_avg_sq.mul_(adam.beta2).addcmul_(grad, grad, value=1 - adam.beta2)
+            gradient = gradient.add(param, alpha=adam.weight_decay)
+        exp_avg.lerp_(gradient, 1 - adam.beta1)
+        exp_avg_sq.mul_(adam.beta2).addcmul_(gradient, gradient, value=1 - adam.beta2)
         denom = exp_avg_sq.sqrt() / adam.scalars[i, 1] + adam.eps
         param.sub_(adam.scalars[i, 0] * exp_avg / denom)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from kale_fast.data import data_dir, data_hash, drop_correlated, load_tabular, make_splits, read_table
-from kale_fast.data.splits import split_dkef, split_random
+from kale_fast.data.splits import split_dkef
 from kale_fast.data.tabular import parse_columns
 from kale_fast.metrics import gaussian_nll
 from kale_fast.train import TrainConfig, evaluate, train
@@ -338,9 +338,6 @@ def test_resume_and_base_from_refuse_other_data(tmp_path):
 
 
 def test_an_unknown_data_set_name_lists_the_known_ones(tmp_path):
-    from kale_fast.train import TrainConfig
-    from kale_fast.data import load_data
-
     with pytest.raises(ValueError, match=r"'nosuch' is neither a data set of kale_fast \(toys: \['8gaussians'"):
         _load(dataset="nosuch", out_dir=str(tmp_path))
     with pytest.raises(FileNotFoundError, match="missing.csv not found"):  # a file name: the file is missing
