@@ -401,7 +401,7 @@ def test_a_kill_during_a_plot_leaves_the_previous_png(tmp_path, monkeypatch):
             handle.write(before[: len(before) // 2])
         raise KeyboardInterrupt  # as a kill's signal would end the write
 
-    monkeypatch.setattr(plots.plt.Figure, "savefig", lambda fig, tmp, **kw: die_half_way(fig, tmp, **kw))
+    monkeypatch.setattr(plots.Figure, "savefig", lambda fig, tmp, **kw: die_half_way(fig, tmp, **kw))
     with pytest.raises(KeyboardInterrupt):
         plots.scatter_samples(points, path)
     assert path.read_bytes() == before and not list(tmp_path.glob("tmp-*"))
