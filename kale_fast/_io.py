@@ -8,10 +8,13 @@ line that says so (DiskFullError, PermissionError), the target keeping its previ
 Reads never run code from the file: checkpoints through torch.load(weights_only=True) (tensors and plain
 data only), pickled array files through an unpickler that knows numpy arrays and nothing else.
 """
+import contextlib
 import errno
 import os
 import pickle
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any, Callable, Union
 
@@ -51,6 +54,24 @@ def _unwritable(path: Path, error: OSError) -> PermissionError:
     return PermissionError(f"cannot write {path}: its folder {path.parent} is not writable ({error.strerror})")
 
 
+@contextlib.contextmanager
+def _ctrl_c_deferred():
+    """A Ctrl-C (SIGINT) that arrives inside the block is delivered when it ends: a file write is never cut
+    half-way by KeyboardInterrupt (inside torch.save's zip writer one became a RuntimeError with a traceback
+    instead of the run's resume hint). Only the main thread receives signals, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)  # to whatever handled it before: KeyboardInterrupt by default
+
+
 def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     """Write `path` atomically: write(tmp) fills a fresh temporary file (its name ends in .tmp: give writers that
     read the format from the name, e.g. savefig, the format), which is then renamed over path."""
@@ -68,8 +89,9 @@ def atomic_write(path: PathLike, write: Callable[[str], None]) -> None:
     finally:
         os.close(fd)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        with _ctrl_c_deferred():
+            write(tmp)
+            os.replace(tmp, path)
     except OSError as error:
         if error.errno in DISK_FULL_ERRNOS:
             raise disk_full(path, error, f"{path.name} keeps its previous contents" if path.exists() else
