@@ -299,8 +299,8 @@ def _ctrl_c(process: subprocess.Popen) -> str:
 
 def _interruptible():
     """Run in the child before exec: Ctrl-C as a terminal would deliver it. A child inherits an ignored or
-    blocked SIGINT, and something earlier in the full suite leaves the test process so (seen in CI: the child
-    trained on, ignoring SIGINT), as a shell does for background jobs."""
+    blocked SIGINT, and a suite started in the background (`cmd &` in a script, nohup) ignores SIGINT: there the
+    child trained on 60 s after SIGINT (its stack in Adam's step)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
@@ -310,7 +310,8 @@ _CHILD = dict(env={**os.environ, "PYTHONFAULTHANDLER": "1"}, preexec_fn=_interru
 
 @pytest.fixture
 def ctrl_c_raises():
-    """SIGINT raises KeyboardInterrupt in this process for the test (whatever the suite left it as)."""
+    """SIGINT raises KeyboardInterrupt in this process for the test (a suite started in the background ignores
+    it)."""
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     unblocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     yield
