@@ -18,15 +18,6 @@ def _config(tmp_path, **changes):
 
 
 @pytest.fixture
-def victim(tmp_path):
-    """A file of the user's outside the run folder, which no write of a run may change."""
-    path = tmp_path / "victim.txt"
-    path.write_text("precious")
-    yield path
-    assert path.read_text() == "precious", "a write went through a planted link"
-
-
-@pytest.fixture
 def run_dir(tmp_path):
     pytest.importorskip("tensorboard")
     return train(_config(tmp_path), progress=False)
