@@ -89,7 +89,9 @@ void restore_row(bool accepted, int64_t r, int64_t cols, scalar_t* z, const scal
   potential[r] = potential_old[r];
 }
 
-std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
+// Returns (accept_prob, accepted, energy_error): energy_error = H1 - H0, -log of the Metropolis ratio, which the
+// samplers' divergence check and ChEES's adaptation read (no second pass over the (B, L) momenta).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hmc_trajectory_end(
     const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& potential, const at::Tensor& z0,
     const at::Tensor& potential0, const at::Tensor& grad0, const at::Tensor& kinetic0, const at::Tensor& step_size,
     const at::Tensor& log_uniform) {
@@ -97,6 +99,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
                                 {&potential, &potential0, &kinetic0, &step_size, &log_uniform}, kDevice);
   auto accept_prob = at::empty_like(potential);
   auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
+  auto energy_error = at::empty_like(potential);
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hmc_trajectory_end", [&] {
     const int64_t cols = z.size(1);
     const scalar_t *pp = p.const_data_ptr<scalar_t>(), *hp = step_size.const_data_ptr<scalar_t>();
@@ -104,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
     scalar_t* up = potential.mutable_data_ptr<scalar_t>();
     const scalar_t *u0 = potential0.const_data_ptr<scalar_t>(), *k0 = kinetic0.const_data_ptr<scalar_t>();
     const scalar_t* lu = log_uniform.const_data_ptr<scalar_t>();
-    scalar_t* prob = accept_prob.mutable_data_ptr<scalar_t>();
+    scalar_t *prob = accept_prob.mutable_data_ptr<scalar_t>(), *err = energy_error.mutable_data_ptr<scalar_t>();
     bool* acc = accepted.mutable_data_ptr<bool>();
     for_rows(z, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
@@ -115,13 +118,14 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
           kinetic += momentum * momentum;
         }
         const scalar_t log_ratio = (u0[r] + k0[r]) - (up[r] + scalar_t(0.5) * kinetic);
+        err[r] = -log_ratio;
         acc[r] = metropolis(log_ratio, lu[r], prob[r]);
         restore_row(acc[r], r, cols, z.mutable_data_ptr<scalar_t>(), z0.const_data_ptr<scalar_t>(), gp,
                     grad0.const_data_ptr<scalar_t>(), up, u0);
       }
     });
   });
-  return {accept_prob, accepted};
+  return {accept_prob, accepted, energy_error};
 }
 
 // out = z - h grad + sqrt(2h) xi; `out` may be z itself (the in-place ULA step).

@@ -18,7 +18,8 @@ TORCH_LIBRARY(kale_fast, m) {
   m.def("hmc_draw_momentum(Tensor z, Tensor seed) -> (Tensor, Tensor)");
   m.def("leapfrog_kick_drift(Tensor(a!) z, Tensor(b!) p, Tensor grad, Tensor step_size, float kick_fraction) -> ()");
   m.def("hmc_trajectory_end(Tensor(a!) z, Tensor p, Tensor(b!) grad, Tensor(c!) potential, Tensor z0, "
-        "Tensor potential0, Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor)");
+        "Tensor potential0, Tensor grad0, Tensor kinetic0, Tensor step_size, Tensor log_uniform) "
+        "-> (Tensor, Tensor, Tensor)");
   m.def("mala_propose(Tensor z, Tensor grad, Tensor step_size, Tensor seed, Tensor? noise) -> Tensor");
   m.def("mala_accept(Tensor z, Tensor potential, Tensor grad, Tensor(a!) z_prop, Tensor(b!) potential_prop, "
         "Tensor(c!) grad_prop, Tensor step_size, Tensor log_uniform) -> (Tensor, Tensor, Tensor)");

@@ -60,7 +60,7 @@ __global__ void __launch_bounds__(kThreads) hmc_trajectory_end_kernel(
     const scalar_t* __restrict__ z0, const scalar_t* __restrict__ potential0, const scalar_t* __restrict__ grad0,
     const scalar_t* __restrict__ kinetic0, const scalar_t* __restrict__ step_size,
     const scalar_t* __restrict__ log_uniform, scalar_t* __restrict__ accept_prob, bool* __restrict__ accepted,
-    int64_t n_rows, int64_t n_cols) {
+    scalar_t* __restrict__ energy_error, int64_t n_rows, int64_t n_cols) {
   const int lane = threadIdx.x % 32;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / 32;
   if (row >= n_rows) return;  // whole warps leave together
@@ -78,6 +78,7 @@ __global__ void __launch_bounds__(kThreads) hmc_trajectory_end_kernel(
   if (lane == 0) {
     accept_prob[row] = finite ? exp(min(log_ratio, scalar_t(0))) : scalar_t(0);
     accepted[row] = accept;
+    energy_error[row] = -log_ratio;
     if (!accept) potential[row] = potential0[row];
   }
   if (!accept) {
@@ -88,7 +89,8 @@ __global__ void __launch_bounds__(kThreads) hmc_trajectory_end_kernel(
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
+// Returns (accept_prob, accepted, energy_error), as the CPU kernel (csrc/integrators.cpp).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> hmc_trajectory_end(
     const at::Tensor& z, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& potential, const at::Tensor& z0,
     const at::Tensor& potential0, const at::Tensor& grad0, const at::Tensor& kinetic0, const at::Tensor& step_size,
     const at::Tensor& log_uniform) {
@@ -97,8 +99,9 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
   const c10::cuda::CUDAGuard guard(z.device());
   auto accept_prob = at::empty_like(potential);
   auto accepted = at::empty({z.size(0)}, z.options().dtype(at::kBool));
+  auto energy_error = at::empty_like(potential);
   const int64_t rows = z.size(0);
-  if (rows == 0) return {accept_prob, accepted};
+  if (rows == 0) return {accept_prob, accepted, energy_error};
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "hmc_trajectory_end_cuda", [&] {
     const int blocks = static_cast<int>((rows + kRowsPerBlock - 1) / kRowsPerBlock);
     hmc_trajectory_end_kernel<scalar_t><<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
@@ -106,10 +109,10 @@ std::tuple<at::Tensor, at::Tensor> hmc_trajectory_end(
         potential.mutable_data_ptr<scalar_t>(), z0.const_data_ptr<scalar_t>(), potential0.const_data_ptr<scalar_t>(),
         grad0.const_data_ptr<scalar_t>(), kinetic0.const_data_ptr<scalar_t>(), step_size.const_data_ptr<scalar_t>(),
         log_uniform.const_data_ptr<scalar_t>(), accept_prob.mutable_data_ptr<scalar_t>(),
-        accepted.mutable_data_ptr<bool>(), rows, z.size(1));
+        accepted.mutable_data_ptr<bool>(), energy_error.mutable_data_ptr<scalar_t>(), rows, z.size(1));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return {accept_prob, accepted};
+  return {accept_prob, accepted, energy_error};
 }
 
 }  // namespace

@@ -50,7 +50,7 @@ def _(z, p, grad, step_size, kick_fraction):
 
 @kernel_op(_FAMILY, "hmc_trajectory_end")
 def _(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform):
-    return _metropolis_outputs(z)
+    return (*_metropolis_outputs(z), _per_chain(z))  # and the energy error
 
 
 @kernel_op(_FAMILY, "mala_propose", triton_on_cuda=True)
@@ -114,8 +114,9 @@ def kernels_for(z: Tensor, backend: Optional[str] = None):
     with in-place updates as documented by the public functions of this module:
     hmc_draw_momentum(z, seed) -> (p, kinetic); leapfrog_kick_drift(z, p, grad, step_size, kick_fraction);
     hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform) ->
-    (accept_prob, accepted); mala_propose(z, grad, step_size, seed, noise) -> z_prop; mala_accept(z, potential,
-    grad, z_prop, potential_prop, grad_prop, step_size, log_uniform) -> (accept_prob, accepted, energy_error);
+    (accept_prob, accepted, energy_error); mala_propose(z, grad, step_size, seed, noise) -> z_prop;
+    mala_accept(z, potential, grad, z_prop, potential_prop, grad_prop, step_size, log_uniform) ->
+    (accept_prob, accepted, energy_error);
     ula_step(z, grad, step_size, seed, noise); kinetic_langevin_baoa(z, v, grad, step_size, friction, seed, noise).
     `seed` comes from `seed(z, generator)`; `noise` is None (drawn in the kernel) or a (B, L) tensor.
     """
@@ -146,13 +147,15 @@ def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, k
 
 def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0: Tensor, potential0: Tensor,
                        grad0: Tensor, kinetic0: Tensor, step_size: Tensor, log_uniform: Tensor, *,
-                       backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+                       backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor]:
     """Close an HMC trajectory and run its Metropolis test, in one kernel.
 
     (z, p, grad, potential) is the trajectory's end before its closing half kick, (z0, potential0, grad0, kinetic0)
     its start. Applies the half kick to a copy of p, computes the kinetic energy and the Hamiltonian difference,
     accepts where log_uniform < H0 - H1 (never where H1 is NaN or infinite) and, in place, restores z, grad
-    and potential of the rejected chains from the start. Returns (accept_prob, accepted), both (B,).
+    and potential of the rejected chains from the start. Returns (accept_prob, accepted, energy_error), all (B,):
+    energy_error is H1 - H0, -log of the Metropolis ratio (what a divergence check compares with its threshold;
+    NaN or infinite where the end's energy or gradient is).
     """
     _check(z, dict(p=p, grad=grad, z0=z0, grad0=grad0),
            dict(potential=potential, potential0=potential0, kinetic0=kinetic0, step_size=step_size,

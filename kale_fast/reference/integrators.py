@@ -37,12 +37,14 @@ def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0
     """Closing half kick, kinetic energy, Hamiltonian difference and the Metropolis test of an HMC trajectory.
 
     (z, p, grad, potential) is the trajectory's end before its last half kick; (z0, potential0, grad0,
-    kinetic0) its start. Returns (z, potential, grad, accept_prob, accepted) of the chosen states.
+    kinetic0) its start. Returns (z, potential, grad, accept_prob, accepted) of the chosen states and the energy
+    error H1 - H0, -log of the Metropolis ratio (B,), which the samplers' divergence check reads.
     """
     p = p - 0.5 * _col(step_size) * grad
     kinetic = 0.5 * (p * p).sum(dim=1)
     log_ratio = (potential0 + kinetic0) - (potential + kinetic)
-    return _metropolis_select(log_ratio, log_uniform, (z, potential, grad), (z0, potential0, grad0))
+    return (*_metropolis_select(log_ratio, log_uniform, (z, potential, grad), (z0, potential0, grad0)),
+            -log_ratio)
 
 
 def mala_propose(z: Tensor, grad: Tensor, step_size: Tensor, noise: Tensor) -> Tensor:

@@ -81,12 +81,12 @@ def leapfrog_kick_drift(z: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, k
 
 def hmc_trajectory_end(z: Tensor, p: Tensor, grad: Tensor, potential: Tensor, z0: Tensor, potential0: Tensor,
                        grad0: Tensor, kinetic0: Tensor, step_size: Tensor, log_uniform: Tensor
-                       ) -> Tuple[Tensor, Tensor]:
-    *selected, accept_prob, accepted = integrators.hmc_trajectory_end(
+                       ) -> Tuple[Tensor, Tensor, Tensor]:
+    *selected, accept_prob, accepted, energy_error = integrators.hmc_trajectory_end(
         z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform)
     for target, value in zip((z, potential, grad), selected):
         target.copy_(value)
-    return accept_prob, accepted
+    return accept_prob, accepted, energy_error
 
 
 def mala_propose(z: Tensor, grad: Tensor, step_size: Tensor, seed: Tensor, noise: Optional[Tensor]) -> Tensor:

@@ -4,10 +4,11 @@ end of a run, warnings (SamplerWarning) where the result should not be trusted a
 A step diverges where its proposal's energy or gradient is NaN or infinite, or, for MALA and the HMC family,
 where the energy error of the move exceeds DIVERGENCE_THRESHOLD: H' - H for an HMC trajectory (potential plus
 kinetic energy, after the closing half kick) and -log of the Metropolis ratio for MALA (the same quantity for
-MALA seen as one leapfrog step; the fused mala_accept kernel returns it beside its decision). The threshold is Stan's and BlackJAX's (1000); as there, only an increase
-counts: a large decrease is accepted with probability 1 and is what a chain far out in the tails does on its
-way in. ULA and kinetic Langevin have no Metropolis test: they diverge only where the energy or gradient is not
-finite. Shapes: B chains of L coordinates; energies (B,), positions and gradients (B, L).
+MALA seen as one leapfrog step). The fused Metropolis tests (hmc_trajectory_end, mala_accept) return it beside
+their decisions. The threshold is Stan's and BlackJAX's (1000); as there, only an increase counts: a large
+decrease is accepted with probability 1 and is what a chain far out in the tails does on its way in. ULA and
+kinetic Langevin have no Metropolis test: they diverge only where the energy or gradient is not finite. Shapes:
+B chains of L coordinates; energies (B,), positions and gradients (B, L).
 """
 import math
 import os
@@ -46,14 +47,9 @@ def nonfinite(potential: Tensor, grad: Tensor) -> Tensor:
 
 
 def divergent(energy_error: Tensor) -> Tensor:
-    """(B,) True where an energy error (B,) is NaN, infinite, or above DIVERGENCE_THRESHOLD."""
-    return ~torch.isfinite(energy_error) | (energy_error > DIVERGENCE_THRESHOLD)
-
-
-def hmc_energy_error(potential: Tensor, end_momentum: Tensor, potential0: Tensor, kinetic0: Tensor) -> Tensor:
-    """H' - H of an HMC trajectory (B,): its end's potential and momentum (after the closing half kick) against
-    its start's potential and kinetic energy. NaN where the end's gradient (in the momentum) is NaN."""
-    return (potential + 0.5 * torch.linalg.vecdot(end_momentum, end_momentum)) - (potential0 + kinetic0)
+    """(B,) True where an energy error (B,) is NaN, infinite, or above DIVERGENCE_THRESHOLD. In two ops (NaN and
+    -inf mapped to +inf), not four: eager iterations (ChEES) call it once per iteration."""
+    return torch.nan_to_num(energy_error, nan=math.inf, neginf=math.inf) > DIVERGENCE_THRESHOLD
 
 
 # --- step-size adaptation ----------------------------------------------------------------------------------

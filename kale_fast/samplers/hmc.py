@@ -60,12 +60,11 @@ class HMC(Sampler):
             step_size = step_size * factor
         momentum, kinetic0 = ctx.kernels.hmc_draw_momentum(y0, ctx.seed(y0))
         y, p, value, grad = ctx.leapfrog(y0, momentum, state.grad, step_size, params.n_leapfrog)
-        end_momentum = p - 0.5 * step_size[:, None] * grad  # after the closing half kick
-        divergent = checks.divergent(checks.hmc_energy_error(value, end_momentum, state.potential, kinetic0))
-        proposal = self._proposal(y, end_momentum) if params.adapting else None
-        accept_prob, accepted = ctx.kernels.hmc_trajectory_end(y, p, grad, value, y0, state.potential, state.grad,
-                                                               kinetic0, step_size, ctx.log_uniform(value))
-        return ChainState(y, value, grad), self._transition(accept_prob, accepted, divergent, proposal, y0, params)
+        proposal = self._proposal(y, p, grad, step_size) if params.adapting else None  # before the test's restore
+        accept_prob, accepted, energy_error = ctx.kernels.hmc_trajectory_end(
+            y, p, grad, value, y0, state.potential, state.grad, kinetic0, step_size, ctx.log_uniform(value))
+        return ChainState(y, value, grad), self._transition(accept_prob, accepted, checks.divergent(energy_error),
+                                                            proposal, y0, params)
 
     def draw_kinds(self) -> Tuple[str, ...]:
         """Momenta, log-uniforms and, with jitter, the step's uniforms."""
@@ -79,14 +78,12 @@ class HMC(Sampler):
         kinetic0 = 0.5 * (momentum * momentum).sum(1)
         y, p, value, grad = algebra_leapfrog(value_and_grad, state.z, momentum, state.grad, step_size,
                                              params.n_leapfrog)
-        end_momentum = p - 0.5 * step_size[:, None] * grad
-        divergent = checks.divergent(checks.hmc_energy_error(value, end_momentum, state.potential, kinetic0))
-        *chosen, accept_prob, accepted = reference.hmc_trajectory_end(
+        *chosen, accept_prob, accepted, energy_error = reference.hmc_trajectory_end(
             y, p, grad, value, state.z, state.potential, state.grad, kinetic0, step_size, log_uniform)
-        return ChainState(*chosen), Transition(accept_prob, accepted, divergent)
+        return ChainState(*chosen), Transition(accept_prob, accepted, checks.divergent(energy_error))
 
     # ChEES records the proposal before the Metropolis test; plain HMC does not.
-    def _proposal(self, y, end_momentum):
+    def _proposal(self, y, p, grad, step_size):
         return None
 
     def _transition(self, accept_prob, accepted, divergent, proposal, y0, params):
@@ -159,8 +156,8 @@ class ChEES(HMC):
     # The harmonic mean over chains: one chain stuck at low acceptance pulls the step size down.
     harmonic_acceptance = True
 
-    def _proposal(self, y, end_momentum):
-        return y.clone(), end_momentum
+    def _proposal(self, y, p, grad, step_size):
+        return y.clone(), p - 0.5 * step_size[:, None] * grad  # the momentum after the closing half kick
 
     def _transition(self, accept_prob, accepted, divergent, proposal, y0, params):
         if proposal is None:  # sampling: nothing to adapt

@@ -225,17 +225,18 @@ def leapfrog_kick_drift(z, p, grad, step_size, kick_fraction: float) -> None:
 
 @triton.jit
 def _hmc_trajectory_end_kernel(z_ptr, p_ptr, grad_ptr, u_ptr, z0_ptr, u0_ptr, grad0_ptr, k0_ptr, step_ptr, lu_ptr,
-                               prob_ptr, accepted_ptr, partial_ptr, n_rows, n_cols, col_tiles, ROWS: tl.constexpr,
-                               BLOCK_COLS: tl.constexpr, FUSED: tl.constexpr):
-    """Kinetic energy after the closing half kick; with FUSED (one tile spans each row) also the Metropolis test
-    and the restore, else the tile's partial kinetic energy for _hmc_decide_kernel."""
+                               error_ptr, prob_ptr, accepted_ptr, partial_ptr, n_rows, n_cols, col_tiles,
+                               ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, FUSED: tl.constexpr):
+    """Kinetic energy after the closing half kick; with FUSED (one tile spans each row) also the energy error,
+    the Metropolis test and the restore, else the tile's partial kinetic energy for _hmc_decide_kernel."""
     rows, row_mask, col_tile, offs, mask = _tile(n_rows, n_cols, col_tiles, ROWS, BLOCK_COLS)
     h = tl.load(step_ptr + rows, mask=row_mask, other=0.0)
     p = tl.load(p_ptr + offs, mask=mask, other=0.0) - 0.5 * h[:, None] * tl.load(grad_ptr + offs, mask=mask, other=0.0)
     kinetic = 0.5 * tl.sum(p * p, axis=1)
     if FUSED:
-        accepted = _decide(_hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr), rows, row_mask, lu_ptr,
-                           prob_ptr, accepted_ptr, u_ptr, u0_ptr)
+        log_ratio = _hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr)
+        tl.store(error_ptr + rows, -log_ratio, mask=row_mask)
+        accepted = _decide(log_ratio, rows, row_mask, lu_ptr, prob_ptr, accepted_ptr, u_ptr, u0_ptr)
         _restore(accepted, offs, mask, z_ptr, z0_ptr, grad_ptr, grad0_ptr)
     else:
         _store_partial(partial_ptr, rows, row_mask, col_tile, col_tiles, kinetic)
@@ -249,17 +250,22 @@ def _hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr):
 
 
 @triton.jit
-def _hmc_decide_kernel(partial_ptr, u_ptr, u0_ptr, k0_ptr, lu_ptr, prob_ptr, accepted_ptr, n_rows, col_tiles,
-                       ROWS: tl.constexpr, BLOCK: tl.constexpr):
+def _hmc_decide_kernel(partial_ptr, u_ptr, u0_ptr, k0_ptr, lu_ptr, error_ptr, prob_ptr, accepted_ptr, n_rows,
+                       col_tiles, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     rows, row_mask, kinetic = _sum_partials(partial_ptr, n_rows, col_tiles, ROWS, BLOCK)
-    _decide(_hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr), rows, row_mask, lu_ptr, prob_ptr,
-            accepted_ptr, u_ptr, u0_ptr)
+    log_ratio = _hmc_log_ratio(kinetic, rows, row_mask, u_ptr, u0_ptr, k0_ptr)
+    tl.store(error_ptr + rows, -log_ratio, mask=row_mask)
+    _decide(log_ratio, rows, row_mask, lu_ptr, prob_ptr, accepted_ptr, u_ptr, u0_ptr)
 
 
 def hmc_trajectory_end(z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size, log_uniform):
-    return _metropolis_test(z, potential, (_hmc_trajectory_end_kernel, z, p, grad, potential, z0, potential0, grad0,
-                                           kinetic0, step_size, log_uniform),
-                            (_hmc_decide_kernel, potential, potential0, kinetic0, log_uniform), (z, z0, grad, grad0))
+    """(accept_prob, accepted, energy_error): energy_error = H1 - H0, -log of the Metropolis ratio (B,)."""
+    energy_error = torch.empty_like(potential)
+    accept_prob, accepted = _metropolis_test(
+        z, potential, (_hmc_trajectory_end_kernel, z, p, grad, potential, z0, potential0, grad0, kinetic0, step_size,
+                       log_uniform, energy_error),
+        (_hmc_decide_kernel, potential, potential0, kinetic0, log_uniform, energy_error), (z, z0, grad, grad0))
+    return accept_prob, accepted, energy_error
 
 
 def _metropolis_test(z, potential, first_pass, decide, restore):

@@ -57,17 +57,30 @@ def check_leapfrog_kick_drift(s: dict) -> None:
         _close(z, z_ref), _close(p, p_ref)
 
 
+def _check_energy_error(actual, expected, terms):
+    """An energy error (-log of a Metropolis ratio) against the reference's: a difference of sums over the row,
+    so rounding is relative to the size of its terms (B,), not of the result; NaN and +-inf must match."""
+    tol = 1e-5 if actual.dtype == torch.float32 else 1e-12
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(actual[~finite], expected[~finite], equal_nan=True)
+    assert ((actual - expected)[finite].abs() <= tol * (1 + terms[finite])).all()
+
+
 def check_hmc_trajectory_end(s: dict):
-    """The fused trajectory end on state s against the reference, outputs and in-place updates; returns
-    (accept_prob, accepted)."""
+    """The fused trajectory end on state s against the reference, outputs, energy error and in-place updates;
+    returns (accept_prob, accepted)."""
     z, grad, potential = s["z"].clone(), s["grad"].clone(), s["potential"].clone()
-    prob, accepted = fused.hmc_trajectory_end(z, s["p"], grad, potential, s["z2"], s["potential2"], s["grad2"],
-                                              s["kinetic"], s["step"], s["log_u"])
+    prob, accepted, energy_error = fused.hmc_trajectory_end(z, s["p"], grad, potential, s["z2"], s["potential2"],
+                                                            s["grad2"], s["kinetic"], s["step"], s["log_u"])
     expected = reference.hmc_trajectory_end(s["z"], s["p"], s["grad"], s["potential"], s["z2"], s["potential2"],
                                             s["grad2"], s["kinetic"], s["step"], s["log_u"])
     for actual, want in zip((z, potential, grad, prob), expected[:4]):
         _close(actual, want)
     assert torch.equal(accepted, expected[4])
+    end_momentum = s["p"] - 0.5 * s["step"][:, None] * s["grad"]
+    terms = (s["potential"].abs() + s["potential2"].abs() + s["kinetic"].abs()
+             + 0.5 * (end_momentum * end_momentum).sum(1))
+    _check_energy_error(energy_error, expected[5], terms)
     return prob, accepted
 
 
@@ -81,14 +94,10 @@ def check_mala_accept(s: dict):
     for actual, want in zip((z2, potential2, grad2, prob), expected[:4]):
         _close(actual, want)
     assert torch.equal(accepted, expected[4])
-    # -log ratio: a difference of sums over the row, so rounding is relative to the terms' size, not the result's
     h = s["step"][:, None]
     terms = (s["potential"].abs() + s["potential2"].abs() + (((s["z2"] - s["z"] + h * s["grad"]) ** 2).sum(1)
              + ((s["z"] - s["z2"] + h * s["grad2"]) ** 2).sum(1)) / (4 * s["step"]))
-    tol = 1e-5 if energy_error.dtype == torch.float32 else 1e-12
-    finite = torch.isfinite(expected[5])
-    torch.testing.assert_close(energy_error[~finite], expected[5][~finite], equal_nan=True)  # NaN and +-inf
-    assert ((energy_error - expected[5])[finite].abs() <= tol * (1 + terms[finite])).all()
+    _check_energy_error(energy_error, expected[5], terms)
     return accepted
 
 
@@ -362,13 +371,14 @@ def test_metropolis_tests_match_the_oracle(backend, data):
     expected_hmc = reference.hmc_trajectory_end(*[t.clone() for t in hmc_args])
     expected_mala = reference.mala_accept(*[t.clone() for t in mala_args])
     with kf.use_backend(backend):
-        hmc_prob, hmc_accepted = fused.hmc_trajectory_end(*hmc_args)
+        hmc_prob, hmc_accepted, hmc_error = fused.hmc_trajectory_end(*hmc_args)
         mala_prob, mala_accepted, mala_error = fused.mala_accept(*mala_args)
     hmc_actual = (hmc_args[0], hmc_args[3], hmc_args[2], hmc_prob)  # z, potential, grad updated in place
     mala_actual = (mala_args[3], mala_args[4], mala_args[5], mala_prob)  # the proposal becomes the state
     for actual, expected in zip((*hmc_actual, *mala_actual), (*expected_hmc[:4], *expected_mala[:4])):
         close_to_oracle(actual, expected, torch.float64)
     assert torch.equal(hmc_accepted, expected_hmc[4]) and torch.equal(mala_accepted, expected_mala[4])
+    close_to_oracle(hmc_error, expected_hmc[5], torch.float64)
     close_to_oracle(mala_error, expected_mala[5], torch.float64)
 
 

@@ -258,7 +258,8 @@ def test_summary_has_arviz_columns_and_matches_the_diagnostics():
 
 
 def test_the_energy_errors_are_minus_the_log_metropolis_ratios():
-    """MALA's energy error (returned by the reference mala_accept) and HMC's H' - H against the log ratio (fp64)."""
+    """The energy errors the reference Metropolis tests return: MALA's against -log of its ratio, HMC's against
+    H' - H (fp64)."""
     from kale_fast.reference import integrators as reference
     from kale_fast.samplers import checks
     g = torch.Generator().manual_seed(7)
@@ -270,9 +271,10 @@ def test_the_energy_errors_are_minus_the_log_metropolis_ratios():
     energy_error = reference.mala_accept(y, u, grad, y_prop, u_prop, grad_prop, h, torch.full_like(u, -1.0))[5]
     torch.testing.assert_close(energy_error, -log_ratio)
     momentum, kinetic0 = torch.randn(50, 6, generator=g, dtype=torch.float64), u_prop * 2
-    accept_prob = reference.hmc_trajectory_end(y_prop, momentum, grad_prop, u_prop, y, u, grad, kinetic0, h,
-                                               torch.full_like(u, -1e-300))[3]
-    error = checks.hmc_energy_error(u_prop, momentum - 0.5 * h[:, None] * grad_prop, u, kinetic0)
+    *_, accept_prob, _, error = reference.hmc_trajectory_end(y_prop, momentum, grad_prop, u_prop, y, u, grad,
+                                                             kinetic0, h, torch.full_like(u, -1e-300))
+    end_momentum = momentum - 0.5 * h[:, None] * grad_prop
+    torch.testing.assert_close(error, (u_prop + 0.5 * (end_momentum * end_momentum).sum(1)) - (u + kinetic0))
     torch.testing.assert_close(torch.exp(torch.clamp(-error, max=0.0)), accept_prob)
     assert checks.divergent(torch.tensor([0.0, 999.0, 1001.0, math.inf, -math.inf, math.nan])).tolist() == \
         [False, False, True, True, True, True]
