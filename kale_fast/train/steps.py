@@ -182,6 +182,34 @@ class KALETrainer:
             step = self.compiled.energy_step(self.energy_optimizer, x_real, z, t, a, self.reduce_gradients)
         return dict(energy_loss=step.loss, penalty=step.penalty)
 
+    def energy_steps(self, draw_batch: Callable[[], Tensor], n: int, steps_per_call: int = 5) -> Dict[str, Tensor]:
+        """n energy steps, each on a data batch draw_batch() (n, ...) against fresh base samples; the metrics of
+        the last. The same steps and random draws, in the same order, as energy_step(draw_batch()) n times; compiled
+        (and without a gradient hook), steps_per_call steps run as one compiled call (one graph per count of
+        steps: keep it the same from call to call; a remainder of n gets a graph of its own)."""
+        if self.compiled is None or self.reduce_gradients is not None:
+            return self._energy_steps_one_by_one(draw_batch, n)
+        a = self.log_partition if self.objective == "kale" else None
+        metrics = {}
+        for first in range(0, n, steps_per_call):
+            draws = []
+            for _ in range(min(steps_per_call, n - first)):  # eager's order: the batch, then z, then t
+                x_real = draw_batch()
+                draws.append((x_real, self.latent(len(x_real)), interpolation_weights(x_real, self.generator)))
+            x_reals, zs, ts = (torch.stack(column) for column in zip(*draws))
+            step = self.compiled.energy_steps(self.energy_optimizer, x_reals, zs, ts, a)
+            if step is None:  # an optimizer the graph cannot run: step by step, with the draws already made
+                for x_real, z, t in draws:
+                    step = self.compiled.energy_step(self.energy_optimizer, x_real, z, t, a, None)
+            metrics = dict(energy_loss=step.loss, penalty=step.penalty)
+        return metrics
+
+    def _energy_steps_one_by_one(self, draw_batch: Callable[[], Tensor], n: int) -> Dict[str, Tensor]:
+        metrics = {}
+        for _ in range(n):
+            metrics = self.energy_step(draw_batch())
+        return metrics
+
     def base_step(self, n: int) -> Dict[str, Tensor]:
         """One base step on n fresh latents."""
         z = self.latent(n)

@@ -133,16 +133,23 @@ class Trainer:
 
     # --- the two steps: KALETrainer's, with the batch drawn and the idle network's mode set here ------------
 
-    def energy_step(self, train_data: Tensor) -> Dict[str, Tensor]:
+    def _energy_step_modes(self) -> None:
         if self.config.objective.eval_idle_network:
             self.gebm.base.eval()
             self.gebm.energy.train()
-        index = torch.randint(0, len(train_data), (self.config.optimiser.batch_size,), generator=self.generator,
-                              device=train_data.device)
-        metrics = self.steps.energy_step(train_data[index])
+
+    def energy_step(self, train_data: Tensor) -> Dict[str, Tensor]:
+        self._energy_step_modes()
+        metrics = self.steps.energy_step(self._batch(train_data))
         if self.energy_average is not None:
             self.energy_average.update_parameters(self.gebm.energy)
         return metrics
+
+    def _batch(self, train_data: Tensor) -> Tensor:
+        """A minibatch of batch_size rows drawn with replacement by the run's generator."""
+        index = torch.randint(0, len(train_data), (self.config.optimiser.batch_size,), generator=self.generator,
+                              device=train_data.device)
+        return train_data[index]
 
     def base_step(self, train_data: Tensor) -> Dict[str, Tensor]:
         if self.config.objective.eval_idle_network:
@@ -151,9 +158,7 @@ class Trainer:
         if self.config.objective.objective != "ml":
             return self.steps.base_step(self.config.optimiser.batch_size)
         # the baseline: maximum likelihood of the flow alone
-        index = torch.randint(0, len(train_data), (self.config.optimiser.batch_size,), generator=self.generator,
-                              device=train_data.device)
-        loss = -self.gebm.base.log_prob(train_data[index]).mean()
+        loss = -self.gebm.base.log_prob(self._batch(train_data)).mean()
         self.base_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         distributed.average_gradients(self.gebm.base.parameters())
@@ -165,8 +170,14 @@ class Trainer:
         objective = self.config.objective
         n_energy = objective.n_iter_d_init if self.rounds_done == 0 and objective.n_iter_d_init else objective.n_iter_d
         metrics = {}
-        for _ in range(0 if objective.objective == "ml" else n_energy):
-            metrics = self.energy_step(train_data)
+        if objective.objective == "ml":
+            pass
+        elif self.energy_average is None:  # compiled: the n_iter_d steps of a round in one call
+            self._energy_step_modes()
+            metrics = self.steps.energy_steps(lambda: self._batch(train_data), n_energy, objective.n_iter_d)
+        else:  # the average follows every step
+            for _ in range(n_energy):
+                metrics = self.energy_step(train_data)
         if not objective.energy_only:
             metrics.update(self.base_step(train_data))
         self.rounds_done += 1

@@ -172,7 +172,7 @@ def test_the_in_graph_adam_update_is_torch_adams():
             if step == 2:  # a changed learning rate takes effect (it is a tensor inside the graph)
                 ours_opt.param_groups[0]["lr"] = theirs_opt.param_groups[0]["lr"] = 3e-3
             with torch.no_grad():
-                apply_adam([p.detach() for p in ours], grads, adam_state(ours_opt, ours))
+                apply_adam([p.detach() for p in ours], grads, adam_state(ours_opt, ours).of_step(0))
             for p, g in zip(theirs, grads):
                 p.grad = g
             theirs_opt.step()
