@@ -133,6 +133,41 @@ def test_compiled_gradients_equal_eager_ones_up_to_fp32_rounding():
         assert eager_error < 1e-5 and compiled_error < max(4 * eager_error, 1e-6), (eager_error, compiled_error)
 
 
+def test_several_energy_steps_in_one_graph_are_the_steps_one_by_one():
+    """The function a round's compiled call runs (k energy steps, the base samples of all k in one forward, Adam's
+    scalars of k steps from one adam_state), run eagerly in fp64, against k single steps on the same draws: the
+    same parameters, A and optimizer state (the step counts advanced by k)."""
+    torch.manual_seed(0)
+    base, energy = MLP(2, 2, (16,)).double(), MLP(2, 1, (16, 16)).double()
+    k, n = 3, 32
+    x_reals, zs, ts = (torch.randn(k, n, 2, dtype=torch.float64), torch.randn(k, n, 2, dtype=torch.float64),
+                       torch.rand(k, n, 1, dtype=torch.float64))
+    results = []
+    for together in (True, False):
+        e, b = copy.deepcopy(energy), copy.deepcopy(base)
+        a = nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+        optimizer = torch.optim.Adam([*e.parameters(), a], lr=1e-2, betas=(0.5, 0.999))
+        steps = CompiledSteps(b, e, 0.1, "kale")
+        values = lambda m: {key: p.detach() for key, p in m.named_parameters()}  # noqa: E731
+        trained = [*e.parameters(), a]
+        with torch.no_grad():
+            if together:
+                losses = [steps._energy_steps_eager(values(e), a.detach(), values(b), x_reals, zs, ts,
+                                                    adam_state(optimizer, trained, k))]
+            else:
+                losses = [steps._energy_step_eager(values(e), a.detach(), values(b), x_reals[i], zs[i], ts[i],
+                                                   adam_state(optimizer, trained).of_step(0))[1] for i in range(k)]
+        state = optimizer.state_dict()["state"]
+        results.append((_flat([*e.parameters(), a]), _flat([s[name] for s in state.values()
+                                                            for name in ("exp_avg", "exp_avg_sq")]),
+                        [float(s["step"]) for s in state.values()], _flat(losses[-1])))
+    (params, moments, counts, last), (params_1, moments_1, counts_1, last_1) = results
+    torch.testing.assert_close(params, params_1, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(moments, moments_1, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(last, last_1, rtol=1e-12, atol=1e-14)
+    assert counts == counts_1 == [float(k)] * len(counts)
+
+
 def test_traceable_kale_loss_matches_kale_loss():
     e_data, e_gen, a = torch.randn(100).double(), torch.randn(77).double() * 3, torch.tensor(0.7).double()
     torch.testing.assert_close(traceable_kale_loss(e_data, e_gen, a), kf.kale_loss(e_data, e_gen, a))
@@ -272,3 +307,24 @@ def test_a_compiled_run_resumes_bit_for_bit():
         assert [float(s["step"]) for s in trainer.energy_optimizer.state_dict()["state"].values()] == [30.0] * 7
     assert torch.equal(_flat([*unbroken.gebm.parameters(), unbroken.log_partition]),
                        _flat([*resumed.gebm.parameters(), resumed.log_partition]))
+
+
+def test_the_graph_pass_computes_silus_sigmoid_once_per_pre_activation():
+    """The inductor pass of the compiled steps on a graph with SiLU decomposed as inductor sees it
+    (u / (1 + exp(-u))) and two more sigmoid(u) (SiLU's first and second derivatives): one sigmoid(u) and no exp
+    remain, and the graph computes the same values."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from kale_fast.train.compiled_steps import _INDUCTOR_OPTIONS
+
+    def silu_and_derivatives(u, v):
+        return u / (1 + torch.exp(-u)), torch.sigmoid(u) * 2, torch.sigmoid(u) + torch.sigmoid(v)
+
+    u, v = torch.randn(8, 5), torch.randn(8, 5)
+    module = make_fx(silu_and_derivatives)(u, v)
+    _INDUCTOR_OPTIONS["post_grad_custom_post_pass"](module.graph)
+    module.recompile()
+    targets = [node.target for node in module.graph.nodes]
+    assert targets.count(torch.ops.aten.sigmoid.default) == 2 and torch.ops.aten.exp.default not in targets
+    for ours, reference in zip(module(u, v), silu_and_derivatives(u, v)):
+        torch.testing.assert_close(ours, reference)
