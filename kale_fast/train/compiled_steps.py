@@ -8,7 +8,9 @@ grad_and_value in the parameters), and the optimizer's Adam update (torch.optim.
 place to the parameters and to the optimizer's own state tensors, so checkpoints and resumes see a plain
 torch.optim.Adam). AOTAutograd traces forward, double backward and parameter gradients into one graph, inductor
 fuses the elementwise work (SiLU and its derivatives, bias additions, Adam's moments) between the GEMMs
-(_GraphRewrites below), and the graph's wrapper is C++. A step costs one compiled call and a few host-side draws.
+(_GraphRewrites below), and the graph's wrapper is C++. A step costs one compiled call and a few host-side draws;
+energy_steps runs k energy steps (a round's) as one compiled call, which saves the host's work per call (guards,
+Adam's scalars, the wrapper's buffers) and maps the base samples of all k in one forward.
 
 With a gradient hook (data-parallel averaging under torchrun), or an optimizer that is not a plain one-group Adam,
 the graph stops at the gradients: they go to .grad, the hook averages them and the optimizer steps eagerly.
@@ -65,12 +67,13 @@ class AdamState(NamedTuple):
         return self._replace(scalars=self.scalars[step])
 
 
-def adam_state(optimizer: torch.optim.Optimizer, params: Sequence[Tensor], n_steps: int = 1) -> Optional[AdamState]:
+def adam_state(optimizer: torch.optim.Optimizer, params: Sequence[Tensor],
+               n_steps: int = 1) -> Optional[AdamState]:
     """Advance the step count of `params` (the parameters that get a gradient) in `optimizer` by n_steps and return
-    their AdamState for those steps, creating their state as torch.optim.Adam does where they have none (others in the optimizer are left
-    alone, as Adam skips a parameter without a gradient); or None, touching nothing, where the optimizer is not a
-    plain Adam with one group holding them all (amsgrad, maximize, differentiable or capturable options, a tensor
-    lr: those keep their own optimizer step)."""
+    their AdamState for those steps, creating their state as torch.optim.Adam does where they have none (others in
+    the optimizer are left alone, as Adam skips a parameter without a gradient); or None, touching nothing, where
+    the optimizer is not a plain Adam with one group holding them all (amsgrad, maximize, differentiable or
+    capturable options, a tensor lr: those keep their own optimizer step)."""
     if type(optimizer) is not torch.optim.Adam or len(optimizer.param_groups) != 1:
         return None
     group = optimizer.param_groups[0]
