@@ -39,11 +39,28 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Cal
     of its Python wrapper, bit for bit the same results: on the GEBM latent potential at B = 1 (1 thread, a
     2-core machine at load 7) a 4-step leapfrog chunk took 1.38x less time per call, and per gradient inside a
     running sampler MALA 1.86x, HMC 1.52x and ChEES 1.21x less; a cold compile of that chunk took 2.7x longer
-    (32 s against 12 s)."""
+    (32 s against 12 s). With it, INDUCTOR_OPTIONS' matrix-product decomposition (see there)."""
     fn.__code__ = fn.__code__.replace(co_name=name)
     if mode is not None:
         return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
-    return torch.compile(fn, fullgraph=True, dynamic=False, options={"cpp_wrapper": True})
+    return torch.compile(fn, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+
+
+# The compiled graphs' inductor options. "cpp_wrapper": compile_function. "decompose_mm_pass": inductor's rewrite of
+# a matrix product into a broadcast multiply and sum that it fuses into its own C++ loops, with its default
+# thresholds: on the CPU, products of one row (B = 1: each layer's forward and input-gradient product is a
+# matrix-vector product) of matrices up to 2048 wide; on GPUs, only products of >= 10240 rows by matrices under 32
+# wide. Measured on the GEBM latent potential (benchmarks/peers/targets.py: 16 -> 64 -> 64, 64 -> 64 -> 1, SiLU),
+# 1 thread, interleaved in one process, a 2-core machine at load 4-5: at B = 1 compiled HMC-10 took 1.26x and MALA
+# 1.14x less time per gradient (the 7 extern GEMV calls per gradient, each a dispatcher crossing with its output
+# allocation, become one fused kernel; cold compiles no slower), results differing from the extern GEMVs' by fp32
+# rounding (2e-7 to 5e-7 after 64 iterations). Raising the threshold (a module global of
+# torch/_inductor/fx_passes/decompose_mem_bound_mm.py, read at import) to the batch lost: B = 16, HMC-10 0.91x;
+# B = 64, HMC-10 0.66x, MALA 0.78x: past one row, MKL's GEMMs win. max-autotune's C++ GEMM template
+# ("max_autotune_gemm_backends": "CPP,ATEN") never applies here: it needs the weights as constants (freezing), and
+# a potential's networks are inputs that may change between runs (training); inductor selected ATen's GEMM, bit for
+# bit the same results, at B = 64 and 1024.
+INDUCTOR_OPTIONS = {"cpp_wrapper": True, "post_grad_fusion_options": {"decompose_mm_pass": {}}}
 
 
 _UNIT_SCALES: Dict[Tuple[int, torch.dtype, torch.device], Tensor] = {}

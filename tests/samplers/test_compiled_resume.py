@@ -46,3 +46,30 @@ def test_compiled_runs_resume_bit_for_bit_at_any_split(make_sampler, dtype):
         assert torch.equal(trace, full.trace), split
         assert torch.equal(last.state.generator_state, full.state.generator_state)
         assert last.state.iteration == full.state.iteration
+
+
+@pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
+def test_one_chain_of_a_network_potential_runs_decomposed_products_and_resumes_bit_for_bit():
+    """At B = 1 the compiled graphs turn the networks' matrix-vector products into inductor's own fused loops
+    (kale_fast.samplers.compiled.INDUCTOR_OPTIONS): they are used, the chain's potentials agree with the eager
+    potential to fp32 rounding, and a run split anywhere repeats the unbroken run bit for bit. Inductor's caches
+    are off, so that the products are decomposed in this process (a cached graph skips the pass)."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    potential = kf.samplers.LatentPotential(kf.models.MLP(3, 4, (8,)), kf.models.MLP(4, 1, (8,)))
+    z0 = torch.randn(1, 3, generator=torch.Generator().manual_seed(0))
+    seed = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+    make = lambda: kf.MALA(0.2, metric="identity")  # noqa: E731
+    before = counters["inductor"]["decompose_mm"] + counters["inductor"]["decompose_addmm"]
+    with torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        full = make().run(potential, z0, 13, generator=seed(), compile=True, thin=1)
+        for split in (1, 4, 8, 11):
+            first = make().run(potential, z0, split, generator=seed(), compile=True, thin=1)
+            last = make().run(potential, None, 13 - split, state=first.state, compile=True, thin=1)
+            assert torch.equal(last.z, full.z) and torch.equal(last.potential, full.potential), split
+            assert torch.equal(torch.cat([first.trace, last.trace], dim=1), full.trace), split
+    assert counters["inductor"]["decompose_mm"] + counters["inductor"]["decompose_addmm"] > before
+    with torch.no_grad():
+        torch.testing.assert_close(full.potential, potential(full.z), rtol=1e-5, atol=1e-5)
