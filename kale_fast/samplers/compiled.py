@@ -58,10 +58,11 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Cal
 # thresholds: on the CPU, products of one row (B = 1: each layer's forward and input-gradient product is a
 # matrix-vector product) of matrices up to 2048 wide; on GPUs, only products of >= 10240 rows by matrices under 32
 # wide. Measured on the GEBM latent potential (benchmarks/peers/targets.py: 16 -> 64 -> 64, 64 -> 64 -> 1, SiLU),
-# 1 thread, interleaved in one process, a 2-core machine at load 4-5: at B = 1 compiled HMC-10 took 1.26x and MALA
-# 1.14x less time per gradient (the 7 extern GEMV calls per gradient, each a dispatcher crossing with its output
-# allocation, become one fused kernel; cold compiles no slower), results differing from the extern GEMVs' by fp32
-# rounding (2e-7 to 5e-7 after 64 iterations). Raising the threshold (a module global of
+# 1 thread, interleaved in one process, a 2-core machine at load 4-8: at B = 1 every compiled sampler took less
+# time per gradient, HMC-10 1.26x-1.29x, ULA 1.33x, ChEES 1.12x, MALA 1.09x-1.14x, kinetic 1.07x (the 7 extern
+# GEMV calls per gradient, each a dispatcher crossing with its output allocation, become inductor's loops; cold
+# compiles no slower), results differing from the extern GEMVs' by fp32 rounding (2e-7 to 2e-6 after 64
+# iterations). Raising the threshold (a module global of
 # torch/_inductor/fx_passes/decompose_mem_bound_mm.py, read at import) to the batch lost: B = 16, HMC-10 0.91x;
 # B = 64, HMC-10 0.66x, MALA 0.78x: past one row, MKL's GEMMs win. max-autotune's C++ GEMM template
 # ("max_autotune_gemm_backends": "CPP,ATEN") never applies here: it needs the weights as constants (freezing), and
