@@ -27,6 +27,7 @@ def test_a_dropped_potential_frees_its_compiled_functions_and_networks():
     functions = [weakref.ref(f) for f in paths.leapfrog.chunks.values()]
     functions += [weakref.ref(f) for it in paths.iterations.values() for f in it.functions.values()]
     dropped = [weakref.ref(potential), weakref.ref(energy), weakref.ref(base)]
+    gc.collect()  # earlier tests' dropped potentials still in cycles would otherwise leave the cache here too
     cache_size = len(compiled._CACHE)
     del paths, potential, base, energy
     gc.collect()
