@@ -95,7 +95,8 @@ def main(argv: List[str] = None) -> None:
                         help=f"default: {' '.join(BENCHES)}; opt-in: {' '.join(OPT_IN_BENCHES)}")
     parser.add_argument("--quick", action="store_true", help="fewer sizes, short budgets, nothing recorded")
     parser.add_argument("--threads", type=int, default=1,
-                        help="torch CPU threads (default 1: CPU comparisons on one thread, less exposed to load)")
+                        help="torch CPU threads (default 1: CPU comparisons on one thread, less exposed to load; "
+                             "other counts are recorded apart, in results/<op>-cpu-<n>threads.json)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"), help="where --quick writes its JSON")
     parser.add_argument("--targets", nargs="+", choices=list(bench_peers.targets.TARGETS),
                         help="peers only: these targets (recorded apart, in results/peers-<targets>-<device>.json)")
@@ -116,7 +117,9 @@ def main(argv: List[str] = None) -> None:
             record.update(op=op, env=env)
             out_dir = args.out if args.quick else RESULTS_DIR
             out_dir.mkdir(parents=True, exist_ok=True)
-            stem = "-".join([op, *(args.targets or []), device.type])  # a subset never overwrites the full record
+            # a subset of targets or another thread count never overwrites the full one-thread record
+            threads = [f"{args.threads}threads"] if device.type == "cpu" and args.threads != 1 else []
+            stem = "-".join([op, *(args.targets or []), device.type, *threads])
             (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=1))
             print(render(record))
     finally:
