@@ -31,11 +31,14 @@ from kale_fast.train.run_folder import RunFolderInUse
 def _train(args) -> None:
     from kale_fast.train import evaluate, train
     from kale_fast.train.distributed import rank_and_size
+    from kale_fast.train.loop import flow_keys_from_base_run
 
     overrides = {k.split(".", 1)[1]: v for k, v in vars(args).items() if k.startswith("config.")}
     config = TrainConfig.from_yaml(args.config, overrides)
+    inherited = flow_keys_from_base_run(config)  # printed as the run will use them, not as the file says
+    config = config.replace(**inherited)
     if not args.quiet and rank_and_size()[0] == 0:
-        print(resolved_config(config, args.config, overrides))
+        print(resolved_config(config, args.config, overrides, inherited, config.base_run_dir()))
     try:
         run_dir = train(config, resume=args.resume, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -49,12 +52,16 @@ def _train(args) -> None:
             _print_summary(evaluate(run_dir, progress=not args.quiet), run_dir, args.json)
 
 
-def resolved_config(config: TrainConfig, path: Path, overrides: dict) -> str:
-    """The config a run starts with, for people: every key that differs from its default (flags marked *)."""
-    defaults = TrainConfig().to_dict()
-    keys = [f"{key}={value}{'*' if key in overrides else ''}" for key, value in config.to_dict().items()
+def resolved_config(config: TrainConfig, path: Path, overrides: dict, inherited: Optional[dict] = None,
+                    base_dir: Optional[Path] = None) -> str:
+    """The config a run starts with, for people: every key that differs from its default (flags marked *, the
+    flow keys `inherited` from the base run in base_dir marked +)."""
+    defaults, inherited = TrainConfig().to_dict(), inherited or {}
+    mark = lambda key: ("*" if key in overrides else "") + ("+" if key in inherited else "")  # noqa: E731
+    keys = [f"{key}={value}{mark(key)}" for key, value in config.to_dict().items()
             if value != defaults[key] or key in overrides]
-    return textwrap.fill(f"config {path} (* from flags; other keys at their defaults): {' '.join(keys)}", 120,
+    origin = f"* from flags, + from the base run {base_dir}" if inherited else "* from flags"
+    return textwrap.fill(f"config {path} ({origin}; other keys at their defaults): {' '.join(keys)}", 120,
                          subsequent_indent="  ", break_on_hyphens=False)
 
 

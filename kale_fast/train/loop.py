@@ -62,20 +62,26 @@ def inherit_flow_keys(config: TrainConfig, announce: bool = False) -> TrainConfi
     default set to the base run's value, so that a second stage need not repeat the first's network
     (configs/tabular_kale.yaml names none). A key set here to another value than the base run's is left as it
     is, and check_same_base refuses it. announce: print what was taken."""
-    base_dir = config.base_run_dir()
-    if base_dir is None or not (base_dir / CHECKPOINT).is_file():
-        return config  # no base run: check_base_run and load_run say so
-    saved = read_state(base_dir / CHECKPOINT, "cpu")["config"]
-    if saved.get("base") not in FLOW_BASES:
-        return config
-    keys, defaults = config.to_dict(), TrainConfig().to_dict()
-    taken = {key: saved[key] for key in FLOW_NETWORK_KEYS
-             if key in saved and keys[key] == defaults[key] and saved[key] != keys[key]}
+    taken = flow_keys_from_base_run(config)
     if not taken:
         return config
     if announce:
-        print(f"from the base run {base_dir}: " + " ".join(f"{key}={value}" for key, value in taken.items()))
+        print(f"from the base run {config.base_run_dir()}: " + " ".join(f"{k}={v}" for k, v in taken.items()))
     return config.replace(**taken)
+
+
+def flow_keys_from_base_run(config: TrainConfig) -> dict:
+    """The keys inherit_flow_keys takes from config's base_from run, {key: the base run's value}; {} without a
+    trained flow base run (check_base_run and load_run say what is missing)."""
+    base_dir = config.base_run_dir()
+    if base_dir is None or not (base_dir / CHECKPOINT).is_file():
+        return {}
+    saved = read_state(base_dir / CHECKPOINT, "cpu")["config"]
+    if saved.get("base") not in FLOW_BASES:
+        return {}
+    keys, defaults = config.to_dict(), TrainConfig().to_dict()
+    return {key: saved[key] for key in FLOW_NETWORK_KEYS
+            if key in saved and keys[key] == defaults[key] and saved[key] != keys[key]}
 
 
 def check_base_run(config: TrainConfig) -> None:

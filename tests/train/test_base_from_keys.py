@@ -45,3 +45,16 @@ def test_a_network_key_set_otherwise_than_the_base_run_is_still_refused(base_run
 def test_the_generic_second_stage_config_names_no_network_key():
     config = yaml.safe_load((Path(__file__).parents[2] / "configs" / "tabular_kale.yaml").read_text())
     assert not set(FLOW_NETWORK_KEYS) & set(config) and config["base_from"] == "tabular-nvp-ml"
+
+
+def test_the_cli_header_shows_the_keys_the_base_run_supplies(base_run, tmp_path, capsys):
+    from kale_fast.cli import main
+
+    flags = [f"--{key.replace('_', '-')}={value}" for key, value in STAGE.items()]
+    assert main(["train", "--config", "tabular_kale", "--dataset", base_run["dataset"], "--out-dir", str(tmp_path),
+                 "--name", "kale", "--base-from", "base", "--no-eval", *flags]) == 0
+    header = capsys.readouterr().out.split("\nTensorBoard")[0].split("training kale")[0]
+    assert f"+ from the base run {tmp_path / 'base'}" in " ".join(header.split())
+    for key, value in dict(base="zuko-maf", latent_dim=3, flow_layers=2, flow_hidden=8).items():
+        assert f"{key}={value}+" in header.split(), key
+    assert "base=mlp" not in header  # the default, which the file leaves unset, is not what the run builds
