@@ -170,14 +170,13 @@ class Trainer:
         objective = self.config.objective
         n_energy = objective.n_iter_d_init if self.rounds_done == 0 and objective.n_iter_d_init else objective.n_iter_d
         metrics = {}
-        if objective.objective == "ml":
-            pass
-        elif self.energy_average is None:  # compiled: the n_iter_d steps of a round in one call
-            self._energy_step_modes()
-            metrics = self.steps.energy_steps(lambda: self._batch(train_data), n_energy, objective.n_iter_d)
-        else:  # the average follows every step
-            for _ in range(n_energy):
-                metrics = self.energy_step(train_data)
+        if objective.objective != "ml":
+            if self.energy_average is None:  # the round's steps together (compiled: n_iter_d of them per call)
+                self._energy_step_modes()
+                metrics = self.steps.energy_steps(lambda: self._batch(train_data), n_energy, objective.n_iter_d)
+            else:  # energy_ema: the average follows every step
+                for _ in range(n_energy):
+                    metrics = self.energy_step(train_data)
         if not objective.energy_only:
             metrics.update(self.base_step(train_data))
         self.rounds_done += 1
