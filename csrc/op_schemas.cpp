@@ -26,4 +26,9 @@ TORCH_LIBRARY(kale_fast, m) {
   m.def("ula_step(Tensor(a!) z, Tensor grad, Tensor step_size, Tensor seed, Tensor? noise) -> ()");
   m.def("kinetic_langevin_baoa(Tensor(a!) z, Tensor(b!) v, Tensor grad, Tensor step_size, Tensor friction, "
         "Tensor seed, Tensor? noise) -> ()");
+  // Value and input-gradient of a Linear + activation stack's GEBM latent potential (csrc/mlp_potential.cpp; CPU
+  // only: on other devices kale_fast/ops/mlp_potential.py runs the reference in torch ops). activations: one code
+  // per layer (0 identity, 1 SiLU, 2 ReLU, 3 LeakyReLU, 4 tanh), activation_parameters: LeakyReLU's slopes.
+  m.def("mlp_potential(Tensor z, Tensor[] weights, Tensor?[] biases, int[] activations, "
+        "float[] activation_parameters, float temperature, float prior_precision) -> (Tensor, Tensor)");
 }

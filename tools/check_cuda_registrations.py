@@ -2,7 +2,8 @@
 
 The kernel ops come from the Python op layer (kale_fast.ops._kernels.KERNEL_OPS, which kale_fast/ops/*.py
 declare), with the composite ops over them (COMPOSITE_OPS), must be exactly the ops whose schemas kale_fast._C
-defines (csrc/op_schemas.cpp). Each kernel op must have a
+defines (csrc/op_schemas.cpp), with the CPU-only ops (CPU_ONLY_OPS: their families run the reference in torch
+ops on other devices, and none may claim a CUDA kernel). Each kernel op must have a
 CUDA kernel from the extension's CUDA sources (kernels/*.cu), or, for the ops of TRITON_ON_CUDA, the Triton
 kernel that its op family registers by design (kale_fast/ops/<family>.py). Every op of the namespace, the kernel
 ops, the Python backends' traceable ops and the autograd front doors alike, must have a fake (Meta) rule, so that
@@ -34,9 +35,15 @@ def main() -> int:
                        if name.startswith("kale_fast::"))
     from_schemas = {op for op in namespace if "csrc/op_schemas.cpp" in registrations(op).get("debug", "")}
     called = {op for ops in _kernels.KERNEL_OPS.values() for op in ops}
-    if from_schemas != called | set(_kernels.COMPOSITE_OPS):
+    if from_schemas != called | set(_kernels.COMPOSITE_OPS) | set(_kernels.CPU_ONLY_OPS):
         failures.append(f"csrc/op_schemas.cpp defines {sorted(from_schemas)} but the Python op layer calls "
-                        f"{sorted(called)} and the composite ops {sorted(_kernels.COMPOSITE_OPS)}")
+                        f"{sorted(called)}, the composite ops {sorted(_kernels.COMPOSITE_OPS)} and the CPU-only ops "
+                        f"{sorted(_kernels.CPU_ONLY_OPS)}")
+    for op in sorted(_kernels.CPU_ONLY_OPS):
+        cuda = registrations(op).get("CUDA", "")
+        print(f"  kale_fast::{op:24s} CPU only (the reference on other devices) {'FAIL' if cuda else 'ok'}")
+        if cuda:
+            failures.append(f"kale_fast::{op} is declared CPU-only but has a CUDA kernel ({cuda})")
     for op in sorted(called):
         cuda = registrations(op).get("CUDA", "")
         if op in _kernels.TRITON_ON_CUDA:

@@ -29,6 +29,9 @@ TRITON_ON_CUDA: List[str] = []
 # Ops of csrc/op_schemas.cpp that are no kernels but compose them in C++ (kale_loss_autograd), declared by their
 # family with `composite_op`: what tools/check_cuda_registrations.py expects besides KERNEL_OPS.
 COMPOSITE_OPS: List[str] = []
+# Ops of csrc/op_schemas.cpp with a CPU kernel only, declared by their family with `cpu_only_op`; on other devices
+# the family runs its reference in torch ops (no CUDA kernel is expected).
+CPU_ONLY_OPS: List[str] = []
 
 _LIBRARY = torch.library.Library("kale_fast", "FRAGMENT")  # kept alive: registrations last as long as it does
 _TRACEABLE = {backend: {} for backend in _PYTHON_BACKEND_MODULES}  # backend -> family -> namespace of ops
@@ -77,6 +80,16 @@ def composite_op(op: str, fake: Callable):
     registered; None where the extension does not define it (a build that predates it: the caller falls back to
     its Python path)."""
     COMPOSITE_OPS.append(op)
+    if not (HAS_SCHEMAS and hasattr(torch.ops.kale_fast, op)):
+        return None
+    torch.library.register_fake(f"kale_fast::{op}", fake, lib=_LIBRARY)
+    return getattr(torch.ops.kale_fast, op).default
+
+
+def cpu_only_op(op: str, fake: Callable):
+    """torch.ops.kale_fast.<op>'s default overload, an op with a CPU kernel only (csrc/), with its fake rule
+    registered; None where the extension does not define it (the caller falls back to its Python path)."""
+    CPU_ONLY_OPS.append(op)
     if not (HAS_SCHEMAS and hasattr(torch.ops.kale_fast, op)):
         return None
     torch.library.register_fake(f"kale_fast::{op}", fake, lib=_LIBRARY)

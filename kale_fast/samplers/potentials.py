@@ -4,6 +4,9 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from kale_fast.ops import mlp_potential
+from kale_fast.ops._backend import resolve
+
 Potential = Callable[[Tensor], Tensor]
 
 
@@ -14,6 +17,11 @@ class LatentPotential:
     temperature = 1 is the GEBM itself; the authors' code samples a sharpened posterior with 100.
     autocast (torch.bfloat16 or torch.float16) runs the two networks under torch.autocast; z, U, its
     gradient and hence the samplers' Metropolis tests stay in z's dtype.
+
+    value_and_grad runs as one op (kale_fast.ops.mlp_potential, its C++ kernel) where it can: base and energy are
+    Linear + activation stacks (nn.Sequential, kale_fast.models.MLP, nn.Linear and the activations SiLU, ReLU,
+    LeakyReLU, Tanh; no hooks, no spectral norm) in z's dtype, z is an fp32/fp64 CPU tensor, autocast is None and
+    the backend in force runs "cpp" on CPU. Otherwise, and for U alone, the networks run as torch modules.
     """
 
     def __init__(self, base: nn.Module, energy: nn.Module, temperature: float = 1.0,
@@ -25,6 +33,7 @@ class LatentPotential:
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
         self.base, self.energy, self.temperature, self.autocast = base, energy, float(temperature), autocast
+        self._kept_stack = None  # (key, LinearStack or None) of _linear_stack
 
     def __call__(self, z: Tensor) -> Tensor:
         with torch.autocast(z.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
@@ -34,7 +43,36 @@ class LatentPotential:
     def value_and_grad(self, z: Tensor) -> Tuple[Tensor, Tensor]:
         """(U(z), grad_z U(z)); the gradient is taken with respect to z only, so no parameter gradient is
         computed or accumulated."""
+        stack = self._linear_stack(z)
+        if stack is not None:
+            with torch.no_grad():
+                return stack.call_unchecked(z, self.temperature, 1.0)
         return value_and_grad(self.__call__, z)
+
+    def _linear_stack(self, z: Tensor) -> Optional[mlp_potential.LinearStack]:
+        """The networks as one checked mlp_potential stack where its C++ kernel runs z (class docstring), else None.
+        The modules are walked at every call (a few us), so hooks or parametrizations added later are seen; the
+        checked stack is kept while the walk finds the same tensors (by identity) in the same dtype and device."""
+        if (self.autocast is not None or not isinstance(z, Tensor) or z.dtype not in (torch.float32, torch.float64)
+                or z.device.type != "cpu" or z.dim() != 2 or not z.is_contiguous() or resolve(z.device) != "cpp"):
+            return None
+        from kale_fast.models.mlp import MLP  # here: kale_fast.models imports this module
+
+        modules = [m.net if type(m) is MLP and mlp_potential.plain_module(m) else m for m in (self.base, self.energy)]
+        found = mlp_potential.linear_stack(modules)
+        if found is None:
+            return None
+        if torch.compiler.is_compiling():  # traced once, guarded by the compiler: nothing to keep
+            stack = mlp_potential.prepared_or_none(*found)
+        else:
+            weights, biases, activations = found
+            key = (*map(id, weights), *map(id, biases), *activations, weights[0].dtype, weights[0].device)
+            if self._kept_stack is None or self._kept_stack[0] != key:  # ids of tensors the kept stack holds alive
+                self._kept_stack = (key, mlp_potential.prepared_or_none(*found))
+            stack = self._kept_stack[1]
+        if stack is None or stack.dtype != z.dtype or stack.device != z.device or stack.in_features != z.shape[1]:
+            return None
+        return stack
 
 
 def value_and_grad(potential: Potential, z: Tensor) -> Tuple[Tensor, Tensor]:

@@ -1,0 +1,312 @@
+// CPU kernel of mlp_potential: the value and input-gradient of U(z) = 0.5 * prior_precision * |z|^2 +
+// temperature * f(z), f a stack of Linear layers each followed by an activation (identity, SiLU, ReLU, LeakyReLU,
+// tanh), ending in width 1 (kale_fast/ops/mlp_potential.py is the wrapper, kale_fast/reference/mlp_potential.py
+// the oracle). One call instead of some 20 dispatched torch ops per gradient: at a sampler's small batches the
+// per-op dispatch, not the arithmetic, was the cost.
+//
+// Two paths, per block of rows (chains): up to kRowLoopMax rows, each row runs through every layer in plain loops
+// that GCC vectorises (weights stay in cache, nothing is allocated per layer); above, each layer is one BLAS
+// product into a buffer (at::addmm_out / at::mm_out) followed by one pass that applies the activation and keeps
+// its derivative. Row blocks run in parallel (at::parallel_for). No autograd: sampling needs no parameter
+// gradients, and a call where one would be needed is an error (mlp_potential_no_autograd below).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <c10/core/GradMode.h>
+#include <ATen/core/LegacyTypeDispatch.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "vec_math.h"
+
+namespace kale_fast {
+namespace {
+
+// The activation codes of the schema's `activations` (kale_fast/ops/mlp_potential.py names them).
+enum Activation : int64_t { kIdentity = 0, kSilu = 1, kRelu = 2, kLeakyRelu = 3, kTanh = 4 };
+
+// Row blocks up to this many rows take the row loops, larger ones the BLAS products (benchmarks/
+// bench_mlp_potential.py measured the crossing on the GEBM target's widths, 16 -> 64 -> 64 -> 64 -> 1).
+constexpr int64_t kRowLoopMax = 8;
+// Rows per parallel task of the BLAS path: below this, a thread's products are too small to pay for its task.
+constexpr int64_t kGrainRows = 128;
+
+using Biases = c10::List<std::optional<at::Tensor>>;
+
+struct Layer {
+  int64_t in, out, activation;
+  double parameter;  // LeakyReLU's negative slope
+};
+
+// In place, a[j] <- act(a[j]), and d[j] <- act'(a[j]) (d unused for the identity), for n elements.
+template <typename scalar_t>
+void activate(const Layer& layer, scalar_t* a, scalar_t* d, int64_t n) {
+  const scalar_t one(1), zero(0);
+  switch (layer.activation) {
+    case kSilu:
+      for (int64_t j = 0; j < n; ++j) {
+        const scalar_t x = a[j], s = one / (one + exp_vec<scalar_t>(-x));
+        d[j] = s * (one + x * (one - s));
+        a[j] = x * s;
+      }
+      break;
+    case kRelu:
+      for (int64_t j = 0; j < n; ++j) {
+        const bool positive = a[j] > zero;
+        d[j] = positive ? one : zero;
+        a[j] = positive ? a[j] : zero;
+      }
+      break;
+    case kLeakyRelu: {
+      const scalar_t slope = static_cast<scalar_t>(layer.parameter);
+      for (int64_t j = 0; j < n; ++j) {
+        const bool positive = a[j] > zero;
+        d[j] = positive ? one : slope;
+        a[j] = positive ? a[j] : slope * a[j];
+      }
+      break;
+    }
+    case kTanh:
+      for (int64_t j = 0; j < n; ++j) {
+        const scalar_t t = std::tanh(a[j]);
+        d[j] = one - t * t;
+        a[j] = t;
+      }
+      break;
+    default:
+      break;
+  }
+}
+
+template <typename scalar_t>
+struct Network {
+  std::vector<Layer> layers;
+  std::vector<const scalar_t*> weights, biases;  // (out, in) row-major; a bias may be nullptr
+  scalar_t temperature, prior_precision;
+  int64_t widest;
+};
+
+// Rows [begin, end) one at a time, every layer in plain loops. `work` holds, per layer, its activations and
+// derivatives (2 * out), then two gradient rows of the widest width.
+template <typename scalar_t>
+void rows_by_loops(const Network<scalar_t>& net, const scalar_t* z, scalar_t* value, scalar_t* grad, int64_t begin,
+                   int64_t end) {
+  const auto& layers = net.layers;
+  const int64_t n_layers = static_cast<int64_t>(layers.size()), dim = layers[0].in;
+  std::vector<int64_t> offset(n_layers + 1, 0);
+  for (int64_t i = 0; i < n_layers; ++i) offset[i + 1] = offset[i] + 2 * layers[i].out;
+  std::vector<scalar_t> work(offset[n_layers] + 2 * net.widest);
+  scalar_t* g = work.data() + offset[n_layers];
+  scalar_t* g_next = g + net.widest;
+  for (int64_t r = begin; r < end; ++r) {
+    const scalar_t* zr = z + r * dim;
+    const scalar_t* x = zr;
+    for (int64_t i = 0; i < n_layers; ++i) {
+      const Layer& layer = layers[i];
+      scalar_t* a = work.data() + offset[i];
+      const scalar_t *w = net.weights[i], *b = net.biases[i];
+      for (int64_t j = 0; j < layer.out; ++j) {
+        scalar_t sum = b ? b[j] : scalar_t(0);
+        const scalar_t* wj = w + j * layer.in;
+#pragma omp simd reduction(+ : sum)
+        for (int64_t k = 0; k < layer.in; ++k) sum += wj[k] * x[k];
+        a[j] = sum;
+      }
+      activate(layer, a, a + layer.out, layer.out);
+      x = a;
+    }
+    scalar_t squared = 0;
+#pragma omp simd reduction(+ : squared)
+    for (int64_t k = 0; k < dim; ++k) squared += zr[k] * zr[k];
+    value[r] = scalar_t(0.5) * net.prior_precision * squared + net.temperature * x[0];
+    // Backward: g = dU/d(layer output), times the activation's derivative, then through the weights.
+    g[0] = net.temperature;
+    for (int64_t i = n_layers - 1; i >= 0; --i) {
+      const Layer& layer = layers[i];
+      if (layer.activation != kIdentity) {
+        const scalar_t* d = work.data() + offset[i] + layer.out;
+        for (int64_t j = 0; j < layer.out; ++j) g[j] *= d[j];
+      }
+      scalar_t* out = i == 0 ? grad + r * dim : g_next;
+      const scalar_t* w = net.weights[i];
+      if (i == 0) {
+        for (int64_t k = 0; k < layer.in; ++k) out[k] = net.prior_precision * zr[k];
+      } else {
+        std::fill(out, out + layer.in, scalar_t(0));
+      }
+      for (int64_t j = 0; j < layer.out; ++j) {
+        const scalar_t gj = g[j], *wj = w + j * layer.in;
+#pragma omp simd
+        for (int64_t k = 0; k < layer.in; ++k) out[k] += gj * wj[k];
+      }
+      std::swap(g, g_next);
+    }
+  }
+}
+
+// Rows [begin, end) by BLAS products, one per layer and direction, on (rows, width) buffers.
+template <typename scalar_t>
+void rows_by_products(const Network<scalar_t>& net, const at::Tensor& z, const std::vector<at::Tensor>& weights,
+                      const Biases& biases, const at::Tensor& value, const at::Tensor& grad, int64_t begin,
+                      int64_t end) {
+  const auto& layers = net.layers;
+  const int64_t n_layers = static_cast<int64_t>(layers.size()), rows = end - begin, dim = layers[0].in;
+  const at::Tensor z_rows = z.narrow(0, begin, rows);
+  std::vector<at::Tensor> outputs(n_layers), derivatives(n_layers);
+  at::Tensor x = z_rows;
+  for (int64_t i = 0; i < n_layers; ++i) {
+    const Layer& layer = layers[i];
+    outputs[i] = at::empty({rows, layer.out}, z.options());
+    const std::optional<at::Tensor>& bias = biases.get(i);
+    if (bias.has_value()) {
+      at::addmm_out(outputs[i], *bias, x, weights[i].t());
+    } else {
+      at::mm_out(outputs[i], x, weights[i].t());
+    }
+    if (layer.activation != kIdentity) {
+      derivatives[i] = at::empty({rows, layer.out}, z.options());
+      activate(layer, outputs[i].mutable_data_ptr<scalar_t>(), derivatives[i].mutable_data_ptr<scalar_t>(),
+               rows * layer.out);
+    }
+    x = outputs[i];
+  }
+  const scalar_t *zp = z_rows.const_data_ptr<scalar_t>(), *f = outputs.back().const_data_ptr<scalar_t>();
+  scalar_t* up = value.mutable_data_ptr<scalar_t>() + begin;
+  for (int64_t r = 0; r < rows; ++r) {
+    scalar_t squared = 0;
+#pragma omp simd reduction(+ : squared)
+    for (int64_t k = 0; k < dim; ++k) squared += zp[r * dim + k] * zp[r * dim + k];
+    up[r] = scalar_t(0.5) * net.prior_precision * squared + net.temperature * f[r];
+  }
+  // The last layer (width 1) back to its input: an outer product, as a loop.
+  const Layer& last = layers.back();
+  const scalar_t* d_last = last.activation != kIdentity ? derivatives.back().const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* w_last = net.weights.back();
+  at::Tensor g = at::empty({rows, last.in}, z.options());
+  scalar_t* gp = g.mutable_data_ptr<scalar_t>();
+  for (int64_t r = 0; r < rows; ++r) {
+    const scalar_t scale = net.temperature * (d_last ? d_last[r] : scalar_t(1));
+    for (int64_t k = 0; k < last.in; ++k) gp[r * last.in + k] = scale * w_last[k];
+  }
+  at::Tensor grad_rows = grad.narrow(0, begin, rows);
+  for (int64_t i = n_layers - 2; i >= 0; --i) {
+    const Layer& layer = layers[i];
+    if (layer.activation != kIdentity) {
+      scalar_t* gi = g.mutable_data_ptr<scalar_t>();
+      const scalar_t* d = derivatives[i].const_data_ptr<scalar_t>();
+      for (int64_t j = 0; j < rows * layer.out; ++j) gi[j] *= d[j];
+    }
+    if (i == 0) {  // grad = prior_precision * z + g W
+      at::addmm_out(grad_rows, z_rows, g, weights[0], static_cast<double>(net.prior_precision), 1.0);
+    } else {
+      at::Tensor g_in = at::empty({rows, layer.in}, z.options());
+      at::mm_out(g_in, g, weights[i]);
+      g = g_in;
+    }
+  }
+  if (n_layers == 1) {  // a single layer: g is already dU/dz minus the prior's part
+    const scalar_t* gi = g.const_data_ptr<scalar_t>();
+    scalar_t* out = grad_rows.mutable_data_ptr<scalar_t>();
+    for (int64_t j = 0; j < rows * dim; ++j) out[j] = gi[j] + net.prior_precision * zp[j];
+  }
+}
+
+void check_arguments(const at::Tensor& z, const std::vector<at::Tensor>& weights, const Biases& biases,
+                     const std::vector<int64_t>& activations, const std::vector<double>& parameters) {
+  TORCH_CHECK(z.device().is_cpu() && z.dim() == 2 && z.is_contiguous() &&
+                  (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
+              "z must be a contiguous (B, L) fp32 or fp64 CPU tensor");
+  const size_t n = weights.size();
+  TORCH_CHECK(n > 0 && biases.size() == n && activations.size() == n && parameters.size() == n,
+              "weights, biases, activations and activation_parameters must have one entry per layer (at least one)");
+  int64_t width = z.size(1);
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& w = weights[i];
+    TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() && w.scalar_type() == z.scalar_type() &&
+                    w.size(1) == width,
+                "weights[", i, "] must be a contiguous (out, ", width, ") CPU tensor of z's dtype");
+    const std::optional<at::Tensor>& b = biases.get(i);
+    TORCH_CHECK(!b.has_value() || (b->device().is_cpu() && b->dim() == 1 && b->is_contiguous() &&
+                                   b->scalar_type() == z.scalar_type() && b->size(0) == w.size(0)),
+                "biases[", i, "] must be None or a contiguous (", w.size(0), ",) CPU tensor of z's dtype");
+    TORCH_CHECK(activations[i] >= kIdentity && activations[i] <= kTanh, "activations[", i, "] is not a known code");
+    width = w.size(0);
+  }
+  TORCH_CHECK(width == 1, "the last layer must have width 1, has ", width);
+}
+
+// Returns (U (B,), dU/dz (B, L)).
+std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::TensorList weight_list, const Biases& biases,
+                                                 at::IntArrayRef activations, at::ArrayRef<double> parameters,
+                                                 double temperature, double prior_precision) {
+  const std::vector<at::Tensor> weights = weight_list.vec();
+  check_arguments(z, weights, biases, activations.vec(), parameters.vec());
+  auto value = at::empty({z.size(0)}, z.options());
+  auto grad = at::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mlp_potential", [&] {
+    Network<scalar_t> net;
+    net.temperature = static_cast<scalar_t>(temperature);
+    net.prior_precision = static_cast<scalar_t>(prior_precision);
+    net.widest = 1;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      net.layers.push_back({weights[i].size(1), weights[i].size(0), activations[i], parameters[i]});
+      net.weights.push_back(weights[i].const_data_ptr<scalar_t>());
+      const std::optional<at::Tensor>& b = biases.get(i);
+      net.biases.push_back(b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr);
+      net.widest = std::max({net.widest, weights[i].size(0), weights[i].size(1)});
+    }
+    const scalar_t* zp = z.const_data_ptr<scalar_t>();
+    scalar_t *up = value.mutable_data_ptr<scalar_t>(), *gp = grad.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, z.size(0), kGrainRows, [&](int64_t begin, int64_t end) {
+      if (end - begin <= kRowLoopMax) {
+        rows_by_loops(net, zp, up, gp, begin, end);
+      } else {
+        rows_by_products(net, z, weights, biases, value, grad, begin, end);
+      }
+    });
+  });
+  return {value, grad};
+}
+
+// The Autograd key's kernel: the op has no derivative formula (its gradient output is itself a derivative, and the
+// samplers need none of it), so a call that autograd would have to differentiate is an error, not a silently
+// detached result; otherwise the call goes on to the CPU kernel.
+std::tuple<at::Tensor, at::Tensor> mlp_potential_no_autograd(const at::Tensor& z, at::TensorList weights,
+                                                             const Biases& biases, at::IntArrayRef activations,
+                                                             at::ArrayRef<double> parameters, double temperature,
+                                                             double prior_precision) {
+  if (c10::GradMode::is_enabled()) {
+    bool requires_grad = z.requires_grad();
+    for (const auto& w : weights) requires_grad = requires_grad || w.requires_grad();
+    for (size_t i = 0; i < biases.size(); ++i) {
+      const std::optional<at::Tensor>& b = biases.get(i);
+      requires_grad = requires_grad || (b.has_value() && b->requires_grad());
+    }
+    TORCH_CHECK(!requires_grad,
+                "kale_fast::mlp_potential has no autograd: an input requires grad while grad mode is on. Call it "
+                "under torch.no_grad() (it returns the input-gradient itself; samplers need no parameter gradients)");
+  }
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("kale_fast::mlp_potential", "")
+                             .typed<decltype(mlp_potential_no_autograd)>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return op.call(z, weights, biases, activations, parameters, temperature, prior_precision);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kale_fast, CPU, m) { m.impl("mlp_potential", &mlp_potential); }
+
+TORCH_LIBRARY_IMPL(kale_fast, Autograd, m) { m.impl("mlp_potential", &mlp_potential_no_autograd); }
+
+}  // namespace kale_fast

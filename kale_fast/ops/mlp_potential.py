@@ -1,0 +1,203 @@
+"""The value and input-gradient of a GEBM latent potential whose networks are a Linear + activation stack, one op.
+
+U(z) = 0.5 * prior_precision * |z|^2 + temperature * f(z), f(x) = act_n(W_n ... act_1(W_1 x + b_1) ... + b_n), the
+last layer of width 1: with f = E(G(.)) (the layers of the base, then those of the energy; identity between two
+consecutive Linears) and prior_precision 1, this is kale_fast.samplers.LatentPotential.
+
+Shapes: z (B, L); weights[i] (out_i, in_i) as nn.Linear stores them, in_0 = L, in_i = out_{i-1}, out_n = 1;
+biases[i] (out_i,) or None. Returns (U (B,), dU/dz (B, L)), both new tensors in z's dtype. Activations, one per
+layer, applied after it: "identity", "silu", "relu", "tanh", or ("leaky_relu", negative_slope).
+
+Devices and dtypes: on CPU in fp32/fp64 with the "cpp" backend (the default there) one C++ kernel,
+kale_fast::mlp_potential (csrc/mlp_potential.cpp), which torch.compile keeps as one opaque node; everywhere else
+(CUDA tensors, the "reference" backend, no extension) the reference in torch ops (kale_fast/reference/
+mlp_potential.py): no CUDA kernel exists yet. fp16/bf16 are refused (a LatentPotential with autocast keeps its own
+path). No autograd: the op returns a gradient, it has no derivative of its own, and sampling needs no parameter
+gradients; a call where an input requires grad while grad mode is on is a ValueError (run it under torch.no_grad).
+
+`prepare` checks the network once and returns a callable that checks only z per call (what LatentPotential
+uses); `mlp_potential` does both; `linear_stack` reads the arguments off nn modules.
+"""
+from typing import List, Optional, Sequence, Tuple, Union
+
+import torch
+from torch import Tensor, nn
+
+from kale_fast.ops import _checks
+from kale_fast.ops._backend import resolve
+from kale_fast.ops._kernels import cpu_only_op
+from kale_fast.reference import mlp_potential as reference
+
+Activation = Union[str, Tuple[str, float]]
+
+# The codes of the schema's `activations` (csrc/mlp_potential.cpp's enum Activation).
+ACTIVATION_CODES = {"identity": 0, "silu": 1, "relu": 2, "leaky_relu": 3, "tanh": 4}
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
+def _fake(z, weights, biases, activations, activation_parameters, temperature, prior_precision):
+    return z.new_empty(z.shape[:1]), torch.empty_like(z)
+
+
+_KERNEL = cpu_only_op("mlp_potential", _fake)
+
+
+def _activation(i: int, activation: object) -> Tuple[str, float]:
+    """(name, parameter) of activations[i]."""
+    if isinstance(activation, tuple) and len(activation) == 2 and activation[0] == "leaky_relu":
+        slope = activation[1]
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)):
+            raise TypeError(f"activations[{i}]: the negative slope of leaky_relu must be a number, got "
+                            f"{type(slope).__name__}")
+        return "leaky_relu", float(slope)
+    if not isinstance(activation, str):
+        raise TypeError(f"activations[{i}] must be a str or ('leaky_relu', negative_slope), got {activation!r}")
+    if activation not in ACTIVATION_CODES or activation == "leaky_relu":
+        raise ValueError(f"activations[{i}] must be one of {sorted(set(ACTIVATION_CODES) - {'leaky_relu'})} or "
+                         f"('leaky_relu', negative_slope), got {activation!r}")
+    return activation, 0.0
+
+
+def _number(name: str, value: object, minimum: float, strict: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    if not (value > minimum if strict else value >= minimum) or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {minimum}, got {value!r}")
+    return float(value)
+
+
+class LinearStack:
+    """A checked network: weights, biases and activations as `mlp_potential` takes them. Calling it with
+    (z, temperature, prior_precision) checks z against the network and returns (U, dU/dz)."""
+
+    def __init__(self, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
+                 activations: Sequence[Activation]):
+        for name, seq in (("weights", weights), ("biases", biases), ("activations", activations)):
+            if not isinstance(seq, (list, tuple)):
+                raise TypeError(f"{name} must be a list or tuple, one entry per layer, got {type(seq).__name__}")
+        if not weights:
+            raise ValueError("weights must hold at least one layer")
+        if len(biases) != len(weights) or len(activations) != len(weights):
+            raise ValueError(f"weights, biases and activations must have one entry per layer: got {len(weights)}, "
+                             f"{len(biases)} and {len(activations)}")
+        first = _checks.floating_tensor("weights[0]", weights[0])
+        for i, (w, b) in enumerate(zip(weights, biases)):
+            _checks.floating_tensor(f"weights[{i}]", w)
+            if w.dim() != 2 or not w.is_contiguous():
+                raise ValueError(f"weights[{i}] must be a contiguous (out, in) matrix, got {_checks.describe(w)}")
+            _checks.same_dtype(f"weights[{i}]", w, "weights[0]", first)
+            _checks.same_device(f"weights[{i}]", w, "weights[0]", first)
+            if i > 0 and w.shape[1] != weights[i - 1].shape[0]:
+                raise ValueError(f"weights[{i}] takes {w.shape[1]} inputs but weights[{i - 1}] gives "
+                                 f"{weights[i - 1].shape[0]} outputs")
+            if b is not None:
+                _checks.floating_tensor(f"biases[{i}]", b)
+                if b.shape != w.shape[:1] or not b.is_contiguous():
+                    raise ValueError(f"biases[{i}] must be None or a contiguous ({w.shape[0]},) tensor like "
+                                     f"weights[{i}]'s outputs, got {_checks.describe(b)}")
+                _checks.same_dtype(f"biases[{i}]", b, "weights[0]", first)
+                _checks.same_device(f"biases[{i}]", b, "weights[0]", first)
+        if weights[-1].shape[0] != 1:
+            raise ValueError(f"the last layer must have width 1 (an energy per sample): weights[{len(weights) - 1}] "
+                             f"has {weights[-1].shape[0]} outputs")
+        named = [_activation(i, a) for i, a in enumerate(activations)]
+        self.weights, self.biases = list(weights), list(biases)
+        self.names = [name for name, _ in named]
+        self.codes = [ACTIVATION_CODES[name] for name in self.names]
+        self.parameters = [parameter for _, parameter in named]
+        self.in_features, self.dtype, self.device = weights[0].shape[1], first.dtype, first.device
+
+    def __call__(self, z: Tensor, temperature: float = 1.0, prior_precision: float = 1.0,
+                 backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+        _checks.floating_tensor("z", z)
+        if z.dim() != 2 or z.shape[1] != self.in_features or not z.is_contiguous():
+            raise ValueError(f"z must be a contiguous (B, {self.in_features}) tensor (the first layer's inputs), got "
+                             f"{_checks.describe(z)}")
+        if z.dtype != self.dtype:
+            raise TypeError(f"z and weights must have one dtype: z has {_checks.describe(z)}, the weights "
+                            f"{self.dtype}")
+        if z.device != self.device:
+            raise ValueError(f"z and weights must be on one device: z has {_checks.describe(z)}, the weights "
+                             f"{self.device}")
+        temperature = _number("temperature", temperature, 0.0, strict=True)
+        prior_precision = _number("prior_precision", prior_precision, 0.0, strict=False)
+        if torch.is_grad_enabled():
+            for name, t in (("z", z), *((f"weights[{i}]", w) for i, w in enumerate(self.weights)),
+                            *((f"biases[{i}]", b) for i, b in enumerate(self.biases) if b is not None)):
+                if t.requires_grad:
+                    raise ValueError(f"{name} requires grad, but mlp_potential has no autograd (it returns the "
+                                     f"input-gradient itself): call it under torch.no_grad()")
+        return self.call_unchecked(z, temperature, prior_precision, backend)
+
+    def call_unchecked(self, z: Tensor, temperature: float, prior_precision: float,
+                       backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+        """__call__ for a caller that has checked z (its width, dtype, device, contiguity) and runs under
+        torch.no_grad or with no input requiring grad."""
+        if _KERNEL is not None and z.dtype in _KERNEL_DTYPES and resolve(z.device, backend) == "cpp":
+            return _KERNEL(z, self.weights, self.biases, self.codes, self.parameters, temperature, prior_precision)
+        return reference.mlp_potential(z, self.weights, self.biases, self.names, self.parameters, temperature,
+                                       prior_precision)
+
+
+def prepare(weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
+            activations: Sequence[Activation]) -> LinearStack:
+    """The network checked once (module docstring for the arguments): a callable (z, temperature=1,
+    prior_precision=1, backend=None) -> (U, dU/dz)."""
+    return LinearStack(weights, biases, activations)
+
+
+def mlp_potential(z: Tensor, weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
+                  activations: Sequence[Activation], *, temperature: float = 1.0, prior_precision: float = 1.0,
+                  backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
+    """(U(z) (B,), dU/dz (B, L)) of U(z) = 0.5 * prior_precision * |z|^2 + temperature * f(z), f the Linear +
+    activation stack (module docstring). `backend` as for every op ("cpp" runs the C++ kernel on CPU)."""
+    return prepare(weights, biases, activations)(z, temperature, prior_precision, backend)
+
+
+# nn modules the stack reads, and how (nn.Identity and nn.Dropout in eval mode would be cheap to add; not needed).
+_MODULE_ACTIVATIONS: dict = {nn.SiLU: lambda m: "silu", nn.ReLU: lambda m: "relu", nn.Tanh: lambda m: "tanh",
+                             nn.LeakyReLU: lambda m: ("leaky_relu", float(m.negative_slope))}
+
+
+def plain_module(module: nn.Module) -> bool:
+    """Whether calling `module` runs its class's forward alone: no hooks of its own, no parametrization (spectral
+    norm), no forward replaced on the instance. (Global module hooks are checked once by linear_stack.)"""
+    return not (module._forward_hooks or module._forward_pre_hooks or "parametrizations" in module._modules
+                or "forward" in module.__dict__)
+
+
+def linear_stack(modules: Sequence[nn.Module]) -> Optional[Tuple[List[Tensor], List[Optional[Tensor]],
+                                                                     List[Activation]]]:
+    """(weights, biases, activations) of the network that applies `modules` in order, each an nn.Linear, an
+    activation module (SiLU, ReLU, LeakyReLU, Tanh; at most one after each Linear) or an nn.Sequential of these;
+    None for anything else (another module, a hook, a parametrization such as spectral norm, an activation before
+    the first Linear): the caller then keeps its own path. The tensors are the modules' own (detached views)."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return None
+    weights, biases, activations = [], [], []
+    pending = list(modules)
+    while pending:
+        module = pending.pop(0)
+        if not plain_module(module):
+            return None
+        if type(module) is nn.Sequential:
+            pending = list(module) + pending
+        elif type(module) is nn.Linear:
+            weights.append(module.weight)
+            biases.append(module.bias)
+            activations.append("identity")
+        elif type(module) in _MODULE_ACTIVATIONS and activations and activations[-1] == "identity":
+            activations[-1] = _MODULE_ACTIVATIONS[type(module)](module)
+        else:
+            return None
+    return (weights, biases, activations) if weights else None
+
+
+def prepared_or_none(weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
+                     activations: Sequence[Activation]) -> Optional[LinearStack]:
+    """prepare(weights, biases, activations), or None where they fail its checks (a last width other than 1, mixed
+    dtypes or devices): for a caller that then keeps its own path."""
+    try:
+        return prepare(weights, biases, activations)
+    except (TypeError, ValueError):
+        return None
