@@ -18,7 +18,7 @@ gradients; a call where an input requires grad while grad mode is on is a ValueE
 `prepare` checks the network once and returns a callable that checks only z per call (what LatentPotential
 uses); `mlp_potential` does both; `linear_stack` reads the arguments off nn modules.
 """
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -166,12 +166,14 @@ def plain_module(module: nn.Module) -> bool:
                 or "forward" in module.__dict__)
 
 
-def linear_stack(modules: Sequence[nn.Module]) -> Optional[Tuple[List[Tensor], List[Optional[Tensor]],
-                                                                     List[Activation]]]:
+def linear_stack(modules: Sequence[nn.Module], containers: Optional[Dict[type, Callable[[nn.Module], nn.Module]]] = None
+                 ) -> Optional[Tuple[List[Tensor], List[Optional[Tensor]], List[Activation]]]:
     """(weights, biases, activations) of the network that applies `modules` in order, each an nn.Linear, an
-    activation module (SiLU, ReLU, LeakyReLU, Tanh; at most one after each Linear) or an nn.Sequential of these;
+    activation module (SiLU, ReLU, LeakyReLU, Tanh; at most one after each Linear), an nn.Sequential of these, or a
+    module of a class in `containers` (class -> the module its forward applies, e.g. {MLP: lambda m: m.net});
     None for anything else (another module, a hook, a parametrization such as spectral norm, an activation before
-    the first Linear): the caller then keeps its own path. The tensors are the modules' own (detached views)."""
+    the first Linear): the caller then keeps its own path. The tensors are the modules' own parameters."""
+    containers = containers or {}
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return None
     weights, biases, activations = [], [], []
@@ -182,6 +184,8 @@ def linear_stack(modules: Sequence[nn.Module]) -> Optional[Tuple[List[Tensor], L
             return None
         if type(module) is nn.Sequential:
             pending = list(module) + pending
+        elif type(module) in containers:
+            pending.insert(0, containers[type(module)](module))
         elif type(module) is nn.Linear:
             weights.append(module.weight)
             biases.append(module.bias)

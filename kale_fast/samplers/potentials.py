@@ -58,8 +58,7 @@ class LatentPotential:
             return None
         from kale_fast.models.mlp import MLP  # here: kale_fast.models imports this module
 
-        modules = [m.net if type(m) is MLP and mlp_potential.plain_module(m) else m for m in (self.base, self.energy)]
-        found = mlp_potential.linear_stack(modules)
+        found = mlp_potential.linear_stack([self.base, self.energy], {MLP: lambda m: m.net})
         if found is None:
             return None
         if torch.compiler.is_compiling():  # traced once, guarded by the compiler: nothing to keep
