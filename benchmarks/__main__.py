@@ -21,7 +21,8 @@ from typing import List, Optional
 import torch
 from tqdm import tqdm
 
-from benchmarks import bench_integrators, bench_kale_loss, bench_peers, bench_samplers, bench_train_step
+from benchmarks import (bench_integrators, bench_kale_loss, bench_mlp_potential, bench_peers, bench_samplers,
+                        bench_train_step)
 from benchmarks._timing import SPREAD_LEGEND, cell, load_warning, machine_load
 from benchmarks.floors import copy_gbps
 
@@ -29,8 +30,8 @@ HERE = Path(__file__).resolve().parent
 RESULTS_DIR = HERE / "results"
 RESULTS_MD = HERE / "RESULTS.md"
 BEGIN, END = "<!-- generated:begin -->", "<!-- generated:end -->"
-BENCHES = {"kale_loss": bench_kale_loss, "integrators": bench_integrators, "samplers": bench_samplers,
-           "train_step": bench_train_step}
+BENCHES = {"kale_loss": bench_kale_loss, "integrators": bench_integrators, "mlp_potential": bench_mlp_potential,
+           "samplers": bench_samplers, "train_step": bench_train_step}
 # Opt-in: needs the optional dependencies of benchmarks/requirements-peers.txt (JAX, BlackJAX, NumPyro, ArviZ).
 OPT_IN_BENCHES = {"peers": bench_peers}
 ALL_BENCHES = {**BENCHES, **OPT_IN_BENCHES}
