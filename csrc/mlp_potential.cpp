@@ -155,71 +155,134 @@ void rows_by_loops(const Network<scalar_t>& net, const scalar_t* z, scalar_t* va
   }
 }
 
-// Rows [begin, end) by BLAS products, one per layer and direction, on (rows, width) buffers.
+// One register tile of C = start + A B (block_product): rows r .. r + R - 1, columns j .. j + 2 * kWidth - 1.
+template <int64_t R, typename T>
+void product_tile(const T* A, const T* B, const T* bias, const T* init, T* C, int64_t r, int64_t j, int64_t m,
+                  int64_t n) {
+  using V = typename Simd<T>::Vec;
+  constexpr int64_t kW = Simd<T>::kWidth;
+  V acc[R][2];
+#pragma GCC unroll 4
+  for (int64_t i = 0; i < R; ++i) {
+    for (int64_t h = 0; h < 2; ++h) {
+      if (init != nullptr) {
+        acc[i][h] = load_vec<T>(init + (r + i) * n + j + h * kW);
+      } else if (bias != nullptr) {
+        acc[i][h] = load_vec<T>(bias + j + h * kW);
+      } else {
+        acc[i][h] = V{};
+      }
+    }
+  }
+  for (int64_t k = 0; k < m; ++k) {
+    const V b0 = load_vec<T>(B + k * n + j), b1 = load_vec<T>(B + k * n + j + kW);
+#pragma GCC unroll 4
+    for (int64_t i = 0; i < R; ++i) {
+      const T a = A[(r + i) * m + k];
+      acc[i][0] += a * b0;
+      acc[i][1] += a * b1;
+    }
+  }
+#pragma GCC unroll 4
+  for (int64_t i = 0; i < R; ++i) {
+    store_vec<T>(C + (r + i) * n + j, acc[i][0]);
+    store_vec<T>(C + (r + i) * n + j + kW, acc[i][1]);
+  }
+}
+
+// C (rows, n) = start + A (rows, m) B (m, n), all row-major and contiguous; start is init (rows, n) where given
+// (C may be init itself), else the bias (n,) on every row where given, else 0. Tiles of 4 rows by 2 SIMD vectors
+// of columns accumulate in registers; the columns past the last whole tile in plain loops.
+template <typename T>
+void block_product(const T* A, const T* B, const T* bias, const T* init, T* C, int64_t rows, int64_t m, int64_t n) {
+  constexpr int64_t kCols = 2 * Simd<T>::kWidth;
+  const int64_t tiled = n / kCols * kCols;
+  for (int64_t j = 0; j < tiled; j += kCols) {
+    int64_t r = 0;
+    for (; r + 4 <= rows; r += 4) product_tile<4>(A, B, bias, init, C, r, j, m, n);
+    for (; r < rows; ++r) product_tile<1>(A, B, bias, init, C, r, j, m, n);
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t j = tiled; j < n; ++j) {
+      T sum = init != nullptr ? init[r * n + j] : bias != nullptr ? bias[j] : T(0);
+      for (int64_t k = 0; k < m; ++k) sum += A[r * m + k] * B[k * n + j];
+      C[r * n + j] = sum;
+    }
+  }
+}
+
+// Rows processed together by rows_by_blocks: their activations and gradients stay in cache between layers.
+constexpr int64_t kBlockRows = 64;
+
+// Rows [begin, end) in blocks of kBlockRows, each layer one block_product (the forward with the transposed weights
+// (in, out) of `transposed`, the backward with the weights as stored) and one pass for its activation.
 template <typename scalar_t>
-void rows_by_products(const Network<scalar_t>& net, const at::Tensor& z, const std::vector<at::Tensor>& weights,
-                      const Biases& biases, const at::Tensor& value, const at::Tensor& grad, int64_t begin,
-                      int64_t end) {
+void rows_by_blocks(const Network<scalar_t>& net, const std::vector<std::vector<scalar_t>>& transposed,
+                    const scalar_t* z, scalar_t* value, scalar_t* grad, int64_t begin, int64_t end) {
   const auto& layers = net.layers;
-  const int64_t n_layers = static_cast<int64_t>(layers.size()), rows = end - begin, dim = layers[0].in;
-  const at::Tensor z_rows = z.narrow(0, begin, rows);
-  std::vector<at::Tensor> outputs(n_layers), derivatives(n_layers);
-  at::Tensor x = z_rows;
-  for (int64_t i = 0; i < n_layers; ++i) {
-    const Layer& layer = layers[i];
-    outputs[i] = at::empty({rows, layer.out}, z.options());
-    const std::optional<at::Tensor>& bias = biases.get(i);
-    if (bias.has_value()) {
-      at::addmm_out(outputs[i], *bias, x, weights[i].t());
-    } else {
-      at::mm_out(outputs[i], x, weights[i].t());
+  const int64_t n_layers = static_cast<int64_t>(layers.size()), dim = layers[0].in;
+  std::vector<int64_t> offset(n_layers + 1, 0);
+  for (int64_t i = 0; i < n_layers; ++i) offset[i + 1] = offset[i] + 2 * kBlockRows * layers[i].out;
+  std::vector<scalar_t> work(offset[n_layers] + 2 * kBlockRows * net.widest);
+  for (int64_t first = begin; first < end; first += kBlockRows) {
+    const int64_t rows = std::min(kBlockRows, end - first);
+    const scalar_t* zb = z + first * dim;
+    const scalar_t* x = zb;
+    for (int64_t i = 0; i < n_layers; ++i) {
+      const Layer& layer = layers[i];
+      scalar_t* a = work.data() + offset[i];
+      block_product<scalar_t>(x, transposed[i].data(), net.biases[i], nullptr, a, rows, layer.in, layer.out);
+      activate(layer, a, a + rows * layer.out, rows * layer.out);
+      x = a;
     }
-    if (layer.activation != kIdentity) {
-      derivatives[i] = at::empty({rows, layer.out}, z.options());
-      activate(layer, outputs[i].mutable_data_ptr<scalar_t>(), derivatives[i].mutable_data_ptr<scalar_t>(),
-               rows * layer.out);
-    }
-    x = outputs[i];
-  }
-  const scalar_t *zp = z_rows.const_data_ptr<scalar_t>(), *f = outputs.back().const_data_ptr<scalar_t>();
-  scalar_t* up = value.mutable_data_ptr<scalar_t>() + begin;
-  for (int64_t r = 0; r < rows; ++r) {
-    scalar_t squared = 0;
+    const Layer& last = layers.back();
+    const scalar_t* d_last = work.data() + offset[n_layers - 1] + rows;  // (rows, 1) derivatives
+    scalar_t* g = work.data() + offset[n_layers];
+    scalar_t* g_next = g + kBlockRows * net.widest;
+    for (int64_t r = 0; r < rows; ++r) {
+      const scalar_t* zr = zb + r * dim;
+      scalar_t squared = 0;
 #pragma omp simd reduction(+ : squared)
-    for (int64_t k = 0; k < dim; ++k) squared += zp[r * dim + k] * zp[r * dim + k];
-    up[r] = scalar_t(0.5) * net.prior_precision * squared + net.temperature * f[r];
-  }
-  // The last layer (width 1) back to its input: an outer product, as a loop.
-  const Layer& last = layers.back();
-  const scalar_t* d_last = last.activation != kIdentity ? derivatives.back().const_data_ptr<scalar_t>() : nullptr;
-  const scalar_t* w_last = net.weights.back();
-  at::Tensor g = at::empty({rows, last.in}, z.options());
-  scalar_t* gp = g.mutable_data_ptr<scalar_t>();
-  for (int64_t r = 0; r < rows; ++r) {
-    const scalar_t scale = net.temperature * (d_last ? d_last[r] : scalar_t(1));
-    for (int64_t k = 0; k < last.in; ++k) gp[r * last.in + k] = scale * w_last[k];
-  }
-  at::Tensor grad_rows = grad.narrow(0, begin, rows);
-  for (int64_t i = n_layers - 2; i >= 0; --i) {
-    const Layer& layer = layers[i];
-    if (layer.activation != kIdentity) {
-      scalar_t* gi = g.mutable_data_ptr<scalar_t>();
-      const scalar_t* d = derivatives[i].const_data_ptr<scalar_t>();
-      for (int64_t j = 0; j < rows * layer.out; ++j) gi[j] *= d[j];
+      for (int64_t k = 0; k < dim; ++k) squared += zr[k] * zr[k];
+      value[first + r] = scalar_t(0.5) * net.prior_precision * squared + net.temperature * x[r];
+      // The last layer (width 1) back to its input: a row of its weights, scaled.
+      const scalar_t scale = net.temperature * (last.activation != kIdentity ? d_last[r] : scalar_t(1));
+      for (int64_t k = 0; k < last.in; ++k) g[r * last.in + k] = scale * net.weights.back()[k];
     }
-    if (i == 0) {  // grad = prior_precision * z + g W
-      at::addmm_out(grad_rows, z_rows, g, weights[0], static_cast<double>(net.prior_precision), 1.0);
-    } else {
-      at::Tensor g_in = at::empty({rows, layer.in}, z.options());
-      at::mm_out(g_in, g, weights[i]);
-      g = g_in;
+    scalar_t* grad_block = grad + first * dim;
+    if (n_layers == 1) {
+      for (int64_t j = 0; j < rows * dim; ++j) grad_block[j] = g[j] + net.prior_precision * zb[j];
+    }
+    for (int64_t i = n_layers - 2; i >= 0; --i) {
+      const Layer& layer = layers[i];
+      if (layer.activation != kIdentity) {
+        const scalar_t* d = work.data() + offset[i] + rows * layer.out;
+        for (int64_t j = 0; j < rows * layer.out; ++j) g[j] *= d[j];
+      }
+      if (i == 0) {  // grad = prior_precision * z + g W
+        for (int64_t j = 0; j < rows * dim; ++j) grad_block[j] = net.prior_precision * zb[j];
+        block_product<scalar_t>(g, net.weights[0], nullptr, grad_block, grad_block, rows, layer.out, dim);
+      } else {
+        block_product<scalar_t>(g, net.weights[i], nullptr, nullptr, g_next, rows, layer.out, layer.in);
+        std::swap(g, g_next);
+      }
     }
   }
-  if (n_layers == 1) {  // a single layer: g is already dU/dz minus the prior's part
-    const scalar_t* gi = g.const_data_ptr<scalar_t>();
-    scalar_t* out = grad_rows.mutable_data_ptr<scalar_t>();
-    for (int64_t j = 0; j < rows * dim; ++j) out[j] = gi[j] + net.prior_precision * zp[j];
+}
+
+// Each layer's weights transposed to (in, out), the forward's right-hand operand in block_product.
+template <typename scalar_t>
+std::vector<std::vector<scalar_t>> transposed_weights(const Network<scalar_t>& net) {
+  std::vector<std::vector<scalar_t>> transposed;
+  for (size_t i = 0; i < net.layers.size(); ++i) {
+    const int64_t in = net.layers[i].in, out = net.layers[i].out;
+    std::vector<scalar_t> t(in * out);
+    for (int64_t j = 0; j < out; ++j) {
+      for (int64_t k = 0; k < in; ++k) t[k * out + j] = net.weights[i][j * in + k];
+    }
+    transposed.push_back(std::move(t));
   }
+  return transposed;
 }
 
 void check_arguments(const at::Tensor& z, const std::vector<at::Tensor>& weights, const Biases& biases,
@@ -268,11 +331,12 @@ std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::Tensor
     }
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     scalar_t *up = value.mutable_data_ptr<scalar_t>(), *gp = grad.mutable_data_ptr<scalar_t>();
+    const auto transposed = z.size(0) > kRowLoopMax ? transposed_weights(net) : std::vector<std::vector<scalar_t>>();
     at::parallel_for(0, z.size(0), kGrainRows, [&](int64_t begin, int64_t end) {
       if (end - begin <= kRowLoopMax) {
         rows_by_loops(net, zp, up, gp, begin, end);
       } else {
-        rows_by_products(net, z, weights, biases, value, grad, begin, end);
+        rows_by_blocks(net, transposed, zp, up, gp, begin, end);
       }
     });
   });
