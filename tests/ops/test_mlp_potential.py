@@ -1,6 +1,6 @@
 """mlp_potential (kale_fast.ops.mlp_potential) against its reference twin and torch.autograd: every activation, batch
-sizes on both sides of the kernel's row-loop/BLAS switch (16 rows) and of a parallel block, odd widths, the junction
-of two Linears, temperatures and prior precisions; LatentPotential's use of it and its fallbacks; the argument
+sizes on both sides of the kernel's switch from row loops to tiled products (2 rows), of its 64-row blocks and of a
+parallel task (128 rows), odd widths, the junction of two Linears, temperatures and prior precisions; LatentPotential's use of it and its fallbacks; the argument
 checks; no silent autograd; one opaque node under torch.compile."""
 import pytest
 import torch
@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.skipif(fused._KERNEL is None, reason="kale_fast._C wit
               pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")]  # unadapted step sizes
 
 ACTIVATIONS = ["identity", "silu", "relu", ("leaky_relu", 0.1), "tanh"]
-BATCHES = [1, 3, 8, 9, 16, 17, 64, 1000]
+BATCHES = [1, 2, 3, 8, 9, 64, 65, 129, 1000]
 
 
 def _network(widths, activations, dtype, seed, bias=True):
