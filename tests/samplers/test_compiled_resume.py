@@ -53,11 +53,15 @@ def test_one_chain_of_a_network_potential_runs_decomposed_products_and_resumes_b
     """At B = 1 the compiled graphs turn the networks' matrix-vector products into inductor's own fused loops
     (kale_fast.samplers.compiled.INDUCTOR_OPTIONS): they are used, the chain's potentials agree with the eager
     potential to fp32 rounding, and a run split anywhere repeats the unbroken run bit for bit. Inductor's caches
-    are off, so that the products are decomposed in this process (a cached graph skips the pass)."""
+    are off, so that the products are decomposed in this process (a cached graph skips the pass). The energy ends in
+    an nn.Identity, which keeps LatentPotential on its module path (MLP stacks alone run as one mlp_potential op,
+    whose products are its kernel's, tests/ops/test_mlp_potential.py)."""
     from torch._dynamo.utils import counters
 
     torch.manual_seed(0)
-    potential = kf.samplers.LatentPotential(kf.models.MLP(3, 4, (24,)), kf.models.MLP(4, 1, (24,)))
+    energy = torch.nn.Sequential(kf.models.MLP(4, 1, (24,)), torch.nn.Identity())
+    potential = kf.samplers.LatentPotential(kf.models.MLP(3, 4, (24,)), energy)
+    assert potential._linear_stack(torch.zeros(1, 3)) is None
     z0 = torch.randn(1, 3, generator=torch.Generator().manual_seed(0))
     seed = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     make = lambda: kf.MALA(0.2, metric="identity")  # noqa: E731
