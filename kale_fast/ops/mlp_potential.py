@@ -173,28 +173,35 @@ def linear_stack(modules: Sequence[nn.Module], containers: Optional[Dict[type, C
     module of a class in `containers` (class -> the module its forward applies, e.g. {MLP: lambda m: m.net});
     None for anything else (another module, a hook, a parametrization such as spectral norm, an activation before
     the first Linear): the caller then keeps its own path. The tensors are the modules' own parameters."""
-    containers = containers or {}
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return None
-    weights, biases, activations = [], [], []
-    pending = list(modules)
-    while pending:
-        module = pending.pop(0)
+    found = ([], [], [])
+    return found if _collect(modules, containers or {}, *found) and found[0] else None
+
+
+def _collect(modules, containers: dict, weights: list, biases: list, activations: list) -> bool:
+    """linear_stack's walk, appending to its lists; False at the first module it cannot read. (Parameters and
+    submodules are read from their dicts: nn.Module's __getattr__ costs a few us a call, and this runs per
+    gradient in eager samplers.)"""
+    for module in modules:
         if not plain_module(module):
-            return None
-        if type(module) is nn.Sequential:
-            pending = list(module) + pending
-        elif type(module) in containers:
-            pending.insert(0, containers[type(module)](module))
-        elif type(module) is nn.Linear:
-            weights.append(module.weight)
-            biases.append(module.bias)
+            return False
+        kind = type(module)
+        if kind is nn.Linear:
+            weights.append(module._parameters["weight"])
+            biases.append(module._parameters["bias"])
             activations.append("identity")
-        elif type(module) in _MODULE_ACTIVATIONS and activations and activations[-1] == "identity":
-            activations[-1] = _MODULE_ACTIVATIONS[type(module)](module)
+        elif kind is nn.Sequential:
+            if not _collect(module._modules.values(), containers, weights, biases, activations):
+                return False
+        elif kind in containers:
+            if not _collect((containers[kind](module),), containers, weights, biases, activations):
+                return False
+        elif kind in _MODULE_ACTIVATIONS and activations and activations[-1] == "identity":
+            activations[-1] = _MODULE_ACTIVATIONS[kind](module)
         else:
-            return None
-    return (weights, biases, activations) if weights else None
+            return False
+    return True
 
 
 def prepared_or_none(weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],

@@ -56,9 +56,7 @@ class LatentPotential:
         if (self.autocast is not None or not isinstance(z, Tensor) or z.dtype not in (torch.float32, torch.float64)
                 or z.device.type != "cpu" or z.dim() != 2 or not z.is_contiguous() or resolve(z.device) != "cpp"):
             return None
-        from kale_fast.models.mlp import MLP  # here: kale_fast.models imports this module
-
-        found = mlp_potential.linear_stack([self.base, self.energy], {MLP: lambda m: m.net})
+        found = mlp_potential.linear_stack((self.base, self.energy), _containers())
         if found is None:
             return None
         if torch.compiler.is_compiling():  # traced once, guarded by the compiler: nothing to keep
@@ -72,6 +70,18 @@ class LatentPotential:
         if stack is None or stack.dtype != z.dtype or stack.device != z.device or stack.in_features != z.shape[1]:
             return None
         return stack
+
+
+def _containers() -> dict:
+    """The package's modules that only apply a Linear stack, for mlp_potential.linear_stack (imported here, not at
+    the top: kale_fast.models imports this module)."""
+    from kale_fast.models.mlp import MLP
+
+    return {MLP: _mlp_net}
+
+
+def _mlp_net(mlp: nn.Module) -> nn.Module:
+    return mlp._modules["net"]
 
 
 def value_and_grad(potential: Potential, z: Tensor) -> Tuple[Tensor, Tensor]:
