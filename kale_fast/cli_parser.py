@@ -138,6 +138,10 @@ def shipped_configs() -> List[str]:
 def config_path(text: str) -> Path:
     """--config: a YAML file, else the name of a shipped config (toy_8gaussians, ...)."""
     path = Path(text)
+    if not path.is_file() and path.suffix in (".yaml", ".yml") and (CONFIGS_DIR / f"{path.stem}.yaml").is_file():
+        # the docs' `--config configs/NAME.yaml`, typed outside the repository
+        raise argparse.ArgumentTypeError(f"config file {text} not found; the shipped config of that name is "
+                                         f"`--config {path.stem}` (found from any folder)")
     if path.is_file() or "/" in text or path.suffix in (".yaml", ".yml"):
         return path  # a file (a missing one is named by TrainConfig.from_yaml)
     shipped = CONFIGS_DIR / f"{text}.yaml"

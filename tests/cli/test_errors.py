@@ -98,6 +98,9 @@ TRAIN_CASES = {
     "CIFAR labels that are not one per image": (
         lambda t: ["--config", _cifar(t, np.zeros((2, 3072), np.uint8), [1])],
         "its b'labels' must be 2 integers \\(one per image\\)"),
+    "a shipped config's path outside the repository": (
+        lambda t: ["--config", str(t / "configs" / "tabular_nvp_ml.yaml")],
+        "configs/tabular_nvp_ml.yaml not found; the shipped config of that name is `--config tabular_nvp_ml`"),
     "--columns on a toy data set": (lambda t: ["--config", _config(t), "--columns", "0"],
                                     "config key\\(s\\) \\['columns'\\] apply to tables; dataset '8gaussians' is a toy"),
     "--whiten on an image data set": (lambda t: ["--config", _config(t, dataset="digits", base="conv"), "--whiten",

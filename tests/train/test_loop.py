@@ -212,6 +212,31 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
     with pytest.raises(ValueError, match="validation split"):
         train(_config(tmp_path, name="digitsval", dataset="digits", base="conv", latent_dim=4, energy_only=True,
                       validate_every=2), progress=False)
+
+
+def test_patience_and_smoothing_may_change_on_resume_and_only_move_the_stop(tmp_path):
+    torch.manual_seed(1)
+    csv_file = _write_csv(tmp_path / "small.csv", torch.randn(300, 3) ** 3)  # few heavy-tailed rows: it overfits
+    common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
+              "flow_hidden": 32, "objective": "ml", "lr_base": 1e-2, "n_iter": 400, "validate_every": 5,
+              "patience": 4, "checkpoint_every": 10, "out_dir": str(tmp_path)}
+    stopped = train(TrainConfig.from_dict({**common, "name": "stopped"}), progress=False)
+    stop_round = torch.load(stopped / "checkpoint.pt", weights_only=True)["rounds_done"]
+    assert stop_round < 400, "the flow should have overfitted and stopped early"
+    # a run stopped by patience 4, resumed with patience 8 (and smoothing, which only judges validations), goes on
+    # where it stopped and trains the weights an unbroken run with those keys trains
+    longer = {**common, "patience": 8, "validation_smoothing": 0.5}
+    resumed = train(TrainConfig.from_dict({**longer, "name": "stopped"}), resume=True, progress=False)
+    unbroken = train(TrainConfig.from_dict({**longer, "name": "unbroken", "patience": 0,
+                                            "n_iter": torch.load(resumed / "checkpoint.pt", weights_only=True)[
+                                                "rounds_done"]}), progress=False)
+    last = {d: torch.load(d / "checkpoint.pt", weights_only=True) for d in (resumed, unbroken)}
+    assert last[resumed]["rounds_done"] > stop_round
+    assert last[resumed]["config"]["patience"] == 8 and last[resumed]["config"]["validation_smoothing"] == 0.5
+    a, b = last[resumed]["gebm"], last[unbroken]["gebm"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="another config.*lr_base"):  # a key that changes the rounds is refused
+        train(TrainConfig.from_dict({**longer, "name": "stopped", "lr_base": 1e-3}), resume=True, progress=False)
     with pytest.raises(ValueError, match="'patience' counts validations"):
         TrainConfig.from_dict({**common, "validate_every": 0})
 

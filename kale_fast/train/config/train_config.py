@@ -24,10 +24,11 @@ KEY_SECTIONS = {field.name: section for section, cls in SECTIONS.items() for fie
 # What `faithful: true` sets: the authors' 32x32 networks and procedure (MichaelArbel/GeneralizedEBM).
 FAITHFUL_OPTIONS = dict(spectral_norm=True, spectral_norm_head=False, init="xavier", eval_idle_network=True,
                         energy_clamp=-10.0)
-# Keys that may differ when a run resumes: where it writes, how long it runs (compiled or not), how it logs and
-# evaluates.
-RESUMABLE_CHANGES = {"out_dir", "n_iter", "log_every", "checkpoint_every", "device", "sampler", "sampler_steps",
-                     "step_size", "n_eval", "feature_net", "compile"}
+# Keys that may differ when a run resumes: where it writes, how long it runs (compiled or not; patience and
+# validation_smoothing only say when it stops and which validated state best.pt keeps, never what a round does),
+# how it logs and evaluates.
+RESUMABLE_CHANGES = {"out_dir", "n_iter", "patience", "validation_smoothing", "log_every", "checkpoint_every",
+                     "device", "sampler", "sampler_steps", "step_size", "n_eval", "feature_net", "compile"}
 
 
 @dataclass(init=False)
