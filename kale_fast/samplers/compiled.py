@@ -15,9 +15,11 @@ sizes, dual-averaging states (its count a 0-d tensor) and the metric are argumen
 changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: it runs eager
 iterations around compiled chunks of leapfrog steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
 """
+import functools
 import math
+import types
 import weakref
-from typing import Callable, Dict, NamedTuple, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -38,19 +40,55 @@ MAX_UNROLLED_GRADIENTS, MAX_CHUNK_ITERATIONS = 16, 8
 
 
 def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Callable:
-    """torch.compile of fn under a code object of its own, shapes static. TorchDynamo keeps one cache (of at
+    """torch.compile of fn under a code object of its own per shape of its chains (the first argument, a tensor
+    or a tuple of tensors whose first is the chains' positions), shapes static. TorchDynamo keeps one cache (of at
     most 8 entries) per code object: without this, every potential's functions and every chunk length would
     share one cache and overflow it. Static shapes: a new number of chains compiles anew rather than turning
-    every graph dynamic (slower code for the usual single B of a run). mode: torch.compile's (e.g.
-    "reduce-overhead": CUDA graphs); without one, inductor's C++ wrapper (cpp_wrapper) calls the kernels in place
-    of its Python wrapper, bit for bit the same results: on the GEBM latent potential at B = 1 (1 thread, a
-    2-core machine at load 7) a 4-step leapfrog chunk took 1.38x less time per call, and per gradient inside a
-    running sampler MALA 1.86x, HMC 1.52x and ChEES 1.21x less; a cold compile of that chunk took 2.7x longer
-    (32 s against 12 s). With it, INDUCTOR_OPTIONS' matrix-product decomposition (see there)."""
-    fn.__code__ = fn.__code__.replace(co_name=name)
-    if mode is not None:
-        return torch.compile(fn, fullgraph=True, dynamic=False, mode=mode)
-    return torch.compile(fn, fullgraph=True, dynamic=False, options=INDUCTOR_OPTIONS)
+    every graph dynamic (slower code for the usual single B of a run). One code object per shape makes them
+    static under dynamic=None (a code object that never sees a second shape is never made dynamic); dynamic=False
+    did the same but patched TorchDynamo's config around every call, 20-38 us of a 140-200 us call of HMC-10's
+    iteration at B = 1 (1 thread, load 2.5). mode: torch.compile's (e.g. "reduce-overhead": CUDA graphs); without
+    one, inductor's C++ wrapper (cpp_wrapper) calls the kernels in place of its Python wrapper, bit for bit the
+    same results: on the GEBM latent potential at B = 1 (1 thread, a 2-core machine at load 7) a 4-step leapfrog
+    chunk took 1.38x less time per call, and per gradient inside a running sampler MALA 1.86x, HMC 1.52x and
+    ChEES 1.21x less; a cold compile of that chunk took 2.7x longer (32 s against 12 s). With it,
+    INDUCTOR_OPTIONS' matrix-product decomposition (see there) and keep_guards."""
+    compiled: Dict[Tuple[int, ...], Callable] = {}
+
+    def call(chains, *args):
+        shape = tuple((chains if isinstance(chains, Tensor) else chains[0]).shape)
+        function = compiled.get(shape)
+        if function is None:
+            code = fn.__code__.replace(co_name=name)
+            function = types.FunctionType(code, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+            function = compiled[shape] = (
+                torch.compile(function, fullgraph=True, mode=mode) if mode is not None else
+                torch.compile(function, fullgraph=True, options={**INDUCTOR_OPTIONS, "guard_filter_fn": keep_guards}))
+        return function(chains, *args)
+    return call
+
+
+def keep_guards(guards) -> List[bool]:
+    """TorchDynamo's guard_filter_fn for the samplers' graphs: which guards a call evaluates. Evaluating all of
+    them took 20-40 us of a 140-200 us compiled iteration of HMC-10 at B = 1; about a third of that is guards on
+    what no run changes: kale_fast's and torch's module globals and functions (the package's own code, its
+    constants such as checks.DIVERGENCE_THRESHOLD: patching them after a compile is not supported), Python's
+    builtins and the namedtuple machinery of the step parameters. Kept: every tensor's guard (dtype, shape,
+    device, strides, requires_grad: a changed one compiles anew), the ambient state (grad mode, autocast,
+    default device), the arguments' values and types, the potential's and the sampler's attributes, and the
+    globals of any other module (a potential's own code)."""
+    return [not _protects_nothing(guard) for guard in guards]
+
+
+def _protects_nothing(guard) -> bool:
+    if guard.guard_type == "TENSOR_MATCH":
+        return False
+    if guard.is_global:  # names relative to this module's globals; other modules' as G['__import_<module>']
+        return not guard.name.startswith("G['__import_") or guard.name.startswith(_PACKAGE_GLOBALS)
+    return guard.name.startswith("dict(type(") and ("['_make']" in guard.name or "['_replace']" in guard.name)
+
+
+_PACKAGE_GLOBALS = ("G['__import_kale_fast", "G['__import_torch")
 
 
 # The compiled graphs' inductor options. "cpp_wrapper": compile_function. "decompose_mm_pass": inductor's rewrite of
@@ -136,19 +174,27 @@ def chunk_iterations(sampler) -> int:
 # (Box-Muller normals, log-uniforms for Metropolis tests, uniforms for HMC's jitter). Rows are the same whatever
 # the number of iterations per call, so a run split anywhere and resumed draws what the unbroken run drew.
 
-def _uniforms_per_draw(kind: str, like: Tensor) -> int:
+def _uniforms_per_draw(kind: str, shape: Tuple[int, int]) -> int:
+    """Uniforms one draw of this kind takes for chains of shape (B, L)."""
     if kind == "normal":  # Box-Muller: a pair of uniforms per pair of normals
-        return 2 * ((like.numel() + 1) // 2)
+        return 2 * ((shape[0] * shape[1] + 1) // 2)
     if kind in ("log_uniform", "uniform"):  # one per chain
-        return like.shape[0]
+        return shape[0]
     raise ValueError(f"unknown kind of draw {kind!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _uniforms_per_row(kinds: Tuple[str, ...], shape: Tuple[int, int]) -> int:
+    """Uniforms one iteration draws, computed once per kinds and chain shape (the Python around a compiled call
+    runs every iteration)."""
+    return sum(_uniforms_per_draw(kind, shape) for kind in kinds)
 
 
 def uniform_rows(k: int, kinds: Tuple[str, ...], like: Tensor, generator: torch.Generator) -> Tensor:
     """(k, n) uniforms in [0, 1), one row per iteration, for draws of these kinds like the chains `like` (B, L).
     The CPU generator fills a tensor serially, so one call equals k calls of one row; other devices' generators
     (CUDA's Philox advances per call) draw row by row."""
-    n = sum(_uniforms_per_draw(kind, like) for kind in kinds)
+    n = _uniforms_per_row(kinds, tuple(like.shape))
     if like.device.type == "cpu":
         return torch.rand((k, n), generator=generator, dtype=like.dtype, device=like.device)
     return torch.stack([torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
@@ -160,7 +206,7 @@ def draws_from_uniforms(rows: Tensor, kinds: Tuple[str, ...], like: Tensor) -> T
     "log_uniform" (k, B) log u, "uniform" (k, B) u. Traced inside the compiled graph."""
     k, draws, offset = rows.shape[0], [], 0
     for kind in kinds:
-        n = _uniforms_per_draw(kind, like)
+        n = _uniforms_per_draw(kind, like.shape)
         block = rows[:, offset:offset + n]
         offset += n
         if kind == "normal":
@@ -183,6 +229,18 @@ def _as_tensors(state, like: Tensor):
         return state
     return type(state)(*(torch.tensor(float(v), dtype=torch.float64, device=like.device)
                          if isinstance(v, (int, float)) else v for v in state))
+
+
+_FLAGS: Dict[Tuple[bool, torch.device], Tensor] = {}
+
+
+def _flag(value: bool, device: torch.device) -> Tensor:
+    """A 0-d bool tensor, made once per value and device (an argument no compiled graph writes): torch.tensor
+    costs a compiled call's Python about 7 us an iteration."""
+    key = (value, device)
+    if key not in _FLAGS:
+        _FLAGS[key] = torch.tensor(value, device=device)
+    return _FLAGS[key]
 
 
 def _select(flag: Tensor, new, old):
@@ -233,10 +291,10 @@ class CompiledIterations:
         """Run k iterations: (chains, tune, adaptation states, Report). `rules` are the run's adaptations (all
         traceable), applied while `adapting`."""
         uniforms = uniform_rows(k, self.sampler.draw_kinds(), chains.z, generator)
-        states = tuple(_as_tensors(s, chains.z) for s in states)
-        flag = torch.tensor(adapting, device=chains.z.device)
+        if states:
+            states = tuple(_as_tensors(s, chains.z) for s in states)
         chains, step_size, states, report = self._function(k, rules)(
-            chains, params, states, flag, *metric_arguments(metric, chains.z), uniforms)
+            chains, params, states, _flag(adapting, chains.z.device), *metric_arguments(metric, chains.z), uniforms)
         return chains, tune.with_step_size(step_size), states, report
 
 

@@ -8,7 +8,7 @@ from kale_fast.ops import integrators
 from kale_fast.samplers.compiled import compiled_paths
 from kale_fast.samplers.core import StepContext
 from kale_fast.samplers.leapfrog import CompiledLeapfrog, eager_leapfrog
-from kale_fast.samplers.metric import Metric, unit_value_and_grad
+from kale_fast.samplers.metric import Metric, unit_value_and_grad_function
 
 
 def build_context(potential, z: Tensor, *, generator: Optional[torch.Generator] = None,
@@ -35,6 +35,6 @@ def build_context(potential, z: Tensor, *, generator: Optional[torch.Generator] 
         value_and_grad = lambda y: paths.value_and_grad(y, metric)  # noqa: E731
         leapfrog = paths.leapfrog.bind(metric)
     else:
-        value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+        value_and_grad = unit_value_and_grad_function(potential, metric)
         leapfrog = eager_leapfrog(kernels, value_and_grad)
     return StepContext(value_and_grad, kernels, leapfrog, generator)

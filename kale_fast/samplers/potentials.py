@@ -93,8 +93,7 @@ def value_and_grad(potential: Potential, z: Tensor) -> Tuple[Tensor, Tensor]:
     torch.autograd.grad (which it does not), so a sampler's compiled path includes the potential's backward."""
     if hasattr(potential, "value_and_grad"):
         value, grad = potential.value_and_grad(z)
-        grad = grad.detach()
-        return value.detach(), grad.clone() if grad is z else grad.contiguous()
+        return value.detach(), grad.detach().clone() if grad is z else grad.detach().contiguous()
     if torch.compiler.is_compiling():
         def total(z):
             value = potential(z)
