@@ -184,12 +184,18 @@ def test_smoothed_validation_does_not_choose_a_state_for_one_lucky_score():
         TrainConfig(validation_smoothing=1.0)
 
 
-def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_path):
+def _overfitting_flow(tmp_path) -> dict:
+    """Config keys of a small RealNVP by maximum likelihood on few heavy-tailed rows: it overfits, and patience 4
+    (validation every 5 rounds) stops it well before its 400 rounds."""
     torch.manual_seed(1)
-    csv_file = _write_csv(tmp_path / "small.csv", torch.randn(300, 3) ** 3)  # few heavy-tailed rows: it overfits
-    common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
-              "flow_hidden": 32, "objective": "ml", "lr_base": 1e-2, "n_iter": 400, "validate_every": 5,
-              "patience": 4, "checkpoint_every": 10, "out_dir": str(tmp_path)}
+    csv_file = _write_csv(tmp_path / "small.csv", torch.randn(300, 3) ** 3)
+    return {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
+            "flow_hidden": 32, "objective": "ml", "lr_base": 1e-2, "n_iter": 400, "validate_every": 5,
+            "patience": 4, "checkpoint_every": 10, "out_dir": str(tmp_path)}
+
+
+def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_path):
+    common = _overfitting_flow(tmp_path)
     run_dir = train(TrainConfig.from_dict({**common, "name": "straight"}), progress=False)
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     validations = {line["round"]: line["validation_nll"] for line in lines if "validation_nll" in line}
@@ -215,11 +221,7 @@ def test_early_stopping_keeps_the_best_validation_state_and_resumes_exactly(tmp_
 
 
 def test_patience_and_smoothing_may_change_on_resume_and_only_move_the_stop(tmp_path):
-    torch.manual_seed(1)
-    csv_file = _write_csv(tmp_path / "small.csv", torch.randn(300, 3) ** 3)  # few heavy-tailed rows: it overfits
-    common = {**TINY, "dataset": str(csv_file), "base": "realnvp", "latent_dim": 3, "flow_layers": 2,
-              "flow_hidden": 32, "objective": "ml", "lr_base": 1e-2, "n_iter": 400, "validate_every": 5,
-              "patience": 4, "checkpoint_every": 10, "out_dir": str(tmp_path)}
+    common = _overfitting_flow(tmp_path)
     stopped = train(TrainConfig.from_dict({**common, "name": "stopped"}), progress=False)
     stop_round = torch.load(stopped / "checkpoint.pt", weights_only=True)["rounds_done"]
     assert stop_round < 400, "the flow should have overfitted and stopped early"
