@@ -48,6 +48,7 @@ def test_compiled_runs_resume_bit_for_bit_at_any_split(make_sampler, dtype):
         assert last.state.iteration == full.state.iteration
 
 
+@pytest.mark.slow  # two cold compiles of network graphs: 19 s, the default suite's longest test
 @pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
 def test_one_chain_of_a_network_potential_runs_decomposed_products_and_resumes_bit_for_bit():
     """At B = 1 the compiled graphs turn the networks' matrix-vector products into inductor's own fused loops
