@@ -118,15 +118,21 @@ def chees_gradient(transition, trajectory_time: float) -> Tensor:
 
 
 def chees_update(state: ChEESState, gradient: float, step_size: float, max_leapfrog: int) -> ChEESState:
-    """One Adam ascent step on log T; T kept within [h, max_leapfrog h]. A non-finite gradient is skipped."""
+    """One Adam ascent step on log T; T kept <= max_leapfrog h (as in TFP). A non-finite gradient is skipped.
+
+    No floor at h (BlackJAX's): right after each metric window, dual averaging restarts at its shrinkage point
+    log(10 h), so for a few iterations h is about 10x its settled value, and a floor there dragged T up with it,
+    from where Adam's +-0.025 steps on a criterion that oscillates in T never brought it back (an isotropic
+    16-D Gaussian, 1024 chains: T 1.7 -> 7.1 at the window ending at iteration 100, 13.4 at the end of a
+    300-iteration warm-up, where the jittered criterion peaks at T = 2.25). An iteration runs at least one
+    leapfrog step whatever T (ChEES.params)."""
     t = state.count + 1
     if not math.isfinite(gradient):
         return state._replace(count=t)
     grad_sq_avg = CHEES_BETA2 * state.grad_sq_avg + (1 - CHEES_BETA2) * gradient * gradient
     corrected = grad_sq_avg / (1 - CHEES_BETA2 ** t)
     update = CHEES_LEARNING_RATE * gradient / (math.sqrt(corrected) + 1e-8)
-    low, high = math.log(step_size), math.log(max_leapfrog * step_size)
-    log_length = min(max(state.log_length + max(-CHEES_CLIP, min(CHEES_CLIP, update)), low), high)
+    log_length = min(state.log_length + max(-CHEES_CLIP, min(CHEES_CLIP, update)), math.log(max_leapfrog * step_size))
     weight = t ** -CHEES_DECAY
     log_length_avg = (1 - weight) * state.log_length_avg + weight * log_length
     return ChEESState(log_length, log_length_avg, grad_sq_avg, t)

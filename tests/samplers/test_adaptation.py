@@ -1,4 +1,4 @@
-"""ChEES's trajectory-length adaptation (kale_fast.samplers.adaptation) leaves divergent transitions out."""
+"""ChEES's trajectory-length adaptation (kale_fast.samplers.adaptation): divergent transitions left out, T's bounds."""
 import math
 
 import torch
@@ -34,3 +34,11 @@ def test_chees_gradient_ignores_what_divergent_chains_report():
                                            0.7)) == 0.0
     state = adaptation.chees_init(1.0)
     assert adaptation.chees_update(state, 0.0, 0.1, 1000).log_length == state.log_length
+
+
+def test_chees_update_caps_the_trajectory_length_at_max_leapfrog_steps_only():
+    """T may fall below the step size (an iteration still runs one leapfrog step), never above max_leapfrog h."""
+    state = adaptation.chees_init(1.0)
+    assert 1.0 < math.exp(adaptation.chees_update(state, 1.0, 5.0, 1000).log_length) < 1.1  # not raised to h = 5
+    assert math.exp(adaptation.chees_update(state, -1.0, 5.0, 1000).log_length) < 1.0
+    assert math.isclose(math.exp(adaptation.chees_update(state, 1.0, 0.1, 5).log_length), 0.5)
