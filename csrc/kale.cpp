@@ -147,7 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kale_loss_backward(const at::Tens
     const LogSumExpState<acc_t> gen_state{st[0], st[1]};
     const int64_t n_gen = e_gen.numel();
     *grad_data_value.mutable_data_ptr<scalar_t>() = static_cast<scalar_t>(g / wide_t(e_data.numel()));
-    // exponent -e_gen_i - shift - post_shift, factor scale, lean exp where the exponent is at most the max (<= 88)
+    // exponent -e_gen_i - shift - post_shift, factor scale, lean exp where the exponent is at most the max (<= 65)
     acc_t shift = gen_state.max, post_shift = 0, scale = static_cast<acc_t>(-g / wide_t(gen_state.sum));
     bool lean = true;
     acc_t grad_a = 0;

@@ -116,8 +116,7 @@ inline acc_t block_max(const scalar_t* x, int64_t n, acc_t sign) {
   V lanes = splat<V>(-std::numeric_limits<acc_t>::infinity());
   int64_t i = 0;
   for (; i + W <= n; i += W) {
-    const V v = sign * load_vec<acc_t>(x + i);
-    lanes = v > lanes ? v : lanes;
+    lanes = max_or_second(V(sign * load_vec<acc_t>(x + i)), lanes);
   }
   acc_t m = horizontal_max<acc_t>(lanes);
   for (; i < n; ++i) {
@@ -148,8 +147,8 @@ inline LogSumExpState<acc_t> block_log_sum_exp(const scalar_t* x, int64_t n, acc
   const V sign_v = splat<V>(sign), offset_v = splat<V>(offset), m_v = splat<V>(m);
   int64_t i = 0;
   acc_t s = pairwise_vector_sum<scalar_t, acc_t>(
-      x, n, [&](V v) { return exp_lean<acc_t>(V((sign_v * v - offset_v) - m_v)); }, i);
-  for (; i < n; ++i) s += exp_lean<acc_t>(acc_t((sign * static_cast<acc_t>(x[i]) - offset) - m));
+      x, n, [&](V v) { return exp_lean<acc_t, false>(V((sign_v * v - offset_v) - m_v)); }, i);
+  for (; i < n; ++i) s += exp_lean<acc_t, false>(acc_t((sign * static_cast<acc_t>(x[i]) - offset) - m));
   return {m, s};
 }
 

@@ -126,20 +126,51 @@ inline T exp_vec(T x) {
   return x != x ? x : y;
 }
 
-// exp(x) for x <= kLeanExpMax<acc_t> (fp32: 88, fp64: 709): exp_vec without the overflow and +inf handling,
-// 2^k built in one step (k <= 127, 1023), for arguments bounded by construction (an element minus the maximum,
-// x minus a log-mean-exp). Same accuracy; NaN gives NaN (it fails every comparison), x < -86.6 (-707.7) gives 0.
-template <typename acc_t>
-constexpr acc_t kLeanExpMax = std::is_same_v<acc_t, float> ? acc_t(88) : acc_t(709);
+// max(a, b) as a > b ? a : b (b where either is NaN): one vmaxps/vmaxpd on AVX vectors, where GCC compiles the
+// select as a compare and a blend. T: a scalar or a Simd vector.
+template <typename T>
+inline T max_or_second(T a, T b) {
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, Simd<float>::Vec>) return __builtin_ia32_maxps256(a, b);
+  if constexpr (std::is_same_v<T, Simd<double>::Vec>) return __builtin_ia32_maxpd256(a, b);
+#endif
+  return a > b ? a : b;
+}
 
-template <typename acc_t, typename T>
+// exp(x) for x <= kLeanExpMax<acc_t> (fp32: 65, fp64: 660): exp_vec without the overflow and +inf handling, for
+// arguments bounded by construction (an element minus the maximum, x minus a log-mean-exp, -e - A where the
+// maximum allows it). Same accuracy where the result is normal; NaN gives NaN, -inf gives 0. Below the smallest
+// normal result (fp32: x < -87.3, fp64: x < -708.4), by kSubnormals:
+// - true: the subnormal result, rounded once (2^k applied as 2^(k + kLeanScaleBits) * 2^-kLeanScaleBits, so
+//   that the first product stays normal), and 0 below half the smallest subnormal; for values returned as they
+//   are (gradients).
+// - false: a value in (0, exp(kLeanSumLo)] (about 1.7e-38, 3.3e-308) instead, one multiplication cheaper; for the
+//   terms of a sum that holds a term of 1 (exp(max - max)), whose rounding an error that small per term does not
+//   reach at any count of terms.
+template <typename acc_t>
+constexpr acc_t kLeanExpMax = std::is_same_v<acc_t, float> ? acc_t(65) : acc_t(660);
+template <typename acc_t>
+constexpr unsigned kLeanScaleBits = std::is_same_v<acc_t, float> ? 32 : 64;
+template <typename acc_t>  // 2^-kLeanScaleBits
+constexpr acc_t kLeanUnscale = std::is_same_v<acc_t, float> ? acc_t(0x1p-32) : acc_t(0x1p-64);
+template <typename acc_t>  // below half the smallest subnormal result: exp(-104) = 6.8e-46, exp(-745.2) = 2.3e-324
+constexpr acc_t kLeanSubnormalLo = std::is_same_v<acc_t, float> ? acc_t(-104) : acc_t(-745.2);
+template <typename acc_t>  // the result still normal (and k >= -126, -1022)
+constexpr acc_t kLeanSumLo = std::is_same_v<acc_t, float> ? acc_t(-87) : acc_t(-708);
+
+template <typename acc_t, bool kSubnormals = true, typename T>
 inline T exp_lean(T x) {
-  const T lo = splat<T>(kExpLo<acc_t>);
-  const T xc = lo > x ? lo : x;  // max(lo, x) that keeps a NaN x
+  const T xc = max_or_second(splat<T>(kSubnormals ? kLeanSubnormalLo<acc_t> : kLeanSumLo<acc_t>), x);  // keeps NaN
   BitsOf<acc_t, T> kbits;
   const T p = exp_reduced<acc_t>(xc, kbits);
-  const T y = p * bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + kExponentBias<acc_t>) << kMantissaBits<acc_t>));
-  return x < lo ? splat<T>(acc_t(0)) : y;
+  if constexpr (kSubnormals) {
+    constexpr unsigned kBiasedScale = kExponentBias<acc_t> + kLeanScaleBits<acc_t>;
+    const T scale =  // 2^(k + kLeanScaleBits)
+        bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + kBiasedScale) << kMantissaBits<acc_t>));
+    return p * scale * kLeanUnscale<acc_t>;
+  } else {
+    return p * bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + kExponentBias<acc_t>) << kMantissaBits<acc_t>));
+  }
 }
 
 using Floatx8 = Simd<float>::Vec;
