@@ -159,14 +159,22 @@ void write_scaled_exp(const scalar_t* x, scalar_t* out, int64_t n, acc_t sign, a
                       acc_t scale) {
   using V = typename Simd<acc_t>::Vec;
   constexpr int64_t W = Simd<acc_t>::kWidth;
-  auto term = [&](auto t) {
-    using T = decltype(t);
-    const T arg = (sign * t - shift) - post_shift;
-    return scale * (kLean ? exp_lean<acc_t>(arg) : exp_vec<acc_t>(arg));
+  auto write = [&](auto term) {  // term: the exponent's vector or scalar -> out's
+    int64_t i = 0;
+    for (; i + W <= n; i += W)
+      store_vec<acc_t>(out + i, V(term(V((sign * load_vec<acc_t>(x + i) - shift) - post_shift))));
+    for (; i < n; ++i)
+      out[i] = static_cast<scalar_t>(term(acc_t((sign * static_cast<acc_t>(x[i]) - shift) - post_shift)));
   };
-  int64_t i = 0;
-  for (; i + W <= n; i += W) store_vec<acc_t>(out + i, V(term(load_vec<acc_t>(x + i))));
-  for (; i < n; ++i) out[i] = static_cast<scalar_t>(term(static_cast<acc_t>(x[i])));
+  if constexpr (!kLean) {
+    write([&](auto arg) { return scale * exp_vec<acc_t>(arg); });
+  } else {  // scale enters exp_lean's last product where scale * 2^-kLeanScaleBits is exact
+    const acc_t folded = scale * kLeanUnscale<acc_t>;
+    if (folded == 0 || !(std::abs(folded) < std::numeric_limits<acc_t>::min()))
+      write([&](auto arg) { return exp_lean<acc_t>(arg, folded); });
+    else
+      write([&](auto arg) { return scale * exp_lean<acc_t>(arg); });
+  }
 }
 
 }  // namespace kale_fast

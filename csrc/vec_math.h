@@ -147,6 +147,8 @@ inline T max_or_second(T a, T b) {
 // - false: a value in (0, exp(kLeanSumLo)] (about 1.7e-38, 3.3e-308) instead, one multiplication cheaper; for the
 //   terms of a sum that holds a term of 1 (exp(max - max)), whose rounding an error that small per term does not
 //   reach at any count of terms.
+// `unscale` is the last factor, 2^-kLeanScaleBits (kSubnormals only): factor * 2^-kLeanScaleBits instead returns
+// factor * exp(x) with one multiplication less and one rounding, where that product is exact (normal or 0).
 template <typename acc_t>
 constexpr acc_t kLeanExpMax = std::is_same_v<acc_t, float> ? acc_t(65) : acc_t(660);
 template <typename acc_t>
@@ -159,7 +161,7 @@ template <typename acc_t>  // the result still normal (and k >= -126, -1022)
 constexpr acc_t kLeanSumLo = std::is_same_v<acc_t, float> ? acc_t(-87) : acc_t(-708);
 
 template <typename acc_t, bool kSubnormals = true, typename T>
-inline T exp_lean(T x) {
+inline T exp_lean(T x, acc_t unscale = kLeanUnscale<acc_t>) {
   const T xc = max_or_second(splat<T>(kSubnormals ? kLeanSubnormalLo<acc_t> : kLeanSumLo<acc_t>), x);  // keeps NaN
   BitsOf<acc_t, T> kbits;
   const T p = exp_reduced<acc_t>(xc, kbits);
@@ -167,7 +169,7 @@ inline T exp_lean(T x) {
     constexpr unsigned kBiasedScale = kExponentBias<acc_t> + kLeanScaleBits<acc_t>;
     const T scale =  // 2^(k + kLeanScaleBits)
         bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + kBiasedScale) << kMantissaBits<acc_t>));
-    return p * scale * kLeanUnscale<acc_t>;
+    return p * scale * unscale;
   } else {
     return p * bit_cast<T>(static_cast<BitsOf<acc_t, T>>((kbits + kExponentBias<acc_t>) << kMantissaBits<acc_t>));
   }

@@ -254,11 +254,15 @@ def test_kale_loss_nan_and_inf_follow_fp64_math(fused, special, with_a):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype):
+@pytest.mark.parametrize("tiny_factor", [False, True], ids=["factor_folded", "tiny_factor"])
+def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype, tiny_factor):
     """The C++ kernels' lean exp (csrc/vec_math.h) element by element against fp64, from where it reaches 0 through
-    the subnormal results to its bound kLeanExpMax: with A = 0 and the incoming gradient -M, the C++ backward's
-    d e_gen_i = -grad / M * exp(-e_gen_i - A) is exp(-e_gen_i) with nothing rounded before the exp."""
+    the subnormal results to its bound kLeanExpMax: with A = 0 and the incoming gradient -M * factor, the C++
+    backward's d e_gen_i = -grad / M * exp(-e_gen_i - A) is factor * exp(-e_gen_i) with nothing rounded before
+    the exp. The factor (a power of two) is 1, which exp_lean takes into its last product, or one too small for
+    that (2^-100 fp32, 2^-1000 fp64), which multiplies its result."""
     finfo = torch.finfo(dtype)
+    factor = (2.0**-100 if dtype == torch.float32 else 2.0**-1000) if tiny_factor else 1.0
     lo, lean_max = (-110.0, 65.0) if dtype == torch.float32 else (-750.0, 660.0)
     log_subnormal = math.log(finfo.smallest_normal * finfo.eps)  # the smallest subnormal's log
     edges = [math.log(finfo.smallest_normal), log_subnormal, log_subnormal - math.log(2), 0.0, -math.inf]
@@ -267,8 +271,8 @@ def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype):
     x = x.to(dtype)
     e_gen = (-x).requires_grad_()
     loss = kf.kale_loss(torch.zeros(1, dtype=dtype), e_gen, torch.zeros((), dtype=dtype), backend="cpp")
-    (grad,) = torch.autograd.grad(loss, e_gen, grad_outputs=torch.tensor(-float(x.numel()), dtype=dtype))
-    expected = torch.exp(x.double())
+    (grad,) = torch.autograd.grad(loss, e_gen, grad_outputs=torch.tensor(-x.numel() * factor, dtype=dtype))
+    expected = factor * torch.exp(x.double())
     assert bool((grad[expected < finfo.smallest_normal] > 0).any())  # subnormal results, not flushed to 0
     # fp32 (Cephes polynomial) stays within 1 ulp, fp64 (Pade form) reaches 2 ulp on a few arguments; subnormal
     # results within one unit of the smallest subnormal
