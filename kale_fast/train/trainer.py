@@ -37,6 +37,7 @@ class Trainer:
     smoothed_validation: Optional[float] = None  # the moving average of validation losses (validation_smoothing)
     data_hash: Optional[str] = None    # kale_fast.data.data_hash of the run's splits
     energy_average: Optional[AveragedModel] = None  # energy_ema's moving average of the energy's weights
+    base_average: Optional[AveragedModel] = None    # base_ema's moving average of the flow's weights and statistics
 
     @property
     def log_partition(self) -> nn.Parameter:
@@ -84,10 +85,9 @@ class Trainer:
         rank, _ = distributed.rank_and_size()
         if rank:  # each process draws its own batches
             steps.generator.manual_seed(config.run.seed + 1 + 7919 * rank)
-        # use_buffers: the average carries the energy's buffers too (spectral norm's power-iteration vectors)
-        average = AveragedModel(gebm.energy, multi_avg_fn=get_ema_multi_avg_fn(optimiser.energy_ema),
-                                use_buffers=True) if optimiser.energy_ema else None
-        return cls(config, gebm, steps, tuple(train_data.shape[1:]), data_hash=data_hash, energy_average=average)
+        return cls(config, gebm, steps, tuple(train_data.shape[1:]), data_hash=data_hash,
+                   energy_average=moving_average(gebm.energy, optimiser.energy_ema),
+                   base_average=moving_average(gebm.base, optimiser.base_ema))
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the RNG states of every process are gathered."""
@@ -100,14 +100,17 @@ class Trainer:
                     log_partition=self.log_partition.detach().clone(),
                     energy_optimizer=self.energy_optimizer.state_dict(),
                     base_optimizer=self.base_optimizer.state_dict(), rng=rng,
-                    **({"energy_average": self.energy_average.state_dict()} if self.energy_average else {}))
+                    **({"energy_average": self.energy_average.state_dict()} if self.energy_average else {}),
+                    **({"base_average": self.base_average.state_dict()} if self.base_average else {}))
 
     def scored_state_dict(self) -> dict:
-        """The GEBM's weights that validation scores and best.pt keeps: with energy_ema, the averaged energy's."""
+        """The GEBM's weights that validation scores and best.pt keeps: with energy_ema, the averaged energy's; with
+        base_ema, the averaged base's."""
         state = self.gebm.state_dict()
-        if self.energy_average is not None:
-            state.update({f"energy.{key}": value.detach().clone()
-                          for key, value in self.energy_average.module.state_dict().items()})
+        for name, average in (("energy", self.energy_average), ("base", self.base_average)):
+            if average is not None:
+                state.update({f"{name}.{key}": value.detach().clone()
+                              for key, value in average.module.state_dict().items()})
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -118,6 +121,8 @@ class Trainer:
         self.base_optimizer.load_state_dict(state["base_optimizer"])
         if self.energy_average is not None:
             self.energy_average.load_state_dict(state["energy_average"])
+        if self.base_average is not None:
+            self.base_average.load_state_dict(state["base_average"])
         rank, size = distributed.rank_and_size()
         if len(state["rng"]) != size:
             raise ValueError(f"the checkpoint was written by {len(state['rng'])} process(es); resume it with as "
@@ -163,6 +168,8 @@ class Trainer:
         loss.backward()
         distributed.average_gradients(self.gebm.base.parameters())
         self.base_optimizer.step()
+        if self.base_average is not None:
+            self.base_average.update_parameters(self.gebm.base)
         return dict(base_loss=loss.detach())
 
     def round(self, train_data: Tensor) -> Dict[str, float]:
@@ -200,7 +207,7 @@ class Trainer:
         The base samples come from a fixed seed: common random numbers across validations, training's RNG untouched.
         A flow base scores in eval mode (a batch-norm flow: with its running statistics, the density evaluated).
         """
-        base = self.gebm.base
+        base = self.gebm.base if self.base_average is None else self.base_average.module
         training = base.training
         if self.validation_key == "validation_nll":
             base.eval()
@@ -211,7 +218,8 @@ class Trainer:
 
     def _validation_score(self, validation_data: Tensor) -> float:
         if self.config.objective.objective == "ml":
-            return -self.gebm.base.log_prob(validation_data).mean().item()
+            base = self.gebm.base if self.base_average is None else self.base_average.module
+            return -base.log_prob(validation_data).mean().item()
         gebm = self.gebm if self.energy_average is None else GEBM(
             self.gebm.base, self.energy_average.module, self.gebm.latent_dim, self.gebm.spec)
         generator = torch.Generator(device=validation_data.device).manual_seed(self.config.run.seed + 3)
@@ -224,7 +232,9 @@ class Trainer:
     def record_validation(self, score: float) -> bool:
         """Update the early-stopping state with a validation score (`validation_key`); True when it is the best so
         far. best_validation holds it as a loss (lower is better): the NLL, or minus the KALE estimate; with
-        validation_smoothing a, the moving average a s + (1 - a) loss of the losses so far."""
+        validation_smoothing a, the moving average a s + (1 - a) loss of the losses so far. With lr_decay_patience
+        P, every P-th validation in a row without improvement multiplies both Adam learning rates by lr_decay (the
+        optimisers' states, which checkpoints hold, carry the rates: a resume continues them)."""
         loss = score if self.validation_key == "validation_nll" else -score
         if self.smoothed_validation is not None:
             smoothing = self.config.run.validation_smoothing
@@ -234,7 +244,18 @@ class Trainer:
             self.best_validation, self.stale_validations = loss, 0
             return True
         self.stale_validations += 1
+        optimiser = self.config.optimiser
+        if optimiser.lr_decay_patience and self.stale_validations % optimiser.lr_decay_patience == 0:
+            for group in (*self.energy_optimizer.param_groups, *self.base_optimizer.param_groups):
+                group["lr"] *= optimiser.lr_decay
         return False
+
+
+def moving_average(network: nn.Module, decay: float) -> Optional[AveragedModel]:
+    """The exponential moving average of network's weights, a = decay a + (1 - decay) w at each update (None for
+    decay 0). use_buffers: it carries the buffers too (spectral norm's power-iteration vectors, batch norm's
+    running statistics), averaged alike."""
+    return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
 
 
 def check_same_base(base_model: ModelConfig, model: ModelConfig) -> None:

@@ -157,15 +157,30 @@ class OptimiserConfig(Section):
     energy_ema: float = key(0.0, "average the energy's weights over training, e = a e + (1 - a) w after every "
                             "energy step, with this a in [0, 1) (0: off; needs validate_every): validation scores "
                             "the average, and best.pt, which evaluation and sampling read, holds it")
+    base_ema: float = key(0.0, "objective ml: average the flow's weights and batch-norm statistics over training, "
+                          "b = a b + (1 - a) w after every base step, with this a in [0, 1) (0: off; needs "
+                          "validate_every): validation scores the average, and best.pt (what base_from, evaluation "
+                          "and sampling read) holds it")
+    lr_decay: float = key(1.0, "multiply both Adam learning rates by this factor in (0, 1] each time "
+                          "lr_decay_patience validations in a row have not improved on the best (1: constant rates)")
+    lr_decay_patience: int = key(0, "validations without improvement before each lr_decay (0: never; needs "
+                                 "validate_every; below patience, or patience stops the run first)")
 
     def check(self) -> None:
         at_least(self, 1, ("batch_size",))
+        at_least(self, 0, ("lr_decay_patience",))
         finite(self, ("lr_energy", "lr_base", "beta1", "beta2"))
         for name in ("lr_energy", "lr_base"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"config key {name!r} must be > 0, got {getattr(self, name)}")
         in_unit_interval(self, ("beta1", "beta2"))
-        in_unit_interval(self, ("energy_ema",), " (0: off)")
+        in_unit_interval(self, ("energy_ema", "base_ema"), " (0: off)")
+        finite(self, ("lr_decay",))
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"config key 'lr_decay' must be in (0, 1] (1: constant rates), got {self.lr_decay}")
+        if self.lr_decay != 1 and not self.lr_decay_patience:
+            raise ValueError("config key 'lr_decay' applies after lr_decay_patience validations without "
+                             "improvement: set lr_decay_patience too")
 
 
 @dataclass

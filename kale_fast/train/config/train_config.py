@@ -75,6 +75,14 @@ class TrainConfig:
         if self.optimiser.energy_ema and (not run.validate_every or objective.objective == "ml"):
             raise ValueError("config key 'energy_ema' averages a trained energy, kept in best.pt at its best "
                              "validation: set validate_every, with objective kale or dv")
+        if self.optimiser.base_ema and (not run.validate_every or objective.objective != "ml"):
+            raise ValueError("config key 'base_ema' averages a flow trained by maximum likelihood, kept in best.pt "
+                             "at its best validation: set validate_every, with objective ml")
+        if self.optimiser.lr_decay_patience and not run.validate_every:
+            raise ValueError("config key 'lr_decay_patience' counts validations: set validate_every too")
+        if self.optimiser.lr_decay_patience and run.patience and self.optimiser.lr_decay_patience >= run.patience:
+            raise ValueError(f"config key 'lr_decay_patience' ({self.optimiser.lr_decay_patience}) must be below "
+                             f"patience ({run.patience}): early stopping would end the run before any decay")
 
     def __getattr__(self, name: str):
         """Only reached for a missing attribute: a flat key asked of the whole config names its section."""
