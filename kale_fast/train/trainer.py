@@ -56,6 +56,11 @@ class Trainer:
         return self.steps.generator
 
     @property
+    def scored_base(self) -> nn.Module:
+        """The base that validation scores and best.pt keeps: with base_ema, the averaged one."""
+        return self.gebm.base if self.base_average is None else self.base_average.module
+
+    @property
     def stopped_early(self) -> bool:
         return 0 < self.config.run.patience <= self.stale_validations
 
@@ -207,7 +212,7 @@ class Trainer:
         The base samples come from a fixed seed: common random numbers across validations, training's RNG untouched.
         A flow base scores in eval mode (a batch-norm flow: with its running statistics, the density evaluated).
         """
-        base = self.gebm.base if self.base_average is None else self.base_average.module
+        base = self.scored_base
         training = base.training
         if self.validation_key == "validation_nll":
             base.eval()
@@ -218,8 +223,7 @@ class Trainer:
 
     def _validation_score(self, validation_data: Tensor) -> float:
         if self.config.objective.objective == "ml":
-            base = self.gebm.base if self.base_average is None else self.base_average.module
-            return -base.log_prob(validation_data).mean().item()
+            return -self.scored_base.log_prob(validation_data).mean().item()
         gebm = self.gebm if self.energy_average is None else GEBM(
             self.gebm.base, self.energy_average.module, self.gebm.latent_dim, self.gebm.spec)
         generator = torch.Generator(device=validation_data.device).manual_seed(self.config.run.seed + 3)
