@@ -9,17 +9,22 @@
 // through each layer as one register-tiled product of our own (block_product) followed by one pass that applies
 // the activation and keeps its derivative. at::mm / at::addmm_out (MKL) into buffers were slower at these widths:
 // 1.8x the 7 bare torch GEMMs per call at B = 64 and 1.55x at B = 1024, against 1.25x and 1.34x for the tiles
-// (fp32, 1 thread, AMD EPYC Zen 2, interleaved). Row blocks run in parallel (at::parallel_for). No autograd:
-// sampling needs no parameter gradients, and a call where one would be needed is an error
+// (fp32, 1 thread, AMD EPYC Zen 2, interleaved). Row blocks run in parallel (at::parallel_for) above kGrainRows
+// rows. No autograd: sampling needs no parameter gradients, and a call where one would be needed is an error
 // (mlp_potential_no_autograd below).
+//
+// At a sampler's one or few chains the arithmetic is a few us and the call's fixed cost is what counts: the kernel
+// reads its list arguments in place (no copies), keeps its per-layer bookkeeping on the stack and its scratch rows
+// in per-thread buffers reused from call to call, allocates its two outputs without a second trip through the
+// dispatcher, and enters no parallel region for a batch that one task runs.
 #include <ATen/Dispatch.h>
+#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/LegacyTypeDispatch.h>
-#include <ATen/ops/empty.h>
-#include <ATen/ops/empty_like.h>
 #include <c10/core/GradMode.h>
+#include <c10/util/SmallVector.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -91,13 +96,39 @@ void activate(const Layer& layer, scalar_t* a, scalar_t* d, int64_t n) {
   }
 }
 
+// Networks up to this many layers keep their bookkeeping on the stack (deeper ones allocate it).
+constexpr unsigned kInlineLayers = 8;
+
 template <typename scalar_t>
 struct Network {
-  std::vector<Layer> layers;
-  std::vector<const scalar_t*> weights, biases;  // (out, in) row-major; a bias may be nullptr
+  c10::SmallVector<Layer, kInlineLayers> layers;
+  c10::SmallVector<const scalar_t*, kInlineLayers> weights, biases;  // (out, in) row-major; a bias may be nullptr
   scalar_t temperature, prior_precision;
   int64_t widest;
 };
+
+// Per layer, its weights transposed to (in, out) (transposed_weights).
+template <typename scalar_t>
+using Transposed = c10::SmallVector<const scalar_t*, kInlineLayers>;
+
+// Per-thread scratch of at least `n` elements, kept for the thread's next call (slot: which of a call's buffers).
+// Its size is the largest a call of this thread has needed: for the GEBM networks 2.4k elements in the row loops,
+// 40k in the 64-row blocks.
+template <typename scalar_t, int slot>
+scalar_t* scratch(size_t n) {
+  thread_local std::vector<scalar_t> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
+// Offsets of each layer's (activations, derivatives) in a scratch buffer, `rows` rows per layer; the last entry is
+// their end.
+template <typename scalar_t>
+c10::SmallVector<int64_t, kInlineLayers + 1> layer_offsets(const Network<scalar_t>& net, int64_t rows) {
+  c10::SmallVector<int64_t, kInlineLayers + 1> offset(net.layers.size() + 1, 0);
+  for (size_t i = 0; i < net.layers.size(); ++i) offset[i + 1] = offset[i] + 2 * rows * net.layers[i].out;
+  return offset;
+}
 
 // Rows [begin, end) one at a time, every layer in plain loops. `work` holds, per layer, its activations and
 // derivatives (2 * out), then two gradient rows of the widest width.
@@ -106,17 +137,16 @@ void rows_by_loops(const Network<scalar_t>& net, const scalar_t* z, scalar_t* va
                    int64_t end) {
   const auto& layers = net.layers;
   const int64_t n_layers = static_cast<int64_t>(layers.size()), dim = layers[0].in;
-  std::vector<int64_t> offset(n_layers + 1, 0);
-  for (int64_t i = 0; i < n_layers; ++i) offset[i + 1] = offset[i] + 2 * layers[i].out;
-  std::vector<scalar_t> work(offset[n_layers] + 2 * net.widest);
-  scalar_t* g = work.data() + offset[n_layers];
+  const auto offset = layer_offsets(net, 1);
+  scalar_t* work = scratch<scalar_t, 0>(offset[n_layers] + 2 * net.widest);
+  scalar_t* g = work + offset[n_layers];
   scalar_t* g_next = g + net.widest;
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* zr = z + r * dim;
     const scalar_t* x = zr;
     for (int64_t i = 0; i < n_layers; ++i) {
       const Layer& layer = layers[i];
-      scalar_t* a = work.data() + offset[i];
+      scalar_t* a = work + offset[i];
       const scalar_t *w = net.weights[i], *b = net.biases[i];
       for (int64_t j = 0; j < layer.out; ++j) {
         scalar_t sum = b ? b[j] : scalar_t(0);
@@ -137,7 +167,7 @@ void rows_by_loops(const Network<scalar_t>& net, const scalar_t* z, scalar_t* va
     for (int64_t i = n_layers - 1; i >= 0; --i) {
       const Layer& layer = layers[i];
       if (layer.activation != kIdentity) {
-        const scalar_t* d = work.data() + offset[i] + layer.out;
+        const scalar_t* d = work + offset[i] + layer.out;
         for (int64_t j = 0; j < layer.out; ++j) g[j] *= d[j];
       }
       scalar_t* out = i == 0 ? grad + r * dim : g_next;
@@ -219,27 +249,26 @@ constexpr int64_t kBlockRows = 64;
 // Rows [begin, end) in blocks of kBlockRows, each layer one block_product (the forward with the transposed weights
 // (in, out) of `transposed`, the backward with the weights as stored) and one pass for its activation.
 template <typename scalar_t>
-void rows_by_blocks(const Network<scalar_t>& net, const std::vector<std::vector<scalar_t>>& transposed,
-                    const scalar_t* z, scalar_t* value, scalar_t* grad, int64_t begin, int64_t end) {
+void rows_by_blocks(const Network<scalar_t>& net, const Transposed<scalar_t>& transposed, const scalar_t* z,
+                    scalar_t* value, scalar_t* grad, int64_t begin, int64_t end) {
   const auto& layers = net.layers;
   const int64_t n_layers = static_cast<int64_t>(layers.size()), dim = layers[0].in;
-  std::vector<int64_t> offset(n_layers + 1, 0);
-  for (int64_t i = 0; i < n_layers; ++i) offset[i + 1] = offset[i] + 2 * kBlockRows * layers[i].out;
-  std::vector<scalar_t> work(offset[n_layers] + 2 * kBlockRows * net.widest);
+  const auto offset = layer_offsets(net, kBlockRows);
+  scalar_t* work = scratch<scalar_t, 1>(offset[n_layers] + 2 * kBlockRows * net.widest);
   for (int64_t first = begin; first < end; first += kBlockRows) {
     const int64_t rows = std::min(kBlockRows, end - first);
     const scalar_t* zb = z + first * dim;
     const scalar_t* x = zb;
     for (int64_t i = 0; i < n_layers; ++i) {
       const Layer& layer = layers[i];
-      scalar_t* a = work.data() + offset[i];
-      block_product<scalar_t>(x, transposed[i].data(), net.biases[i], nullptr, a, rows, layer.in, layer.out);
+      scalar_t* a = work + offset[i];
+      block_product<scalar_t>(x, transposed[i], net.biases[i], nullptr, a, rows, layer.in, layer.out);
       activate(layer, a, a + rows * layer.out, rows * layer.out);
       x = a;
     }
     const Layer& last = layers.back();
-    const scalar_t* d_last = work.data() + offset[n_layers - 1] + rows;  // (rows, 1) derivatives
-    scalar_t* g = work.data() + offset[n_layers];
+    const scalar_t* d_last = work + offset[n_layers - 1] + rows;  // (rows, 1) derivatives
+    scalar_t* g = work + offset[n_layers];
     scalar_t* g_next = g + kBlockRows * net.widest;
     for (int64_t r = 0; r < rows; ++r) {
       const scalar_t* zr = zb + r * dim;
@@ -258,7 +287,7 @@ void rows_by_blocks(const Network<scalar_t>& net, const std::vector<std::vector<
     for (int64_t i = n_layers - 2; i >= 0; --i) {
       const Layer& layer = layers[i];
       if (layer.activation != kIdentity) {
-        const scalar_t* d = work.data() + offset[i] + rows * layer.out;
+        const scalar_t* d = work + offset[i] + rows * layer.out;
         for (int64_t j = 0; j < rows * layer.out; ++j) g[j] *= d[j];
       }
       if (i == 0) {  // grad = prior_precision * z + g W
@@ -272,23 +301,27 @@ void rows_by_blocks(const Network<scalar_t>& net, const std::vector<std::vector<
   }
 }
 
-// Each layer's weights transposed to (in, out), the forward's right-hand operand in block_product.
+// Each layer's weights transposed to (in, out), the forward's right-hand operand in block_product, in the calling
+// thread's scratch (read by every task of its parallel region, which the thread waits for).
 template <typename scalar_t>
-std::vector<std::vector<scalar_t>> transposed_weights(const Network<scalar_t>& net) {
-  std::vector<std::vector<scalar_t>> transposed;
+Transposed<scalar_t> transposed_weights(const Network<scalar_t>& net) {
+  size_t total = 0;
+  for (const Layer& layer : net.layers) total += layer.in * layer.out;
+  scalar_t* t = scratch<scalar_t, 2>(total);
+  Transposed<scalar_t> transposed;
   for (size_t i = 0; i < net.layers.size(); ++i) {
     const int64_t in = net.layers[i].in, out = net.layers[i].out;
-    std::vector<scalar_t> t(in * out);
     for (int64_t j = 0; j < out; ++j) {
       for (int64_t k = 0; k < in; ++k) t[k * out + j] = net.weights[i][j * in + k];
     }
-    transposed.push_back(std::move(t));
+    transposed.push_back(t);
+    t += in * out;
   }
   return transposed;
 }
 
-void check_arguments(const at::Tensor& z, const std::vector<at::Tensor>& weights, const Biases& biases,
-                     const std::vector<int64_t>& activations, const std::vector<double>& parameters) {
+void check_arguments(const at::Tensor& z, at::TensorList weights, const Biases& biases, at::IntArrayRef activations,
+                     at::ArrayRef<double> parameters) {
   TORCH_CHECK(z.device().is_cpu() && z.dim() == 2 && z.is_contiguous() &&
                   (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
               "z must be a contiguous (B, L) fp32 or fp64 CPU tensor");
@@ -301,7 +334,7 @@ void check_arguments(const at::Tensor& z, const std::vector<at::Tensor>& weights
     TORCH_CHECK(w.device().is_cpu() && w.dim() == 2 && w.is_contiguous() && w.scalar_type() == z.scalar_type() &&
                     w.size(1) == width,
                 "weights[", i, "] must be a contiguous (out, ", width, ") CPU tensor of z's dtype");
-    const std::optional<at::Tensor>& b = biases.get(i);
+    const std::optional<at::Tensor> b = biases.get(i);
     TORCH_CHECK(!b.has_value() || (b->device().is_cpu() && b->dim() == 1 && b->is_contiguous() &&
                                    b->scalar_type() == z.scalar_type() && b->size(0) == w.size(0)),
                 "biases[", i, "] must be None or a contiguous (", w.size(0), ",) CPU tensor of z's dtype");
@@ -312,13 +345,13 @@ void check_arguments(const at::Tensor& z, const std::vector<at::Tensor>& weights
 }
 
 // Returns (U (B,), dU/dz (B, L)).
-std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::TensorList weight_list, const Biases& biases,
+std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::TensorList weights, const Biases& biases,
                                                  at::IntArrayRef activations, at::ArrayRef<double> parameters,
                                                  double temperature, double prior_precision) {
-  const std::vector<at::Tensor> weights = weight_list.vec();
-  check_arguments(z, weights, biases, activations.vec(), parameters.vec());
-  auto value = at::empty({z.size(0)}, z.options());
-  auto grad = at::empty_like(z);
+  check_arguments(z, weights, biases, activations, parameters);
+  const int64_t batch = z.size(0);
+  at::Tensor value = at::detail::empty_cpu({batch}, z.scalar_type());
+  at::Tensor grad = at::detail::empty_cpu(z.sizes(), z.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mlp_potential", [&] {
     Network<scalar_t> net;
     net.temperature = static_cast<scalar_t>(temperature);
@@ -327,20 +360,29 @@ std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::Tensor
     for (size_t i = 0; i < weights.size(); ++i) {
       net.layers.push_back({weights[i].size(1), weights[i].size(0), activations[i], parameters[i]});
       net.weights.push_back(weights[i].const_data_ptr<scalar_t>());
-      const std::optional<at::Tensor>& b = biases.get(i);
+      const std::optional<at::Tensor> b = biases.get(i);
       net.biases.push_back(b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr);
       net.widest = std::max({net.widest, weights[i].size(0), weights[i].size(1)});
     }
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     scalar_t *up = value.mutable_data_ptr<scalar_t>(), *gp = grad.mutable_data_ptr<scalar_t>();
-    const auto transposed = z.size(0) > kRowLoopMax ? transposed_weights(net) : std::vector<std::vector<scalar_t>>();
-    at::parallel_for(0, z.size(0), kGrainRows, [&](int64_t begin, int64_t end) {
+    if (batch <= kRowLoopMax) {  // a sampler's one or two chains: no transposed weights, no parallel region
+      rows_by_loops(net, zp, up, gp, 0, batch);
+      return;
+    }
+    const Transposed<scalar_t> transposed = transposed_weights(net);
+    const auto rows = [&](int64_t begin, int64_t end) {
       if (end - begin <= kRowLoopMax) {
         rows_by_loops(net, zp, up, gp, begin, end);
       } else {
         rows_by_blocks(net, transposed, zp, up, gp, begin, end);
       }
-    });
+    };
+    if (batch <= kGrainRows) {
+      rows(0, batch);
+    } else {
+      at::parallel_for(0, batch, kGrainRows, rows);
+    }
   });
   return {value, grad};
 }
