@@ -18,6 +18,8 @@ gradients; a call where an input requires grad while grad mode is on is a ValueE
 `prepare` checks the network once and returns a callable that checks only z per call (what LatentPotential
 uses); `mlp_potential` does both; `linear_stack` reads the arguments off nn modules.
 """
+import itertools
+import operator
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -32,7 +34,7 @@ Activation = Union[str, Tuple[str, float]]
 
 # The codes of the schema's `activations` (csrc/mlp_potential.cpp's enum Activation).
 ACTIVATION_CODES = {"identity": 0, "silu": 1, "relu": 2, "leaky_relu": 3, "tanh": 4}
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+KERNEL_DTYPES = (torch.float32, torch.float64)  # what the C++ kernel takes
 
 
 def _fake(z, weights, biases, activations, activation_parameters, temperature, prior_precision):
@@ -133,10 +135,15 @@ class LinearStack:
                        backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
         """__call__ for a caller that has checked z (its width, dtype, device, contiguity) and runs under
         torch.no_grad or with no input requiring grad."""
-        if _KERNEL is not None and z.dtype in _KERNEL_DTYPES and resolve(z.device, backend) == "cpp":
-            return _KERNEL(z, self.weights, self.biases, self.codes, self.parameters, temperature, prior_precision)
+        if _KERNEL is not None and z.dtype in KERNEL_DTYPES and resolve(z.device, backend) == "cpp":
+            return self.call_kernel(z, temperature, prior_precision)
         return reference.mlp_potential(z, self.weights, self.biases, self.names, self.parameters, temperature,
                                        prior_precision)
+
+    def call_kernel(self, z: Tensor, temperature: float, prior_precision: float) -> Tuple[Tensor, Tensor]:
+        """call_unchecked for a caller that has also found that the C++ kernel runs z (an fp32/fp64 CPU tensor, the
+        "cpp" backend in force): the op itself, nothing else in Python."""
+        return _KERNEL(z, self.weights, self.biases, self.codes, self.parameters, temperature, prior_precision)
 
 
 def prepare(weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
@@ -173,29 +180,71 @@ def linear_stack(modules: Sequence[nn.Module], containers: Optional[Dict[type, C
     module of a class in `containers` (class -> the module its forward applies, e.g. {MLP: lambda m: m.net});
     None for anything else (another module, a hook, a parametrization such as spectral norm, an activation before
     the first Linear): the caller then keeps its own path. The tensors are the modules' own parameters."""
+    found = watched_linear_stack(modules, containers)
+    return None if found is None else found[0]
+
+
+def watched_linear_stack(modules: Sequence[nn.Module],
+                         containers: Optional[Dict[type, Callable[[nn.Module], nn.Module]]] = None
+                         ) -> Optional[Tuple[Tuple[List[Tensor], List[Optional[Tensor]], List[Activation]],
+                                             "StackWatch"]]:
+    """linear_stack's (weights, biases, activations) with a StackWatch of the modules it read, or None."""
     if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
         return None
-    found = ([], [], [])
-    return found if _collect(modules, containers or {}, *found) and found[0] else None
+    found, visited = ([], [], []), []
+    if not _collect(modules, containers or {}, *found, visited) or not found[0]:
+        return None
+    return found, StackWatch(visited)
 
 
-def _collect(modules, containers: dict, weights: list, biases: list, activations: list) -> bool:
-    """linear_stack's walk, appending to its lists; False at the first module it cannot read. (Parameters and
-    submodules are read from their dicts: nn.Module's __getattr__ costs a few us a call, and this runs per
-    gradient in eager samplers.)"""
+class StackWatch:
+    """What linear_stack read off its modules, to tell at a few us whether a new walk would read the same network:
+    every module it visited still has its class, no forward hook or pre-hook, no forward of its own, the same
+    submodules and parameters (by identity) and LeakyReLU slope, and no global module hook exists. In-place updates
+    of the parameters (an optimizer's step) need no check: the op reads the parameters themselves at each call; a
+    dtype change (module.double() keeps the Parameter objects) is for the caller to compare."""
+
+    def __init__(self, modules: Sequence[nn.Module]):
+        self._modules = tuple(modules)
+        self._types = tuple(map(type, self._modules))
+        self._hooks = tuple(h for m in self._modules for h in (m._forward_hooks, m._forward_pre_hooks))
+        self._attributes = tuple(m.__dict__ for m in self._modules)
+        # submodules of every module but an activation's (which computes the same with any), parameters of Linears
+        self._contents = tuple(d for m in self._modules if type(m) not in _MODULE_ACTIVATIONS
+                               for d in ((m._modules, m._parameters) if type(m) is nn.Linear else (m._modules,)))
+        self._ids = self._content_ids()
+        self._slopes = [(m.__dict__, m.negative_slope) for m in self._modules if type(m) is nn.LeakyReLU]
+
+    def _content_ids(self) -> List[int]:
+        return list(map(id, itertools.chain.from_iterable(map(dict.values, self._contents))))
+
+    def unchanged(self) -> bool:
+        """Whether linear_stack would now read the same network off the same modules. (Iterators of builtins
+        throughout: a Python loop over the ten modules of the GEBM's two MLPs cost 20 us.)"""
+        return not (nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks
+                    or any(self._hooks) or any(map(operator.contains, self._attributes, itertools.repeat("forward")))
+                    or tuple(map(type, self._modules)) != self._types or self._content_ids() != self._ids
+                    or any(a["negative_slope"] != slope for a, slope in self._slopes))
+
+
+def _collect(modules, containers: dict, weights: list, biases: list, activations: list, visited: list) -> bool:
+    """linear_stack's walk, appending to its lists and to `visited` every module it reads; False at the first module
+    it cannot read. (Parameters and submodules are read from their dicts: nn.Module's __getattr__ costs a few us a
+    call.)"""
     for module in modules:
         if not plain_module(module):
             return False
+        visited.append(module)
         kind = type(module)
         if kind is nn.Linear:
             weights.append(module._parameters["weight"])
             biases.append(module._parameters["bias"])
             activations.append("identity")
         elif kind is nn.Sequential:
-            if not _collect(module._modules.values(), containers, weights, biases, activations):
+            if not _collect(module._modules.values(), containers, weights, biases, activations, visited):
                 return False
         elif kind in containers:
-            if not _collect((containers[kind](module),), containers, weights, biases, activations):
+            if not _collect((containers[kind](module),), containers, weights, biases, activations, visited):
                 return False
         elif kind in _MODULE_ACTIVATIONS and activations and activations[-1] == "identity":
             activations[-1] = _MODULE_ACTIVATIONS[kind](module)

@@ -33,7 +33,7 @@ class LatentPotential:
         if autocast not in (None, torch.bfloat16, torch.float16):
             raise ValueError(f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast!r}")
         self.base, self.energy, self.temperature, self.autocast = base, energy, float(temperature), autocast
-        self._kept_stack = None  # (key, LinearStack or None) of _linear_stack
+        self._kept_stack = None  # (StackWatch, LinearStack) of _linear_stack's last successful walk
 
     def __call__(self, z: Tensor) -> Tensor:
         with torch.autocast(z.device.type, dtype=self.autocast or torch.bfloat16, enabled=self.autocast is not None):
@@ -44,32 +44,45 @@ class LatentPotential:
         """(U(z), grad_z U(z)); the gradient is taken with respect to z only, so no parameter gradient is
         computed or accumulated."""
         stack = self._linear_stack(z)
-        if stack is not None:
-            with torch.no_grad():
-                return stack.call_unchecked(z, self.temperature, 1.0)
-        return value_and_grad(self.__call__, z)
+        if stack is None:
+            return value_and_grad(self.__call__, z)
+        if not torch.is_grad_enabled():  # a sampler's loop: `with torch.no_grad()` would cost more than the op
+            return stack.call_kernel(z, self.temperature, 1.0)
+        with torch.no_grad():
+            return stack.call_kernel(z, self.temperature, 1.0)
 
     def _linear_stack(self, z: Tensor) -> Optional[mlp_potential.LinearStack]:
         """The networks as one checked mlp_potential stack where its C++ kernel runs z (class docstring), else None.
-        The modules are walked at every call (a few us), so hooks or parametrizations added later are seen; the
-        checked stack is kept while the walk finds the same tensors (by identity) in the same dtype and device."""
-        if (self.autocast is not None or not isinstance(z, Tensor) or z.dtype not in (torch.float32, torch.float64)
-                or z.device.type != "cpu" or z.dim() != 2 or not z.is_contiguous() or resolve(z.device) != "cpp"):
-            return None
-        found = mlp_potential.linear_stack((self.base, self.energy), _containers())
-        if found is None:
+        The stack is kept while a StackWatch of the modules finds them unchanged and its first weight keeps its
+        dtype and device (module.double() or .to() keep the Parameter objects): hooks, parametrizations, replaced
+        parameters or submodules and dtype changes made later are seen at the next call (a few us instead of the
+        walk's 20-40 us); in-place updates of the weights need no check (the op reads the parameters themselves)."""
+        if (self.autocast is not None or not isinstance(z, Tensor) or not z.is_cpu
+                or z.dtype not in mlp_potential.KERNEL_DTYPES or z.dim() != 2 or not z.is_contiguous()
+                or resolve(_CPU) != "cpp"):
             return None
         if torch.compiler.is_compiling():  # traced once, guarded by the compiler: nothing to keep
-            stack = mlp_potential.prepared_or_none(*found)
+            found = mlp_potential.linear_stack((self.base, self.energy), _containers())
+            stack = None if found is None else mlp_potential.prepared_or_none(*found)
         else:
-            weights, biases, activations = found
-            key = (*map(id, weights), *map(id, biases), *activations, weights[0].dtype, weights[0].device)
-            if self._kept_stack is None or self._kept_stack[0] != key:  # ids of tensors the kept stack holds alive
-                self._kept_stack = (key, mlp_potential.prepared_or_none(*found))
-            stack = self._kept_stack[1]
-        if stack is None or stack.dtype != z.dtype or stack.device != z.device or stack.in_features != z.shape[1]:
+            kept = self._kept_stack
+            if kept is None or not _still_valid(*kept):
+                watched = mlp_potential.watched_linear_stack((self.base, self.energy), _containers())
+                stack = None if watched is None else mlp_potential.prepared_or_none(*watched[0])
+                kept = self._kept_stack = None if stack is None else (watched[1], stack)
+            stack = None if kept is None else kept[1]
+        if stack is None or stack.dtype != z.dtype or stack.device != _CPU or stack.in_features != z.shape[1]:
             return None
         return stack
+
+
+_CPU = torch.device("cpu")
+
+
+def _still_valid(watch: mlp_potential.StackWatch, stack: mlp_potential.LinearStack) -> bool:
+    """Whether a kept stack still describes the modules it was read off (LatentPotential._linear_stack)."""
+    first = stack.weights[0]
+    return first.dtype is stack.dtype and first.is_cpu == (stack.device.type == "cpu") and watch.unchanged()
 
 
 def _containers() -> dict:

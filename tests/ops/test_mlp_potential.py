@@ -169,6 +169,92 @@ def test_latent_potential_follows_a_dtype_change_of_its_networks():
     torch.testing.assert_close(potential.value_and_grad(z)[1], _autograd_value_and_grad(potential, z)[1])
 
 
+def _assert_follows_the_modules(potential, z):
+    """value_and_grad (twice: the second call takes the kept stack) equals autograd through the modules as they
+    are now."""
+    expected_value, expected_grad = _autograd_value_and_grad(potential, z)
+    for _ in range(2):
+        value, grad = potential.value_and_grad(z)
+        torch.testing.assert_close(value, expected_value, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", [
+    "in-place weight update", "replaced parameter", "replaced submodule", "replaced MLP body", "forward hook",
+    "forward pre-hook", "global forward hook", "instance forward", "parametrization", "leaky slope", "dtype",
+])
+def test_latent_potential_kept_stack_sees_every_change_of_its_modules(change):
+    """The stack kept between calls (LatentPotential._linear_stack, its StackWatch) never computes with what the
+    modules no longer hold: after each change, made between two calls, the next call computes what autograd
+    through the changed modules computes (through the op where it still applies, else through the modules)."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(3, 8), nn.LeakyReLU(0.2), nn.Linear(8, 4))
+    energy = kf.models.MLP(4, 1, (8,))
+    potential = LatentPotential(base, energy)
+    z = torch.randn(5, 3)
+    kept = potential._linear_stack(z)
+    assert kept is not None and potential._linear_stack(z) is kept  # kept: the second call does not walk
+    _assert_follows_the_modules(potential, z)
+    handles = []
+    if change == "in-place weight update":
+        with torch.no_grad():
+            base[0].weight.mul_(-1.5)  # an optimizer's step: same Parameter, new values
+    elif change == "replaced parameter":
+        base[2].weight = nn.Parameter(torch.randn(4, 8))
+    elif change == "replaced submodule":
+        base[0] = nn.Linear(3, 8)
+    elif change == "replaced MLP body":
+        energy.net = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1))
+    elif change == "forward hook":
+        handles.append(base[2].register_forward_hook(lambda module, args, out: out * 2))
+    elif change == "forward pre-hook":
+        handles.append(energy.net[0].register_forward_pre_hook(lambda module, args: (args[0] + 1,)))
+    elif change == "global forward hook":
+        handles.append(nn.modules.module.register_module_forward_hook(lambda module, args, out: out))
+    elif change == "instance forward":
+        base[1].forward = lambda x: torch.tanh(x)
+    elif change == "parametrization":
+        torch.nn.utils.parametrize.register_parametrization(base[0], "weight", _Doubled())
+    elif change == "leaky slope":
+        base[1].negative_slope = 0.5
+    elif change == "dtype":
+        base.double(), energy.double()
+        z = z.double()
+    try:
+        _assert_follows_the_modules(potential, z)
+        stays_on_the_op = change in ("in-place weight update", "replaced parameter", "replaced submodule",
+                                     "replaced MLP body", "leaky slope", "dtype")
+        assert (potential._linear_stack(z) is not None) == stays_on_the_op
+        if change == "in-place weight update":
+            assert potential._linear_stack(z) is kept  # nothing to re-read: the op reads the parameters
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_latent_potential_follows_its_networks_to_another_device_and_back():
+    """Moved to the meta device, the networks are not taken for the op on a CPU z (no kept CPU stack is used); moved
+    back with new values, the op reads the new CPU parameters."""
+    torch.manual_seed(0)
+    base, energy = kf.models.MLP(3, 4, (8,)), kf.models.MLP(4, 1, (8,))
+    potential = LatentPotential(base, energy)
+    z = torch.randn(2, 3)
+    assert potential._linear_stack(z) is not None
+    base.to("meta"), energy.to("meta")
+    assert potential._linear_stack(z) is None
+    base.to_empty(device="cpu"), energy.to_empty(device="cpu")
+    with torch.no_grad():
+        for parameter in (*base.parameters(), *energy.parameters()):
+            parameter.copy_(torch.randn_like(parameter))
+    assert potential._linear_stack(z) is not None
+    _assert_follows_the_modules(potential, z)
+
+
+class _Doubled(nn.Module):
+    def forward(self, weight):
+        return 2 * weight
+
+
 # --- argument checks, autograd -------------------------------------------------------------------------------------
 
 def _good():
