@@ -3,7 +3,7 @@
 
 - mlp_potential: the op (kale_fast.ops.mlp_potential, its C++ kernel on CPU) as LatentPotential calls it, the
   network checked once;
-- LatentPotential.value_and_grad: the same with LatentPotential's per-call walk of its modules;
+- LatentPotential.value_and_grad: the same with LatentPotential's per-call check that its modules are unchanged;
 - eager autograd: torch.autograd through the networks (value_and_grad of the potential's __call__);
 - compiled autograd: torch.compile of that (torch.func's grad through the networks, inductor);
 - 7 GEMMs: the potential's matrix products alone as bare torch.mm calls (bench_samplers.gemm_floor);

@@ -209,9 +209,10 @@ class StackWatch:
         self._types = tuple(map(type, self._modules))
         self._hooks = tuple(h for m in self._modules for h in (m._forward_hooks, m._forward_pre_hooks))
         self._attributes = tuple(m.__dict__ for m in self._modules)
-        # submodules of every module but an activation's (which computes the same with any), parameters of Linears
-        self._contents = tuple(d for m in self._modules if type(m) not in _MODULE_ACTIVATIONS
-                               for d in ((m._modules, m._parameters) if type(m) is nn.Linear else (m._modules,)))
+        # The parameters of Linears, the submodules of containers (a parametrization also changes its module's class;
+        # an activation computes the same with any submodule).
+        self._contents = tuple(m._parameters if type(m) is nn.Linear else m._modules for m in self._modules
+                               if type(m) not in _MODULE_ACTIVATIONS)
         self._ids = self._content_ids()
         self._slopes = [(m.__dict__, m.negative_slope) for m in self._modules if type(m) is nn.LeakyReLU]
 
