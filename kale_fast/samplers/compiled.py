@@ -3,17 +3,20 @@
 Where the time goes at small B is per call: a compiled call costs 10-30 us of its own on the CPU (guards,
 wrapper, output allocations) and each eager op about 5 us, against microseconds of arithmetic for a small
 potential. So the samplers whose iterations all have one shape (ULA, MALA, kinetic Langevin, HMC with at most
-MAX_UNROLLED_GRADIENTS leapfrog steps) run k iterations per call: proposal, the potential's value and gradient,
-the Metropolis test and the dual-averaging update of the step size, all in one graph that the compiler fuses
-(the updates are tensor algebra, kale_fast.reference.integrators; the fused kernels are opaque ops that would
-cost a dispatcher crossing each). The random numbers of the k iterations are drawn before the call from the
-run's generator as uniforms, one row per iteration whatever k (uniform_rows), and turned into the sampler's
-draws (Sampler.draw_kinds) inside the graph; calls start at multiples of k in the chain's absolute iteration
-count (kale_fast.samplers.run). So a run is repeatable bit for bit under a seed, and a run split anywhere and
-resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code). Step
-sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants: warm-up
-changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: it runs eager
-iterations around compiled chunks of leapfrog steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
+MAX_UNROLLED_GRADIENTS leapfrog steps) run many iterations per call: proposal, the potential's value and
+gradient, the Metropolis test and the dual-averaging update of the step size, all in one graph that the compiler
+fuses (the updates are tensor algebra, kale_fast.reference.integrators; the fused kernels are opaque ops that
+would cost a dispatcher crossing each). On the CPU the iterations are a torch while_loop whose body is one
+iteration, which inductor's C++ wrapper runs as a C++ loop: up to loop_rows iterations per call, any count
+through one graph, each iteration computed by the same code whatever the count. On other devices (and with CUDA
+graphs) k iterations are unrolled into the graph (k <= MAX_CHUNK_ITERATIONS), and calls start at multiples of k
+in the chain's absolute iteration count. The random numbers are drawn before the call from the run's
+generator as uniforms, one row per iteration whatever the count (uniform_rows), and turned into the sampler's
+draws (Sampler.draw_kinds) inside the graph. So a run is repeatable bit for bit under a seed, and a run split
+anywhere and resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code).
+Step sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants:
+warm-up changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: it runs
+eager iterations around compiled chunks of leapfrog steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
 """
 import functools
 import math
@@ -23,6 +26,8 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch._higher_order_ops.while_loop import while_loop
+from torch.utils import _pytree as pytree
 
 from kale_fast.samplers.core import StepParams, Tuning
 from kale_fast.samplers.metric import Metric, unit_value_and_grad
@@ -35,8 +40,22 @@ from kale_fast.samplers.metric import Metric, unit_value_and_grad
 # guards and wrappers, the run loop's Python, the C++ wrapper's allocations) is most of the time: the fused
 # kernels were 1% of a profile of compiled HMC-10. A torch._higher_order_ops.while_loop over iterations compiles
 # on this CPU with torch.func's gradient in its body (15 s for any count; per gradient as fast as 8 unrolled
-# iterations): the way to long chunks at a flat compile time, not built yet.
+# iterations): the way to long chunks at a flat compile time (the CPU's path below).
 MAX_UNROLLED_GRADIENTS, MAX_CHUNK_ITERATIONS = 16, 8
+
+# Iterations per call of the CPU's while_loop: at most MAX_LOOP_ITERATIONS, and at most LOOP_REPORT_ELEMENTS
+# positions (rows x B x L) in the call's report, which each iteration writes functionally (inductor copies the
+# whole (rows, B, L) buffer per iteration). Measured on the GEBM latent potential (1 thread, interleaved in one
+# process, a 2-core machine at load 4-7), per gradient against 1-8 unrolled iterations per call: B = 1 HMC-10 3.2x
+# and MALA 1.7x less time, B = 64 HMC-10 1.13x less (16 rows), B = 1024 the same (1 row); 64 rows at B = 1024 were
+# 1.24x slower (the 4 MB report copied per iteration). Each count uses the same graph: compile time is one
+# iteration's.
+MAX_LOOP_ITERATIONS, LOOP_REPORT_ELEMENTS = 64, 2 ** 14
+
+
+def loop_rows(shape: Tuple[int, int]) -> int:
+    """Iterations per while_loop call for chains of shape (B, L)."""
+    return max(1, min(MAX_LOOP_ITERATIONS, LOOP_REPORT_ELEMENTS // (shape[0] * shape[1])))
 
 
 def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Callable:
@@ -161,11 +180,21 @@ class Report(NamedTuple):
                       transition.accepted[None], transition.divergent[None])
 
 
-def chunk_iterations(sampler) -> int:
-    """The most iterations per compiled call for a sampler whose iterations compile whole, else 0."""
+def loops(like: Tensor, mode: Optional[str]) -> bool:
+    """Whether compiled whole iterations on chains like `like` run as a while_loop (the CPU without a compile
+    mode), else unrolled: a while_loop tests its condition on the host every iteration (a synchronisation on a
+    GPU, never measured) and CUDA graphs replay fixed kernels."""
+    return like.device.type == "cpu" and mode is None
+
+
+def chunk_iterations(sampler, like: Tensor, mode: Optional[str]) -> int:
+    """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
+    (B, L), else 0."""
     gradients = sampler.gradients_per_iteration()
     if not sampler.compiles_whole_iterations or gradients > MAX_UNROLLED_GRADIENTS:
         return 0
+    if loops(like, mode):
+        return loop_rows(tuple(like.shape))
     return max(1, min(MAX_CHUNK_ITERATIONS, MAX_UNROLLED_GRADIENTS // gradients))
 
 
@@ -190,13 +219,16 @@ def _uniforms_per_row(kinds: Tuple[str, ...], shape: Tuple[int, int]) -> int:
     return sum(_uniforms_per_draw(kind, shape) for kind in kinds)
 
 
-def uniform_rows(k: int, kinds: Tuple[str, ...], like: Tensor, generator: torch.Generator) -> Tensor:
-    """(k, n) uniforms in [0, 1), one row per iteration, for draws of these kinds like the chains `like` (B, L).
-    The CPU generator fills a tensor serially, so one call equals k calls of one row; other devices' generators
-    (CUDA's Philox advances per call) draw row by row."""
+def uniform_rows(k: int, kinds: Tuple[str, ...], like: Tensor, generator: torch.Generator,
+                 out: Optional[Tensor] = None) -> Tensor:
+    """(k, n) uniforms in [0, 1), one row per iteration, for draws of these kinds like the chains `like` (B, L),
+    written into the first k rows of `out` where given (CPU). The CPU generator fills a tensor serially, so one
+    call equals k calls of one row; other devices' generators (CUDA's Philox advances per call) draw row by
+    row."""
     n = _uniforms_per_row(kinds, tuple(like.shape))
     if like.device.type == "cpu":
-        return torch.rand((k, n), generator=generator, dtype=like.dtype, device=like.device)
+        return torch.rand((k, n), generator=generator, dtype=like.dtype, device=like.device,
+                          out=None if out is None else out[:k])
     return torch.stack([torch.rand(n, generator=generator, dtype=like.dtype, device=like.device)
                         for _ in range(k)])
 
@@ -247,54 +279,121 @@ def _select(flag: Tensor, new, old):
     return type(new)(*(torch.where(flag, n, o) for n, o in zip(new, old)))
 
 
+def _iteration(sampler, value_and_grad, rules: tuple, adapting: Tensor, template: StepParams, chains,
+               step_size: Tensor, states: tuple, draws: Tuple[Tensor, ...]):
+    """One whole iteration, traced: the sampler's algebra step, then its adaptations' updates where `adapting`
+    (else kept as they are). Returns (chains, step_size, states, Report row)."""
+    params = template._replace(step_size=step_size)
+    chains, transition = sampler.algebra_step(chains, params, draws, value_and_grad)
+    if rules:
+        updated, adapted = [], Tuning(step_size)
+        for rule, state in zip(rules, states):
+            new_state, adapted = rule.update(state, transition, params, adapted)
+            updated.append(_select(adapting, new_state, state))
+        states = tuple(updated)
+        step_size = torch.where(adapting, adapted.step_size, step_size)
+    return chains, step_size, states, Report.of_step(chains, transition)
+
+
 class CompiledIterations:
-    """k whole iterations of one sampler on one potential per compiled call, with the sampler's traceable
-    adaptations (Adaptation.traceable) inside the graph. `adapting` is a tensor argument, so warm-up and sampling
-    share one compiled function per (k, with adaptations)."""
+    """Whole iterations of one sampler on one potential per compiled call, with the sampler's traceable
+    adaptations (Adaptation.traceable) inside the graph: a while_loop over any count up to loop_rows (CPU), or k
+    unrolled iterations (other devices, CUDA graphs). `adapting` is a tensor argument, so warm-up and sampling
+    share one compiled function per (count or k, with adaptations)."""
 
     def __init__(self, sampler, potential, mode: Optional[str] = None):
         self.sampler, self.potential, self.mode = sampler, potential_reference(potential), mode
-        self.functions: Dict[Tuple[int, bool], Callable] = {}
+        self.functions: Dict[Tuple[object, bool], Callable] = {}
+        self._uniforms: Dict[Tuple[int, int, torch.dtype], Tensor] = {}  # the while_loop's input buffers
+        self._counts: Dict[int, Tensor] = {}
 
-    def _function(self, k: int, rules: tuple) -> Callable:
+    def _unrolled(self, k: int, rules: tuple) -> Callable:
+        sampler, reference = self.sampler, self.potential
+
+        def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms):
+            metric, potential = Metric(scale, cholesky), reference()
+            value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+            draws = draws_from_uniforms(uniforms, sampler.draw_kinds(), chains.z)
+            step_size, rows = template.step_size, []
+            for i in range(k):
+                chains, step_size, states, row = _iteration(sampler, value_and_grad, rules, adapting, template,
+                                                            chains, step_size, states, tuple(d[i] for d in draws))
+                rows.append(row)
+            return chains, step_size, states, Report(*(torch.cat(column) for column in zip(*rows)))
+        return iterations
+
+    def _looped(self, rules: tuple) -> Callable:
+        sampler, reference = self.sampler, self.potential
+
+        def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms, count):
+            """uniforms (rows, n), of which the first `count` (a 0-d int64 tensor) are this call's; the report
+            has `rows` rows, of which the first `count` are written."""
+            metric, potential = Metric(scale, cholesky), reference()
+            value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+            z, rows = chains.z, uniforms.shape[0]
+            flags = lambda: torch.zeros((rows, z.shape[0]), dtype=torch.bool, device=z.device)  # noqa: E731
+            report = Report(z.new_zeros((rows, *z.shape)), z.new_zeros(rows, z.shape[0]),
+                            z.new_zeros(rows, z.shape[0]), flags(), flags())
+            # The step sizes are carried only where adaptations change them: a carry returned unchanged would
+            # alias its input, which while_loop refuses.
+            carried, spec = pytree.tree_flatten((chains, states, report, (template.step_size,) if rules else ()))
+
+            def body(i, *flat):
+                chains, states, report, step_size = pytree.tree_unflatten(list(flat), spec)
+                at = i.reshape(1)
+                draws = draws_from_uniforms(uniforms.index_select(0, at), sampler.draw_kinds(), chains.z)
+                chains, new_step_size, states, row = _iteration(
+                    sampler, value_and_grad, rules, adapting, template, chains,
+                    step_size[0] if rules else template.step_size, states, tuple(d[0] for d in draws))
+                report = Report(*(column.index_copy(0, at, new) for column, new in zip(report, row)))
+                return (i + 1, *pytree.tree_leaves((chains, states, report, (new_step_size,) if rules else ())))
+
+            start = torch.zeros((), dtype=torch.int64, device=z.device)
+            _, *flat = while_loop(lambda i, *flat: i < count, body, (start, *carried))
+            chains, states, report, step_size = pytree.tree_unflatten(flat, spec)
+            return chains, step_size[0] if rules else template.step_size, states, report
+        return iterations
+
+    def _function(self, k: Optional[int], rules: tuple) -> Callable:
+        """The compiled function for k unrolled iterations, or (k None) the while_loop."""
         key = (k, bool(rules))
         if key not in self.functions:
-            sampler, reference = self.sampler, self.potential
-
-            def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms):
-                metric, potential = Metric(scale, cholesky), reference()
-                value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
-                draws = draws_from_uniforms(uniforms, sampler.draw_kinds(), chains.z)
-                tune = Tuning(template.step_size)
-                rows = []
-                for i in range(k):
-                    params = template._replace(step_size=tune.step_size)
-                    chains, transition = sampler.algebra_step(chains, params, tuple(d[i] for d in draws),
-                                                              value_and_grad)
-                    if rules:  # updated while adapting, else kept as they are
-                        updated, adapted = [], tune
-                        for rule, state in zip(rules, states):
-                            new_state, adapted = rule.update(state, transition, params, adapted)
-                            updated.append(_select(adapting, new_state, state))
-                        states = tuple(updated)
-                        tune = tune._replace(step_size=torch.where(adapting, adapted.step_size, tune.step_size))
-                    rows.append(Report.of_step(chains, transition))
-                report = Report(*(torch.cat(column) for column in zip(*rows)))
-                return chains, tune.step_size, states, report
-
             suffix = "_adaptive" if rules else ""
-            self.functions[key] = compile_function(iterations, f"{sampler.name}_iterations_{k}{suffix}", self.mode)
+            name = f"{self.sampler.name}_iterations_{'loop' if k is None else k}{suffix}"
+            fn = self._looped(rules) if k is None else self._unrolled(k, rules)
+            self.functions[key] = compile_function(fn, name, self.mode)
         return self.functions[key]
+
+    def _loop_arguments(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
+        """The while_loop's uniforms (loop_rows, n), this call's k rows drawn, and k as a 0-d tensor (both made
+        once: a fixed shape, so every count shares one graph)."""
+        kinds = self.sampler.draw_kinds()
+        key = (like.shape[0], like.shape[1], like.dtype)
+        if key not in self._uniforms:
+            rows = loop_rows(tuple(like.shape))
+            self._uniforms[key] = torch.empty((rows, _uniforms_per_row(kinds, tuple(like.shape))),
+                                              dtype=like.dtype, device=like.device)
+        if k not in self._counts:
+            self._counts[k] = torch.tensor(k, dtype=torch.int64, device=like.device)
+        uniforms = self._uniforms[key]
+        uniform_rows(k, kinds, like, generator, out=uniforms)
+        return uniforms, self._counts[k]
 
     def __call__(self, chains, tune: Tuning, states: tuple, rules: tuple, adapting: bool, metric: Metric, k: int,
                  params: StepParams, generator: torch.Generator):
         """Run k iterations: (chains, tune, adaptation states, Report). `rules` are the run's adaptations (all
         traceable), applied while `adapting`."""
-        uniforms = uniform_rows(k, self.sampler.draw_kinds(), chains.z, generator)
+        like = chains.z
         if states:
-            states = tuple(_as_tensors(s, chains.z) for s in states)
-        chains, step_size, states, report = self._function(k, rules)(
-            chains, params, states, _flag(adapting, chains.z.device), *metric_arguments(metric, chains.z), uniforms)
+            states = tuple(_as_tensors(s, like) for s in states)
+        arguments = (chains, params, states, _flag(adapting, like.device), *metric_arguments(metric, like))
+        if loops(like, self.mode):
+            chains, step_size, states, report = self._function(None, rules)(
+                *arguments, *self._loop_arguments(k, like, generator))
+            report = Report(*(column[:k] for column in report))
+        else:
+            uniforms = uniform_rows(k, self.sampler.draw_kinds(), like, generator)
+            chains, step_size, states, report = self._function(k, rules)(*arguments, uniforms)
         return chains, tune.with_step_size(step_size), states, report
 
 

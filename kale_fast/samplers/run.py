@@ -14,7 +14,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from kale_fast.samplers import adaptation, checks
-from kale_fast.samplers.compiled import Report, chunk_iterations, compiled_iterations, compiled_paths
+from kale_fast.samplers.compiled import Report, chunk_iterations, compiled_iterations, compiled_paths, loops
 from kale_fast.samplers.context import build_context
 from kale_fast.samplers.core import Tuning, check_count
 from kale_fast.samplers.cuda_graph import CapturedSteps
@@ -47,11 +47,13 @@ class _Engine:
             warnings.warn("cuda_graph=True needs CUDA tensors; running the steps eagerly", stacklevel=4)
             cuda_graph = False
         self.cuda_graph = cuda_graph
-        self.chunk = chunk_iterations(sampler) if compile else 0
+        mode = "reduce-overhead" if cuda_graph else None  # on CUDA, compiled iterations replay as CUDA graphs
+        self.chunk = chunk_iterations(sampler, z, mode) if compile else 0
+        self.aligned = not loops(z, mode)  # unrolled chunks start at multiples of their length (_segments)
         self.iterations = None
-        if self.chunk:  # on CUDA with cuda_graph=True, compiled iterations replay as CUDA graphs
+        if self.chunk:
             paths = compiled_paths(potential, CompiledLeapfrog)
-            self.iterations = compiled_iterations(paths, sampler, potential, "reduce-overhead" if cuda_graph else None)
+            self.iterations = compiled_iterations(paths, sampler, potential, mode)
         self.metric = self.ctx = self.step = None
 
     def set_metric(self, metric: Metric, chains, step_size: Tensor) -> None:
@@ -88,16 +90,21 @@ class _Engine:
         return chains, tune, states, reports[0] if k == 1 else Report(*map(torch.cat, zip(*reports)))
 
 
-def _segments(total: int, boundaries: List[int], chunk: int, first: int):
+def _segments(total: int, boundaries: List[int], chunk: int, first: int, aligned: bool):
     """[start, end) runs of a run's `total` iterations that end on every boundary (both counted from the run's
-    start), for a chain at absolute iteration `first`: chunks of `chunk` iterations that start at multiples of
-    `chunk` in the absolute count, single iterations elsewhere. Where the calls fall depends on the absolute
-    iteration, not on where a run started: a run resumed from any state makes the unbroken run's calls."""
+    start), for a chain at absolute iteration `first`, of at most `chunk` iterations. aligned (unrolled compiled
+    chunks, whose graph differs with their length): chunks of exactly `chunk` iterations that start at multiples
+    of `chunk` in the absolute count, single iterations elsewhere, so where the calls fall depends on the absolute
+    iteration, not on where a run started, and a run resumed from any state makes the unbroken run's calls. Not
+    aligned (eager steps, the while_loop, which computes every iteration with the same code): as long as fits."""
     stops = sorted(set(boundaries) | {total})
     i = 0
     while i < total:
         stop = next(s for s in stops if s > i)
-        k = chunk if (first + i) % chunk == 0 and i + chunk <= stop else 1
+        if aligned:
+            k = chunk if (first + i) % chunk == 0 and i + chunk <= stop else 1
+        else:
+            k = min(chunk, stop - i)
         yield i, i + k
         i += k
 
@@ -209,7 +216,7 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
     total = warmup + n_steps
     chunk = engine.chunk if engine.whole_iterations(rules) else 1
     with torch.no_grad(), tqdm(total=total, disable=not progress, desc=type(sampler).__name__) as bar:
-        for start, end in _segments(total, sorted(window_ends | {warmup}), chunk, iteration):
+        for start, end in _segments(total, sorted(window_ends | {warmup}), chunk, iteration, engine.aligned):
             adapting = start < warmup
             chains, tune, states, report = engine.advance(chains, tune, states, rules, end - start, iteration,
                                                           adapting)
@@ -237,10 +244,11 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
             else:
                 accepted.add(report.accepted)
                 divergent.add(report.divergent)
-                for row, i in enumerate(range(start, end)):
-                    if thin and (i - warmup + 1) % thin == 0:
-                        traces.append(position_from_unit(metric, report.z[row]).clone())
-                        potential_traces.append(report.potential[row].clone())
+                if thin:  # a report's kept rows at once (indexing copies them: reports may be reused buffers)
+                    kept = [row for row, i in enumerate(range(start, end)) if (i - warmup + 1) % thin == 0]
+                    if kept:
+                        traces.append(position_from_unit(metric, report.z[kept]))
+                        potential_traces.append(report.potential[kept])
             # reading these synchronises: only with a bar, about every 10 iterations
             if progress and ((end - 1) // 10 > (start - 1) // 10 or end == total):
                 accept = (f"{report.accept_prob[-1].mean().item():.3f}" if sampler.default_target_accept is not None
@@ -256,8 +264,8 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
     result = SampleResult(
         z=final.z, accept_rate=accepted.flush()[0] / max(n_steps, 1), step_size=step_size, potential=final.potential,
         n_divergent=divergent.flush()[0], n_divergent_warmup=divergent_warmup.flush()[0],
-        trace=torch.stack(traces, dim=1) if traces else None,
-        potential_trace=torch.stack(potential_traces, dim=1) if potential_traces else None, metric=metric,
+        trace=torch.cat(traces).transpose(0, 1).contiguous() if traces else None,
+        potential_trace=torch.cat(potential_traces).t().contiguous() if potential_traces else None, metric=metric,
         trajectory_length=trajectory_length, state=saved)
     checks.warn_about_run(sampler, potential, result, warmup, n_steps, start_z, start_potential)
     return result
