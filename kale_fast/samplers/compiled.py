@@ -58,7 +58,16 @@ def loop_rows(shape: Tuple[int, int]) -> int:
     return max(1, min(MAX_LOOP_ITERATIONS, LOOP_REPORT_ELEMENTS // (shape[0] * shape[1])))
 
 
-def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Callable:
+# Python floats that change between compiles of one code (a sampler's jitter, a potential's temperature) become
+# symbolic under TorchDynamo's default (specialize_float=False), and a symbolic float read inside a while_loop body
+# fails in inductor's lowering ("unbacked_bindings", torch 2.13): the while_loop's calls keep floats constants
+# (a changed value compiles anew). Reused: entering the patch costs about 14 us, once per call of up to 64
+# iterations.
+_SPECIALIZED_FLOATS = torch._dynamo.config.patch(specialize_float=True)
+
+
+def compile_function(fn: Callable, name: str, mode: Optional[str] = None, specialize_floats: bool = False
+                     ) -> Callable:
     """torch.compile of fn under a code object of its own per shape of its chains (the first argument, a tensor
     or a tuple of tensors whose first is the chains' positions), shapes static. TorchDynamo keeps one cache (of at
     most 8 entries) per code object: without this, every potential's functions and every chunk length would
@@ -71,7 +80,8 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Cal
     same results: on the GEBM latent potential at B = 1 (1 thread, a 2-core machine at load 7) a 4-step leapfrog
     chunk took 1.38x less time per call, and per gradient inside a running sampler MALA 1.86x, HMC 1.52x and
     ChEES 1.21x less; a cold compile of that chunk took 2.7x longer (32 s against 12 s). With it,
-    INDUCTOR_OPTIONS' matrix-product decomposition (see there) and keep_guards."""
+    INDUCTOR_OPTIONS' matrix-product decomposition (see there) and keep_guards. specialize_floats: calls run
+    with Python floats as constants (_SPECIALIZED_FLOATS)."""
     compiled: Dict[Tuple[int, ...], Callable] = {}
 
     def call(chains, *args):
@@ -83,6 +93,9 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None) -> Cal
             function = compiled[shape] = (
                 torch.compile(function, fullgraph=True, mode=mode) if mode is not None else
                 torch.compile(function, fullgraph=True, options={**INDUCTOR_OPTIONS, "guard_filter_fn": keep_guards}))
+        if specialize_floats:
+            with _SPECIALIZED_FLOATS:
+                return function(chains, *args)
         return function(chains, *args)
     return call
 
@@ -361,7 +374,7 @@ class CompiledIterations:
             suffix = "_adaptive" if rules else ""
             name = f"{self.sampler.name}_iterations_{'loop' if k is None else k}{suffix}"
             fn = self._looped(rules) if k is None else self._unrolled(k, rules)
-            self.functions[key] = compile_function(fn, name, self.mode)
+            self.functions[key] = compile_function(fn, name, self.mode, specialize_floats=k is None)
         return self.functions[key]
 
     def _loop_arguments(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, Tensor]:

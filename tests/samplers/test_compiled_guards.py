@@ -56,6 +56,21 @@ def test_a_compiled_function_follows_dtype_shape_and_values_it_was_not_traced_wi
         SCALE = 1.0
 
 
+def test_whole_iterations_follow_a_changed_float_of_the_potential_and_of_the_sampler():
+    """The CPU's while_loop keeps Python floats constants (compiled._SPECIALIZED_FLOATS): a changed float, which
+    TorchDynamo would otherwise turn symbolic on the second compile (and inductor's while_loop lowering fails on a
+    symbolic float read in the body), compiles anew and is followed: the potential's precision here, HMC's jitter
+    below (two samplers of one configuration but the jitter share the loop's code name)."""
+    potential = _Quadratic(1.0)
+    z0 = torch.randn(4, 2, dtype=torch.float64)
+    for precision in (1.0, 4.0):
+        potential.precision = precision
+        result = kf.MALA(0.2).run(potential, z0, 5, compile=True, thin=1)
+        torch.testing.assert_close(result.potential_trace, 0.5 * precision * (result.trace ** 2).sum(2))
+    for jitter in (0.5, 0.2):
+        kf.HMC(0.3, 2, jitter=jitter).run(potential, z0, 3, compile=True)
+
+
 def test_keep_guards_drops_only_the_package_and_builtin_globals():
     class Entry:
         def __init__(self, name, guard_type="ID_MATCH", is_global=True):
