@@ -6,11 +6,12 @@ potential. So the samplers whose iterations all have one shape (ULA, MALA, kinet
 MAX_UNROLLED_GRADIENTS leapfrog steps) run many iterations per call: proposal, the potential's value and
 gradient, the Metropolis test and the dual-averaging update of the step size, all in one graph that the compiler
 fuses (the updates are tensor algebra, kale_fast.reference.integrators; the fused kernels are opaque ops that
-would cost a dispatcher crossing each). On the CPU the iterations are a torch while_loop whose body is one
-iteration, which inductor's C++ wrapper runs as a C++ loop: up to loop_rows iterations per call, any count
-through one graph, each iteration computed by the same code whatever the count. On other devices (and with CUDA
-graphs) k iterations are unrolled into the graph (k <= MAX_CHUNK_ITERATIONS), and calls start at multiples of k
-in the chain's absolute iteration count. The random numbers are drawn before the call from the run's
+would cost a dispatcher crossing each). Where `loops` finds it faster (the CPU, one chain of few coordinates
+or one iteration of many gradients), the iterations are a torch while_loop whose body is one iteration, which
+inductor's C++ wrapper runs as a C++ loop: up to loop_rows iterations per call, any count through one graph, each
+iteration computed by the same code whatever the count. Elsewhere (GPUs, CUDA graphs, ULA/MALA/kinetic Langevin
+from B = 16 up) k iterations are unrolled into the graph (k <= MAX_CHUNK_ITERATIONS), and calls start at
+multiples of k in the chain's absolute iteration count. The random numbers are drawn before the call from the run's
 generator as uniforms, one row per iteration whatever the count (uniform_rows), and turned into the sampler's
 draws (Sampler.draw_kinds) inside the graph. So a run is repeatable bit for bit under a seed, and a run split
 anywhere and resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code).
@@ -43,14 +44,11 @@ from kale_fast.samplers.metric import Metric, unit_value_and_grad
 # iterations): the way to long chunks at a flat compile time (the CPU's path below).
 MAX_UNROLLED_GRADIENTS, MAX_CHUNK_ITERATIONS = 16, 8
 
-# Iterations per call of the CPU's while_loop: at most MAX_LOOP_ITERATIONS, and at most LOOP_REPORT_ELEMENTS
-# positions (rows x B x L) in the call's report, which each iteration writes functionally (inductor copies the
-# whole (rows, B, L) buffer per iteration). Measured on the GEBM latent potential (1 thread, interleaved in one
-# process, a 2-core machine at load 4-7), per gradient against 1-8 unrolled iterations per call: B = 1 HMC-10 3.2x
-# and MALA 1.7x less time, B = 64 HMC-10 1.13x less (16 rows), B = 1024 the same (1 row); 64 rows at B = 1024 were
-# 1.24x slower (the 4 MB report copied per iteration). Each count uses the same graph: compile time is one
-# iteration's.
-MAX_LOOP_ITERATIONS, LOOP_REPORT_ELEMENTS = 64, 2 ** 14
+# Iterations per call of the CPU's while_loop (where `loops` chooses it): at most MAX_LOOP_ITERATIONS, and at most
+# LOOP_REPORT_ELEMENTS positions (rows x B x L) in the call's report, which each iteration writes functionally
+# (64 rows of HMC-10 at B = 1024 were 1.24x slower than 1 row, load 4-7). Each count uses the same graph: compile
+# time is one iteration's.
+MAX_LOOP_ITERATIONS, LOOP_REPORT_ELEMENTS, LOOP_ALWAYS_ELEMENTS = 64, 2 ** 14, 64
 
 
 def loop_rows(shape: Tuple[int, int]) -> int:
@@ -193,22 +191,29 @@ class Report(NamedTuple):
                       transition.accepted[None], transition.divergent[None])
 
 
-def loops(like: Tensor, mode: Optional[str]) -> bool:
-    """Whether compiled whole iterations on chains like `like` run as a while_loop (the CPU without a compile
-    mode), else unrolled: a while_loop tests its condition on the host every iteration (a synchronisation on a
-    GPU, never measured) and CUDA graphs replay fixed kernels."""
-    return like.device.type == "cpu" and mode is None
+def _unrolled_iterations(sampler) -> int:
+    return max(1, min(MAX_CHUNK_ITERATIONS, MAX_UNROLLED_GRADIENTS // sampler.gradients_per_iteration()))
+
+
+def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
+    """Whether compiled whole iterations of `sampler` on chains like `like` (B, L) run as a while_loop, else
+    unrolled. Only on the CPU without a compile mode (a while_loop tests its condition on the host every
+    iteration, a synchronisation on a GPU, never measured; CUDA graphs replay fixed kernels), and only where it
+    was measured to win (the GEBM latent potential, 1 thread, interleaved in one process, quiet): at one chain
+    of few coordinates (B x L <= LOOP_ALWAYS_ELEMENTS; B = 1, L = 16: time per gradient 1.7x less for MALA,
+    3.2x for HMC-10), and where unrolling fits one iteration per call (HMC-10, B = 64: 1.18x less; B = 1024:
+    the same). Elsewhere one iteration of the loop's body costs more than one of 8 unrolled iterations (ULA,
+    L = 16: 1.11x at B = 16, 1.19x at 64, 1.21x at 1024; not found why: per element, so not the call)."""
+    return (like.device.type == "cpu" and mode is None
+            and (like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1))
 
 
 def chunk_iterations(sampler, like: Tensor, mode: Optional[str]) -> int:
     """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
     (B, L), else 0."""
-    gradients = sampler.gradients_per_iteration()
-    if not sampler.compiles_whole_iterations or gradients > MAX_UNROLLED_GRADIENTS:
+    if not sampler.compiles_whole_iterations or sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
         return 0
-    if loops(like, mode):
-        return loop_rows(tuple(like.shape))
-    return max(1, min(MAX_CHUNK_ITERATIONS, MAX_UNROLLED_GRADIENTS // gradients))
+    return loop_rows(tuple(like.shape)) if loops(sampler, like, mode) else _unrolled_iterations(sampler)
 
 
 # --- the random numbers of compiled iterations ------------------------------------------------------------
@@ -310,8 +315,8 @@ def _iteration(sampler, value_and_grad, rules: tuple, adapting: Tensor, template
 
 class CompiledIterations:
     """Whole iterations of one sampler on one potential per compiled call, with the sampler's traceable
-    adaptations (Adaptation.traceable) inside the graph: a while_loop over any count up to loop_rows (CPU), or k
-    unrolled iterations (other devices, CUDA graphs). `adapting` is a tensor argument, so warm-up and sampling
+    adaptations (Adaptation.traceable) inside the graph: a while_loop over any count up to loop_rows, or k
+    unrolled iterations (`loops` chooses). `adapting` is a tensor argument, so warm-up and sampling
     share one compiled function per (count or k, with adaptations)."""
 
     def __init__(self, sampler, potential, mode: Optional[str] = None):
@@ -400,7 +405,7 @@ class CompiledIterations:
         if states:
             states = tuple(_as_tensors(s, like) for s in states)
         arguments = (chains, params, states, _flag(adapting, like.device), *metric_arguments(metric, like))
-        if loops(like, self.mode):
+        if loops(self.sampler, like, self.mode):
             chains, step_size, states, report = self._function(None, rules)(
                 *arguments, *self._loop_arguments(k, like, generator))
             report = Report(*(column[:k] for column in report))

@@ -49,7 +49,7 @@ class _Engine:
         self.cuda_graph = cuda_graph
         mode = "reduce-overhead" if cuda_graph else None  # on CUDA, compiled iterations replay as CUDA graphs
         self.chunk = chunk_iterations(sampler, z, mode) if compile else 0
-        self.aligned = not loops(z, mode)  # unrolled chunks start at multiples of their length (_segments)
+        self.aligned = not loops(sampler, z, mode)  # unrolled chunks start at multiples of their length
         self.iterations = None
         if self.chunk:
             paths = compiled_paths(potential, CompiledLeapfrog)

@@ -302,7 +302,8 @@ def test_kale_loss_accepts_python_number_and_one_element_log_partition(fused):
         ((torch.randn(3), [1.0, 2.0]), TypeError, "e_gen must be a torch.Tensor"),
         ((torch.randn(3), torch.randn(3, device="meta")), ValueError, "one device"),
         ((torch.randn(3), torch.randn(3), torch.zeros(2)), ValueError, "log_partition must be a scalar"),
-        ((torch.randn(3), torch.randn(3), torch.zeros((), dtype=torch.int64)), TypeError, "log_partition must be a floating"),
+        ((torch.randn(3), torch.randn(3), torch.zeros((), dtype=torch.int64)), TypeError,
+         "log_partition must be a floating"),
         ((torch.randn(3), torch.randn(3), "0.5"), TypeError, "log_partition must be a torch.Tensor"),
     ],
 )

@@ -1,7 +1,8 @@
 """mlp_potential (kale_fast.ops.mlp_potential) against its reference twin and torch.autograd: every activation, batch
 sizes on both sides of the kernel's switch from row loops to tiled products (2 rows), of its 64-row blocks and of a
-parallel task (128 rows), odd widths, the junction of two Linears, temperatures and prior precisions; LatentPotential's use of it and its fallbacks; the argument
-checks; no silent autograd; one opaque node under torch.compile."""
+parallel task (128 rows), odd widths, the junction of two Linears, temperatures and prior precisions;
+LatentPotential's use of it and its fallbacks; the argument checks; no silent autograd; one opaque node under
+torch.compile."""
 import pytest
 import torch
 from torch import nn

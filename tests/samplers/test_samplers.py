@@ -410,9 +410,10 @@ def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     """Step sizes, dual-averaging state, metrics and trajectory lengths change through warm-up: none of them may
     be a constant of a compiled graph. A first run compiles a few graphs (its chunk of whole iterations, or
     ChEES's leapfrog chunks, at most one per power of two up to 16, the identity metric of the first window
-    passed as a scale of ones, so the same graph as the adapted diagonal metric); runs of the same lengths from other step
-    sizes, and from a resumed state with the adapted metric, compile none. (A run of other lengths may need
-    single iterations where a chunk would cross a window edge, kale_fast.samplers.run, and compile that once.)"""
+    passed as a scale of ones, so the same graph as the adapted diagonal metric); runs of the same lengths from
+    other step sizes, and from a resumed state with the adapted metric, compile none. (On the CPU one while_loop
+    runs any number of iterations; unrolled chunks elsewhere may need single iterations where a chunk would cross
+    a window edge, kale_fast.samplers.run, and compile that once.)"""
     target = _scaled()
     z0 = torch.randn(16, 4, dtype=torch.float64)
     before = _unique_graphs()
