@@ -27,7 +27,6 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
-from torch._higher_order_ops.while_loop import while_loop
 from torch.utils import _pytree as pytree
 
 from kale_fast.samplers.core import StepParams, Tuning
@@ -56,12 +55,17 @@ def loop_rows(shape: Tuple[int, int]) -> int:
     return max(1, min(MAX_LOOP_ITERATIONS, LOOP_REPORT_ELEMENTS // (shape[0] * shape[1])))
 
 
-# Python floats that change between compiles of one code (a sampler's jitter, a potential's temperature) become
-# symbolic under TorchDynamo's default (specialize_float=False), and a symbolic float read inside a while_loop body
-# fails in inductor's lowering ("unbacked_bindings", torch 2.13): the while_loop's calls keep floats constants
-# (a changed value compiles anew). Reused: entering the patch costs about 14 us, once per call of up to 64
-# iterations.
-_SPECIALIZED_FLOATS = torch._dynamo.config.patch(specialize_float=True)
+@functools.lru_cache(maxsize=1)
+def _specialized_floats():
+    """Python floats that change between compiles of one code (a sampler's jitter, a potential's temperature)
+    become symbolic under TorchDynamo's default (specialize_float=False), and a symbolic float read inside a
+    while_loop body fails in inductor's lowering ("unbacked_bindings", torch 2.13): the while_loop's calls keep
+    floats constants (a changed value compiles anew). Made once, at first use (importing torch._dynamo costs
+    about 2 s, which `import kale_fast` must not), and reused: entering the patch costs about 14 us, once per call
+    of up to 64 iterations."""
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(specialize_float=True)
 
 
 def compile_function(fn: Callable, name: str, mode: Optional[str] = None, specialize_floats: bool = False
@@ -79,7 +83,7 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None, specia
     chunk took 1.38x less time per call, and per gradient inside a running sampler MALA 1.86x, HMC 1.52x and
     ChEES 1.21x less; a cold compile of that chunk took 2.7x longer (32 s against 12 s). With it,
     INDUCTOR_OPTIONS' matrix-product decomposition (see there) and keep_guards. specialize_floats: calls run
-    with Python floats as constants (_SPECIALIZED_FLOATS)."""
+    with Python floats as constants (_specialized_floats)."""
     compiled: Dict[Tuple[int, ...], Callable] = {}
 
     def call(chains, *args):
@@ -92,7 +96,7 @@ def compile_function(fn: Callable, name: str, mode: Optional[str] = None, specia
                 torch.compile(function, fullgraph=True, mode=mode) if mode is not None else
                 torch.compile(function, fullgraph=True, options={**INDUCTOR_OPTIONS, "guard_filter_fn": keep_guards}))
         if specialize_floats:
-            with _SPECIALIZED_FLOATS:
+            with _specialized_floats():
                 return function(chains, *args)
         return function(chains, *args)
     return call
@@ -341,6 +345,8 @@ class CompiledIterations:
         return iterations
 
     def _looped(self, rules: tuple) -> Callable:
+        from torch._higher_order_ops.while_loop import while_loop  # imports torch._dynamo: not at kale_fast's import
+
         sampler, reference = self.sampler, self.potential
 
         def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms, count):

@@ -57,7 +57,7 @@ def test_a_compiled_function_follows_dtype_shape_and_values_it_was_not_traced_wi
 
 
 def test_whole_iterations_follow_a_changed_float_of_the_potential_and_of_the_sampler():
-    """The CPU's while_loop keeps Python floats constants (compiled._SPECIALIZED_FLOATS): a changed float, which
+    """The CPU's while_loop keeps Python floats constants (compiled._specialized_floats): a changed float, which
     TorchDynamo would otherwise turn symbolic on the second compile (and inductor's while_loop lowering fails on a
     symbolic float read in the body), compiles anew and is followed: the potential's precision here, HMC's jitter
     below (two samplers of one configuration but the jitter share the loop's code name)."""
