@@ -284,14 +284,29 @@ def _assert_means_within_mc_error(trace: np.ndarray, sd: np.ndarray, z_bound: fl
     assert z_scores.max() < z_bound, z_scores.max()
 
 
-def test_kale_runner_on_gaussian():
+@pytest.mark.parametrize("config", [f"hmc-{run_kale.N_LEAPFROG}", f"hmc-{run_kale.N_LEAPFROG}+per-chain"])
+def test_kale_runner_on_gaussian(config):
     t = targets.gaussian()
     torch.manual_seed(0)
     z0 = np.random.default_rng(0).standard_normal((32, t.dim)).astype(np.float32)
-    outcome = run_kale.run(f"hmc-{run_kale.N_LEAPFROG}", t, z0, Sizes(warmup=100, draws=200), seed=0)
+    outcome = run_kale.run(config, t, z0, Sizes(warmup=100, draws=200), seed=0)
     assert outcome.trace.shape == (32, 200, t.dim)
     assert outcome.sample_s > 0 and 0.5 < outcome.accept < 1
     _assert_means_within_mc_error(outcome.trace, np.sqrt(t.moments[1]))
+
+
+def test_kale_configurations_run_eager_and_compiled():
+    """Every kale_fast configuration, the peers' per-chain adaptation included, is listed eager and compiled and
+    parses back to its factory; an unknown one is refused by name."""
+    hmc = f"hmc-{run_kale.N_LEAPFROG}"
+    names = run_kale.configs()
+    assert sorted(names) == sorted(name + suffix for name in run_kale.CONFIGS for suffix in ("", "+compile"))
+    assert run_kale.parse(f"{hmc}+per-chain") == (f"{hmc}+per-chain", False)
+    assert run_kale.parse(f"{hmc}+per-chain+compile") == (f"{hmc}+per-chain", True)
+    assert run_kale.CONFIGS[f"{hmc}+per-chain"]().per_chain_adaptation
+    assert not run_kale.CONFIGS[hmc]().per_chain_adaptation
+    with pytest.raises(ValueError, match="unknown kale_fast configuration"):
+        run_kale.parse(f"{hmc}+compile+per-chain")
 
 
 @pytest.mark.parametrize("module_name, n_chains", [("run_blackjax", 4), ("run_numpyro", 4), ("run_numpyro", 1)])
