@@ -117,7 +117,8 @@ class ChEES(HMC):
     Estimator of the Expected Square across chains (Adam on log T), with the step size adapted by dual averaging
     of the chains' harmonic-mean acceptance towards target_accept (default 0.651). Each iteration runs
     ceil(u T / h) leapfrog steps with u from a Halton sequence in (0, 1), shared by the chains. Designed for many
-    chains (the criterion averages over them): use B >= 16.
+    chains (the criterion averages over them): use B >= 16; a warm-up with fewer than 8 warns (one chain cannot
+    adapt T at all; kale_fast.samplers.adaptation.CHEES_MIN_CHAINS).
 
     trajectory_length: the initial T, in the metric's units (1.0 suits a target of unit scale, which the default
     diagonal metric makes of any target); max_leapfrog caps one iteration's leapfrog steps.

@@ -1,8 +1,12 @@
-"""ChEES's trajectory-length adaptation (kale_fast.samplers.adaptation): divergent transitions left out, T's bounds."""
+"""ChEES's trajectory-length adaptation (kale_fast.samplers.adaptation): divergent transitions left out, T's bounds,
+the warning below CHEES_MIN_CHAINS chains."""
 import math
+import warnings
 
+import pytest
 import torch
 
+import kale_fast as kf
 from kale_fast.samplers import adaptation
 from kale_fast.samplers.hmc import ChEESTransition
 
@@ -42,3 +46,23 @@ def test_chees_update_caps_the_trajectory_length_at_max_leapfrog_steps_only():
     assert 1.0 < math.exp(adaptation.chees_update(state, 1.0, 5.0, 1000).log_length) < 1.1  # not raised to h = 5
     assert math.exp(adaptation.chees_update(state, -1.0, 5.0, 1000).log_length) < 1.0
     assert math.isclose(math.exp(adaptation.chees_update(state, 1.0, 0.1, 5).log_length), 0.5)
+
+
+@pytest.mark.parametrize("n_chains, says", [(1, "B = 1 chain: "), (4, "B = 4 chains: "), (16, None)])
+def test_chees_warns_naming_the_number_of_chains_below_its_minimum(n_chains, says):
+    """A warm-up of ChEES with fewer than CHEES_MIN_CHAINS chains warns once, naming B (one chain: T is not
+    adapted at all); with enough chains, or without a warm-up (nothing adapts T), it does not."""
+    def potential(z):
+        return 0.5 * (z * z).sum(1)
+
+    z0 = torch.randn(n_chains, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = kf.ChEES(0.3).run(potential, z0, 2, warmup=25)
+        kf.ChEES(0.3).run(potential, None, 2, state=result.state)
+    about_t = [w for w in caught if "trajectory length T" in str(w.message)]
+    if says is None:
+        assert about_t == []
+    else:
+        assert len(about_t) == 1 and says in str(about_t[0].message) and "B >= 16" in str(about_t[0].message)
+        assert about_t[0].filename == __file__  # at the user's call
