@@ -382,6 +382,7 @@ ALL_SAMPLERS = [pytest.param(lambda: kf.ULA(0.1), id="ula"),
                 pytest.param(lambda: kf.KineticLangevin(0.2), id="kinetic"),
                 pytest.param(lambda: kf.MALA(0.3, adapt_step_size=True), id="mala"),
                 pytest.param(lambda: kf.HMC(0.3, 3, adapt_step_size=True), id="hmc"),
+                pytest.param(lambda: kf.HMC(0.3, 3, per_chain_adaptation=True), id="hmc-per-chain"),
                 pytest.param(lambda: kf.ChEES(0.3), id="chees")]
 
 
@@ -426,6 +427,25 @@ def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     sampler.run(target, z0, 24, warmup=40, compile=True)
     sampler.run(target, None, 24, warmup=40, state=first.state, compile=True)
     assert _unique_graphs() - before == compiled_first
+
+
+@pytest.mark.slow
+def test_per_chain_step_sizes_in_unrolled_compiled_iterations_compile_once():
+    """Per-chain adaptation in unrolled whole iterations (the while_loop's case, B x L <= 64, is in the test
+    above): the step sizes are a (B,) tensor whatever the statistic, so a second run and a resumed one compile
+    nothing, and the chains end with steps of their own."""
+    from kale_fast.samplers import compiled
+
+    target = _scaled()
+    z0 = torch.randn(32, 4, dtype=torch.float64)
+    assert not compiled.loops(kf.HMC(0.3, 3), z0, None)
+    before = _unique_graphs()
+    first = kf.HMC(0.3, 3, per_chain_adaptation=True).run(target, z0, 24, warmup=40, compile=True)
+    compiled_first = _unique_graphs() - before
+    kf.HMC(0.05, 3, per_chain_adaptation=True).run(target, z0, 24, warmup=40, compile=True)
+    kf.HMC(0.3, 3, per_chain_adaptation=True).run(target, None, 24, warmup=40, state=first.state, compile=True)
+    assert _unique_graphs() - before == compiled_first
+    assert len(set(first.step_size.tolist())) == 32
 
 
 @pytest.mark.slow
