@@ -78,14 +78,14 @@ def warn_about_run(sampler, potential, result, warmup: int, n_steps: int, start_
     name = type(sampler).__name__
     n_chains = result.z.shape[0]
     finite = torch.isfinite(result.z).all(dim=1) & torch.isfinite(result.potential)
-    n_bad = int((~finite).sum())
+    # both counts read at once (each read of a result is an eager op or two of a run's fixed cost)
+    n_bad, n_divergent = torch.stack([(~finite).sum(), result.n_divergent.sum()]).tolist()
     if n_bad:
         warn(f"{name}: {n_bad} of {n_chains} chains ended NaN or infinite ({_divergence_counts(result, warmup)}). "
              + ("ULA and kinetic Langevin have no Metropolis test to reject a step that overflows: the step size "
                 "is too large for this target, or the potential or its gradient is NaN or infinite somewhere. "
                 if sampler.default_target_accept is None else "")
              + "If `potential` is a log-density, pass its negative: samplers take U(z) = -log p(z)")
-    n_divergent = int(result.n_divergent.sum())
     if n_divergent and not n_bad:
         chains = int((result.n_divergent > 0).sum())
         warn(f"{name}: {n_divergent} of {n_steps * n_chains} sampling transitions diverged, in {chains} of "
@@ -94,8 +94,9 @@ def warn_about_run(sampler, potential, result, warmup: int, n_steps: int, start_
              f"the integrator fails: a smaller step (a higher target_accept) or a better-conditioned potential "
              f"helps; a potential that is infinite on purpose (a hard constraint) diverges at its wall by design. "
              f"result.n_divergent counts them per chain")
+    kept = (lambda t: t) if n_bad == 0 else (lambda t: t[finite])  # noqa: E731  (indexing: an op per tensor)
     if sampler.default_target_accept is not None and n_steps and n_bad < n_chains:
-        accept = float(result.accept_rate[finite].mean())
+        accept = float(kept(result.accept_rate).mean())
         if accept < LOW_ACCEPTANCE:
             warn(f"{name}: mean acceptance {accept:.3f} while sampling: the chains hardly move. The step size "
                  f"({float(result.step_size.mean()):.3g}) is too large for this target"
@@ -107,11 +108,11 @@ def warn_about_run(sampler, potential, result, warmup: int, n_steps: int, start_
                  f"(the target acceptance is {sampler.target_accept})"
                  + ("" if sampler.adapt_step_size is not False and warmup else
                     ": adapt it with a warm-up (warmup=N, adapt_step_size left at its default)"))
-    if n_bad < n_chains and ran_away(potential, start_z[finite], start_potential[finite], result.z[finite],
-                                     result.potential[finite], result.state.chains.grad[finite]):
-        warn(f"{name}: the chains ran away: their potential fell from {float(start_potential[finite].mean()):.4g} "
-             f"to {float(result.potential[finite].mean()):.4g} (mean over chains) as they moved outwards, mean "
-             f"|z| {float(start_z[finite].norm(dim=1).mean()):.3g} -> {float(result.z[finite].norm(dim=1).mean()):.3g}"
+    if n_bad < n_chains and ran_away(potential, kept(start_z), kept(start_potential), kept(result.z),
+                                     kept(result.potential), kept(result.state.chains.grad)):
+        warn(f"{name}: the chains ran away: their potential fell from {float(kept(start_potential).mean()):.4g} "
+             f"to {float(kept(result.potential).mean()):.4g} (mean over chains) as they moved outwards, mean "
+             f"|z| {float(kept(start_z).norm(dim=1).mean()):.3g} -> {float(kept(result.z).norm(dim=1).mean()):.3g}"
              f". The potential is probably a log-density: samplers take U(z) = -log p(z), so pass its negative "
              f"(BlackJAX's and NumPyro's logdensity_fn is -U)")
 
@@ -131,9 +132,10 @@ def ran_away(potential, start_z: Tensor, start_potential: Tensor, z: Tensor, end
         return False
     size, n_chains = z.shape[1], z.shape[0]
     moved = z - start_z
-    virial = float((moved * grad).sum(dim=1).double().mean())
-    if not end_potential.double().mean() < start_potential.double().mean() or \
-            virial >= -(size + 5 * math.sqrt(3 * size / n_chains)):
+    # the three means read at once
+    end_mean, start_mean, virial = torch.stack([end_potential.double().mean(), start_potential.double().mean(),
+                                                (moved * grad).sum(dim=1).double().mean()]).tolist()
+    if not end_mean < start_mean or virial >= -(size + 5 * math.sqrt(3 * size / n_chains)):
         return False
     with torch.no_grad():
         further = potential(z + moved)

@@ -212,12 +212,12 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
             and (like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1))
 
 
-def chunk_iterations(sampler, like: Tensor, mode: Optional[str]) -> int:
+def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -> int:
     """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
-    (B, L), else 0."""
+    (B, L), else 0; looped: loops(sampler, like, mode)."""
     if not sampler.compiles_whole_iterations or sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
         return 0
-    return loop_rows(tuple(like.shape)) if loops(sampler, like, mode) else _unrolled_iterations(sampler)
+    return loop_rows(tuple(like.shape)) if looped else _unrolled_iterations(sampler)
 
 
 # --- the random numbers of compiled iterations ------------------------------------------------------------

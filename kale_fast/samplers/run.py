@@ -6,6 +6,7 @@ draws/algebra_step, which it runs k whole iterations per compiled call (kale_fas
 During a run the chains live in the metric's unit coordinates (kale_fast.samplers.metric); traces, results and
 saved states are in z's coordinates.
 """
+import contextlib
 import warnings
 from typing import List, Optional, Tuple
 
@@ -48,22 +49,31 @@ class _Engine:
             cuda_graph = False
         self.cuda_graph = cuda_graph
         mode = "reduce-overhead" if cuda_graph else None  # on CUDA, compiled iterations replay as CUDA graphs
-        self.chunk = chunk_iterations(sampler, z, mode) if compile else 0
-        self.aligned = not loops(sampler, z, mode)  # unrolled chunks start at multiples of their length
+        looped = loops(sampler, z, mode)
+        self.chunk = chunk_iterations(sampler, z, mode, looped) if compile else 0
+        self.aligned = not looped  # unrolled chunks start at multiples of their length
         self.iterations = None
         if self.chunk:
             paths = compiled_paths(potential, CompiledLeapfrog)
             self.iterations = compiled_iterations(paths, sampler, potential, mode)
-        self.metric = self.ctx = self.step = None
+        self.metric = self._step = None
 
     def set_metric(self, metric: Metric, chains, step_size: Tensor) -> None:
-        self.metric = metric
-        self.ctx = build_context(self.potential, self.z, generator=self.generator, metric=metric,
-                                 compile=self.compile)
-        eager = lambda state, params: self.sampler.step(state, params, self.ctx)  # noqa: E731
-        self.step = eager
+        self.metric, self._step = metric, None
         if self.cuda_graph and self.iterations is None and chains is not None:
-            self.step = CapturedSteps(eager, chains, step_size, self.generator)
+            self._step = CapturedSteps(self._eager_step(), chains, step_size, self.generator)
+
+    def _eager_step(self):
+        ctx = build_context(self.potential, self.z, generator=self.generator, metric=self.metric,
+                            compile=self.compile)
+        return lambda state, params: self.sampler.step(state, params, ctx)
+
+    def step(self, chains, params):
+        """One eager step under the current metric (its context made at first use: runs of whole compiled
+        iterations need none)."""
+        if self._step is None:
+            self._step = self._eager_step()
+        return self._step(chains, params)
 
     def whole_iterations(self, rules: tuple) -> bool:
         """Whether iterations run compiled whole: where the sampler allows it and every adaptation is traceable."""
@@ -117,8 +127,11 @@ class _Tally:
 
     FLUSH_ROWS = 64
 
-    def __init__(self, like: Tensor, deferred: bool):
-        self.total, self.deferred = like, deferred
+    def __init__(self, n_chains: int, dtype: torch.dtype, device: torch.device, deferred: bool):
+        self.dtype, self.deferred = dtype, deferred
+        # deferred: made by the first flush (one eager op less per count and run)
+        self.total = None if deferred else torch.zeros((1, n_chains), dtype=dtype, device=device)
+        self.zeros = lambda: torch.zeros((1, n_chains), dtype=dtype, device=device)  # noqa: E731
         self.pending: List[Tensor] = []
         self.rows = 0
 
@@ -135,8 +148,11 @@ class _Tally:
         """The counts so far, (1, B)."""
         if self.pending:
             rows = self.pending[0] if len(self.pending) == 1 else torch.cat(self.pending)
-            self.total += rows.sum(0, keepdim=True)
+            counts = rows.sum(0, keepdim=True, dtype=self.dtype)
+            self.total = counts if self.total is None else self.total + counts
             self.pending, self.rows = [], 0
+        if self.total is None:
+            self.total = self.zeros()
         return self.total
 
 
@@ -175,7 +191,9 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
                     run_chains(sampler, potential, chunk, n_steps, warmup=warmup, thin=thin, progress=progress,
                                compile=compile, cuda_graph=cuda_graph, generator=generator)
                     for chunk in z.split(chunk_size)])
-    if generator is None:  # drawn from the global generator: torch.manual_seed repeats the run
+    if generator is None and state is not None:  # the state's generator state follows
+        generator = torch.Generator(device=z.device)
+    elif generator is None:  # drawn from the global generator: torch.manual_seed repeats the run
         generator = torch.Generator(device=z.device).manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
     engine = _Engine(sampler, potential, z, generator, compile, cuda_graph)
 
@@ -208,14 +226,16 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
 
     # per-chain counts, (1, B)
     deferred = not engine.cuda_graph
-    accepted = _Tally(torch.zeros_like(chains.potential)[None], deferred)
-    divergent = _Tally(torch.zeros((1, z.shape[0]), dtype=torch.long, device=z.device), deferred)
-    divergent_warmup = _Tally(torch.zeros_like(divergent.total), deferred)
+    accepted = _Tally(z.shape[0], chains.potential.dtype, z.device, deferred)
+    divergent = _Tally(z.shape[0], torch.long, z.device, deferred)
+    divergent_warmup = _Tally(z.shape[0], torch.long, z.device, deferred)
     start_z, start_potential = z, chains.potential  # for the end-of-run checks (never modified in place)
     traces, potential_traces = [], []
     total = warmup + n_steps
     chunk = engine.chunk if engine.whole_iterations(rules) else 1
-    with torch.no_grad(), tqdm(total=total, disable=not progress, desc=type(sampler).__name__) as bar:
+    # tqdm only for a bar: a disabled one still costs about 40 us per run
+    bar_context = tqdm(total=total, desc=type(sampler).__name__) if progress else contextlib.nullcontext()
+    with torch.no_grad(), bar_context as bar:
         for start, end in _segments(total, sorted(window_ends | {warmup}), chunk, iteration, engine.aligned):
             adapting = start < warmup
             chains, tune, states, report = engine.advance(chains, tune, states, rules, end - start, iteration,
@@ -254,7 +274,8 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
                 accept = (f"{report.accept_prob[-1].mean().item():.3f}" if sampler.default_target_accept is not None
                           else "unadjusted")  # ULA, kinetic Langevin: no Metropolis test, no acceptance rate
                 bar.set_postfix(accept=accept, step=f"{tune.step_size.mean().item():.3g}")
-            bar.update(end - start)
+            if progress:
+                bar.update(end - start)
 
     unit = type(chains)(*(t.clone() for t in chains))
     final = chains_from_unit(unit, metric)

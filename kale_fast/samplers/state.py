@@ -117,7 +117,8 @@ class SamplerState:
             return chains_to_unit(self.chains, metric)
         z = position_from_unit(metric, self.unit_chains.z)  # what the run that saved the state computed
         tolerance = 1e-4 if z.dtype == torch.float32 else 1e-10  # allows another device's matmul rounding
-        if not bool(((z - self.chains.z).abs() <= tolerance * (1 + self.chains.z.abs())).all()):
+        stored = self.chains.z  # the same tensor as z: an identity metric's state as its run left it
+        if z is not stored and not bool(((z - stored).abs() <= tolerance * (1 + stored.abs())).all()):
             raise ValueError("state.unit_chains do not match state.chains under state.metric (one was changed "
                              "without the other): set state.unit_chains = None to resume from state.chains")
         return type(self.unit_chains)(*(value.clone() for value in self.unit_chains))
@@ -208,15 +209,26 @@ def check_saved_state(state: SamplerState, sampler_name: str) -> None:
     z = state.chains.z
     if not isinstance(z, Tensor) or z.dim() != 2 or not z.is_floating_point():
         raise ValueError("state.chains.z must be a floating (B, L) tensor")
-    _check_chain_fields("state.chains", state.chains, z)
+    fields = {f"state.chains.{name}": value for name, value in _chain_fields("state.chains", state.chains, z)}
     if state.unit_chains is not None:
         if type(state.unit_chains) is not type(state.chains):
             raise ValueError(f"state.unit_chains must be a {type(state.chains).__name__} like state.chains, got "
                              f"{type(state.unit_chains).__name__}")
-        _check_chain_fields("state.unit_chains", state.unit_chains, z)
+        # a run's own state shares the fields that the metric leaves unchanged (all of them for the identity)
+        chains_fields = {id(value) for value in fields.values()}
+        fields.update((f"state.unit_chains.{name}", value)
+                      for name, value in _chain_fields("state.unit_chains", state.unit_chains, z)
+                      if id(value) not in chains_fields)
     step = state.step_size
-    if (not isinstance(step, Tensor) or step.shape != z.shape[:1]
-            or not bool(torch.all(torch.isfinite(step) & (step > 0)))):
+    if not isinstance(step, Tensor) or step.shape != z.shape[:1]:
+        raise ValueError(f"state.step_size must be a ({z.shape[0]},) tensor of finite positive step sizes")
+    # One test of every value at once (a resumed run's fixed cost: about 5 eager ops per field tested alone);
+    # the field at fault is looked for only when it fails.
+    values = torch.cat([value.reshape(-1) for value in (*fields.values(), step)])
+    if not bool(torch.isfinite(values).all() & (step > 0).all()):
+        for name, value in fields.items():
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(f"{name} must be a finite {z.dtype} tensor of shape {tuple(value.shape)}")
         raise ValueError(f"state.step_size must be a ({z.shape[0]},) tensor of finite positive step sizes")
     length = state.trajectory_length
     if length is not None and not (isinstance(length, float) and math.isfinite(length) and length > 0):
@@ -225,9 +237,11 @@ def check_saved_state(state: SamplerState, sampler_name: str) -> None:
         raise ValueError(f"state.iteration must be an int >= 0, got {state.iteration!r}")
 
 
-def _check_chain_fields(name: str, chains, z: Tensor) -> None:
+def _chain_fields(name: str, chains, z: Tensor):
+    """(field, value) of each field of chains like z (B, L), its type, shape and dtype checked (finiteness: by
+    check_saved_state)."""
     for field, value in chains._asdict().items():
         expected = z.shape if field in POSITION_FIELDS + GRADIENT_FIELDS else z.shape[:1]
-        if (not isinstance(value, Tensor) or value.shape != expected or value.dtype != z.dtype
-                or not bool(torch.isfinite(value).all())):
+        if not isinstance(value, Tensor) or value.shape != expected or value.dtype != z.dtype:
             raise ValueError(f"{name}.{field} must be a finite {z.dtype} tensor of shape {tuple(expected)}")
+        yield field, value
