@@ -207,7 +207,9 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
     of few coordinates (B x L <= LOOP_ALWAYS_ELEMENTS; B = 1, L = 16: time per gradient 1.7x less for MALA,
     3.2x for HMC-10), and where unrolling fits one iteration per call (HMC-10, B = 64: 1.18x less; B = 1024:
     the same). Elsewhere one iteration of the loop's body costs more than one of 8 unrolled iterations (ULA,
-    L = 16: 1.11x at B = 16, 1.19x at 64, 1.21x at 1024; not found why: per element, so not the call)."""
+    L = 16: 1.11x at B = 16, 1.19x at 64, 1.21x at 1024; not found why: per element, so not the call; nor the
+    report's rows, which the body's C++ copies whole every iteration (the functional index_copy): leaving the
+    positions' rows out of the carry kept 1.18x at B = 64; the body calls the same boxed mlp_potential)."""
     return (like.device.type == "cpu" and mode is None
             and (like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1))
 
