@@ -129,7 +129,8 @@ class KALETrainer:
     n_partition_samples: base samples of A's initial value, the Monte-Carlo log mean exp(-E(B(z))).
     generator: draws latents and interpolation weights (default: a CPU/GPU generator seeded with `seed`).
     compile: run each step (gradients and Adam's update) as one torch.compile'd graph; same results as eager
-      up to fp32 rounding, given the same draws. Not for batch norm or spectral norm (a ValueError).
+      up to fp32 rounding, given the same draws. Not for batch norm or spectral norm (a ValueError). Fixes glibc's
+      malloc thresholds for the whole process (train/heap.py: freed heap stays mapped for the next call).
     reduce_gradients: called on the trained parameters before each optimizer step (data-parallel averaging).
 
     energy_step(x_real) -> {"energy_loss", "penalty"}; base_step(n) -> {"base_loss"}; values are 0-dim tensors.
@@ -159,8 +160,10 @@ class KALETrainer:
         self.compiled = None
         if compile:
             from kale_fast.train.compiled_steps import CompiledSteps
+            from kale_fast.train.heap import keep_freed_heap
 
             self.compiled = CompiledSteps(gebm.base, gebm.energy, self.penalty, objective)
+            keep_freed_heap()  # a compiled call's buffers, freed at its end, stay mapped for the next
 
     def latent(self, n: int) -> Tensor:
         """n latents z ~ N(0, I), (n, latent_dim), from the trainer's generator."""

@@ -3,6 +3,10 @@
 gradients equal to eager ones up to fp32 rounding."""
 import copy
 import math
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -328,3 +332,34 @@ def test_the_graph_pass_computes_silus_sigmoid_once_per_pre_activation():
     assert targets.count(torch.ops.aten.sigmoid.default) == 2 and torch.ops.aten.exp.default not in targets
     for ours, reference in zip(module(u, v), silu_and_derivatives(u, v)):
         torch.testing.assert_close(ours, reference)
+
+
+_FREED_HEAP_PROBE = """
+import ctypes, sys, torch
+import kale_fast as kf
+from kale_fast.models import MLP
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "compiled":
+    kf.KALETrainer(kf.GEBM(MLP(2, 2, (8,)), MLP(2, 1, (8,)), 2), compile=True, n_partition_samples=16)  # compiles
+    # nothing until a step runs
+held = [torch.ones(4 << 20) for _ in range(3)]  # 3 blocks of 16 MiB, written
+del held
+print(libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"), reason="glibc's")
+def test_a_process_with_compiled_steps_keeps_its_freed_heap_mapped():
+    """After a KALETrainer(compile=True) is built, freed blocks of 16 MiB stay in the heap (glibc's defaults mmap
+    them and unmap them at free, as they trimmed a compiled call's freed buffers and faulted them back in at every
+    call: kale_fast/train/heap.py). Each in a fresh process, as the setting is process-wide."""
+    def free_heap_bytes(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _FREED_HEAP_PROBE, mode], capture_output=True, text=True,
+                              check=True, cwd=Path(__file__).resolve().parents[2])
+        return int(done.stdout.split()[-1])
+
+    assert free_heap_bytes("eager") < 48 << 20 <= free_heap_bytes("compiled")
