@@ -4,8 +4,9 @@
 // the oracle). One call instead of some 20 dispatched torch ops per gradient: at a sampler's small batches the
 // per-op dispatch, not the arithmetic, was the cost.
 //
-// Two paths, per block of rows (chains): up to kRowLoopMax rows, each row runs through every layer in plain loops
-// that GCC vectorises (weights stay in cache, nothing is allocated per layer); above, blocks of kBlockRows rows go
+// Two paths, per block of rows (chains): up to kRowLoopMax rows, each row runs through every layer in SIMD loops
+// that keep their sums in registers (row_times_weights, row_through_weights; weights stay in cache, nothing is
+// allocated per layer); above, blocks of kBlockRows rows go
 // through each layer as one register-tiled product of our own (block_product) followed by one pass that applies
 // the activation and keeps its derivative. at::mm / at::addmm_out (MKL) into buffers were slower at these widths:
 // 1.8x the 7 bare torch GEMMs per call at B = 64 and 1.55x at B = 1024, against 1.25x and 1.34x for the tiles
@@ -35,6 +36,10 @@
 
 #include "vec_math.h"
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 namespace kale_fast {
 namespace {
 
@@ -42,10 +47,10 @@ namespace {
 enum Activation : int64_t { kIdentity = 0, kSilu = 1, kRelu = 2, kLeakyRelu = 3, kTanh = 4 };
 
 // Row blocks up to this many rows take the row loops, larger ones the tiled products. Measured on the GEBM
-// target's widths (16 -> 64 -> 64 -> 64 -> 1, fp32, 1 thread, AMD EPYC Zen 2, interleaved): loops / tiles 0.95x at
-// 1 row, 0.98x at 2, 1.1x at 4, 1.5x at 16 (the loops' dot products end in horizontal sums; the tiles need the
-// weights transposed once per call).
-constexpr int64_t kRowLoopMax = 2;
+// target's widths (16 -> 64 -> 64 -> 64 -> 1, fp32, 1 thread, AMD EPYC Zen 2, interleaved, kernel alone): loops /
+// tiles 0.63x at 4 rows, 0.73x at 8, 1.0x at 16, 1.13x at 32 (the tiles need the weights transposed once per
+// call; the loops read every weight once per row).
+constexpr int64_t kRowLoopMax = 8;
 // Rows per parallel task: below this, a thread's share is too small to pay for its task.
 constexpr int64_t kGrainRows = 128;
 
@@ -130,6 +135,114 @@ c10::SmallVector<int64_t, kInlineLayers + 1> layer_offsets(const Network<scalar_
   return offset;
 }
 
+// The sums of each of kWidth vectors' lanes, as one vector (lane g: the sum of acc[g]).
+template <typename T>
+inline typename Simd<T>::Vec lane_sums(const typename Simd<T>::Vec* acc) {
+  using V = typename Simd<T>::Vec;
+#if defined(__AVX__)
+  if constexpr (std::is_same_v<T, float>) {
+    // Per 128-bit half: pairs, then quadruples summed by two rounds of hadd; then the halves added.
+    const __m256 u0 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)acc[0], (__m256)acc[1]),
+                                     _mm256_hadd_ps((__m256)acc[2], (__m256)acc[3]));
+    const __m256 u1 = _mm256_hadd_ps(_mm256_hadd_ps((__m256)acc[4], (__m256)acc[5]),
+                                     _mm256_hadd_ps((__m256)acc[6], (__m256)acc[7]));
+    return (V)_mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+  } else {
+    const __m256d u0 = _mm256_hadd_pd((__m256d)acc[0], (__m256d)acc[1]);
+    const __m256d u1 = _mm256_hadd_pd((__m256d)acc[2], (__m256d)acc[3]);
+    return (V)_mm256_add_pd(_mm256_permute2f128_pd(u0, u1, 0x20), _mm256_permute2f128_pd(u0, u1, 0x31));
+  }
+#else
+  V sums{};
+  for (int64_t g = 0; g < Simd<T>::kWidth; ++g) {
+    for (int64_t l = 0; l < Simd<T>::kWidth; ++l) sums[g] += acc[g][l];
+  }
+  return sums;
+#endif
+}
+
+// One row through a layer's weights, a (out,) = b + w (out, in) x (in,): kWidth outputs at a time, each one
+// accumulator vector along x (independent chains, not one output's chain of dependent additions), their lanes
+// summed together by lane_sums; the outputs past the last whole group and the inputs past the last whole vector
+// in plain loops. (One dot product per output, as before, spent its time in the chain and the horizontal sum.)
+template <typename T>
+void row_times_weights(const T* w, const T* b, const T* x, T* a, int64_t in, int64_t out) {
+  using V = typename Simd<T>::Vec;
+  constexpr int64_t kW = Simd<T>::kWidth;
+  const int64_t whole_in = in / kW * kW, whole_out = out / kW * kW;
+  for (int64_t j = 0; j < whole_out; j += kW) {
+    V acc[kW] = {};
+    for (int64_t k = 0; k < whole_in; k += kW) {
+      const V xv = load_vec<T>(x + k);
+#pragma GCC unroll 8
+      for (int64_t g = 0; g < kW; ++g) acc[g] += load_vec<T>(w + (j + g) * in + k) * xv;
+    }
+    V sums = lane_sums<T>(acc);
+    if (b != nullptr) sums += load_vec<T>(b + j);
+    if (whole_in < in) {
+      T tail[kW];
+      for (int64_t g = 0; g < kW; ++g) {
+        tail[g] = T(0);
+        for (int64_t k = whole_in; k < in; ++k) tail[g] += w[(j + g) * in + k] * x[k];
+      }
+      sums += load_vec<T>(tail);
+    }
+    store_vec<T>(a + j, sums);
+  }
+  for (int64_t j = whole_out; j < out; ++j) {
+    T sum = b ? b[j] : T(0);
+    const T* wj = w + j * in;
+#pragma omp simd reduction(+ : sum)
+    for (int64_t k = 0; k < in; ++k) sum += wj[k] * x[k];
+    a[j] = sum;
+  }
+}
+
+// One row's gradient back through a layer's weights, out (in,) = g (out,) w (out, in) (+ prior_precision * z
+// where z is given: the first layer), kN vectors of `out` at a time held in registers over the whole sum (the
+// loop over j kept them in memory: a load and a store per product).
+template <int64_t kN, typename T>
+void through_weights_block(const T* w, const T* g, const T* z, T prior_precision, T* out, int64_t k, int64_t in,
+                           int64_t n_out) {
+  using V = typename Simd<T>::Vec;
+  constexpr int64_t kW = Simd<T>::kWidth;
+  V acc[kN];
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < kN; ++v) acc[v] = z ? prior_precision * load_vec<T>(z + k + v * kW) : V{};
+  for (int64_t j = 0; j < n_out; ++j) {
+    const V gj = splat<V>(g[j]);
+    const T* wj = w + j * in + k;
+#pragma GCC unroll 8
+    for (int64_t v = 0; v < kN; ++v) acc[v] += gj * load_vec<T>(wj + v * kW);
+  }
+#pragma GCC unroll 8
+  for (int64_t v = 0; v < kN; ++v) store_vec<T>(out + k + v * kW, acc[v]);
+}
+
+template <typename T>
+void row_through_weights(const T* w, const T* g, const T* z, T prior_precision, T* out, int64_t in, int64_t n_out) {
+  constexpr int64_t kW = Simd<T>::kWidth;
+  int64_t k = 0;
+  for (; k + 8 * kW <= in; k += 8 * kW) through_weights_block<8>(w, g, z, prior_precision, out, k, in, n_out);
+  if (k + 4 * kW <= in) {
+    through_weights_block<4>(w, g, z, prior_precision, out, k, in, n_out);
+    k += 4 * kW;
+  }
+  if (k + 2 * kW <= in) {
+    through_weights_block<2>(w, g, z, prior_precision, out, k, in, n_out);
+    k += 2 * kW;
+  }
+  if (k + kW <= in) {
+    through_weights_block<1>(w, g, z, prior_precision, out, k, in, n_out);
+    k += kW;
+  }
+  for (; k < in; ++k) {
+    T sum = z ? prior_precision * z[k] : T(0);
+    for (int64_t j = 0; j < n_out; ++j) sum += g[j] * w[j * in + k];
+    out[k] = sum;
+  }
+}
+
 // Rows [begin, end) one at a time, every layer in plain loops. `work` holds, per layer, its activations and
 // derivatives (2 * out), then two gradient rows of the widest width.
 template <typename scalar_t>
@@ -148,13 +261,7 @@ void rows_by_loops(const Network<scalar_t>& net, const scalar_t* z, scalar_t* va
       const Layer& layer = layers[i];
       scalar_t* a = work + offset[i];
       const scalar_t *w = net.weights[i], *b = net.biases[i];
-      for (int64_t j = 0; j < layer.out; ++j) {
-        scalar_t sum = b ? b[j] : scalar_t(0);
-        const scalar_t* wj = w + j * layer.in;
-#pragma omp simd reduction(+ : sum)
-        for (int64_t k = 0; k < layer.in; ++k) sum += wj[k] * x[k];
-        a[j] = sum;
-      }
+      row_times_weights(w, b, x, a, layer.in, layer.out);
       activate(layer, a, a + layer.out, layer.out);
       x = a;
     }
@@ -172,16 +279,7 @@ void rows_by_loops(const Network<scalar_t>& net, const scalar_t* z, scalar_t* va
       }
       scalar_t* out = i == 0 ? grad + r * dim : g_next;
       const scalar_t* w = net.weights[i];
-      if (i == 0) {
-        for (int64_t k = 0; k < layer.in; ++k) out[k] = net.prior_precision * zr[k];
-      } else {
-        std::fill(out, out + layer.in, scalar_t(0));
-      }
-      for (int64_t j = 0; j < layer.out; ++j) {
-        const scalar_t gj = g[j], *wj = w + j * layer.in;
-#pragma omp simd
-        for (int64_t k = 0; k < layer.in; ++k) out[k] += gj * wj[k];
-      }
+      row_through_weights(w, g, i == 0 ? zr : nullptr, net.prior_precision, out, layer.in, layer.out);
       std::swap(g, g_next);
     }
   }

@@ -1,5 +1,5 @@
 """mlp_potential (kale_fast.ops.mlp_potential) against its reference twin and torch.autograd: every activation, batch
-sizes on both sides of the kernel's switch from row loops to tiled products (2 rows), of its 64-row blocks and of a
+sizes on both sides of the kernel's switch from row loops to tiled products (8 rows), of its 64-row blocks and of a
 parallel task (128 rows), odd widths, the junction of two Linears, temperatures and prior precisions;
 LatentPotential's use of it and its fallbacks; the argument checks; no silent autograd; one opaque node under
 torch.compile."""
@@ -71,6 +71,20 @@ def test_single_layer_and_activation_on_the_last_layer(dtype, batch):
     z = torch.randn(batch, 4, dtype=dtype)
     value, grad = fused.mlp_potential(z, weights, biases, activations, temperature=0.3, prior_precision=0.0)
     expected_value, expected_grad = _reference64(z, weights, biases, activations, 0.3, 0.0)
+    _assert_close_to(value, expected_value)
+    _assert_close_to(grad, expected_grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("batch", [1, 8, 9])
+def test_wide_layers_through_every_register_block(dtype, batch):
+    """Widths that take the row loops' every path in both dtypes: whole groups of outputs with a tail of inputs,
+    outputs past the last group, and the backward's blocks of 8, 4, 2 and 1 vectors with a scalar tail."""
+    weights, biases, activations = _network([123, 70, 37, 100, 1], ["silu", "tanh", "identity", "silu"], dtype,
+                                            seed=11, bias=[True, False, True, True])
+    z = torch.randn(batch, 123, generator=torch.Generator().manual_seed(12), dtype=torch.float64).to(dtype)
+    value, grad = fused.mlp_potential(z, weights, biases, activations, temperature=1.3, prior_precision=0.4)
+    expected_value, expected_grad = _reference64(z, weights, biases, activations, 1.3, 0.4)
     _assert_close_to(value, expected_value)
     _assert_close_to(grad, expected_grad)
 
