@@ -5,10 +5,17 @@
 // runs without entering Python. A backward with create_graph=True must itself be differentiable: it runs the
 // reference's closed forms in torch ops (kale_fast::kale_loss_backward_differentiable, which kale_fast/ops/kale.py
 // registers) instead of the kernel.
+// On fp32/fp64 CPU energies that require grad, the forward keeps e_gen's exp terms (saved for the backward, so
+// released with the graph's other saved tensors) and the backward scales them into the gradient (csrc/kale_cpu.h):
+// M exps fewer. Both call the C++ functions directly; elsewhere the kernels are called below autograd
+// (AutoDispatchBelowADInplaceOrView): no dispatcher trip through the autograd fallback, which boxes every argument.
 #include <ATen/core/Tensor.h>
+#include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
+
+#include "kale_cpu.h"
 
 #include <optional>
 #include <tuple>
@@ -29,17 +36,24 @@ std::tuple<at::Tensor, at::Tensor> forward_kernels(const at::Tensor& e_data, con
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("kale_fast::kale_loss_forward", "")
                              .typed<ForwardSignature>();
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
   return op.call(e_data, e_gen, log_partition);
 }
 
 class KaleLoss : public torch::autograd::Function<KaleLoss> {
  public:
   // e_data, e_gen 1-D contiguous, log_partition 0-dim in the accumulation dtype (the Python layer checks and
-  // flattens); returns the 0-dim loss in the accumulation dtype.
+  // flattens); keep: keep e_gen's exp terms for the backward (keeps_exps(e_gen) and e_gen requires grad).
+  // Returns the 0-dim loss in the accumulation dtype.
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& e_data, const at::Tensor& e_gen,
-                            const std::optional<at::Tensor>& log_partition) {
-    auto [loss, state] = forward_kernels(e_data, e_gen, log_partition);
-    ctx->save_for_backward({e_data, e_gen, log_partition.value_or(at::Tensor())});
+                            const std::optional<at::Tensor>& log_partition, bool keep) {
+    at::Tensor loss, state;
+    KeptExps kept;  // undefined tensors unless kept
+    if (keep)
+      std::tie(loss, state) = kale_loss_forward_keeping_exps(e_data, e_gen, log_partition, kept);
+    else
+      std::tie(loss, state) = forward_kernels(e_data, e_gen, log_partition);
+    ctx->save_for_backward({e_data, e_gen, log_partition.value_or(at::Tensor()), kept.terms, kept.block_ref});
     ctx->saved_data["state"] = state;  // the (max, sum) of the log-sum-exp: an intermediate, never modified
     return loss;
   }
@@ -58,16 +72,21 @@ class KaleLoss : public torch::autograd::Function<KaleLoss> {
                                       .findSchemaOrThrow("kale_fast::kale_loss_backward_differentiable", "")
                                       .typed<BackwardSignature>();
       grads = differentiable.call(grad_outputs[0], saved[0], saved[1], log_partition, state);
+    } else if (saved[3].defined()) {
+      grads = kale_loss_backward_from_kept_exps(grad_outputs[0], saved[0], saved[1], log_partition, state,
+                                                KeptExps{saved[3], saved[4]});
     } else {
+      at::AutoDispatchBelowADInplaceOrView below_autograd;
       grads = kernel.call(grad_outputs[0], saved[0], saved[1], log_partition, state);
     }
-    return {std::get<0>(grads), std::get<1>(grads), a.defined() ? std::get<2>(grads) : at::Tensor()};
+    return {std::get<0>(grads), std::get<1>(grads), a.defined() ? std::get<2>(grads) : at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor kale_loss_autograd(const at::Tensor& e_data, const at::Tensor& e_gen,
                               const std::optional<at::Tensor>& log_partition) {
-  return KaleLoss::apply(e_data, e_gen, log_partition);
+  const bool keep = at::GradMode::is_enabled() && e_gen.requires_grad() && keeps_exps(e_gen);
+  return KaleLoss::apply(e_data, e_gen, log_partition, keep);
 }
 
 // Below autograd (no_grad, inference mode): the forward kernel alone.

@@ -71,8 +71,8 @@ inline V add(V a, V b) {
   return a + b;
 }
 
-// Pairwise sum of f(V load at x + i) over the whole vectors of x[0:n), and the count of elements they cover.
-// f maps a loaded acc_t vector to the vector of terms (exp(x - m), scale * x, ...).
+// Pairwise sum of f(V load at x + i, i) over the whole vectors of x[0:n), and the count of elements they cover.
+// f maps a loaded acc_t vector and its offset i to the vector of terms (exp(x - m), scale * x, ...).
 template <typename scalar_t, typename acc_t, typename F>
 inline acc_t pairwise_vector_sum(const scalar_t* x, int64_t n, F f, int64_t& covered) {
   using V = typename Simd<acc_t>::Vec;
@@ -80,16 +80,16 @@ inline acc_t pairwise_vector_sum(const scalar_t* x, int64_t n, F f, int64_t& cov
   Cascade<V> leaves;
   int64_t i = 0;
   for (; i + kLeafVectors * W <= n; i += kLeafVectors * W) {
-    V a = f(load_vec<acc_t>(x + i)), b = f(load_vec<acc_t>(x + i + W));
+    V a = f(load_vec<acc_t>(x + i), i), b = f(load_vec<acc_t>(x + i + W), i + W);
     for (int64_t j = 2; j < kLeafVectors; j += 2) {
-      a += f(load_vec<acc_t>(x + i + j * W));
-      b += f(load_vec<acc_t>(x + i + (j + 1) * W));
+      a += f(load_vec<acc_t>(x + i + j * W), i + j * W);
+      b += f(load_vec<acc_t>(x + i + (j + 1) * W), i + (j + 1) * W);
     }
     leaves.push(a + b, add<V>);
   }
   if (i + W <= n) {
-    V a = f(load_vec<acc_t>(x + i));
-    for (i += W; i + W <= n; i += W) a += f(load_vec<acc_t>(x + i));
+    V a = f(load_vec<acc_t>(x + i), i);
+    for (i += W; i + W <= n; i += W) a += f(load_vec<acc_t>(x + i), i);
     leaves.push(a, add<V>);
   }
   covered = i;
@@ -102,7 +102,7 @@ inline acc_t block_sum(const scalar_t* x, int64_t n, acc_t scale) {
   using V = typename Simd<acc_t>::Vec;
   const V scale_v = splat<V>(scale);
   int64_t i = 0;
-  acc_t s = pairwise_vector_sum<scalar_t, acc_t>(x, n, [&](V v) { return v * scale_v; }, i);
+  acc_t s = pairwise_vector_sum<scalar_t, acc_t>(x, n, [&](V v, int64_t) { return v * scale_v; }, i);
   acc_t tail = 0;
   for (; i < n; ++i) tail += scale * static_cast<acc_t>(x[i]);
   return s + tail;
@@ -129,11 +129,26 @@ inline acc_t block_max(const scalar_t* x, int64_t n, acc_t sign) {
 // (max, sum exp(t - max)) of t_i = sign * x[i] - offset over one block: the max pass, then the exp pass from L1
 // (which also asks for the next block, so that its max pass does not wait on memory). offset is A in the KALE
 // objective with A (t = -e_gen - A, the exponent of its gradient) and 0 elsewhere.
-template <typename scalar_t, typename acc_t>
+// zero_ref_max (the KALE forward; -inf: off): where every t_i lies in [kLeanSumLo, zero_ref_max], the state is
+// (0, sum exp(t)), the terms' exponents t_i rounded once, as the gradient's own are (the state's "max" is then a
+// reference at most the max, which every use of the state allows; zero_ref_max_for keeps the sums finite).
+// kKeep (zero_ref, scalar_t = acc_t): the terms are also written to kept[i], and *kept_ref is what they are
+// relative to (the state's max), or NaN where a term is not exact (below the smallest normal number, which
+// exp_lean<acc_t, false> does not round) or the max is not finite: the backward scales a block's kept terms into its
+// gradient, or recomputes the block.
+template <typename acc_t>  // for sums of n terms: n * exp(zero_ref_max) at most a 1/e of the largest finite value
+inline acc_t zero_ref_max_for(int64_t n) {
+  const double most = std::log(double(std::numeric_limits<acc_t>::max()) / double(std::max<int64_t>(n, 1))) - 1;
+  return static_cast<acc_t>(std::min(most, double(kLeanExpMax<acc_t>)));
+}
+
+template <bool kKeep = false, typename scalar_t, typename acc_t>
 inline LogSumExpState<acc_t> block_log_sum_exp(const scalar_t* x, int64_t n, acc_t sign, acc_t offset,
-                                               const scalar_t* prefetch_end) {
+                                               const scalar_t* prefetch_end,
+                                               acc_t zero_ref_max = -std::numeric_limits<acc_t>::infinity(),
+                                               scalar_t* kept = nullptr, acc_t* kept_ref = nullptr) {
   using V = typename Simd<acc_t>::Vec;
-  const acc_t m = block_max(x, n, sign) - offset;  // rounding is monotone: the max of the t_i
+  acc_t m = block_max(x, n, sign) - offset;  // rounding is monotone: the max of the t_i
   const scalar_t* ahead_end = std::min(x + kPrefetchAhead + n, prefetch_end);
   for (const scalar_t* p = x + kPrefetchAhead; p < ahead_end; p += 64 / sizeof(scalar_t)) __builtin_prefetch(p);
   if (!std::isfinite(m)) {
@@ -141,14 +156,30 @@ inline LogSumExpState<acc_t> block_log_sum_exp(const scalar_t* x, int64_t n, acc
     // infinities rescale by 1), 0 below, NaN for NaN elements
     acc_t s = 0;
     for (int64_t i = 0; i < n; ++i) s += rescale_scalar(acc_t(sign * static_cast<acc_t>(x[i]) - offset), m);
+    if constexpr (kKeep) *kept_ref = std::numeric_limits<acc_t>::quiet_NaN();
     return {m, s};
+  }
+  if (kKeep || zero_ref_max >= 0) {
+    const acc_t lowest = -block_max(x, n, -sign) - offset;  // a second pass, from L1
+    if (m <= zero_ref_max && lowest >= kLeanSumLo<acc_t>) m = 0;
+    if constexpr (kKeep) *kept_ref = lowest - m >= kLeanSumLo<acc_t> ? m : std::numeric_limits<acc_t>::quiet_NaN();
   }
   // (sign * x - offset) - m: t rounded first, as the gradient's exponent is
   const V sign_v = splat<V>(sign), offset_v = splat<V>(offset), m_v = splat<V>(m);
   int64_t i = 0;
   acc_t s = pairwise_vector_sum<scalar_t, acc_t>(
-      x, n, [&](V v) { return exp_lean<acc_t, false>(V((sign_v * v - offset_v) - m_v)); }, i);
-  for (; i < n; ++i) s += exp_lean<acc_t, false>(acc_t((sign * static_cast<acc_t>(x[i]) - offset) - m));
+      x, n,
+      [&](V v, int64_t at) {
+        const V term = exp_lean<acc_t, false>(V((sign_v * v - offset_v) - m_v));
+        if constexpr (kKeep) store_vec<acc_t>(kept + at, term);
+        return term;
+      },
+      i);
+  for (; i < n; ++i) {
+    const acc_t term = exp_lean<acc_t, false>(acc_t((sign * static_cast<acc_t>(x[i]) - offset) - m));
+    if constexpr (kKeep) kept[i] = term;
+    s += term;
+  }
   return {m, s};
 }
 
@@ -175,6 +206,17 @@ void write_scaled_exp(const scalar_t* x, scalar_t* out, int64_t n, acc_t sign, a
     else
       write([&](auto arg) { return scale * exp_lean<acc_t>(arg); });
   }
+}
+
+// out[i] = factor * x[i] over x[0:n) (kept exp terms of a block into its gradient: one rounding, no exp).
+template <typename scalar_t, typename acc_t>
+void write_scaled(const scalar_t* x, scalar_t* out, int64_t n, acc_t factor) {
+  using V = typename Simd<acc_t>::Vec;
+  constexpr int64_t W = Simd<acc_t>::kWidth;
+  const V factor_v = splat<V>(factor);
+  int64_t i = 0;
+  for (; i + W <= n; i += W) store_vec<acc_t>(out + i, V(load_vec<acc_t>(x + i) * factor_v));
+  for (; i < n; ++i) out[i] = static_cast<scalar_t>(static_cast<acc_t>(x[i]) * factor);
 }
 
 }  // namespace kale_fast

@@ -255,12 +255,15 @@ def test_kale_loss_nan_and_inf_follow_fp64_math(fused, special, with_a):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("tiny_factor", [False, True], ids=["factor_folded", "tiny_factor"])
-def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype, tiny_factor):
+@pytest.mark.parametrize("path", ["exp_kernel", "kept_terms"])
+def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype, tiny_factor, path):
     """The C++ kernels' lean exp (csrc/vec_math.h) element by element against fp64, from where it reaches 0 through
     the subnormal results to its bound kLeanExpMax: with A = 0 and the incoming gradient -M * factor, the C++
     backward's d e_gen_i = -grad / M * exp(-e_gen_i - A) is factor * exp(-e_gen_i) with nothing rounded before
     the exp. The factor (a power of two) is 1, which exp_lean takes into its last product, or one too small for
-    that (2^-100 fp32, 2^-1000 fp64), which multiplies its result."""
+    that (2^-100 fp32, 2^-1000 fp64), which multiplies its result. Two paths: the backward kernel op (the exp of
+    the gradient's exponent), and kale_loss's eager C++ door (csrc/kale_cpu.h: the forward's kept exp terms times
+    a factor per block, or the exp where a block's terms are not exact: one rounding more, fp32 within 2 ulp)."""
     finfo = torch.finfo(dtype)
     factor = (2.0**-100 if dtype == torch.float32 else 2.0**-1000) if tiny_factor else 1.0
     lo, lean_max = (-110.0, 65.0) if dtype == torch.float32 else (-750.0, 660.0)
@@ -269,14 +272,19 @@ def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype, tiny_factor):
     x = torch.cat([torch.linspace(lo, lean_max, 300_001, dtype=torch.float64).clamp(max=lean_max),
                    torch.tensor([edge * factor for edge in edges for factor in (1 - 1e-9, 1, 1 + 1e-9)])])
     x = x.to(dtype)
-    e_gen = (-x).requires_grad_()
-    loss = kf.kale_loss(torch.zeros(1, dtype=dtype), e_gen, torch.zeros((), dtype=dtype), backend="cpp")
-    (grad,) = torch.autograd.grad(loss, e_gen, grad_outputs=torch.tensor(-x.numel() * factor, dtype=dtype))
+    e_data, a, incoming = torch.zeros(1, dtype=dtype), torch.zeros((), dtype=dtype), -x.numel() * factor
+    if path == "exp_kernel":
+        state = torch.ops.kale_fast.kale_loss_forward(e_data, -x, a)[1]
+        grad = torch.ops.kale_fast.kale_loss_backward(torch.tensor(incoming, dtype=dtype), e_data, -x, a, state)[1]
+    else:
+        e_gen = (-x).requires_grad_()
+        loss = kf.kale_loss(e_data, e_gen, a, backend="cpp")
+        (grad,) = torch.autograd.grad(loss, e_gen, grad_outputs=torch.tensor(incoming, dtype=dtype))
     expected = factor * torch.exp(x.double())
     assert bool((grad[expected < finfo.smallest_normal] > 0).any())  # subnormal results, not flushed to 0
     # fp32 (Cephes polynomial) stays within 1 ulp, fp64 (Pade form) reaches 2 ulp on a few arguments; subnormal
     # results within one unit of the smallest subnormal
-    ulps = 1 if dtype == torch.float32 else 3
+    ulps = (1 if path == "exp_kernel" else 2) if dtype == torch.float32 else 3
     bound = ulps * finfo.eps * expected + finfo.smallest_normal * finfo.eps
     error = (grad.double() - expected).abs()
     assert (error <= bound).all(), f"worst at exponent {x[(error / bound).argmax()].item()}"

@@ -1,6 +1,8 @@
 """kale_loss's eager door on the C++ backend (the kernels with their autograd in C++, csrc/kale_autograd.cpp)
 against the oracle and against its other doors: gradcheck and gradgradcheck in fp64 (create_graph=True runs the
 reference's differentiable closed forms), torch.func (the autograd.Function), no_grad and inference mode."""
+import math
+
 import pytest
 import torch
 
@@ -68,3 +70,67 @@ def test_bf16_energies_get_a_bf16_loss_and_fp32_accurate_gradients():
     exact = torch.autograd.grad(reference.kale_loss(*oracle_inputs, None), oracle_inputs)
     for got, want in zip(grads, exact):
         torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-4)
+
+
+def _blocks_of_every_kind(dtype, seed):
+    """e_gen over 5 of the C++ kernels' 2048-element blocks plus a tail: energies near 0 (with A, terms kept
+    relative to 0), near 300 (relative to the block's max; with A, the factor exp(max) below the normal range: the
+    backward recomputes the block), one block spread over 200 (fp32: terms below the normal range, recomputed), one
+    with an infinity, and a tail of 77."""
+    gen = torch.Generator().manual_seed(seed)
+    parts = [torch.randn(2048, generator=gen, dtype=torch.float64) * 3,
+             torch.randn(2048, generator=gen, dtype=torch.float64) + 300,
+             torch.linspace(-100, 100, 2048, dtype=torch.float64),
+             torch.cat([torch.randn(2047, generator=gen, dtype=torch.float64), torch.tensor([math.inf])]),
+             torch.randn(2048, generator=gen, dtype=torch.float64) * 5 + 10,
+             torch.randn(77, generator=gen, dtype=torch.float64)]
+    return torch.cat(parts).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("a", [None, 0.5, -80.0], ids=["dv", "a", "a_beyond_lean"])
+def test_kept_exp_terms_give_the_oracles_gradient_and_repeat_exactly(dtype, a):
+    """The eager C++ door keeps the forward's exp terms and scales them into d e_gen (csrc/kale_cpu.h), or
+    recomputes a block whose terms are not exact. Against the fp64 oracle element by element, within the rounding
+    of the gradient's exponent (eps * |exponent|, as the backward kernel op, checked alike) and a few roundings
+    more (the terms of a block are relative to 0, so that their exponent is the gradient's, up to exp(65) fp32); a second backward of the same graph (retain_graph) gives the same bits (the kept terms are left as they
+    are); the loss is the no_grad loss bit for bit."""
+    e_gen = _blocks_of_every_kind(dtype, seed=6)
+    e_data = torch.randn(100, dtype=dtype)
+    log_partition = None if a is None else torch.tensor(a, dtype=dtype)
+    leaf = e_gen.clone().requires_grad_()
+    loss = kf.kale_loss(e_data, leaf, log_partition, backend="cpp")
+    incoming = torch.tensor(0.75, dtype=dtype)
+    (kept,) = torch.autograd.grad(loss, leaf, grad_outputs=incoming, retain_graph=True)
+    (again,) = torch.autograd.grad(loss, leaf, grad_outputs=incoming)
+    assert torch.equal(kept, again)
+    with torch.no_grad():
+        assert torch.equal(loss, kf.kale_loss(e_data, e_gen, log_partition, backend="cpp"))
+    state = torch.ops.kale_fast.kale_loss_forward(e_data, e_gen, log_partition)[1]
+    kernel = torch.ops.kale_fast.kale_loss_backward(incoming, e_data, e_gen, log_partition, state)[1]
+
+    oracle_gen = e_gen.double().requires_grad_()
+    oracle = reference.kale_loss(e_data.double(), oracle_gen, None if a is None else torch.tensor(a).double())
+    (want,) = torch.autograd.grad(oracle, oracle_gen, grad_outputs=incoming.double())
+    t = -oracle_gen.detach() - (0.0 if a is None else a)
+    # the exponent as the kernels round it (with A and a max of t beyond the lean exp's range, -log M enters it)
+    exponent = (t - torch.logsumexp(t[t.isfinite()], 0)) if a is None else t.abs() + math.log(t.numel())
+    # (the general exp, beyond the lean one's range, flushes results below about 2 smallest normals to 0)
+    eps, tiny = torch.finfo(dtype).eps, 2 * torch.finfo(dtype).smallest_normal
+    bound = eps * (4 + exponent.abs()) * want.abs() + tiny
+    # fp32 with A: exp(300) overflows to -inf, and near the largest value so does the exp before its factor 1/M
+    beyond = want.abs() > torch.finfo(dtype).max / e_gen.numel()
+    for grad in (kept, kernel):
+        special = (grad.double() == want) | (grad.isnan() & want.isnan()) | (grad.isinf() & beyond)
+        assert ((grad.double() - want).abs() <= bound)[~special].all()
+    if oracle.abs() <= torch.finfo(dtype).max:  # fp32 with A: the spread block's mean exp overflows, to inf
+        torch.testing.assert_close(loss.double(), oracle.detach(), rtol=8 * eps, atol=0)
+
+
+def test_keeping_is_skipped_where_e_gen_needs_no_gradient():
+    e_data, e_gen, a = _inputs(7)
+    loss = kf.kale_loss(e_data, e_gen.detach(), a, backend="cpp")
+    got = torch.autograd.grad(loss, (e_data, a))
+    want = torch.autograd.grad(reference.kale_loss(e_data, e_gen.detach(), a), (e_data, a))
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-13, atol=1e-14)
