@@ -15,6 +15,8 @@ name says; each is measured once per process and argument set, then reused (the 
 and the floor times built from them (milliseconds, from the medians):
 
     streaming_floor_ms(n_bytes, device)    moving n_bytes (read + written) at the copy rate
+    exp_floor_ms(n_bytes, n_exps, device)  the larger of that and n_exps exps at torch.exp's rate: what bounds an
+                                           op that must also evaluate n_exps exps (an exp-bound op shows it)
     gemm_floor_ms(shapes, device)          a sequence of (m, n, k) products, each at its own measured rate
 
 A floor is a property of this machine and this torch build (torch's exp and GEMM are the yardsticks), not of the
@@ -122,6 +124,12 @@ def streaming_floor_ms(n_bytes: float, device: torch.device = torch.device("cpu"
     """Milliseconds to move n_bytes (bytes read + bytes written, in equal parts as a copy does) at the median copy
     rate: the floor of a streaming op that reads its inputs and writes its outputs once."""
     return n_bytes / copy_gbps(device)["median"] / 1e6
+
+
+def exp_floor_ms(n_bytes: float, n_exps: float, device: torch.device = torch.device("cpu")) -> float:
+    """Milliseconds of the larger bound of an op that moves n_bytes and evaluates n_exps exps: the streaming floor,
+    or n_exps at the median exp rate (torch.exp's, on this device and thread count)."""
+    return max(streaming_floor_ms(n_bytes, device), n_exps / exp_rate(device)["median"] / 1e6)
 
 
 def gemm_floor_ms(shapes: Iterable[Tuple[int, int, int]], device: torch.device = torch.device("cpu"),

@@ -28,6 +28,9 @@ def test_floor_times_follow_the_medians(monkeypatch):
     floors._CACHE[("gemm", "cpu", threads, 4, 5, 6, "torch.float32")] = dict(median=2.0)  # 2 GFLOP/s
     floors._CACHE[("gemm", "cpu", threads, 1, 1, 1, "torch.float32")] = dict(median=1.0)
     assert floors.streaming_floor_ms(2e7, CPU) == pytest.approx(2.0)  # 20 MB at 10 GB/s
+    floors._CACHE[("exp", "cpu", threads)] = dict(median=0.5)  # 0.5 G exps per second
+    assert floors.exp_floor_ms(2e7, 5e5, CPU) == pytest.approx(2.0)  # streaming bound: 1 ms of exps
+    assert floors.exp_floor_ms(2e7, 2e6, CPU) == pytest.approx(4.0)  # exp bound
     assert floors.gemm_floor_ms([(4, 5, 6), (1, 1, 1)], CPU) == pytest.approx((240 / 2.0 + 2 / 1.0) / 1e6)
 
 

@@ -93,8 +93,9 @@ def test_kept_exp_terms_give_the_oracles_gradient_and_repeat_exactly(dtype, a):
     """The eager C++ door keeps the forward's exp terms and scales them into d e_gen (csrc/kale_cpu.h), or
     recomputes a block whose terms are not exact. Against the fp64 oracle element by element, within the rounding
     of the gradient's exponent (eps * |exponent|, as the backward kernel op, checked alike) and a few roundings
-    more (the terms of a block are relative to 0, so that their exponent is the gradient's, up to exp(65) fp32); a second backward of the same graph (retain_graph) gives the same bits (the kept terms are left as they
-    are); the loss is the no_grad loss bit for bit."""
+    more (with A, a block's terms are relative to 0, so that their exponent is the gradient's); a second backward
+    of the same graph (retain_graph) gives the same bits (the kept terms are left as they are); the loss is the
+    no_grad loss bit for bit."""
     e_gen = _blocks_of_every_kind(dtype, seed=6)
     e_data = torch.randn(100, dtype=dtype)
     log_partition = None if a is None else torch.tensor(a, dtype=dtype)
