@@ -98,7 +98,8 @@ template <typename scalar_t, typename acc_t>
 wide_t data_mean(const scalar_t* data, int64_t n_data, acc_t data_sum) {
   if (std::isfinite(data_sum)) return wide_t(data_sum) / wide_t(n_data);
   const acc_t scale = std::ldexp(acc_t(1), -kOverflowScaleBits);
-  const acc_t scaled = kale_sums<false, scalar_t, acc_t>(data, 0, acc_t(0), data, n_data, scale, acc_t(0)).data;
+  const acc_t scaled = kale_sums<false, scalar_t, acc_t>(data, 0, acc_t(0), data, n_data, scale,
+                                                          -std::numeric_limits<acc_t>::infinity()).data;
   return std::ldexp(wide_t(scaled), kOverflowScaleBits) / wide_t(n_data);
 }
 
@@ -143,6 +144,8 @@ std::tuple<at::Tensor, at::Tensor> forward(const at::Tensor& e_data, const at::T
         sums = kale_sums<true, scalar_t, acc_t>(gen, n_gen, a, data, n_data, acc_t(1), zero_ref_max,
                                                 kept->terms.mutable_data_ptr<scalar_t>(),
                                                 kept->block_ref.mutable_data_ptr<acc_t>());
+      else
+        TORCH_INTERNAL_ASSERT(false, "kale_fast: kept exp terms need fp32 or fp64 (checked above)");
     } else {
       sums = kale_sums<false, scalar_t, acc_t>(gen, n_gen, a, data, n_data, acc_t(1), zero_ref_max);
     }

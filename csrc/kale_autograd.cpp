@@ -12,6 +12,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/record_function.h>
+#include <c10/core/impl/TorchDispatchModeTLS.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -49,12 +51,14 @@ class KaleLoss : public torch::autograd::Function<KaleLoss> {
                             const std::optional<at::Tensor>& log_partition, bool keep) {
     at::Tensor loss, state;
     KeptExps kept;  // undefined tensors unless kept
-    if (keep)
+    if (keep) {
+      RECORD_FUNCTION("kale_fast::kale_loss_forward", std::vector<c10::IValue>({e_data, e_gen}));
       std::tie(loss, state) = kale_loss_forward_keeping_exps(e_data, e_gen, log_partition, kept);
-    else
+    } else {
       std::tie(loss, state) = forward_kernels(e_data, e_gen, log_partition);
+    }
     ctx->save_for_backward({e_data, e_gen, log_partition.value_or(at::Tensor()), kept.terms, kept.block_ref});
-    ctx->saved_data["state"] = state;  // the (max, sum) of the log-sum-exp: an intermediate, never modified
+    ctx->saved_data["state"] = state;  // the (reference, sum) of the log-sum-exp: an intermediate, never modified
     return loss;
   }
 
@@ -73,6 +77,7 @@ class KaleLoss : public torch::autograd::Function<KaleLoss> {
                                       .typed<BackwardSignature>();
       grads = differentiable.call(grad_outputs[0], saved[0], saved[1], log_partition, state);
     } else if (saved[3].defined()) {
+      RECORD_FUNCTION("kale_fast::kale_loss_backward", std::vector<c10::IValue>({saved[0], saved[1]}));
       grads = kale_loss_backward_from_kept_exps(grad_outputs[0], saved[0], saved[1], log_partition, state,
                                                 KeptExps{saved[3], saved[4]});
     } else {
@@ -83,9 +88,16 @@ class KaleLoss : public torch::autograd::Function<KaleLoss> {
   }
 };
 
+// Whether t is a plain tensor: not a fake tensor or a Python subclass (their Python key must see every op).
+bool plain(const at::Tensor& t) { return !t.key_set().has(c10::DispatchKey::Python); }
+
 at::Tensor kale_loss_autograd(const at::Tensor& e_data, const at::Tensor& e_gen,
                               const std::optional<at::Tensor>& log_partition) {
-  const bool keep = at::GradMode::is_enabled() && e_gen.requires_grad() && keeps_exps(e_gen);
+  // The kept variant calls the CPU functions directly, past the dispatcher: only for plain tensors with no
+  // dispatch mode active, so that FakeTensorMode, flop counters and subclasses still see kale_loss_forward.
+  const bool keep = at::GradMode::is_enabled() && e_gen.requires_grad() && keeps_exps(e_gen) &&
+                    !c10::impl::dispatch_mode_enabled() && plain(e_data) && plain(e_gen) &&
+                    (!log_partition.has_value() || plain(*log_partition));
   return KaleLoss::apply(e_data, e_gen, log_partition, keep);
 }
 

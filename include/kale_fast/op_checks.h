@@ -26,8 +26,9 @@ inline void check_rows(const at::Tensor& x, c10::DeviceType device) {
               "x must be a contiguous 2-D ", c10::DeviceTypeName(device), " tensor with non-empty rows");
 }
 
-// grad and state of kale_loss_backward: a one-element grad and the forward's (max, sum) state, both in the
-// accumulation dtype of the energies, on their device.
+// grad and state of kale_loss_backward: a one-element grad and the forward's (max, sum) state (the CPU kernel's, with
+// A: a reference at most the max, in place of the max), both in the accumulation dtype of the energies, on their
+// device.
 inline void check_kale_state(const at::Tensor& grad, const at::Tensor& state, const at::Tensor& e_gen) {
   const auto acc = acc_type_of(e_gen.scalar_type());
   TORCH_CHECK(grad.numel() == 1 && grad.scalar_type() == acc && grad.device() == e_gen.device(),

@@ -85,7 +85,8 @@ def _cheap_apply(function):
 
 def _kale_loss_forward(e_data: Tensor, e_gen: Tensor, log_partition: Optional[Tensor], backend: str):
     """(loss, state) in the accumulation dtype: the 0-dim loss and the (2,) (max, sum) state of the log-sum-exp of
-    -e_gen - A (A absent: -e_gen) that the backward needs; inputs 1-D contiguous."""
+    -e_gen - A (A absent: -e_gen) that the backward needs; inputs 1-D contiguous. The C++ kernel's state with A
+    holds a reference at most the max (0 where the terms allow it) in place of the max: the same log-sum-exp."""
     return kernels(backend, _FAMILY).kale_loss_forward(e_data, e_gen, log_partition)
 
 
