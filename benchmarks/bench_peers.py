@@ -295,7 +295,7 @@ def test_kale_runner_on_gaussian(config):
     _assert_means_within_mc_error(outcome.trace, np.sqrt(t.moments[1]))
 
 
-def test_kale_configurations_run_eager_and_compiled():
+def test_kale_configurations_are_listed_eager_and_compiled_and_parse_back():
     """Every kale_fast configuration, the peers' per-chain adaptation included, is listed eager and compiled and
     parses back to its factory; an unknown one is refused by name."""
     hmc = f"hmc-{run_kale.N_LEAPFROG}"

@@ -170,7 +170,8 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
     (or compiled chunk) from a CUDA graph (CUDA tensors only). `state` (a previous result's .state, or
     SamplerState.load) continues a run exactly, in place of z0; a further warm-up adapts again from its values.
     Randomness comes from `generator`, or from one seeded by torch's global generator, so torch.manual_seed
-    repeats a run.
+    repeats a run; a resumed run without a generator continues from the state's and draws nothing from the
+    global one.
     """
     check_count("n_steps", n_steps, 0)
     check_count("warmup", warmup, 0)

@@ -130,7 +130,8 @@ class KALETrainer:
     generator: draws latents and interpolation weights (default: a CPU/GPU generator seeded with `seed`).
     compile: run each step (gradients and Adam's update) as one torch.compile'd graph; same results as eager
       up to fp32 rounding, given the same draws. Not for batch norm or spectral norm (a ValueError). Fixes glibc's
-      malloc thresholds for the whole process (train/heap.py: freed heap stays mapped for the next call).
+      malloc thresholds for the whole process (train/heap.py: freed heap stays mapped for the next call;
+      KALE_FAST_KEEP_FREED_HEAP=0 or glibc's own MALLOC_*_THRESHOLD_ settings leave malloc alone).
     reduce_gradients: called on the trained parameters before each optimizer step (data-parallel averaging).
 
     energy_step(x_real) -> {"energy_loss", "penalty"}; base_step(n) -> {"base_loss"}; values are 0-dim tensors.

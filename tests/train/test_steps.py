@@ -3,6 +3,7 @@
 gradients equal to eager ones up to fp32 rounding."""
 import copy
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -352,14 +353,20 @@ print(libc.mallinfo2().fordblks)
 """
 
 
-@pytest.mark.skipif(not (sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"), reason="glibc's")
+def _glibc_with_mallinfo2() -> bool:
+    libc, version = platform.libc_ver()
+    return sys.platform.startswith("linux") and libc == "glibc" and tuple(map(int, version.split("."))) >= (2, 33)
+
+
+@pytest.mark.skipif(not _glibc_with_mallinfo2(), reason="glibc >= 2.33 (mallinfo2)")
 def test_a_process_with_compiled_steps_keeps_its_freed_heap_mapped():
     """After a KALETrainer(compile=True) is built, freed blocks of 16 MiB stay in the heap (glibc's defaults mmap
     them and unmap them at free, as they trimmed a compiled call's freed buffers and faulted them back in at every
     call: kale_fast/train/heap.py). Each in a fresh process, as the setting is process-wide."""
-    def free_heap_bytes(mode: str) -> int:
+    def free_heap_bytes(mode: str, **env: str) -> int:
         done = subprocess.run([sys.executable, "-c", _FREED_HEAP_PROBE, mode], capture_output=True, text=True,
-                              check=True, cwd=Path(__file__).resolve().parents[2])
+                              check=True, cwd=Path(__file__).resolve().parents[2], env={**os.environ, **env})
         return int(done.stdout.split()[-1])
 
     assert free_heap_bytes("eager") < 48 << 20 <= free_heap_bytes("compiled")
+    assert free_heap_bytes("compiled", KALE_FAST_KEEP_FREED_HEAP="0") < 48 << 20  # the opt-out
