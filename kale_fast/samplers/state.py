@@ -224,7 +224,7 @@ def check_saved_state(state: SamplerState, sampler_name: str) -> None:
         raise ValueError(f"state.step_size must be a ({z.shape[0]},) tensor of finite positive step sizes")
     # One test of every value at once (a resumed run's fixed cost: about 5 eager ops per field tested alone);
     # the field at fault is looked for only when it fails.
-    values = torch.cat([value.reshape(-1) for value in (*fields.values(), step)])
+    values = torch.cat([value.reshape(-1).to(z.device) for value in (*fields.values(), step)])  # (devices as before)
     if not bool(torch.isfinite(values).all() & (step > 0).all()):
         for name, value in fields.items():
             if not bool(torch.isfinite(value).all()):
