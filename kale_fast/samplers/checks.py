@@ -94,9 +94,11 @@ def warn_about_run(sampler, potential, result, warmup: int, n_steps: int, start_
              f"the integrator fails: a smaller step (a higher target_accept) or a better-conditioned potential "
              f"helps; a potential that is infinite on purpose (a hard constraint) diverges at its wall by design. "
              f"result.n_divergent counts them per chain")
-    kept = (lambda t: t) if n_bad == 0 else (lambda t: t[finite])  # noqa: E731  (indexing: an op per tensor)
+    # the finite chains' rows, indexed once and only where some chains are not finite (an eager op per tensor)
+    z0, u0, z1, u1, grad1, accept_rate = (t if n_bad == 0 else t[finite] for t in (
+        start_z, start_potential, result.z, result.potential, result.state.chains.grad, result.accept_rate))
     if sampler.default_target_accept is not None and n_steps and n_bad < n_chains:
-        accept = float(kept(result.accept_rate).mean())
+        accept = float(accept_rate.mean())
         if accept < LOW_ACCEPTANCE:
             warn(f"{name}: mean acceptance {accept:.3f} while sampling: the chains hardly move. The step size "
                  f"({float(result.step_size.mean()):.3g}) is too large for this target"
@@ -108,11 +110,10 @@ def warn_about_run(sampler, potential, result, warmup: int, n_steps: int, start_
                  f"(the target acceptance is {sampler.target_accept})"
                  + ("" if sampler.adapt_step_size is not False and warmup else
                     ": adapt it with a warm-up (warmup=N, adapt_step_size left at its default)"))
-    if n_bad < n_chains and ran_away(potential, kept(start_z), kept(start_potential), kept(result.z),
-                                     kept(result.potential), kept(result.state.chains.grad)):
-        warn(f"{name}: the chains ran away: their potential fell from {float(kept(start_potential).mean()):.4g} "
-             f"to {float(kept(result.potential).mean()):.4g} (mean over chains) as they moved outwards, mean "
-             f"|z| {float(kept(start_z).norm(dim=1).mean()):.3g} -> {float(kept(result.z).norm(dim=1).mean()):.3g}"
+    if n_bad < n_chains and ran_away(potential, z0, u0, z1, u1, grad1):
+        warn(f"{name}: the chains ran away: their potential fell from {float(u0.mean()):.4g} to "
+             f"{float(u1.mean()):.4g} (mean over chains) as they moved outwards, mean |z| "
+             f"{float(z0.norm(dim=1).mean()):.3g} -> {float(z1.norm(dim=1).mean()):.3g}"
              f". The potential is probably a log-density: samplers take U(z) = -log p(z), so pass its negative "
              f"(BlackJAX's and NumPyro's logdensity_fn is -U)")
 

@@ -128,10 +128,9 @@ class _Tally:
     FLUSH_ROWS = 64
 
     def __init__(self, n_chains: int, dtype: torch.dtype, device: torch.device, deferred: bool):
-        self.dtype, self.deferred = dtype, deferred
+        self.shape, self.dtype, self.device, self.deferred = (1, n_chains), dtype, device, deferred
         # deferred: made by the first flush (one eager op less per count and run)
-        self.total = None if deferred else torch.zeros((1, n_chains), dtype=dtype, device=device)
-        self.zeros = lambda: torch.zeros((1, n_chains), dtype=dtype, device=device)  # noqa: E731
+        self.total: Optional[Tensor] = None if deferred else self._zeros()
         self.pending: List[Tensor] = []
         self.rows = 0
 
@@ -152,8 +151,11 @@ class _Tally:
             self.total = counts if self.total is None else self.total + counts
             self.pending, self.rows = [], 0
         if self.total is None:
-            self.total = self.zeros()
+            self.total = self._zeros()
         return self.total
+
+    def _zeros(self) -> Tensor:
+        return torch.zeros(self.shape, dtype=self.dtype, device=self.device)
 
 
 def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup: int = 0, thin: int = 0,
