@@ -1,8 +1,8 @@
 """kale_fast's samplers against BlackJAX and NumPyro (benchmarks/bench_peers.py).
 
 targets.py defines the three targets once (numpy arrays, a torch potential and a JAX log density built from
-them); common.py turns a (chain, draw, dim) trace into ArviZ bulk ESS and moment errors; kale.py, blackjax.py
-and numpyro.py run each library's samplers with warm-up and sampling timed apart.
+them); common.py turns a (chain, draw, dim) trace into ArviZ bulk and tail ESS and moment errors; run_kale.py,
+run_blackjax.py and run_numpyro.py run each library's samplers with warm-up and sampling timed apart.
 
 XLA reads XLA_FLAGS once, when jax is first imported: they are set here, before any module of this package
 imports jax, so every JAX computation runs on one thread like torch.set_num_threads(1) on the kale_fast side.

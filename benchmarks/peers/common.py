@@ -1,4 +1,4 @@
-"""What every library's runner returns, and the one ESS estimator and moment errors applied to all of them."""
+"""What every library's runner returns, and the ESS estimators and moment errors applied to all of them."""
 import time
 from dataclasses import dataclass
 from typing import Tuple
@@ -40,14 +40,25 @@ class Stopwatch:
         self.cpu = time.process_time() - self.cpu
 
 
-def bulk_ess(trace: np.ndarray) -> np.ndarray:
-    """ArviZ's rank-normalised bulk ESS of a (chain, draw, dim) trace, one value per coordinate (dim,)."""
+def _arviz_ess(trace: np.ndarray, method: str) -> np.ndarray:
     import arviz
 
     if trace.ndim != 3:
         raise ValueError(f"trace must be (chain, draw, dim), got shape {trace.shape}")
     dataset = arviz.convert_to_dataset({"z": np.asarray(trace, dtype=np.float64)})
-    return np.asarray(arviz.ess(dataset, method="bulk")["z"].values)
+    return np.asarray(arviz.ess(dataset, method=method)["z"].values)
+
+
+def bulk_ess(trace: np.ndarray) -> np.ndarray:
+    """ArviZ's rank-normalised bulk ESS of a (chain, draw, dim) trace, one value per coordinate (dim,): how well
+    the draws estimate the centre of each marginal. Anti-correlated draws score above the number of draws."""
+    return _arviz_ess(trace, "bulk")
+
+
+def tail_ess(trace: np.ndarray) -> np.ndarray:
+    """ArviZ's tail ESS of a (chain, draw, dim) trace, one value per coordinate (dim,): the smaller of the ESS of
+    the 5% and 95% quantile estimates, how well the draws estimate each marginal's tails and spread."""
+    return _arviz_ess(trace, "tail")
 
 
 def moment_errors(trace: np.ndarray, mean: np.ndarray, var: np.ndarray) -> Tuple[float, float]:
