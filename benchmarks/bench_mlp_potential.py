@@ -9,13 +9,20 @@
 - 7 GEMMs: the potential's matrix products alone as bare torch.mm calls (bench_samplers.gemm_floor);
 - JAX jit: jax.jit(vmap(value_and_grad)) of the same potential, when JAX is installed (CPU only).
 
+Beside them, computed rather than timed, the FLOP floor: the network's multiply-adds (forward, and backward to the
+input: 2 x the sum of in x out over the layers, per row), 2 FLOP each, at the best rate torch's GEMM reaches on
+this machine and thread count (benchmarks/floors.py's gemm_rate of a 1024^3 product). What an op doing those
+products, with nothing else, could take at that rate; the activations' exps come on top.
+
 On a GPU the op runs its reference in torch ops (no CUDA kernel): the table then says so by its figures.
 """
+import statistics
 from typing import Callable, Dict
 
 import pytest
 import torch
 
+from benchmarks import floors
 from benchmarks._timing import cell, interleaved_ms, ratio_spread, spread
 from benchmarks.bench_samplers import _jax_value_and_grad, gemm_floor
 from kale_fast.samplers import value_and_grad
@@ -23,6 +30,7 @@ from kale_fast.samplers import value_and_grad
 TITLE = "mlp_potential: the GEBM latent potential's value and input-gradient per call, float32, 1 thread"
 BATCHES = (1, 64, 1024)
 OP = "mlp_potential"
+PEAK_GEMM = 1024  # the square product whose rate stands for the machine's GEMM peak
 
 
 def cases(potential, z: torch.Tensor) -> Dict[str, Callable[[], object]]:
@@ -55,26 +63,43 @@ def run(device: torch.device, quick: bool, progress) -> dict:
     rows = []
     try:
         potential = targets.gebm().potential
+        peak = floors.gemm_rate(PEAK_GEMM, PEAK_GEMM, PEAK_GEMM, device)
         for b in batches:
             z = torch.randn(b, targets.GEBM_LATENT, generator=torch.Generator().manual_seed(b)).to(device)
             ms = interleaved_ms(cases(potential, z), device, budget_s=0.3 if quick else 2.0, min_rounds=5,
                                 max_rounds=60)
+            flop_floor_us = flops_per_row(potential, z) * b / peak["median"] / 1e3
             rows.append(dict(batch=b, us={k: spread([1e3 * v for v in s]) for k, s in ms.items()},
-                             over_op={k: ratio_spread(s, ms[OP]) for k, s in ms.items() if k != OP}))
+                             over_op={k: ratio_spread(s, ms[OP]) for k, s in ms.items() if k != OP},
+                             flop_floor_us=flop_floor_us,
+                             op_over_flop_floor=1e3 * statistics.median(ms[OP]) / flop_floor_us))
             progress.update(1)
     finally:
         torch.set_num_threads(threads)
-    return dict(rows=rows)
+    return dict(rows=rows, peak_gemm_gflops=peak)
+
+
+def flops_per_row(potential, z: torch.Tensor) -> int:
+    """FLOP of one row's value and input-gradient: 2 per multiply-add, forward and backward through every layer."""
+    return sum(2 * 2 * w.numel() for w in potential._linear_stack(z).weights)
 
 
 def markdown(record: dict) -> str:
     rows = record["rows"]
     names = list(rows[0]["us"])
+    floor = "flop_floor_us" in rows[0]  # records before the FLOP floor column have none
     lines = ["us per call; in brackets below each, that time over mlp_potential's per round:", "",
-             "| B | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+             "| B | " + " | ".join(names) + (" | FLOP floor |" if floor else " |"),
+             "|---|" + "---|" * (len(names) + floor)]
     for r in rows:
-        lines.append(f"| {r['batch']} | " + " | ".join(cell(r["us"][k]) for k in names) + " |")
-        lines.append("| | " + " | ".join("1" if k == OP else cell(r["over_op"][k], suffix="x") for k in names) + " |")
+        lines.append(f"| {r['batch']} | " + " | ".join(cell(r["us"][k]) for k in names)
+                     + (f" | {r['flop_floor_us']:.3g} |" if floor else " |"))
+        lines.append("| | " + " | ".join("1" if k == OP else cell(r["over_op"][k], suffix="x") for k in names)
+                     + (f" | op / floor {r['op_over_flop_floor']:.2f}x |" if floor else " |"))
+    if floor:
+        peak = record["peak_gemm_gflops"]
+        lines += ["", f"FLOP floor at torch's {PEAK_GEMM}^3 GEMM rate on this machine, {peak['median']:.1f} GFLOP/s "
+                  f"[{peak['min']:.1f}, {peak['max']:.1f}]."]
     return "\n".join(lines)
 
 
