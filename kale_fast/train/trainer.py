@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from kale_fast.models import GEBM, build_gebm
 from kale_fast.train import distributed
@@ -91,8 +91,8 @@ class Trainer:
         if rank:  # each process draws its own batches
             steps.generator.manual_seed(config.run.seed + 1 + 7919 * rank)
         return cls(config, gebm, steps, tuple(train_data.shape[1:]), data_hash=data_hash,
-                   energy_average=moving_average(gebm.energy, optimiser.energy_ema),
-                   base_average=moving_average(gebm.base, optimiser.base_ema))
+                   energy_average=moving_average(gebm.energy, optimiser.energy_ema, optimiser.ema_warmup),
+                   base_average=moving_average(gebm.base, optimiser.base_ema, optimiser.ema_warmup))
 
     def state_dict(self) -> dict:
         """Collective under torchrun: the RNG states of every process are gathered."""
@@ -255,11 +255,29 @@ class Trainer:
         return False
 
 
-def moving_average(network: nn.Module, decay: float) -> Optional[AveragedModel]:
-    """The exponential moving average of network's weights, a = decay a + (1 - decay) w at each update (None for
-    decay 0). use_buffers: it carries the buffers too (spectral norm's power-iteration vectors, batch norm's
-    running statistics), averaged alike."""
-    return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True) if decay else None
+def moving_average(network: nn.Module, decay: float, warmup: bool = False) -> Optional[AveragedModel]:
+    """The exponential moving average of network's weights (None for decay 0): the first update copies them, the
+    n-th after it sets a = d a + (1 - d) w with d = decay, or with warmup d = min(decay, (n + 1) / (n + 10))
+    (TensorFlow's ExponentialMovingAverage with num_updates). The warm-up's early average is polynomial-decay
+    averaging (Shamir and Zhang 2013): update k's weight grows like k^8, so the average spans about the last 10-20%
+    of the steps and follows a run that converges early, instead of keeping the weight decay^n on its first state;
+    d reaches decay after 9 / (1 - decay) - 10 updates (8,990 for 0.999). use_buffers: it carries the buffers too
+    (spectral norm's power-iteration vectors, batch norm's running statistics), averaged alike; AveragedModel's
+    n_averaged, in its state dict, carries n across a resume."""
+    if not decay:
+        return None
+
+    @torch.no_grad()
+    def update(averages, weights, n_averaged: Tensor) -> None:
+        n = int(n_averaged)  # updates before this one, >= 1 (the first copied)
+        step_decay = min(decay, (n + 1) / (n + 10)) if warmup else decay
+        if averages[0].is_floating_point():
+            torch._foreach_lerp_(averages, weights, 1 - step_decay)
+        else:  # batch norm's num_batches_tracked (AveragedModel groups tensors by dtype)
+            for average, weight in zip(averages, weights):
+                average.copy_(average * step_decay + weight * (1 - step_decay))
+
+    return AveragedModel(network, multi_avg_fn=update, use_buffers=True)
 
 
 def check_same_base(base_model: ModelConfig, model: ModelConfig) -> None:
