@@ -48,11 +48,12 @@ def test_the_warmed_up_average_is_polynomial_decay_averaging_in_closed_form():
     assert not torch.allclose(plain.module.state_dict()["0.weight"], averaged["0.weight"], atol=1e-2)
 
 
-def _expected_average(states, decay):
-    """The recurrence: copy the first state, then a = d a + (1 - d) w with d = min(decay, (n + 1) / (n + 10))."""
+def _expected_average(states, decay, warmup):
+    """The recurrence: copy the first state, then a = d a + (1 - d) w with d = decay, or with the warm-up
+    d = min(decay, (n + 1) / (n + 10))."""
     expected = None
     for n, state in enumerate(states):
-        step_decay = min(decay, (n + 1) / (n + 10))
+        step_decay = min(decay, (n + 1) / (n + 10)) if warmup else decay
         expected = state if expected is None else {k: step_decay * expected[k] + (1 - step_decay) * state[k]
                                                    for k in state}
     return expected
@@ -71,9 +72,9 @@ def test_both_averages_warm_up_then_hold_their_decay(stage):
         trainer.base_step(data) if stage == "base" else trainer.energy_step(data)
         states.append({k: v.detach().clone().double() for k, v in network.state_dict().items()})
     averaged = average.module.state_dict()
-    expected = _expected_average(states, decay)
+    expected = _expected_average(states, decay, warmup=True)
     assert all(torch.allclose(averaged[k].double(), expected[k], atol=1e-6) for k in expected)
-    plain = _expected_average(states, decay=0.0)  # (min(0, .) = 0: the last state) differs, and so does a constant 0.5
+    plain = _expected_average(states, decay, warmup=False)
     assert not all(torch.allclose(averaged[k].double(), plain[k], atol=1e-6) for k in expected)
 
 
