@@ -162,9 +162,9 @@ class OptimiserConfig(Section):
                           "validate_every): validation scores the average, and best.pt (what base_from, evaluation "
                           "and sampling read) holds it")
     ema_warmup: bool = key(False, "warm up energy_ema's and base_ema's average: its n-th update uses the decay "
-                           "min(a, (n + 1) / (n + 10)), so that early on it averages about the last 10-20% of the "
-                           "steps (a run that converges within a few thousand steps is not held back by its first "
-                           "weights) and reaches a after 9 / (1 - a) - 10 updates")
+                           "min(a, (n + 1) / (n + 10)), so that early on it averages about the last tenth to fifth "
+                           "of the steps (a run that converges within a few thousand steps is not held back by its "
+                           "first weights) and reaches a after 9 / (1 - a) - 10 updates")
     lr_decay: float = key(1.0, "multiply both Adam learning rates by this factor in (0, 1] each time "
                           "lr_decay_patience validations in a row have not improved on the best (1: constant rates)")
     lr_decay_patience: int = key(0, "validations without improvement before each lr_decay (0: never; needs "
