@@ -15,7 +15,7 @@ from kale_fast.train.config import (KEY_SECTIONS, SECTIONS, DataConfig, ModelCon
                                     OptimiserConfig, RunConfig, SamplingConfig)
 
 # config.yaml as `kale-fast train` wrote it before the config had sections (flat keys in the old order; it lacks
-# energy_ema, base_ema, lr_decay and lr_decay_patience, keys added since, which take their defaults). out_dir is
+# energy_ema, base_ema, ema_warmup, lr_decay and lr_decay_patience, keys added since, which take their defaults). out_dir is
 # filled in by the tests.
 SAVED_BEFORE_SECTIONS = """\
 name: old
@@ -124,7 +124,8 @@ def test_an_old_flat_config_yaml_loads_into_sections(tmp_path):
     (tmp_path / "config.yaml").write_text(SAVED_BEFORE_SECTIONS.replace("OUT_DIR", str(tmp_path)))
     config = TrainConfig.from_yaml(tmp_path / "config.yaml")
     old = _old_keys(tmp_path)
-    new_keys = {"energy_ema": 0.0, "base_ema": 0.0, "lr_decay": 1.0, "lr_decay_patience": 0}  # at their defaults
+    new_keys = {"energy_ema": 0.0, "base_ema": 0.0, "ema_warmup": False, "lr_decay": 1.0,  # at their defaults
+                "lr_decay_patience": 0}
     assert config.to_dict() == {**old, **new_keys}  # the same keys and values
     assert (config.model.hidden, config.objective.penalty, config.optimiser.batch_size, config.sampling.sampler_steps,
             config.run.checkpoint_every, config.data.n_train) == (8, 0.5, 16, 4, 3, 256)
