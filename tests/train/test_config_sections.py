@@ -15,8 +15,8 @@ from kale_fast.train.config import (KEY_SECTIONS, SECTIONS, DataConfig, ModelCon
                                     OptimiserConfig, RunConfig, SamplingConfig)
 
 # config.yaml as `kale-fast train` wrote it before the config had sections (flat keys in the old order; it lacks
-# energy_ema, base_ema, ema_warmup, lr_decay and lr_decay_patience, keys added since, which take their defaults). out_dir is
-# filled in by the tests.
+# energy_ema, base_ema, ema_warmup, lr_decay and lr_decay_patience, keys added since, which take their defaults).
+# out_dir is filled in by the tests.
 SAVED_BEFORE_SECTIONS = """\
 name: old
 out_dir: OUT_DIR
