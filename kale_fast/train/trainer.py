@@ -269,8 +269,10 @@ def moving_average(network: nn.Module, decay: float, warmup: bool = False) -> Op
 
     @torch.no_grad()
     def update(averages, weights, n_averaged: Tensor) -> None:
-        n = int(n_averaged)  # updates before this one, >= 1 (the first copied)
-        step_decay = min(decay, (n + 1) / (n + 10)) if warmup else decay
+        step_decay = decay
+        if warmup:  # (reading the count is a device synchronisation on a GPU: only where it is used)
+            n = int(n_averaged)  # updates before this one, >= 1 (the first copied)
+            step_decay = min(decay, (n + 1) / (n + 10))
         if averages[0].is_floating_point():
             torch._foreach_lerp_(averages, weights, 1 - step_decay)
         else:  # batch norm's num_batches_tracked (AveragedModel groups tensors by dtype)
