@@ -210,14 +210,18 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
     L = 16: 1.11x at B = 16, 1.19x at 64, 1.21x at 1024; not found why: per element, so not the call; nor the
     report's rows, which the body's C++ copies whole every iteration (the functional index_copy): leaving the
     positions' rows out of the carry kept 1.18x at B = 64; the body calls the same boxed mlp_potential)."""
-    return (like.device.type == "cpu" and mode is None
+    return (like.device.type == "cpu" and mode is None and not sampler.leapfrog_count_varies
             and (like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1))
 
 
 def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -> int:
     """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
     (B, L), else 0; looped: loops(sampler, like, mode)."""
-    if not sampler.compiles_whole_iterations or sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
+    if not sampler.compiles_whole_iterations:
+        return 0
+    if sampler.leapfrog_count_varies:  # a leapfrog while_loop per iteration: the CPU without a compile mode
+        return MAX_CHUNK_ITERATIONS if like.device.type == "cpu" and mode is None else 0
+    if sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
         return 0
     return loop_rows(tuple(like.shape)) if looped else _unrolled_iterations(sampler)
 
@@ -334,13 +338,15 @@ class CompiledIterations:
     def _unrolled(self, k: int, rules: tuple) -> Callable:
         sampler, reference = self.sampler, self.potential
 
-        def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms):
+        def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms, counts):
+            """counts: None, or (k,) int64 leapfrog counts (samplers whose count varies)."""
             metric, potential = Metric(scale, cholesky), reference()
             value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
             draws = draws_from_uniforms(uniforms, sampler.draw_kinds(), chains.z)
             step_size, rows = template.step_size, []
             for i in range(k):
-                chains, step_size, states, row = _iteration(sampler, value_and_grad, rules, adapting, template,
+                params = template if counts is None else template._replace(n_leapfrog=counts[i])
+                chains, step_size, states, row = _iteration(sampler, value_and_grad, rules, adapting, params,
                                                             chains, step_size, states, tuple(d[i] for d in draws))
                 rows.append(row)
             return chains, step_size, states, Report(*(torch.cat(column) for column in zip(*rows)))
@@ -387,7 +393,8 @@ class CompiledIterations:
             suffix = "_adaptive" if rules else ""
             name = f"{self.sampler.name}_iterations_{'loop' if k is None else k}{suffix}"
             fn = self._looped(rules) if k is None else self._unrolled(k, rules)
-            self.functions[key] = compile_function(fn, name, self.mode, specialize_floats=k is None)
+            self.functions[key] = compile_function(fn, name, self.mode, specialize_floats=(
+                k is None or self.sampler.leapfrog_count_varies))
         return self.functions[key]
 
     def _loop_arguments(self, k: int, like: Tensor, generator: torch.Generator) -> Tuple[Tensor, Tensor]:
@@ -406,10 +413,15 @@ class CompiledIterations:
         return uniforms, self._counts[k]
 
     def __call__(self, chains, tune: Tuning, states: tuple, rules: tuple, adapting: bool, metric: Metric, k: int,
-                 params: StepParams, generator: torch.Generator):
+                 params: List[StepParams], generator: torch.Generator):
         """Run k iterations: (chains, tune, adaptation states, Report). `rules` are the run's adaptations (all
-        traceable), applied while `adapting`."""
+        traceable), applied while `adapting`; params: each iteration's (only the first's are read, except the
+        leapfrog counts of a sampler whose count varies)."""
         like = chains.z
+        counts = None
+        if self.sampler.leapfrog_count_varies:  # the counts a tensor, the host's time 0: no constant in the graph
+            counts = torch.tensor([p.n_leapfrog for p in params], dtype=torch.int64, device=like.device)
+        params = params[0]._replace(n_leapfrog=0, trajectory_time=0.0) if counts is not None else params[0]
         if states:
             states = tuple(_as_tensors(s, like) for s in states)
         arguments = (chains, params, states, _flag(adapting, like.device), *metric_arguments(metric, like))
@@ -419,7 +431,9 @@ class CompiledIterations:
             report = Report(*(column[:k] for column in report))
         else:
             uniforms = uniform_rows(k, self.sampler.draw_kinds(), like, generator)
-            chains, step_size, states, report = self._function(k, rules)(*arguments, uniforms)
+            chains, step_size, states, report = self._function(k, rules)(*arguments, uniforms, counts)
+        if not rules:  # the step sizes unchanged: no new host mean (ChEES's), a synchronising read
+            return chains, tune, states, report
         return chains, tune.with_step_size(step_size), states, report
 
 

@@ -136,7 +136,8 @@ class ChEES(HMC):
         self.trajectory_length = check_fraction("trajectory_length", trajectory_length, 0.0, math.inf)
         self.max_leapfrog = check_count("max_leapfrog", max_leapfrog, 1)
 
-    compiles_whole_iterations = False  # its leapfrog count varies: compiled leapfrog chunks, eager iterations
+    # Its leapfrog count varies: compiled whole iterations take the counts as a tensor (kale_fast.samplers.compiled)
+    leapfrog_count_varies = True
     host_step_size = True
 
     def initial_trajectory_length(self) -> Optional[float]:

@@ -8,7 +8,7 @@ U(y) known, the first step opening with a half kick, the result taken before the
 - CompiledLeapfrog: compiled chunks of algebra steps for trajectories whose length varies (ChEES) or is too long
   to unroll into one graph.
 """
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -34,13 +34,33 @@ def eager_leapfrog(kernels, value_and_grad: ValueAndGrad) -> Callable:
     return leapfrog
 
 
-def algebra_leapfrog(value_and_grad: ValueAndGrad, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int,
-                     first_kick=0.5):
+def algebra_leapfrog(value_and_grad: ValueAndGrad, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor,
+                     n: Union[int, Tensor], first_kick=0.5):
     """n steps as tensor algebra (new tensors, nothing in place). first_kick: the first step's kick fraction, a
-    float or a 0-d tensor (a tensor keeps one compiled chunk for opening and later chunks)."""
+    float or a 0-d tensor (a tensor keeps one compiled chunk for opening and later chunks). n: an int (the steps
+    unrolled), or a 0-d int64 tensor >= 1 (the steps after the first run as a torch while_loop: one compiled
+    graph for any count, ChEES's whole iterations)."""
+    if isinstance(n, Tensor):
+        return _looped_leapfrog(value_and_grad, y, p, grad, step_size, n, first_kick)
     for i in range(n):
         y, p = reference.leapfrog_kick_drift(y, p, grad, step_size, first_kick if i == 0 else 1.0)
         value, grad = value_and_grad(y)
+    return y, p, value, grad
+
+
+def _looped_leapfrog(value_and_grad: ValueAndGrad, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: Tensor,
+                     first_kick):
+    """All n >= 1 steps inside the loop, the first's kick fraction chosen by the step's index: with the first step
+    outside and a loop that ran zero times (n = 1), inductor's C++ code of a graph of several such iterations
+    returned wrong chains (torch 2.13; tests/samplers: compiled whole iterations against their eager algebra)."""
+    from torch._higher_order_ops.while_loop import while_loop  # imports torch._dynamo: not at kale_fast's import
+
+    def body(i, y, p, value, grad):
+        y, p = reference.leapfrog_kick_drift(y, p, grad, step_size, torch.where(i == 0, first_kick, 1.0))
+        return (i + 1, y, p, *value_and_grad(y))
+
+    start, value = torch.zeros_like(n), y.new_zeros(y.shape[0])  # value: a placeholder, written by the first step
+    _, y, p, value, grad = while_loop(lambda i, *carry: i < n, body, (start, y, p, value, grad))
     return y, p, value, grad
 
 

@@ -7,6 +7,7 @@ During a run the chains live in the metric's unit coordinates (kale_fast.sampler
 saved states are in z's coordinates.
 """
 import contextlib
+import itertools
 import warnings
 from typing import List, Optional, Tuple
 
@@ -75,17 +76,23 @@ class _Engine:
             self._step = self._eager_step()
         return self._step(chains, params)
 
-    def whole_iterations(self, rules: tuple) -> bool:
-        """Whether iterations run compiled whole: where the sampler allows it and every adaptation is traceable."""
-        return self.iterations is not None and all(rule.traceable for rule in rules)
+    def whole_iterations(self, rules: tuple, adapting: bool) -> bool:
+        """Whether iterations run compiled whole: where the sampler allows it and every adaptation is traceable
+        (or, sampling, frozen: then left out of the graph)."""
+        return self.iterations is not None and (not adapting or _traceable(rules))
 
     def advance(self, chains, tune: Tuning, states: tuple, rules: tuple, k: int, iteration: int,
                 adapting: bool) -> Tuple[object, Tuning, tuple, Report]:
         """k iterations from `iteration` on, with the adaptation rules applied when adapting:
         (chains, tune, adaptation states, Report)."""
-        if self.whole_iterations(rules):
-            params = self.sampler.params(tune, iteration, adapting)
-            return self.iterations(chains, tune, states, rules, adapting, self.metric, k, params, self.generator)
+        if self.whole_iterations(rules, adapting):
+            params = [self.sampler.params(tune, iteration + i, adapting)
+                      for i in range(k if self.sampler.leapfrog_count_varies else 1)]
+            if _traceable(rules):  # frozen while sampling, in the graph warm-up shares
+                return self.iterations(chains, tune, states, rules, adapting, self.metric, k, params, self.generator)
+            chains, tune, _, report = self.iterations(chains, tune, (), (), adapting, self.metric, k, params,
+                                                      self.generator)
+            return chains, tune, states, report
         reports = []
         for i in range(k):
             params = self.sampler.params(tune, iteration + i, adapting)
@@ -98,6 +105,10 @@ class _Engine:
                 states = tuple(updated)
             reports.append(Report.of_step(chains, transition))
         return chains, tune, states, reports[0] if k == 1 else Report(*map(torch.cat, zip(*reports)))
+
+
+def _traceable(rules: tuple) -> bool:
+    return all(rule.traceable for rule in rules)
 
 
 def _segments(total: int, boundaries: List[int], chunk: int, first: int, aligned: bool):
@@ -235,11 +246,16 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
     start_z, start_potential = z, chains.potential  # for the end-of-run checks (never modified in place)
     traces, potential_traces = [], []
     total = warmup + n_steps
-    chunk = engine.chunk if engine.whole_iterations(rules) else 1
+    warmup_chunk, sampling_chunk = (engine.chunk if engine.whole_iterations(rules, adapting) else 1
+                                    for adapting in (True, False))
+    segments = itertools.chain(
+        _segments(warmup, sorted(window_ends), warmup_chunk, iteration, engine.aligned),
+        ((warmup + start, warmup + end)
+         for start, end in _segments(n_steps, [], sampling_chunk, iteration + warmup, engine.aligned)))
     # tqdm only for a bar: a disabled one still costs about 40 us per run
     bar_context = tqdm(total=total, desc=type(sampler).__name__) if progress else contextlib.nullcontext()
     with torch.no_grad(), bar_context as bar:
-        for start, end in _segments(total, sorted(window_ends | {warmup}), chunk, iteration, engine.aligned):
+        for start, end in segments:
             adapting = start < warmup
             chains, tune, states, report = engine.advance(chains, tune, states, rules, end - start, iteration,
                                                           adapting)

@@ -1,6 +1,7 @@
 """Samplers: exactness of MALA and HMC against targets with known moments, the expected step-size bias of
 the unadjusted samplers, adaptation, resume, diagnostics and bad input. Fixed seeds; tolerances are a few
 Monte-Carlo standard errors computed from the number of independent chains."""
+import dataclasses
 import math
 
 import pytest
@@ -10,6 +11,7 @@ from scipy import stats
 import kale_fast as kf
 from kale_fast.samplers import LatentPotential, Metric, SamplerState, value_and_grad
 from kale_fast.samplers.adaptation import metric_windows
+from kale_fast.samplers.core import Tuning
 from kale_fast.samplers.hmc import halton
 
 
@@ -409,8 +411,9 @@ _COMPILE_PATHS = {"ula", "chees"}
                                           for p in ALL_SAMPLERS])
 def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     """Step sizes, dual-averaging state, metrics and trajectory lengths change through warm-up: none of them may
-    be a constant of a compiled graph. A first run compiles a few graphs (its chunk of whole iterations, or
-    ChEES's leapfrog chunks, at most one per power of two up to 16, the identity metric of the first window
+    be a constant of a compiled graph. A first run compiles a few graphs (its chunk of whole iterations;
+    ChEES's warm-up leapfrog chunks, at most one per power of two up to 16, and its sampling's whole iterations,
+    whose leapfrog counts are a tensor; the identity metric of the first window
     passed as a scale of ones, so the same graph as the adapted diagonal metric); runs of the same lengths from
     other step sizes, and from a resumed state with the adapted metric, compile none. (On the CPU one while_loop
     runs any number of iterations; unrolled chunks elsewhere may need single iterations where a chunk would cross
@@ -420,7 +423,7 @@ def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     before = _unique_graphs()
     first = make_sampler().run(target, z0, 24, warmup=40, compile=True)
     compiled_first = _unique_graphs() - before
-    assert 1 <= compiled_first <= 5, compiled_first
+    assert 1 <= compiled_first <= 6, compiled_first  # ChEES: up to 5 leapfrog chunks and its whole iterations
     assert first.metric.kind == "diag"
     sampler = make_sampler()
     sampler.step_size = 0.05
@@ -454,26 +457,63 @@ def test_compiled_iterations_compute_the_algebra_of_the_eager_code(make_sampler,
     """compile=True runs k whole iterations per call, from random numbers drawn in blocks (not the fused
     kernels' in-kernel noise, so its chains differ from the eager path's). The compiler must not change what they
     compute: with torch.compile replaced by the identity, the same Python code runs eagerly, and fp64 chains
-    agree to rounding through warm-up (step size and metric adaptation) and sampling. ChEES runs eager iterations
-    around compiled leapfrog chunks, with the eager path's draws: it follows the eager chains themselves."""
-    from kale_fast.samplers import compiled
-
+    agree to rounding through warm-up (step size and metric adaptation) and sampling. (ChEES's warm-up runs eager
+    iterations around leapfrog chunks, its sampling whole iterations: both compared.)"""
     target = _scaled()
     z0 = torch.randn(8, 4, dtype=torch.float64)
     result = make_sampler().run(target, z0, 10, warmup=25, generator=torch.Generator().manual_seed(3), compile=True)
     again = make_sampler().run(target, z0, 10, warmup=25, generator=torch.Generator().manual_seed(3), compile=True)
     assert torch.equal(result.z, again.z)  # repeatable bit for bit under a seed
-    if isinstance(make_sampler(), kf.ChEES):
-        expected = make_sampler().run(target, z0, 10, warmup=25, generator=torch.Generator().manual_seed(3))
-    else:
-        monkeypatch.setattr(compiled, "compile_function", lambda fn, name, mode=None, specialize_floats=False: fn)
-        expected = make_sampler().run(_scaled(), z0, 10, warmup=25, generator=torch.Generator().manual_seed(3),
-                                      compile=True)
+    _uncompiled(monkeypatch)
+    expected = make_sampler().run(_scaled(), z0, 10, warmup=25, generator=torch.Generator().manual_seed(3),
+                                  compile=True)
     # fp64 rounding differences (the compiler fuses and reorders sums) grow along 35 iterations of chaotic
     # dynamics (HMC: 105 leapfrog steps) to about 1e-8; a wrong computation, or one Metropolis decision that
     # differs, moves a chain by O(1).
     torch.testing.assert_close(result.z, expected.z, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(result.step_size, expected.step_size, rtol=1e-6, atol=0)
+
+
+def _uncompiled(monkeypatch):
+    """torch.compile replaced by the identity: the compiled path's Python code runs eagerly."""
+    from kale_fast.samplers import compiled, leapfrog
+
+    identity = lambda fn, name, mode=None, specialize_floats=False: fn  # noqa: E731
+    monkeypatch.setattr(compiled, "compile_function", identity)
+    monkeypatch.setattr(leapfrog, "compile_function", identity)
+
+
+@pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
+def test_compiled_chees_samples_whole_iterations_whatever_its_leapfrog_counts(monkeypatch):
+    """ChEES's leapfrog count ceil(halton(i) T / h) changes every iteration: its compiled sampling passes the
+    counts of k iterations as a tensor (each iteration's steps a while_loop), so sampling runs of other
+    trajectory lengths and step sizes compile nothing new; no sampling iteration runs eagerly; runs repeat bit
+    for bit under a seed; and the chains agree to rounding with the same Python code run eagerly, counts of one
+    step included."""
+    from kale_fast.samplers import run as run_module
+
+    target = _scaled()
+    z0 = torch.randn(16, 4, dtype=torch.float64)
+    warmed = kf.ChEES(0.3).run(target, z0, 0, warmup=40, generator=torch.Generator().manual_seed(4), compile=True)
+    states = [warmed.state, dataclasses.replace(warmed.state, trajectory_length=2.5 * warmed.trajectory_length,
+                                                step_size=0.7 * warmed.state.step_size)]
+    counts = [[kf.ChEES().params(Tuning(s.step_size, s.trajectory_length, float(s.step_size.mean())), i, False)
+               .n_leapfrog for i in range(40, 64)] for s in states]
+    assert 1 in counts[0] and counts[0] != counts[1], counts
+
+    def no_eager_steps(*args):
+        raise AssertionError("a sampling iteration ran eagerly")
+    monkeypatch.setattr(run_module._Engine, "step", no_eager_steps)
+    before = _unique_graphs()
+    results = [kf.ChEES(0.3).run(target, None, 24, state=s, compile=True, thin=1) for s in states]
+    assert _unique_graphs() - before == 1  # 8 whole iterations per call
+    again = kf.ChEES(0.3).run(target, None, 24, state=states[1], compile=True, thin=1)
+    assert torch.equal(again.trace, results[1].trace)  # repeatable bit for bit
+    assert _unique_graphs() - before == 1
+    _uncompiled(monkeypatch)
+    for state, result in zip(states, results):
+        expected = kf.ChEES(0.3).run(_scaled(), None, 24, state=state, compile=True, thin=1)
+        torch.testing.assert_close(result.trace, expected.trace, rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("make_sampler", [lambda: kf.ChEES(0.2), lambda: kf.MALA(0.3, adapt_step_size=True),
