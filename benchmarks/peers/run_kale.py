@@ -47,7 +47,7 @@ def run(config: str, target, z0: np.ndarray, sizes: Sizes, seed: int) -> Outcome
     z0 = torch.as_tensor(z0, dtype=torch.float32)
     with Stopwatch() as warm:
         warmed = sampler.run(target.potential, z0, 0, warmup=sizes.warmup, compile=compiled)
-        if compiled:  # the sampling run's own compilation (ChEES: its chunk lengths) is warm-up too
+        if compiled:  # the sampling run's own compilation (ChEES: its whole iterations) is warm-up too
             sampler.run(target.potential, None, min(sizes.draws, 20), state=warmed.state, compile=True)
     with Stopwatch() as sampling:
         result = sampler.run(target.potential, None, sizes.draws, thin=1, state=warmed.state, compile=compiled)

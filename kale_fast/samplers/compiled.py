@@ -16,8 +16,13 @@ generator as uniforms, one row per iteration whatever the count (uniform_rows), 
 draws (Sampler.draw_kinds) inside the graph. So a run is repeatable bit for bit under a seed, and a run split
 anywhere and resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code).
 Step sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants:
-warm-up changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: it runs
-eager iterations around compiled chunks of leapfrog steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
+warm-up changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: on the CPU
+without a compile mode its sampling runs k unrolled iterations per call, the counts (decided on the host) passed
+as a (k,) tensor and each iteration's leapfrog steps a while_loop over its count (one graph for any counts; never
+inside the iterations' while_loop). Its warm-up, whose trajectory-length adaptation runs on the host, and its
+runs elsewhere (a while_loop tests its condition on the host: on a GPU a synchronisation per leapfrog step, and
+CUDA graphs replay fixed kernels) run eager iterations around compiled chunks of leapfrog steps
+(kale_fast.samplers.leapfrog.CompiledLeapfrog).
 """
 import functools
 import math
@@ -209,7 +214,9 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
     the same). Elsewhere one iteration of the loop's body costs more than one of 8 unrolled iterations (ULA,
     L = 16: 1.11x at B = 16, 1.19x at 64, 1.21x at 1024; not found why: per element, so not the call; nor the
     report's rows, which the body's C++ copies whole every iteration (the functional index_copy): leaving the
-    positions' rows out of the carry kept 1.18x at B = 64; the body calls the same boxed mlp_potential)."""
+    positions' rows out of the carry kept 1.18x at B = 64; the body calls the same boxed mlp_potential). Never for
+    a sampler whose leapfrog count varies (ChEES): its leapfrog steps are a while_loop already, not nested in
+    another (not tried)."""
     return (like.device.type == "cpu" and mode is None and not sampler.leapfrog_count_varies
             and (like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1))
 
@@ -220,6 +227,9 @@ def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -
     if not sampler.compiles_whole_iterations:
         return 0
     if sampler.leapfrog_count_varies:  # a leapfrog while_loop per iteration: the CPU without a compile mode
+        # 8 per call: on bench_peers' GEBM target at B = 64 (1 thread, load 2, interleaved) ChEES took 175, 157
+        # and 145 us per gradient at 4, 8 and 16 iterations per call (HMC-10: 128), 16 for 2.1x the cold compile
+        # time of 8 (102 s against 48 s)
         return MAX_CHUNK_ITERATIONS if like.device.type == "cpu" and mode is None else 0
     if sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
         return 0

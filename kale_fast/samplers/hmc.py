@@ -136,7 +136,9 @@ class ChEES(HMC):
         self.trajectory_length = check_fraction("trajectory_length", trajectory_length, 0.0, math.inf)
         self.max_leapfrog = check_count("max_leapfrog", max_leapfrog, 1)
 
-    # Its leapfrog count varies: compiled whole iterations take the counts as a tensor (kale_fast.samplers.compiled)
+    # Its leapfrog count varies: compiled whole iterations (sampling, on the CPU) take the counts as a tensor and
+    # run each iteration's steps as a while_loop; its warm-up adapts T on the host (TrajectoryLengthAdaptation is
+    # not traceable): eager iterations around compiled leapfrog chunks (kale_fast.samplers.compiled)
     leapfrog_count_varies = True
     host_step_size = True
 

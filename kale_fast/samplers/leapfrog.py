@@ -5,8 +5,8 @@ U(y) known, the first step opening with a half kick, the result taken before the
 - eager_leapfrog: the fused kick-drift kernel, in place on p (a tensor the caller owns) and on a copy of y;
 - algebra_leapfrog: the same updates as tensor algebra (kale_fast.reference.integrators), which torch.compile
   fuses with the potential; the body of compiled whole iterations (kale_fast.samplers.compiled);
-- CompiledLeapfrog: compiled chunks of algebra steps for trajectories whose length varies (ChEES) or is too long
-  to unroll into one graph.
+- CompiledLeapfrog: compiled chunks of algebra steps for eager iterations of a length that varies (ChEES's
+  warm-up, and its runs off the CPU) or is too long to unroll into one graph.
 """
 from typing import Callable, Dict, Tuple, Union
 

@@ -402,7 +402,8 @@ def _unique_graphs() -> int:
 
 
 # Each case compiles its sampler's graphs cold (13-67 s a case on a loaded 2-core machine): `make test` runs the
-# two compiled paths, whole iterations (ULA) and leapfrog chunks (ChEES); the other samplers run under -m slow.
+# compiled paths: whole iterations (ULA), leapfrog chunks (ChEES's warm-up) and whole iterations of while_loops of
+# leapfrog steps (ChEES's sampling); the other samplers run under -m slow.
 _COMPILE_PATHS = {"ula", "chees"}
 
 
