@@ -19,8 +19,9 @@ ValueAndGrad = Callable[[Tensor], Tuple[Tensor, Tensor]]
 
 
 class StepParams(NamedTuple):
-    """What a step is given: per-chain step sizes (B,), for HMC this iteration's leapfrog count (with ChEES, the
-    jittered trajectory time too), and whether warm-up adaptation will read the step's report."""
+    """What a step is given: per-chain step sizes (B,), for HMC this iteration's leapfrog count (an int; inside
+    ChEES's compiled whole iterations a 0-d int64 tensor; with ChEES, the jittered trajectory time too), and
+    whether warm-up adaptation will read the step's report."""
     step_size: Tensor
     n_leapfrog: int = 0
     trajectory_time: float = 0.0
