@@ -14,7 +14,7 @@ input: 2 x the sum of in x out over the layers, per row), 2 FLOP each, at the be
 this machine and thread count (benchmarks/floors.py's gemm_rate of a 1024^3 product). What an op doing those
 products, with nothing else, could take at that rate; the activations' exps come on top.
 
-On a GPU the op runs its reference in torch ops (no CUDA kernel): the table then says so by its figures.
+CPU only: the op has no CUDA kernel, so on a GPU LatentPotential does not call it and `cases` raises.
 """
 import statistics
 from typing import Callable, Dict

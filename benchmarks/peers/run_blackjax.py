@@ -1,8 +1,9 @@
 """BlackJAX's samplers over B chains: kernels vmapped over chains, adaptation per chain (vmapped): Stan-style
 window adaptation (step size and diagonal inverse mass matrix) for NUTS and HMC, dual averaging of the step
 size towards acceptance 0.574 for MALA (BlackJAX's MALA has no mass matrix, so window adaptation does not
-apply). The sampling loop is a jitted lax.scan compiled ahead of time, and that compilation is counted with
-the warm-up."""
+apply), and for ChEES BlackJAX's ChEES adaptation over the ensemble of chains (step size, trajectory length and a
+diagonal metric, shared by the chains; its jittered dynamic HMC then samples). The sampling loop is a jitted
+lax.scan compiled ahead of time, and that compilation is counted with the warm-up."""
 import functools
 from typing import Callable, Tuple
 
@@ -51,6 +52,34 @@ def _mala_adapted(log_density, sizes: Sizes) -> Callable:
     return jax.jit(jax.vmap(one_chain))
 
 
+# ChEES: the starting step (as kale_fast's configuration) and Adam's rate on log T (BlackJAX's documented example).
+CHEES_INITIAL_STEP, CHEES_LEARNING_RATE = 0.05, 0.025
+
+
+def _chees_adapted(log_density, sizes: Sizes, functions: dict) -> Callable:
+    """(keys (B,), z0 (B, L)) -> (states, parameters broadcast to every chain), by BlackJAX's ChEES adaptation: one
+    adaptation over the ensemble of chains, as ChEES is defined, with its diagonal metric estimated from the
+    ensemble (kale_fast's ChEES adapts a diagonal metric too). The trajectory-jitter functions the adaptation
+    builds (a Halton sequence sized by the warm-up) reach the sampling kernel through `functions`."""
+    import blackjax
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    def adapt(keys, z0):
+        n_chains, dim = z0.shape
+        warmup = blackjax.chees_adaptation(log_density, n_chains, mass_matrix_estimation="diagonal")
+        (states, parameters), _ = warmup.run(keys[0], z0, CHEES_INITIAL_STEP, optax.adam(CHEES_LEARNING_RATE),
+                                             sizes.warmup, max_sampling_steps=sizes.draws)
+        functions.update(next_random_arg_fn=parameters["next_random_arg_fn"],
+                         integration_steps_fn=parameters["integration_steps_fn"])
+        return states, {"step_size": jnp.broadcast_to(parameters["step_size"], (n_chains,)),
+                        "inverse_mass_matrix": jnp.broadcast_to(parameters["inverse_mass_matrix"], (n_chains, dim)),
+                        "integration_steps_params": tuple(jnp.broadcast_to(p, (n_chains,))
+                                                          for p in parameters["integration_steps_params"])}
+    return jax.jit(adapt)
+
+
 def _adapt_and_kernel(config: str, log_density, sizes: Sizes) -> Tuple[Callable, Callable]:
     """(adapt: (keys, z0) -> (states, params), kernel: (key, state, params) -> (state, info)) of one config."""
     import blackjax
@@ -65,10 +94,14 @@ def _adapt_and_kernel(config: str, log_density, sizes: Sizes) -> Tuple[Callable,
                 kernel(blackjax.hmc, num_integration_steps=N_LEAPFROG))
     if config == "nuts":
         return _window_adapted(blackjax.nuts, log_density, sizes), kernel(blackjax.nuts)
+    if config == "chees":
+        functions: dict = {}  # filled when the adaptation is traced, read when the sampling loop is
+        return _chees_adapted(log_density, sizes, functions), lambda key, state, params: blackjax.dynamic_hmc(
+            log_density, **params, **functions).step(key, state)
     raise ValueError(f"unknown BlackJAX configuration {config!r}; expected one of {CONFIGS}")
 
 
-CONFIGS = ("mala", f"hmc-{N_LEAPFROG}", "nuts")
+CONFIGS = ("mala", f"hmc-{N_LEAPFROG}", "nuts", "chees")
 
 
 _EXECUTABLES: dict = {}  # the sampling loops compiled ahead of time, per _compiled's arguments

@@ -37,8 +37,6 @@ class Sampler:
 
     name = "sampler"
     default_target_accept: Optional[float] = None
-    # Whether an iteration's graph is the same from iteration to iteration (then k iterations compile as one call)
-    compiles_whole_iterations = True
     # Whether the leapfrog count of StepParams changes from iteration to iteration (compiled: passed as a tensor)
     leapfrog_count_varies = False
     # Whether `params` reads the step sizes' mean on the host (Tuning.mean_step_size)

@@ -224,8 +224,6 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
 def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -> int:
     """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
     (B, L), else 0; looped: loops(sampler, like, mode)."""
-    if not sampler.compiles_whole_iterations:
-        return 0
     if sampler.leapfrog_count_varies:  # a leapfrog while_loop per iteration: the CPU without a compile mode
         # 8 per call: on bench_peers' GEBM target at B = 64 (1 thread, load 2, interleaved) ChEES took 175, 157
         # and 145 us per gradient at 4, 8 and 16 iterations per call (HMC-10: 128), 16 for 2.1x the cold compile

@@ -116,8 +116,10 @@ def _segments(total: int, boundaries: List[int], chunk: int, first: int, aligned
     start), for a chain at absolute iteration `first`, of at most `chunk` iterations. aligned (unrolled compiled
     chunks, whose graph differs with their length): chunks of exactly `chunk` iterations that start at multiples
     of `chunk` in the absolute count, single iterations elsewhere, so where the calls fall depends on the absolute
-    iteration, not on where a run started, and a run resumed from any state makes the unbroken run's calls. Not
-    aligned (eager steps, the while_loop, which computes every iteration with the same code): as long as fits."""
+    iteration, not on where a run started: a run resumed from any state makes the unbroken run's calls from the
+    next multiple of `chunk` on, and single iterations before it where the unbroken run made part of a chunk
+    (bit-equal to the chunk's: tests/samplers/test_compiled_resume.py). Not aligned (eager steps, the while_loop,
+    which computes every iteration with the same code): as long as fits."""
     stops = sorted(set(boundaries) | {total})
     i = 0
     while i < total:

@@ -1,6 +1,8 @@
 """compile=True runs split anywhere and resumed from their state repeat the unbroken run bit for bit
 (kale_fast.samplers.compiled: uniforms drawn one row per iteration; on the CPU every iteration runs the same
-while_loop body whatever the count per call)."""
+while_loop body whatever the count per call, except ChEES's sampling, whose unrolled 8-iteration calls start at
+multiples of 8 of the absolute iteration, with single iterations before the first: a split inside a chunk
+compares single iterations with the chunk's)."""
 import pytest
 import torch
 
