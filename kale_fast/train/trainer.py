@@ -14,7 +14,7 @@ from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from kale_fast.models import GEBM, build_gebm
 from kale_fast.train import distributed
@@ -266,20 +266,14 @@ def moving_average(network: nn.Module, decay: float, warmup: bool = False) -> Op
     n_averaged, in its state dict, carries n across a resume."""
     if not decay:
         return None
+    if not warmup:
+        return AveragedModel(network, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
-    @torch.no_grad()
-    def update(averages, weights, n_averaged: Tensor) -> None:
-        step_decay = decay
-        if warmup:  # (reading the count is a device synchronisation on a GPU: only where it is used)
-            n = int(n_averaged)  # updates before this one, >= 1 (the first copied)
-            step_decay = min(decay, (n + 1) / (n + 10))
-        if averages[0].is_floating_point():
-            torch._foreach_lerp_(averages, weights, 1 - step_decay)
-        else:  # batch norm's num_batches_tracked (AveragedModel groups tensors by dtype)
-            for average, weight in zip(averages, weights):
-                average.copy_(average * step_decay + weight * (1 - step_decay))
+    def warmed_up(averages, weights, n_averaged: Tensor) -> None:
+        n = int(n_averaged)  # updates before this one, >= 1 (the first copied)
+        get_ema_multi_avg_fn(min(decay, (n + 1) / (n + 10)))(averages, weights, n_averaged)
 
-    return AveragedModel(network, multi_avg_fn=update, use_buffers=True)
+    return AveragedModel(network, multi_avg_fn=warmed_up, use_buffers=True)
 
 
 def check_same_base(base_model: ModelConfig, model: ModelConfig) -> None:
