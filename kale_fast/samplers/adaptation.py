@@ -89,9 +89,22 @@ def dual_averaging_update(state: DualAveragingState, acceptance: Tensor, target_
 # +-0.35, and the kept T a moving average of log T with weight t^-0.5 (the paper's and TFP's settings).
 CHEES_LEARNING_RATE, CHEES_BETA2, CHEES_CLIP, CHEES_DECAY = 0.025, 0.95, 0.35, 0.5
 # Fewer chains than this, and a warm-up that adapts T warns (TrajectoryLengthAdaptation.init). Measured on
-# bench_peers' GEBM target (300 warm-up iterations, 4 seeds each): B = 1 T 0.66-0.88 at h 0.60-0.75 (T did not
-# adapt: about one leapfrog step per iteration), B = 2 T 2.0-3.8, B = 4 1.9-4.0, B = 8 2.2-3.0, B = 64 2.35-2.49.
+# bench_peers' GEBM target (300 warm-up iterations, 4 seeds each, no length floor): B = 1 T 0.66-0.88 at h 0.60-0.75
+# (T did not adapt: about one leapfrog step per iteration), B = 2 T 2.0-3.8, B = 4 1.9-4.0, B = 8 2.2-3.0, B = 64
+# 2.35-2.49.
 CHEES_MIN_CHAINS = 8
+# The trajectory-length floor (BlackJAX's chees_adaptation with a diagonal metric): T is used no shorter than a
+# quarter period, pi/2 sqrt(lambda), of the slowest direction of the warm-up's draws, lambda the top eigenvalue
+# of their covariance in the metric's unit coordinates (a Gaussian's harmonic motion along it under unit mass has
+# period 2 pi sqrt(lambda)). ChEES's criterion, averaged over all directions, settles near pi/2 for the bulk
+# and under-serves a slow correlated direction that a diagonal metric leaves; with one chain it is zero and the
+# floor alone sets T. Estimated from a metric window of at least max(64, 2 sqrt(L)) draws (BlackJAX's gate).
+LENGTH_FLOOR_FACTOR = math.pi / 2
+
+
+def longest_scale_min_draws(size: int) -> int:
+    """Draws a metric window needs before its longest scale (MetricEstimator.longest_scale) sets the floor."""
+    return max(64, int(2 * math.sqrt(size)))
 
 
 class ChEESState(NamedTuple):
@@ -171,17 +184,22 @@ class StepSizeAdaptation:
 
 
 class TrajectoryLengthAdaptation:
-    """ChEES's trajectory length: Adam on log T, on the host (T sets the number of leapfrog steps)."""
+    """ChEES's trajectory length: Adam on log T, on the host (T sets the number of leapfrog steps). With
+    length_floor, the T used is at least LENGTH_FLOOR_FACTOR Tuning.longest_scale (measured by the run loop at each
+    metric window's end); the floor never enters Adam's state, only the T used and the T kept (as BlackJAX does)."""
     traceable = False
 
-    def __init__(self, max_leapfrog: int):
-        self.max_leapfrog = max_leapfrog
+    def __init__(self, max_leapfrog: int, length_floor: bool):
+        self.max_leapfrog, self.length_floor = max_leapfrog, length_floor
 
     def init(self, tune):
         n_chains = tune.step_size.shape[0]
-        if n_chains < CHEES_MIN_CHAINS:
+        if n_chains == 1 and self.length_floor:
+            pass  # the floor alone sets T: with one chain the criterion is zero up to rounding
+        elif n_chains < CHEES_MIN_CHAINS:
             reason = ("with one chain the criterion is zero up to rounding, so T is not adapted (it stays near "
-                      "its start: about one leapfrog step per iteration at the adapted step, MALA's mixing)"
+                      "its start: about one leapfrog step per iteration at the adapted step, MALA's mixing; the "
+                      "length floor, which needs an adapted metric, would set it)"
                       if n_chains == 1 else
                       f"with {n_chains} chains its estimate is noisy, and T varies up to 2x from seed to seed")
             checks.warn(f"ChEES with B = {n_chains} chain{'s' if n_chains > 1 else ''}: its trajectory length T is "
@@ -190,13 +208,25 @@ class TrajectoryLengthAdaptation:
                         f"your choosing")
         return chees_init(tune.trajectory_length)
 
+    def _used(self, log_length: float, tune) -> float:
+        length = math.exp(log_length)
+        if self.length_floor and tune.longest_scale is not None:
+            length = max(length, LENGTH_FLOOR_FACTOR * tune.longest_scale)
+        return length
+
     def update(self, state: ChEESState, transition, params, tune):
         gradient = float(chees_gradient(transition, params.trajectory_time))
         state = chees_update(state, gradient, tune.mean_step_size, self.max_leapfrog)
-        return state, tune._replace(trajectory_length=math.exp(state.log_length))
+        return state, tune._replace(trajectory_length=self._used(state.log_length, tune))
 
-    def restart(self, state: ChEESState, tune):
-        return state, tune
+    def restart(self, state: ChEESState, tune):  # a new metric, and with it maybe a new longest scale
+        return state, tune._replace(trajectory_length=self._used(state.log_length, tune))
 
     def final(self, state: ChEESState, tune):
-        return tune._replace(trajectory_length=math.exp(state.log_length_avg))
+        if self.length_floor and tune.step_size.shape[0] == 1 and tune.longest_scale is None:
+            checks.warn("ChEES with B = 1 chain: its trajectory length T is set by the length floor, measured in "
+                        "the warm-up's metric windows, and no window had the draws it needs "
+                        "(kale_fast.samplers.adaptation.longest_scale_min_draws: 64 for up to 1024 dimensions), so "
+                        "T was not adapted. Run a longer warm-up (300 iterations or more), B >= 16 chains, or "
+                        "HMC(step_size, n_leapfrog) with a trajectory length of your choosing")
+        return tune._replace(trajectory_length=self._used(state.log_length_avg, tune))

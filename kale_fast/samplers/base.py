@@ -41,6 +41,8 @@ class Sampler:
     leapfrog_count_varies = False
     # Whether `params` reads the step sizes' mean on the host (Tuning.mean_step_size)
     host_step_size = False
+    # Whether its adaptations read Tuning.longest_scale (the metric windows then keep the draws' whole covariance)
+    needs_longest_scale = False
 
     def __init__(self, step_size: Union[float, Tensor], *, metric: Union[str, Metric] = "diag",
                  adapt_step_size: Optional[bool] = None, target_accept: Optional[float] = None,

@@ -49,10 +49,13 @@ class StepContext(NamedTuple):
 class Tuning(NamedTuple):
     """What warm-up adapts besides the metric: per-chain step sizes (B,) (on the device), the trajectory length
     (a host float, ChEES) and the step sizes' mean as a host float (nan unless the sampler reads it on the host,
-    as ChEES does to set its leapfrog count: read once per change, not per step)."""
+    as ChEES does to set its leapfrog count: read once per change, not per step); longest_scale, for samplers
+    that ask (Sampler.needs_longest_scale), the last metric window's MetricEstimator.longest_scale (None before
+    a window of enough draws, adaptation.longest_scale_min_draws)."""
     step_size: Tensor
     trajectory_length: Optional[float] = None
     mean_step_size: float = math.nan
+    longest_scale: Optional[float] = None
 
     def with_step_size(self, step_size: Tensor) -> "Tuning":
         """New step sizes; their host mean refreshed where it is kept."""

@@ -117,11 +117,16 @@ class ChEES(HMC):
     Estimator of the Expected Square across chains (Adam on log T), with the step size adapted by dual averaging
     of the chains' harmonic-mean acceptance towards target_accept (default 0.651). Each iteration runs
     ceil(u T / h) leapfrog steps with u from a Halton sequence in (0, 1), shared by the chains. Designed for many
-    chains (the criterion averages over them): use B >= 16; a warm-up with fewer than 8 warns (one chain cannot
-    adapt T at all; kale_fast.samplers.adaptation.CHEES_MIN_CHAINS).
+    chains (the criterion averages over them): use B >= 16; a warm-up with 2-7 chains warns (a noisy T), as does
+    one chain without the length floor (the criterion cannot adapt T at all;
+    kale_fast.samplers.adaptation.CHEES_MIN_CHAINS).
 
     trajectory_length: the initial T, in the metric's units (1.0 suits a target of unit scale, which the default
     diagonal metric makes of any target); max_leapfrog caps one iteration's leapfrog steps.
+    length_floor: with an adapted metric, use T no shorter than a quarter period of the warm-up draws' slowest
+    direction, pi/2 times their largest standard deviation in the metric's units (BlackJAX's chees_adaptation
+    does the same; kale_fast.samplers.adaptation.LENGTH_FLOOR_FACTOR): it sets T for one chain, and lengthens
+    it where a diagonal metric leaves a slow correlated direction. False: the ChEES criterion alone.
     """
 
     name = "chees"
@@ -130,11 +135,15 @@ class ChEES(HMC):
     def __init__(self, step_size: Union[float, Tensor] = 0.1, *, trajectory_length: float = 1.0,
                  max_leapfrog: int = 1000, metric: Union[str, Metric] = "diag",
                  adapt_step_size: Optional[bool] = None,
-                 target_accept: Optional[float] = None):
+                 target_accept: Optional[float] = None, length_floor: bool = True):
         super().__init__(step_size, 1, jitter=0.0, metric=metric, adapt_step_size=adapt_step_size,
                          target_accept=target_accept)
         self.trajectory_length = check_fraction("trajectory_length", trajectory_length, 0.0, math.inf)
         self.max_leapfrog = check_count("max_leapfrog", max_leapfrog, 1)
+        if not isinstance(length_floor, bool):
+            raise TypeError(f"length_floor must be a bool, got {type(length_floor).__name__}")
+        # the floor is measured in the metric windows: none without an adapted metric
+        self.needs_longest_scale = length_floor and isinstance(self.metric, str) and self.metric != "identity"
 
     # Its leapfrog count varies: compiled whole iterations (sampling, on the CPU) take the counts as a tensor and
     # run each iteration's steps as a while_loop; its warm-up adapts T on the host (TrajectoryLengthAdaptation is
@@ -146,8 +155,10 @@ class ChEES(HMC):
         return self.trajectory_length
 
     def adaptations(self, warmup: int) -> List[object]:
-        return super().adaptations(warmup) + ([adaptation.TrajectoryLengthAdaptation(self.max_leapfrog)]
-                                              if warmup else [])
+        if not warmup:
+            return super().adaptations(warmup)
+        return super().adaptations(warmup) + [adaptation.TrajectoryLengthAdaptation(self.max_leapfrog,
+                                                                                    self.needs_longest_scale)]
 
     def params(self, tune: Tuning, iteration: int, adapting: bool) -> StepParams:
         time = halton(iteration + 1) * tune.trajectory_length

@@ -10,6 +10,7 @@ adapted) or the lower Cholesky factor of C for a dense one (C = the target's cov
 Shapes: positions, velocities and gradients (B, L); scale (L,); cholesky (L, L); all in z's dtype and device.
 """
 import functools
+import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
 import torch
@@ -111,14 +112,19 @@ class MetricEstimator:
     """Pools the chains' draws of one adaptation window into a metric: the diagonal of their covariance, or
     the whole of it, in float64, then regularised towards 1e-3 I as Stan does ((n / (n + 5)) C + 1e-3 (5 /
     (n + 5)) I, n the number of draws). All B chains contribute at every iteration, so a window of W
-    iterations averages B W draws: many chains give far better estimates than one chain's window."""
+    iterations averages B W draws: many chains give far better estimates than one chain's window.
 
-    def __init__(self, kind: str, size: int, device: torch.device):
+    full_covariance keeps the whole covariance for a diagonal metric too (O(B L^2) per update besides the
+    O(B L) of its diagonal, which alone sets the metric), for longest_scale."""
+
+    def __init__(self, kind: str, size: int, device: torch.device, full_covariance: bool = False):
         self.kind, self.count = kind, 0
         self.shift = None  # the first batch's mean: sums of shifted draws do not cancel catastrophically
         self.total = torch.zeros(size, dtype=torch.float64, device=device)
         shape = (size, size) if kind == "dense" else (size,)
         self.total_sq = torch.zeros(shape, dtype=torch.float64, device=device)
+        self.total_outer = (self.total_sq if kind == "dense" else
+                            torch.zeros(size, size, dtype=torch.float64, device=device) if full_covariance else None)
 
     def update(self, z: Tensor) -> None:
         """Add one iteration's positions z (B, L); chains that are NaN or infinite (an unadjusted sampler's
@@ -132,19 +138,44 @@ class MetricEstimator:
         centred = z - self.shift
         self.count += z.shape[0]
         self.total += centred.sum(0)
-        self.total_sq += centred.T @ centred if self.kind == "dense" else (centred * centred).sum(0)
+        if self.total_outer is not None:
+            self.total_outer += centred.T @ centred  # for a dense kind, total_sq itself
+        if self.kind != "dense":
+            self.total_sq += (centred * centred).sum(0)
+
+    def _covariance(self, total_sq: Tensor) -> Tensor:
+        """The draws' covariance, unregularised, from total_sq or total_outer. Needs count >= 1."""
+        n, mean = self.count, self.total / self.count
+        return (total_sq - (n * torch.outer(mean, mean) if total_sq.dim() == 2 else n * mean * mean)) / max(n - 1, 1)
 
     def metric(self, dtype: torch.dtype) -> Optional[Metric]:
         """The estimated metric, or None if no finite draw was added."""
         n = self.count
         if n == 0:
             return None
-        mean = self.total / n
+        cov = self._covariance(self.total_sq)
         if self.kind == "dense":
-            cov = (self.total_sq - n * torch.outer(mean, mean)) / max(n - 1, 1)
             eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
             cov = n / (n + 5.0) * cov + 1e-3 * 5.0 / (n + 5.0) * eye
             return Metric(cholesky=torch.linalg.cholesky(cov).to(dtype))
-        var = (self.total_sq - n * mean * mean) / max(n - 1, 1)
-        var = n / (n + 5.0) * var.clamp_min(0.0) + 1e-3 * 5.0 / (n + 5.0)
+        var = n / (n + 5.0) * cov.clamp_min(0.0) + 1e-3 * 5.0 / (n + 5.0)
         return Metric(scale=torch.sqrt(var).to(dtype))
+
+    def longest_scale(self, metric: Metric) -> float:
+        """The draws' largest standard deviation along any direction in the metric's unit coordinates: the
+        square root of the top eigenvalue of S^-1 C S^-T (C the draws' covariance; about 1 for a dense metric
+        estimated from them, the top eigenvalue of their correlation matrix for a diagonal one, up to
+        regularisation). Needs full_covariance (or a dense kind) and count >= 1."""
+        if self.total_outer is None or self.count == 0:
+            raise ValueError("longest_scale needs an estimator with full_covariance=True and at least one draw")
+        cov = self._covariance(self.total_outer)
+        if metric.cholesky is not None:
+            chol = metric.cholesky.double()
+            half = torch.linalg.solve_triangular(chol, cov, upper=False)
+            whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)
+        elif metric.scale is not None:
+            inverse = 1.0 / metric.scale.double()
+            whitened = cov * inverse[:, None] * inverse[None, :]
+        else:
+            whitened = cov
+        return math.sqrt(max(float(torch.linalg.eigvalsh(whitened)[-1]), 0.0))
