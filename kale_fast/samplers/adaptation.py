@@ -93,18 +93,24 @@ CHEES_LEARNING_RATE, CHEES_BETA2, CHEES_CLIP, CHEES_DECAY = 0.025, 0.95, 0.35, 0
 # (T did not adapt: about one leapfrog step per iteration), B = 2 T 2.0-3.8, B = 4 1.9-4.0, B = 8 2.2-3.0, B = 64
 # 2.35-2.49.
 CHEES_MIN_CHAINS = 8
+
 # The trajectory-length floor (BlackJAX's chees_adaptation with a diagonal metric): T is used no shorter than a
 # quarter period, pi/2 sqrt(lambda), of the slowest direction of the warm-up's draws, lambda the top eigenvalue
 # of their covariance in the metric's unit coordinates (a Gaussian's harmonic motion along it under unit mass has
 # period 2 pi sqrt(lambda)). ChEES's criterion, averaged over all directions, settles near pi/2 for the bulk
 # and under-serves a slow correlated direction that a diagonal metric leaves; with one chain it is zero and the
-# floor alone sets T. Estimated from a metric window of at least max(64, 2 sqrt(L)) draws (BlackJAX's gate).
+# floor alone sets T. Estimated at each metric window's end across two halves of its draws
+# (MetricEstimator.longest_scale), from at least max(64, L) of them. BlackJAX takes the pooled covariance's own top
+# eigenvalue from max(64, 2 sqrt(L)) draws, which one chain's few draws bias up: unit Gaussian, B = 1, 300 warm-up
+# iterations, T 1.8 / 2.8 / 5.0 / 10.3 at L = 4 / 16 / 64 / 256 for a floor of 1.57 (ours: 1.3 / 1.2 / 2.2-3.0 /
+# not engaged; with 1000 warm-up iterations at L = 256 1.8-1.9). A chain far from mixing within a window still
+# overstates it (its drift is spread in both halves).
 LENGTH_FLOOR_FACTOR = math.pi / 2
 
 
 def longest_scale_min_draws(size: int) -> int:
     """Draws a metric window needs before its longest scale (MetricEstimator.longest_scale) sets the floor."""
-    return max(64, int(2 * math.sqrt(size)))
+    return max(64, size)
 
 
 class ChEESState(NamedTuple):
@@ -186,7 +192,8 @@ class StepSizeAdaptation:
 class TrajectoryLengthAdaptation:
     """ChEES's trajectory length: Adam on log T, on the host (T sets the number of leapfrog steps). With
     length_floor, the T used is at least LENGTH_FLOOR_FACTOR Tuning.longest_scale (measured by the run loop at each
-    metric window's end); the floor never enters Adam's state, only the T used and the T kept (as BlackJAX does)."""
+    metric window's end), and at most max_leapfrog h; the floor never enters Adam's state, only the T used and the
+    T kept (as BlackJAX's)."""
     traceable = False
 
     def __init__(self, max_leapfrog: int, length_floor: bool):
@@ -194,12 +201,10 @@ class TrajectoryLengthAdaptation:
 
     def init(self, tune):
         n_chains = tune.step_size.shape[0]
-        if n_chains == 1 and self.length_floor:
-            pass  # the floor alone sets T: with one chain the criterion is zero up to rounding
-        elif n_chains < CHEES_MIN_CHAINS:
+        if n_chains < CHEES_MIN_CHAINS and not (n_chains == 1 and self.length_floor):  # one chain: the floor sets T
             reason = ("with one chain the criterion is zero up to rounding, so T is not adapted (it stays near "
                       "its start: about one leapfrog step per iteration at the adapted step, MALA's mixing; the "
-                      "length floor, which needs an adapted metric, would set it)"
+                      "length floor, which needs the diagonal metric adapted, would set it)"
                       if n_chains == 1 else
                       f"with {n_chains} chains its estimate is noisy, and T varies up to 2x from seed to seed")
             checks.warn(f"ChEES with B = {n_chains} chain{'s' if n_chains > 1 else ''}: its trajectory length T is "
@@ -209,24 +214,31 @@ class TrajectoryLengthAdaptation:
         return chees_init(tune.trajectory_length)
 
     def _used(self, log_length: float, tune) -> float:
+        """T for the next iterations: exp(log_length), floored, then capped (the floor may exceed the cap)."""
         length = math.exp(log_length)
         if self.length_floor and tune.longest_scale is not None:
-            length = max(length, LENGTH_FLOOR_FACTOR * tune.longest_scale)
+            length = min(max(length, LENGTH_FLOOR_FACTOR * tune.longest_scale), self.max_leapfrog * tune.mean_step_size)
         return length
 
     def update(self, state: ChEESState, transition, params, tune):
-        gradient = float(chees_gradient(transition, params.trajectory_time))
-        state = chees_update(state, gradient, tune.mean_step_size, self.max_leapfrog)
+        if transition.start.shape[0] == 1:
+            # one chain: the criterion is zero, its computed value rounding, which Adam's normalisation would turn
+            # into full-size steps (T random-walked from 1.5 to 1.1-1.8 over 500 iterations on bench_peers' GEBM)
+            state = state._replace(count=state.count + 1)
+        else:
+            gradient = float(chees_gradient(transition, params.trajectory_time))
+            state = chees_update(state, gradient, tune.mean_step_size, self.max_leapfrog)
         return state, tune._replace(trajectory_length=self._used(state.log_length, tune))
 
-    def restart(self, state: ChEESState, tune):  # a new metric, and with it maybe a new longest scale
+    def restart(self, state: ChEESState, tune):  # a new metric, and with it a new longest scale (or None)
         return state, tune._replace(trajectory_length=self._used(state.log_length, tune))
 
     def final(self, state: ChEESState, tune):
         if self.length_floor and tune.step_size.shape[0] == 1 and tune.longest_scale is None:
             checks.warn("ChEES with B = 1 chain: its trajectory length T is set by the length floor, measured in "
                         "the warm-up's metric windows, and no window had the draws it needs "
-                        "(kale_fast.samplers.adaptation.longest_scale_min_draws: 64 for up to 1024 dimensions), so "
-                        "T was not adapted. Run a longer warm-up (300 iterations or more), B >= 16 chains, or "
-                        "HMC(step_size, n_leapfrog) with a trajectory length of your choosing")
+                        "(kale_fast.samplers.adaptation.longest_scale_min_draws: max(64, L); for L <= 64, warm-ups "
+                        "of 86-149 or >= 214 iterations have one), so T was not adapted. Run a longer "
+                        "warm-up, B >= 16 chains, or HMC(step_size, n_leapfrog) with a trajectory length of your "
+                        "choosing")
         return tune._replace(trajectory_length=self._used(state.log_length_avg, tune))

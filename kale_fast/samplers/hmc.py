@@ -123,10 +123,11 @@ class ChEES(HMC):
 
     trajectory_length: the initial T, in the metric's units (1.0 suits a target of unit scale, which the default
     diagonal metric makes of any target); max_leapfrog caps one iteration's leapfrog steps.
-    length_floor: with an adapted metric, use T no shorter than a quarter period of the warm-up draws' slowest
-    direction, pi/2 times their largest standard deviation in the metric's units (BlackJAX's chees_adaptation
-    does the same; kale_fast.samplers.adaptation.LENGTH_FLOOR_FACTOR): it sets T for one chain, and lengthens
-    it where a diagonal metric leaves a slow correlated direction. False: the ChEES criterion alone.
+    length_floor: with the adapted diagonal metric (metric="diag"), use T no shorter than a quarter period of the
+    warm-up draws' slowest direction, pi/2 times their largest standard deviation in the metric's units (and no
+    longer than max_leapfrog steps; BlackJAX's chees_adaptation does the same with a diagonal metric;
+    kale_fast.samplers.adaptation.LENGTH_FLOOR_FACTOR): it sets T for one chain, and lengthens it where a
+    diagonal metric leaves a slow correlated direction. False: the ChEES criterion alone.
     """
 
     name = "chees"
@@ -142,8 +143,13 @@ class ChEES(HMC):
         self.max_leapfrog = check_count("max_leapfrog", max_leapfrog, 1)
         if not isinstance(length_floor, bool):
             raise TypeError(f"length_floor must be a bool, got {type(length_floor).__name__}")
-        # the floor is measured in the metric windows: none without an adapted metric
-        self.needs_longest_scale = length_floor and isinstance(self.metric, str) and self.metric != "identity"
+        self.length_floor = length_floor
+
+    @property
+    def needs_longest_scale(self) -> bool:
+        """The floor is measured in the windows of an adapted diagonal metric (as BlackJAX's: a dense metric
+        fitted to the same draws leaves a longest scale of about 1)."""
+        return self.length_floor and self.metric == "diag"
 
     # Its leapfrog count varies: compiled whole iterations (sampling, on the CPU) take the counts as a tensor and
     # run each iteration's steps as a while_loop; its warm-up adapts T on the host (TrajectoryLengthAdaptation is

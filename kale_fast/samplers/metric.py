@@ -114,23 +114,34 @@ class MetricEstimator:
     (n + 5)) I, n the number of draws). All B chains contribute at every iteration, so a window of W
     iterations averages B W draws: many chains give far better estimates than one chain's window.
 
-    full_covariance keeps the whole covariance for a diagonal metric too (O(B L^2) per update besides the
-    O(B L) of its diagonal, which alone sets the metric), for longest_scale."""
+    split_halves also keeps the whole covariance of each of two halves of the draws, for longest_scale: O(B L^2)
+    per update and 2 L^2 floats besides the metric's own sums (which alone set the metric, bit for bit the same)."""
 
-    def __init__(self, kind: str, size: int, device: torch.device, full_covariance: bool = False):
-        self.kind, self.count = kind, 0
+    # longest_scale's halves: a draw's half is its chain's parity, flipped every HALF_BLOCK iterations, so that
+    # one chain's halves are alternate blocks of iterations (nearly independent at an MCMC chain's usual
+    # autocorrelation) and many chains' halves are different chains
+    HALF_BLOCK = 16
+
+    def __init__(self, kind: str, size: int, device: torch.device, split_halves: bool = False):
+        self.kind, self.count, self.updates = kind, 0, 0
         self.shift = None  # the first batch's mean: sums of shifted draws do not cancel catastrophically
         self.total = torch.zeros(size, dtype=torch.float64, device=device)
         shape = (size, size) if kind == "dense" else (size,)
         self.total_sq = torch.zeros(shape, dtype=torch.float64, device=device)
-        self.total_outer = (self.total_sq if kind == "dense" else
-                            torch.zeros(size, size, dtype=torch.float64, device=device) if full_covariance else None)
+        # per half: [count, sum, sum of outer products] of the shifted draws
+        self.halves = None
+        if split_halves:
+            self.halves = [[0, torch.zeros(size, dtype=torch.float64, device=device),
+                            torch.zeros(size, size, dtype=torch.float64, device=device)] for _ in range(2)]
 
     def update(self, z: Tensor) -> None:
         """Add one iteration's positions z (B, L); chains that are NaN or infinite (an unadjusted sampler's
         diverged chains) are left out, so that they cannot make the metric, and with it every chain, NaN."""
         z = z.double()
-        z = z[torch.isfinite(z).all(dim=1)]
+        finite = torch.isfinite(z).all(dim=1)
+        chains = torch.arange(z.shape[0], device=z.device)[finite]
+        z = z[finite]
+        self.updates += 1
         if z.shape[0] == 0:
             return
         if self.shift is None:
@@ -138,22 +149,28 @@ class MetricEstimator:
         centred = z - self.shift
         self.count += z.shape[0]
         self.total += centred.sum(0)
-        if self.total_outer is not None:
-            self.total_outer += centred.T @ centred  # for a dense kind, total_sq itself
-        if self.kind != "dense":
-            self.total_sq += (centred * centred).sum(0)
+        self.total_sq += centred.T @ centred if self.kind == "dense" else (centred * centred).sum(0)
+        if self.halves is not None:
+            in_second = (chains + (self.updates - 1) // self.HALF_BLOCK) % 2 == 1
+            for half, rows in zip(self.halves, (centred[~in_second], centred[in_second])):
+                half[0] += rows.shape[0]
+                half[1] += rows.sum(0)
+                half[2] += rows.T @ rows
 
-    def _covariance(self, total_sq: Tensor) -> Tensor:
-        """The draws' covariance, unregularised, from total_sq or total_outer. Needs count >= 1."""
-        n, mean = self.count, self.total / self.count
-        return (total_sq - (n * torch.outer(mean, mean) if total_sq.dim() == 2 else n * mean * mean)) / max(n - 1, 1)
+    @staticmethod
+    def _covariance(count: int, total: Tensor, total_sq: Tensor) -> Tensor:
+        """Covariance (unregularised) from count >= 1 draws' sums about a shift: total (L,) and total_sq, the
+        sums of squares (L,) or of outer products (L, L)."""
+        mean = total / count
+        outer = count * torch.outer(mean, mean) if total_sq.dim() == 2 else count * mean * mean
+        return (total_sq - outer) / max(count - 1, 1)
 
     def metric(self, dtype: torch.dtype) -> Optional[Metric]:
         """The estimated metric, or None if no finite draw was added."""
         n = self.count
         if n == 0:
             return None
-        cov = self._covariance(self.total_sq)
+        cov = self._covariance(n, self.total, self.total_sq)
         if self.kind == "dense":
             eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
             cov = n / (n + 5.0) * cov + 1e-3 * 5.0 / (n + 5.0) * eye
@@ -161,21 +178,31 @@ class MetricEstimator:
         var = n / (n + 5.0) * cov.clamp_min(0.0) + 1e-3 * 5.0 / (n + 5.0)
         return Metric(scale=torch.sqrt(var).to(dtype))
 
-    def longest_scale(self, metric: Metric) -> float:
-        """The draws' largest standard deviation along any direction in the metric's unit coordinates: the
-        square root of the top eigenvalue of S^-1 C S^-T (C the draws' covariance; about 1 for a dense metric
-        estimated from them, the top eigenvalue of their correlation matrix for a diagonal one, up to
-        regularisation). Needs full_covariance (or a dense kind) and count >= 1."""
-        if self.total_outer is None or self.count == 0:
-            raise ValueError("longest_scale needs an estimator with full_covariance=True and at least one draw")
-        cov = self._covariance(self.total_outer)
-        if metric.cholesky is not None:
-            chol = metric.cholesky.double()
-            half = torch.linalg.solve_triangular(chol, cov, upper=False)
-            whitened = torch.linalg.solve_triangular(chol, half.T, upper=False)
-        elif metric.scale is not None:
-            inverse = 1.0 / metric.scale.double()
-            whitened = cov * inverse[:, None] * inverse[None, :]
-        else:
-            whitened = cov
-        return math.sqrt(max(float(torch.linalg.eigvalsh(whitened)[-1]), 0.0))
+    def longest_scale(self, metric: Metric) -> Optional[float]:
+        """The draws' largest standard deviation along any direction in the metric's unit coordinates (a host
+        float): sqrt(lambda_max) of S^-1 C S^-T, C the draws' covariance (L, L), S the metric's scale (L,) or
+        Cholesky factor (L, L) (for a diagonal metric estimated from the same draws, lambda_max of their
+        correlation matrix). Estimated across the two halves, each's top eigenvector scored by the other's
+        covariance and the two averaged: the top eigenvalue of one sample covariance is biased up by its noise,
+        (1 + sqrt(L / n))^2 for an isotropic target of n independent draws, which a direction found in independent
+        draws does not see. None while a half has fewer than 2 draws. Needs split_halves."""
+        if self.halves is None:
+            raise ValueError("longest_scale needs an estimator made with split_halves=True")
+        if min(half[0] for half in self.halves) < 2:
+            return None
+        first, second = (_in_unit_coordinates(self._covariance(*half), metric) for half in self.halves)
+        top_first, top_second = (torch.linalg.eigh(cov).eigenvectors[:, -1] for cov in (first, second))
+        score = 0.5 * float(top_first @ second @ top_first + top_second @ first @ top_second)
+        return math.sqrt(max(score, 0.0))
+
+
+def _in_unit_coordinates(cov: Tensor, metric: Metric) -> Tensor:
+    """S^-1 cov S^-T (L, L) in float64, S the metric's scale or Cholesky factor."""
+    if metric.cholesky is not None:
+        chol = metric.cholesky.double()
+        half = torch.linalg.solve_triangular(chol, cov, upper=False)
+        return torch.linalg.solve_triangular(chol, half.T, upper=False)
+    if metric.scale is not None:
+        inverse = 1.0 / metric.scale.double()
+        return cov * inverse[:, None] * inverse[None, :]
+    return cov

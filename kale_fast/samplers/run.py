@@ -268,14 +268,14 @@ def run_chains(sampler, potential, z0: Optional[Tensor], n_steps: int, *, warmup
                     if any(first <= i < last for first, last in windows):
                         if estimator is None:
                             estimator = MetricEstimator(sampler.metric, z.shape[1], z.device,
-                                                        full_covariance=sampler.needs_longest_scale)
+                                                        split_halves=sampler.needs_longest_scale)
                         estimator.update(position_from_unit(metric, report.z[row]))
                 if end in window_ends:  # a new metric: chains re-expressed, step-size adaptation restarts
                     new_metric = estimator.metric(z.dtype) or metric  # None: no finite draw
                     chains = chains_to_unit(chains_from_unit(chains, metric), new_metric)
-                    enough = estimator.count >= adaptation.longest_scale_min_draws(z.shape[1])
-                    if sampler.needs_longest_scale and enough:
-                        tune = tune._replace(longest_scale=estimator.longest_scale(new_metric))
+                    if sampler.needs_longest_scale:  # in the new metric's units; None: too few draws
+                        enough = estimator.count >= adaptation.longest_scale_min_draws(z.shape[1])
+                        tune = tune._replace(longest_scale=estimator.longest_scale(new_metric) if enough else None)
                     metric, estimator = new_metric, None
                     engine.set_metric(metric, chains, tune.step_size)
                     restarted = []
