@@ -63,7 +63,8 @@ KaleSums<acc_t> kale_sums(const scalar_t* gen, int64_t n_gen, acc_t offset, cons
           const int64_t start = b * kBlock;
           if (start < n_gen)
             gen_blocks.push(block_log_sum_exp<kKeep>(gen + start, std::min(kBlock, n_gen - start), acc_t(-1), offset,
-                                                     gen + std::min(end * kBlock, n_gen), zero_ref_max,
+                                                     ReadAhead<scalar_t>::of(gen, n_gen, data, n_data, start),
+                                                     zero_ref_max,
                                                      kKeep ? kept + start : nullptr, kKeep ? kept_ref + b : nullptr),
                             merged<acc_t>);
           if (start < n_data) data_blocks.push(block_sum(data + start, std::min(kBlock, n_data - start), data_scale),
@@ -260,7 +261,9 @@ template <typename scalar_t, typename acc_t>
 LogSumExpState<acc_t> row_log_sum_exp(const scalar_t* x, int64_t n) {
   Cascade<LogSumExpState<acc_t>> blocks;
   for (int64_t start = 0; start < n; start += kBlock)
-    blocks.push(block_log_sum_exp(x + start, std::min(kBlock, n - start), acc_t(1), acc_t(0), x + n), merged<acc_t>);
+    blocks.push(block_log_sum_exp(x + start, std::min(kBlock, n - start), acc_t(1), acc_t(0),
+                                  ReadAhead<scalar_t>::of(x, n, x, n, start)),
+                merged<acc_t>);
   return blocks.total(LogSumExpState<acc_t>{}, merged<acc_t>);
 }
 
