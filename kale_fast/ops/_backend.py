@@ -137,6 +137,16 @@ def backend(name: str) -> Iterator[None]:
 use_backend = backend  # the name of kale_fast 0.1 (whose block also switched other threads)
 
 
+def cpp_runs_eager_cpu_ops() -> bool:
+    """Whether an eager op on CPU tensors without a backend= keyword runs the C++ kernels: the name in force is
+    "cpp", or "auto" with the extension built (kale_loss's fast door asks; not for traced code)."""
+    block = _block_choice.get()
+    return (_process_default if block is None else block) in _CPP_ON_CPU
+
+
+_CPP_ON_CPU = ("cpp", "auto") if _AUTO["cpu"] == "cpp" else ()
+
+
 def resolve(device: torch.device, name: Optional[str] = None) -> str:
     """The concrete backend that runs an op on `device`: `name` (an op's backend= keyword) if given, else the
     name in force; raises RuntimeError when it cannot run there."""

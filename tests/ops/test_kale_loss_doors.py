@@ -163,3 +163,92 @@ def test_fake_tensors_and_dispatch_modes_see_the_op_where_e_gen_requires_grad():
     with mode:
         loss = kf.kale_loss(*fakes, backend="cpp")
     assert loss.shape == () and loss.dtype == torch.float32
+
+
+# --- the C++ door entered from Python (kale_fast._C.kale_loss_eager) for the common eager call ------------------
+
+@pytest.fixture
+def door_calls(monkeypatch):
+    """What kale_loss's Python-free door returned, call by call (a spy around kale_fast.ops.kale._kale_loss_eager)."""
+    from kale_fast.ops import kale as kale_module
+
+    door, returned = kale_module._kale_loss_eager, []
+    assert door is not None
+
+    def spy(*args):
+        returned.append(door(*args))
+        return returned[-1]
+
+    monkeypatch.setattr(kale_module, "_kale_loss_eager", spy)
+    return returned
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_the_common_eager_call_takes_the_door_and_matches_the_checked_path_bit_for_bit(door_calls, dtype):
+    e_data, e_gen, _ = _inputs(8, n=3000, m=2500)  # more than one 2048-element block: kept terms where fp32/fp64
+    e_data, e_gen = (t.detach().to(dtype).requires_grad_() for t in (e_data, e_gen))
+    loss = kf.kale_loss(e_data, e_gen)
+    assert len(door_calls) == 1 and door_calls[0] is loss
+    node = loss.grad_fn if dtype != torch.bfloat16 else loss.grad_fn.next_functions[0][0]  # bf16: a cast after it
+    assert loss.dtype == dtype and "CppNode" in node.name()
+    checked = kf.kale_loss(e_data, e_gen, backend="cpp")  # the keyword: the Python checks and torch.ops
+    assert len(door_calls) == 1
+    assert torch.equal(loss, checked)
+    for got, want in zip(torch.autograd.grad(loss, (e_data, e_gen)), torch.autograd.grad(checked, (e_data, e_gen))):
+        assert torch.equal(got, want)
+
+
+def test_gradcheck_through_the_door():
+    e_data, e_gen, _ = _inputs(9, n=6, m=5)
+    assert torch.autograd.gradcheck(kf.kale_loss, (e_data, e_gen))
+    assert torch.autograd.gradgradcheck(kf.kale_loss, (e_data, e_gen))
+
+
+def test_parameters_and_no_grad_take_the_door(door_calls):
+    e_data, e_gen, _ = _inputs(10)
+    params = [torch.nn.Parameter(t.detach()) for t in (e_data, e_gen)]
+    want = reference.kale_loss(*params, None)
+    torch.testing.assert_close(kf.kale_loss(*params), want, rtol=1e-13, atol=1e-13)
+    with torch.no_grad():
+        torch.testing.assert_close(kf.kale_loss(*params), want.detach(), rtol=1e-13, atol=1e-13)
+    assert len(door_calls) == 2 and all(loss is not None for loss in door_calls)
+
+
+@pytest.mark.parametrize("case", ["column", "strided", "mixed_dtypes", "integer", "empty"])
+def test_the_door_declines_other_energies_and_the_checked_path_takes_them(door_calls, case):
+    e_data, e_gen = torch.randn(40, dtype=torch.float64), torch.randn(30, dtype=torch.float64)
+    if case == "column":  # (N, 1): reshaped by the checked path
+        loss = kf.kale_loss(e_data[:, None], e_gen[:, None])
+        torch.testing.assert_close(loss, reference.kale_loss(e_data, e_gen, None), rtol=1e-13, atol=1e-13)
+    elif case == "strided":  # made contiguous by the checked path
+        loss = kf.kale_loss(e_data[::2], e_gen[::3])
+        torch.testing.assert_close(loss, reference.kale_loss(e_data[::2], e_gen[::3], None), rtol=1e-13, atol=1e-13)
+    else:
+        bad = {"mixed_dtypes": (e_data, e_gen.float()), "integer": (e_data, e_gen.long()),
+               "empty": (e_data, e_gen[:0])}[case]
+        with pytest.raises((TypeError, ValueError), match="e_gen"):
+            kf.kale_loss(*bad)
+    assert door_calls == [None]
+
+
+def test_a_log_partition_a_backend_choice_a_transform_or_a_torch_function_mode_keep_their_doors(door_calls):
+    from torch.overrides import TorchFunctionMode
+
+    class SeenFunctions(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    e_data, e_gen, a = _inputs(11)
+    assert "KaleLoss" in kf.kale_loss(e_data, e_gen, a).grad_fn.name()
+    with kf.backend("reference"):
+        assert "CppNode" not in kf.kale_loss(e_data, e_gen).grad_fn.name()
+    torch.func.grad(lambda g: kf.kale_loss(e_data.detach(), g))(e_gen.detach())
+    with SeenFunctions() as seen:
+        kf.kale_loss(e_data, e_gen)
+    assert any("kale_loss_autograd" in name for name in seen.names)
+    assert door_calls == []
