@@ -118,7 +118,7 @@ TORCH_LIBRARY_IMPL(kale_fast, Autograd, m) { m.impl("kale_loss_autograd", &kale_
 
 // kale_fast._C.kale_loss_eager(e_data, e_gen): kale_loss's door for its most common eager call (the
 // Donsker-Varadhan form, non-empty 1-D contiguous CPU energies of one floating dtype, plain tensors or Parameters),
-// which kale_fast/ops/kale.py takes where the C++ backend is in force, no torch.func transform or torch function
+// which kale_fast/ops/kale.py takes where the C++ backend runs the call, no torch.func transform or torch function
 // mode is active and nothing is being compiled: kale_loss_autograd through the dispatcher (so autograd and
 // dispatch modes see it as before), the loss cast to the energies' dtype. At N ~ 1e3 the Python checks, backend
 // resolution and torch.ops call it replaces cost as much as the op itself. Returns None for any other call, for

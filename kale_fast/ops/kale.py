@@ -25,7 +25,7 @@ from torch import Tensor
 from torch._functorch.utils import unwrap_dead_wrappers
 
 from kale_fast.ops import _checks
-from kale_fast.ops._backend import cpp_runs_eager_cpu_ops, resolve
+from kale_fast.ops._backend import cpp_runs_on_cpu, resolve
 from kale_fast.ops._dtypes import accumulation_dtype
 from kale_fast.ops._kernels import composite_op, define_composite_implicit, kernel_op, kernels, traceable_kernels
 
@@ -163,8 +163,9 @@ torch.library.register_autograd("kale_fast::kale_loss", _kale_loss_op_grad, setu
 _kale_loss_autograd = composite_op("kale_loss_autograd", lambda e_data, e_gen, log_partition: e_gen.new_empty(
     (), dtype=accumulation_dtype(e_gen.dtype)))
 _CPP_AUTOGRAD_BACKENDS = ("cpp", "cuda") if _kale_loss_autograd is not None else ()
-# The same door for kale_loss's most common eager call, entered from Python without the checks, backend resolution
-# and torch.ops call below (csrc/kale_autograd.cpp: it returns None for any other call); None in older builds.
+# The same door for kale_loss's most common eager call (no A, the C++ backend by keyword or in force), entered from
+# Python without the checks, backend resolution and torch.ops call below (csrc/kale_autograd.cpp: it returns None
+# for any other call, e.g. CUDA or (N, 1) energies); None in older builds.
 try:
     from kale_fast._C import kale_loss_eager as _kale_loss_eager
 except ImportError:
@@ -190,8 +191,8 @@ def kale_loss(e_data: Tensor, e_gen: Tensor, log_partition: Union[Tensor, float,
     Returns mean(e_data) + A + mean(exp(-(e_gen + A))) - 1, or mean(e_data) + log(mean(exp(-e_gen))) when A
     is None. Differentiable in e_data, e_gen and A; accumulates in fp32 (fp64 for fp64 inputs).
     """
-    if (log_partition is None and backend is None and _kale_loss_eager is not None and not torch.compiler.is_compiling()
-            and cpp_runs_eager_cpu_ops() and not torch._C._are_functorch_transforms_active()
+    if (log_partition is None and _kale_loss_eager is not None and not torch.compiler.is_compiling()
+            and cpp_runs_on_cpu(backend) and not torch._C._are_functorch_transforms_active()
             and not torch._C._is_torch_function_mode_enabled()):
         loss = _kale_loss_eager(e_data, e_gen)  # None unless 1-D CPU energies, the common case
         if loss is not None:

@@ -191,8 +191,9 @@ def test_the_common_eager_call_takes_the_door_and_matches_the_checked_path_bit_f
     assert len(door_calls) == 1 and door_calls[0] is loss
     node = loss.grad_fn if dtype != torch.bfloat16 else loss.grad_fn.next_functions[0][0]  # bf16: a cast after it
     assert loss.dtype == dtype and "CppNode" in node.name()
-    checked = kf.kale_loss(e_data, e_gen, backend="cpp")  # the keyword: the Python checks and torch.ops
-    assert len(door_calls) == 1
+    assert kf.kale_loss(e_data, e_gen, backend="cpp") is door_calls[1]  # so does the keyword
+    checked = kf.kale_loss(e_data[:, None], e_gen[:, None])  # (N, 1): the Python checks, reshape and torch.ops
+    assert len(door_calls) == 3 and door_calls[2] is None
     assert torch.equal(loss, checked)
     for got, want in zip(torch.autograd.grad(loss, (e_data, e_gen)), torch.autograd.grad(checked, (e_data, e_gen))):
         assert torch.equal(got, want)
@@ -247,6 +248,8 @@ def test_a_log_partition_a_backend_choice_a_transform_or_a_torch_function_mode_k
     assert "KaleLoss" in kf.kale_loss(e_data, e_gen, a).grad_fn.name()
     with kf.backend("reference"):
         assert "CppNode" not in kf.kale_loss(e_data, e_gen).grad_fn.name()
+    with kf.backend("cpp"):
+        assert "CppNode" not in kf.kale_loss(e_data, e_gen, backend="reference").grad_fn.name()
     torch.func.grad(lambda g: kf.kale_loss(e_data.detach(), g))(e_gen.detach())
     with SeenFunctions() as seen:
         kf.kale_loss(e_data, e_gen)
