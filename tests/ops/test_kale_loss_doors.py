@@ -255,3 +255,23 @@ def test_a_log_partition_a_backend_choice_a_transform_or_a_torch_function_mode_k
         kf.kale_loss(e_data, e_gen)
     assert any("kale_loss_autograd" in name for name in seen.names)
     assert door_calls == []
+
+
+def test_a_dispatch_mode_sees_the_kernel_op_through_the_door(door_calls):
+    """The door calls the op through the dispatcher with the GIL released: a Python dispatch mode still sees it."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class SeenOps(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    e_data, e_gen = torch.randn(64), torch.randn(300, requires_grad=True)
+    with SeenOps() as seen:
+        loss = kf.kale_loss(e_data, e_gen)
+    assert len(door_calls) == 1 and door_calls[0] is loss and any("kale_loss_forward" in n for n in seen.names)
+    torch.testing.assert_close(loss, reference.kale_loss(e_data, e_gen, None))
