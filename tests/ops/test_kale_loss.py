@@ -282,7 +282,7 @@ def test_cpp_lean_exp_matches_fp64_over_its_whole_range(dtype, tiny_factor, path
         (grad,) = torch.autograd.grad(loss, e_gen, grad_outputs=torch.tensor(incoming, dtype=dtype))
     expected = factor * torch.exp(x.double())
     assert bool((grad[expected < finfo.smallest_normal] > 0).any())  # subnormal results, not flushed to 0
-    # fp32 (Cephes polynomial) stays within 1 ulp, fp64 (Pade form) reaches 2 ulp on a few arguments; subnormal
+    # fp32 (minimax polynomial) stays within 1 ulp, fp64 (Pade form) reaches 2 ulp on a few arguments; subnormal
     # results within one unit of the smallest subnormal
     ulps = (1 if path == "exp_kernel" else 2) if dtype == torch.float32 else 3
     bound = ulps * finfo.eps * expected + finfo.smallest_normal * finfo.eps
