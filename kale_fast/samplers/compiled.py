@@ -17,9 +17,9 @@ draws (Sampler.draw_kinds) inside the graph. So a run is repeatable bit for bit 
 anywhere and resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code).
 Step sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants:
 warm-up changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: on the CPU
-without a compile mode its sampling runs k unrolled iterations per call, the counts (decided on the host) passed
-as a (k,) tensor and each iteration's leapfrog steps a while_loop over its count (one graph for any counts; never
-inside the iterations' while_loop). Its warm-up, whose trajectory-length adaptation runs on the host, and its
+without a compile mode its sampling passes the counts (decided on the host) as a tensor, each iteration's leapfrog
+steps a while_loop over its count (one graph for any counts), nested in the iterations' while_loop where `loops`
+chooses it (B x L <= 64), else k unrolled iterations per call. Its warm-up, whose trajectory-length adaptation runs on the host, and its
 runs elsewhere (a while_loop tests its condition on the host: on a GPU a synchronisation per leapfrog step, and
 CUDA graphs replay fixed kernels) run eager iterations around compiled chunks of leapfrog steps
 (kale_fast.samplers.leapfrog.CompiledLeapfrog).
@@ -214,16 +214,23 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
     the same). Elsewhere one iteration of the loop's body costs more than one of 8 unrolled iterations (ULA,
     L = 16: 1.11x at B = 16, 1.19x at 64, 1.21x at 1024; not found why: per element, so not the call; nor the
     report's rows, which the body's C++ copies whole every iteration (the functional index_copy): leaving the
-    positions' rows out of the carry kept 1.18x at B = 64; the body calls the same boxed mlp_potential). Never for
-    a sampler whose leapfrog count varies (ChEES): its leapfrog steps are a while_loop already, not nested in
-    another (not tried)."""
-    return (like.device.type == "cpu" and mode is None and not sampler.leapfrog_count_varies
-            and (like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1))
+    positions' rows out of the carry kept 1.18x at B = 64; the body calls the same boxed mlp_potential). A sampler
+    whose leapfrog count varies (ChEES: each iteration's steps a while_loop nested in the iterations' one) loops
+    only at B x L <= LOOP_ALWAYS_ELEMENTS: on bench_peers' GEBM target (1 thread, interleaved in one process, load
+    1.8, bit for bit the same chains) 64 iterations per call took 1.63x less time per gradient than 8 unrolled at
+    B = 1, but 16 per call took 1.04x more than 8 unrolled at B = 64."""
+    if like.device.type != "cpu" or mode is not None:
+        return False
+    if sampler.leapfrog_count_varies:
+        return like.numel() <= LOOP_ALWAYS_ELEMENTS
+    return like.numel() <= LOOP_ALWAYS_ELEMENTS or _unrolled_iterations(sampler) == 1
 
 
 def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -> int:
     """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
     (B, L), else 0; looped: loops(sampler, like, mode)."""
+    if looped:
+        return loop_rows(tuple(like.shape))
     if sampler.leapfrog_count_varies:  # a leapfrog while_loop per iteration: the CPU without a compile mode
         # 8 per call: on bench_peers' GEBM target at B = 64 (1 thread, load 2, interleaved) ChEES took 175, 157
         # and 145 us per gradient at 4, 8 and 16 iterations per call (HMC-10: 128), 16 for 2.1x the cold compile
@@ -231,7 +238,7 @@ def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -
         return MAX_CHUNK_ITERATIONS if like.device.type == "cpu" and mode is None else 0
     if sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
         return 0
-    return loop_rows(tuple(like.shape)) if looped else _unrolled_iterations(sampler)
+    return _unrolled_iterations(sampler)
 
 
 # --- the random numbers of compiled iterations ------------------------------------------------------------
@@ -365,9 +372,10 @@ class CompiledIterations:
 
         sampler, reference = self.sampler, self.potential
 
-        def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms, count):
+        def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms, count, counts):
             """uniforms (rows, n), of which the first `count` (a 0-d int64 tensor) are this call's; the report
-            has `rows` rows, of which the first `count` are written."""
+            has `rows` rows, of which the first `count` are written. counts: None, or (rows,) int64 leapfrog
+            counts (samplers whose count varies)."""
             metric, potential = Metric(scale, cholesky), reference()
             value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
             z, rows = chains.z, uniforms.shape[0]
@@ -382,8 +390,9 @@ class CompiledIterations:
                 chains, states, report, step_size = pytree.tree_unflatten(list(flat), spec)
                 at = i.reshape(1)
                 draws = draws_from_uniforms(uniforms.index_select(0, at), sampler.draw_kinds(), chains.z)
+                params = template if counts is None else template._replace(n_leapfrog=counts.index_select(0, at)[0])
                 chains, new_step_size, states, row = _iteration(
-                    sampler, value_and_grad, rules, adapting, template, chains,
+                    sampler, value_and_grad, rules, adapting, params, chains,
                     step_size[0] if rules else template.step_size, states, tuple(d[0] for d in draws))
                 report = Report(*(column.index_copy(0, at, new) for column, new in zip(report, row)))
                 return (i + 1, *pytree.tree_leaves((chains, states, report, (new_step_size,) if rules else ())))
@@ -426,16 +435,18 @@ class CompiledIterations:
         traceable), applied while `adapting`; params: each iteration's (only the first's are read, except the
         leapfrog counts of a sampler whose count varies)."""
         like = chains.z
-        counts = None
+        looped, counts = loops(self.sampler, like, self.mode), None
         if self.sampler.leapfrog_count_varies:  # the counts a tensor, the host's time 0: no constant in the graph
-            counts = torch.tensor([p.n_leapfrog for p in params], dtype=torch.int64, device=like.device)
+            # (the while_loop's padded to its rows with counts it never reads: one shape whatever k)
+            padding = [1] * (loop_rows(tuple(like.shape)) - k) if looped else []
+            counts = torch.tensor([p.n_leapfrog for p in params] + padding, dtype=torch.int64, device=like.device)
         params = params[0]._replace(n_leapfrog=0, trajectory_time=0.0) if counts is not None else params[0]
         if states:
             states = tuple(_as_tensors(s, like) for s in states)
         arguments = (chains, params, states, _flag(adapting, like.device), *metric_arguments(metric, like))
-        if loops(self.sampler, like, self.mode):
+        if looped:
             chains, step_size, states, report = self._function(None, rules)(
-                *arguments, *self._loop_arguments(k, like, generator))
+                *arguments, *self._loop_arguments(k, like, generator), counts)
             report = Report(*(column[:k] for column in report))
         else:
             uniforms = uniform_rows(k, self.sampler.draw_kinds(), like, generator)

@@ -1,8 +1,8 @@
 """compile=True runs split anywhere and resumed from their state repeat the unbroken run bit for bit
 (kale_fast.samplers.compiled: uniforms drawn one row per iteration; on the CPU every iteration runs the same
-while_loop body whatever the count per call, except ChEES's sampling, whose unrolled 8-iteration calls start at
-multiples of 8 of the absolute iteration, with single iterations before the first: a split inside a chunk
-compares single iterations with the chunk's)."""
+while_loop body whatever the count per call, except ChEES's sampling past B x L = 64, whose unrolled 8-iteration
+calls start at multiples of 8 of the absolute iteration, with single iterations before the first: a split inside
+a chunk compares single iterations with the chunk's)."""
 import pytest
 import torch
 
@@ -19,21 +19,23 @@ def scaled_gaussian(z):
 
 # Cold compiles take a minute or more per sampler and dtype (2 graphs: the while_loop with and without warm-up
 # adaptation): MALA in fp64 in the default suite, the rest slow.
-SAMPLERS = [pytest.param(lambda: kf.MALA(0.3), id="mala"),
-            pytest.param(lambda: kf.ULA(0.1), id="ula", marks=pytest.mark.slow),
-            pytest.param(lambda: kf.KineticLangevin(0.2), id="kinetic", marks=pytest.mark.slow),
-            pytest.param(lambda: kf.HMC(0.3, 3), id="hmc", marks=pytest.mark.slow),
-            pytest.param(lambda: kf.ChEES(0.3), id="chees", marks=pytest.mark.slow)]
+# (sampler, chains): ChEES at 6 x 4 runs the iterations' while_loop, at 32 x 4 unrolled chunks of 8.
+SAMPLERS = [pytest.param(lambda: kf.MALA(0.3), 6, id="mala"),
+            pytest.param(lambda: kf.ULA(0.1), 6, id="ula", marks=pytest.mark.slow),
+            pytest.param(lambda: kf.KineticLangevin(0.2), 6, id="kinetic", marks=pytest.mark.slow),
+            pytest.param(lambda: kf.HMC(0.3, 3), 6, id="hmc", marks=pytest.mark.slow),
+            pytest.param(lambda: kf.ChEES(0.3), 6, id="chees", marks=pytest.mark.slow),
+            pytest.param(lambda: kf.ChEES(0.3), 32, id="chees-unrolled", marks=pytest.mark.slow)]
 
 
 @pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
-@pytest.mark.parametrize("make_sampler", SAMPLERS)
+@pytest.mark.parametrize("make_sampler, n_chains", SAMPLERS)
 @pytest.mark.parametrize("dtype", [torch.float64, pytest.param(torch.float32, marks=pytest.mark.slow)],
                          ids=["fp64", "fp32"])
-def test_compiled_runs_resume_bit_for_bit_at_any_split(make_sampler, dtype):
+def test_compiled_runs_resume_bit_for_bit_at_any_split(make_sampler, n_chains, dtype):
     """Warm-up of 30 (metric windows and step-size adaptation), then 13 sampling iterations, split after 1, 4,
     8 and 11 of them, twice over (resumed states are resumed again)."""
-    z0 = torch.randn(6, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
+    z0 = torch.randn(n_chains, 4, generator=torch.Generator().manual_seed(0), dtype=dtype)
     seed = lambda: torch.Generator().manual_seed(5)  # noqa: E731
     full = make_sampler().run(scaled_gaussian, z0, 13, warmup=30, generator=seed(), compile=True, thin=1)
     for split in (1, 4, 8, 11):

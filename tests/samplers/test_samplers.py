@@ -424,7 +424,7 @@ def test_compiled_runs_do_not_recompile_as_warm_up_adapts(make_sampler):
     before = _unique_graphs()
     first = make_sampler().run(target, z0, 24, warmup=40, compile=True)
     compiled_first = _unique_graphs() - before
-    assert 1 <= compiled_first <= 6, compiled_first  # ChEES: up to 5 leapfrog chunks and its 8 whole iterations (warm-up 40)
+    assert 1 <= compiled_first <= 6, compiled_first  # ChEES: up to 5 leapfrog chunks and its whole iterations
     assert first.metric.kind == "diag"
     sampler = make_sampler()
     sampler.step_size = 0.05
@@ -485,16 +485,19 @@ def _uncompiled(monkeypatch):
 
 
 @pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")
-def test_compiled_chees_samples_whole_iterations_whatever_its_leapfrog_counts(monkeypatch):
+@pytest.mark.parametrize("n_chains, looped", [(16, True), (32, False)], ids=["while_loop", "unrolled"])
+def test_compiled_chees_samples_whole_iterations_whatever_its_leapfrog_counts(monkeypatch, n_chains, looped):
     """ChEES's leapfrog count ceil(halton(i) T / h) changes every iteration: its compiled sampling passes the
-    counts of k iterations as a tensor (each iteration's steps a while_loop), so sampling runs of other
-    trajectory lengths and step sizes compile nothing new; no sampling iteration runs eagerly; runs repeat bit
-    for bit under a seed; and the chains agree to rounding with the same Python code run eagerly, counts of one
-    step included."""
+    counts of a call's iterations as a tensor (each iteration's steps a while_loop, inside the iterations'
+    while_loop at B x L <= 64, else in 8 unrolled iterations), so sampling runs of other trajectory lengths and
+    step sizes compile nothing new; no sampling iteration runs eagerly; runs repeat bit for bit under a seed; and
+    the chains agree to rounding with the same Python code run eagerly, counts of one step included."""
+    from kale_fast.samplers import compiled
     from kale_fast.samplers import run as run_module
 
     target = _scaled()
-    z0 = torch.randn(16, 4, dtype=torch.float64)
+    z0 = torch.randn(n_chains, 4, dtype=torch.float64)
+    assert compiled.loops(kf.ChEES(), z0, None) == looped
     warmed = kf.ChEES(0.3).run(target, z0, 0, warmup=40, generator=torch.Generator().manual_seed(4), compile=True)
     states = [warmed.state, dataclasses.replace(warmed.state, trajectory_length=2.5 * warmed.trajectory_length,
                                                 step_size=0.7 * warmed.state.step_size)]
@@ -507,7 +510,7 @@ def test_compiled_chees_samples_whole_iterations_whatever_its_leapfrog_counts(mo
     monkeypatch.setattr(run_module._Engine, "step", no_eager_steps)
     before = _unique_graphs()
     results = [kf.ChEES(0.3).run(target, None, 24, state=s, compile=True, thin=1) for s in states]
-    assert _unique_graphs() - before == 1  # 8 whole iterations per call
+    assert _unique_graphs() - before == 1  # the iterations' while_loop, or 8 unrolled iterations
     again = kf.ChEES(0.3).run(target, None, 24, state=states[1], compile=True, thin=1)
     assert torch.equal(again.trace, results[1].trace)  # repeatable bit for bit
     assert _unique_graphs() - before == 1
