@@ -361,6 +361,8 @@ def test_metric_windows_follow_stans_schedule():
 
 def test_halton_sequence():
     assert [halton(i) for i in range(1, 8)] == [0.5, 0.25, 0.75, 0.125, 0.625, 0.375, 0.875]
+    for index in list(range(1, 4097)) + [2 ** 40 + 12345, 2 ** 52 - 1]:  # the sum of its bits' weights
+        assert halton(index) == sum(0.5 ** (bit + 1) for bit in range(index.bit_length()) if index >> bit & 1)
 
 
 # --- purity, compiled path, resume of adapted runs ------------------------------------------------------
