@@ -19,10 +19,10 @@ Step sizes, dual-averaging states (its count a 0-d tensor) and the metric are ar
 warm-up changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: on the CPU
 without a compile mode its sampling passes the counts (decided on the host) as a tensor, each iteration's leapfrog
 steps a while_loop over its count (one graph for any counts), nested in the iterations' while_loop where `loops`
-chooses it (B x L <= 64), else k unrolled iterations per call. Its warm-up, whose trajectory-length adaptation runs on the host, and its
-runs elsewhere (a while_loop tests its condition on the host: on a GPU a synchronisation per leapfrog step, and
-CUDA graphs replay fixed kernels) run eager iterations around compiled chunks of leapfrog steps
-(kale_fast.samplers.leapfrog.CompiledLeapfrog).
+chooses it (B x L <= 64), else k unrolled iterations per call. Its warm-up, whose trajectory-length adaptation
+runs on the host, and its runs elsewhere (a while_loop tests its condition on the host: on a GPU a synchronisation
+per leapfrog step, and CUDA graphs replay fixed kernels) run eager iterations around compiled chunks of leapfrog
+steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
 """
 import functools
 import math
