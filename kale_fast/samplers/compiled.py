@@ -229,16 +229,16 @@ def loops(sampler, like: Tensor, mode: Optional[str]) -> bool:
 def chunk_iterations(sampler, like: Tensor, mode: Optional[str], looped: bool) -> int:
     """The most iterations per compiled call for a sampler whose iterations compile whole, on chains like `like`
     (B, L), else 0; looped: loops(sampler, like, mode)."""
-    if looped:
-        return loop_rows(tuple(like.shape))
     if sampler.leapfrog_count_varies:  # a leapfrog while_loop per iteration: the CPU without a compile mode
+        if looped:
+            return loop_rows(tuple(like.shape))
         # 8 per call: on bench_peers' GEBM target at B = 64 (1 thread, load 2, interleaved) ChEES took 175, 157
         # and 145 us per gradient at 4, 8 and 16 iterations per call (HMC-10: 128), 16 for 2.1x the cold compile
         # time of 8 (102 s against 48 s)
         return MAX_CHUNK_ITERATIONS if like.device.type == "cpu" and mode is None else 0
-    if sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:
+    if sampler.gradients_per_iteration() > MAX_UNROLLED_GRADIENTS:  # its steps unrolled: too long to compile
         return 0
-    return _unrolled_iterations(sampler)
+    return loop_rows(tuple(like.shape)) if looped else _unrolled_iterations(sampler)
 
 
 # --- the random numbers of compiled iterations ------------------------------------------------------------

@@ -522,6 +522,22 @@ def test_compiled_chees_samples_whole_iterations_whatever_its_leapfrog_counts(mo
         torch.testing.assert_close(result.trace, expected.trace, rtol=1e-6, atol=1e-6)
 
 
+def test_whole_iterations_per_call_by_sampler_and_chains():
+    """How many iterations a compiled call runs (compiled.chunk_iterations): HMC with more leapfrog steps than
+    MAX_UNROLLED_GRADIENTS none, looped or not (its unrolled steps would take too long to compile); ChEES the
+    loop's rows where it loops (B x L <= 64), else 8; HMC-4 the loop's rows, or its unrolled count."""
+    from kale_fast.samplers import compiled
+
+    small, large = torch.zeros(1, 4), torch.zeros(64, 4)
+    for z in (small, large):
+        long_hmc = kf.HMC(0.3, compiled.MAX_UNROLLED_GRADIENTS + 4)
+        assert compiled.chunk_iterations(long_hmc, z, None, compiled.loops(long_hmc, z, None)) == 0
+    assert compiled.chunk_iterations(kf.ChEES(), small, None, True) == compiled.loop_rows((1, 4))
+    assert compiled.chunk_iterations(kf.ChEES(), large, None, False) == compiled.MAX_CHUNK_ITERATIONS
+    assert compiled.chunk_iterations(kf.HMC(0.3, 4), small, None, True) == compiled.loop_rows((1, 4))
+    assert compiled.chunk_iterations(kf.HMC(0.3, 4), large, None, False) >= 1
+
+
 @pytest.mark.parametrize("make_sampler", [lambda: kf.ChEES(0.2), lambda: kf.MALA(0.3, adapt_step_size=True),
                                           lambda: kf.KineticLangevin(0.2, metric="dense")],
                          ids=["chees", "mala", "kinetic-dense"])
