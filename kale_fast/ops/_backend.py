@@ -137,16 +137,13 @@ def backend(name: str) -> Iterator[None]:
 use_backend = backend  # the name of kale_fast 0.1 (whose block also switched other threads)
 
 
+_CPP_ON_CPU = ("cpp", "auto") if _AUTO["cpu"] == "cpp" else ()
+
+
 def cpp_runs_on_cpu(name: Optional[str] = None) -> bool:
     """Whether an eager op on CPU tensors runs the C++ kernels, given its backend= keyword (None: the name in
-    force): "cpp", or "auto" with the extension built. For kale_loss's fast door; not for traced code."""
-    if name is None:
-        block = _block_choice.get()
-        name = _process_default if block is None else block
-    return name in _CPP_ON_CPU
-
-
-_CPP_ON_CPU = ("cpp", "auto") if _AUTO["cpu"] == "cpp" else ()
+    force): "cpp", or "auto" with the extension built. For kale_loss's fast door."""
+    return (_chosen() if name is None else name) in _CPP_ON_CPU
 
 
 def resolve(device: torch.device, name: Optional[str] = None) -> str:

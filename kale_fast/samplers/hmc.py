@@ -158,10 +158,10 @@ class ChEES(HMC):
         return self.trajectory_length
 
     def adaptations(self, warmup: int) -> List[object]:
-        if not warmup:
-            return super().adaptations(warmup)
-        return super().adaptations(warmup) + [adaptation.TrajectoryLengthAdaptation(self.max_leapfrog,
-                                                                                    self.needs_longest_scale)]
+        rules = super().adaptations(warmup)
+        if warmup:
+            rules.append(adaptation.TrajectoryLengthAdaptation(self.max_leapfrog, self.needs_longest_scale))
+        return rules
 
     def params(self, tune: Tuning, iteration: int, adapting: bool) -> StepParams:
         time = halton(iteration + 1) * tune.trajectory_length

@@ -145,17 +145,8 @@ def test_fake_tensors_and_dispatch_modes_see_the_op_where_e_gen_requires_grad():
     from torch._subclasses.fake_tensor import FakeTensorMode
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class SeenOps(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     e_data, e_gen = torch.randn(64), torch.randn(300, requires_grad=True)
-    with SeenOps() as seen:
+    with _recording_mode(TorchDispatchMode, "__torch_dispatch__") as seen:
         kf.kale_loss(e_data, e_gen, torch.tensor(0.5), backend="cpp")
     assert any("kale_loss_forward" in name for name in seen.names)
     mode = FakeTensorMode()
@@ -233,17 +224,22 @@ def test_the_door_declines_other_energies_and_the_checked_path_takes_them(door_c
     assert door_calls == [None]
 
 
+def _recording_mode(base, hook: str):
+    """A torch function or dispatch mode (base, with its hook "__torch_function__" or "__torch_dispatch__") that
+    runs what it sees and records its names in .names."""
+    def __init__(self):
+        base.__init__(self)
+        self.names = []
+
+    def record(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+    return type("Recording", (base,), {"__init__": __init__, hook: record})()
+
+
 def test_a_log_partition_a_backend_choice_a_transform_or_a_torch_function_mode_keep_their_doors(door_calls):
     from torch.overrides import TorchFunctionMode
-
-    class SeenFunctions(TorchFunctionMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
 
     e_data, e_gen, a = _inputs(11)
     assert "KaleLoss" in kf.kale_loss(e_data, e_gen, a).grad_fn.name()
@@ -252,7 +248,7 @@ def test_a_log_partition_a_backend_choice_a_transform_or_a_torch_function_mode_k
     with kf.backend("cpp"):
         assert "CppNode" not in kf.kale_loss(e_data, e_gen, backend="reference").grad_fn.name()
     torch.func.grad(lambda g: kf.kale_loss(e_data.detach(), g))(e_gen.detach())
-    with SeenFunctions() as seen:
+    with _recording_mode(TorchFunctionMode, "__torch_function__") as seen:
         kf.kale_loss(e_data, e_gen)
     assert any("kale_loss_autograd" in name for name in seen.names)
     assert door_calls == []
@@ -262,17 +258,8 @@ def test_a_dispatch_mode_sees_the_kernel_op_through_the_door(door_calls):
     """The door calls the op through the dispatcher with the GIL released: a Python dispatch mode still sees it."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    class SeenOps(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func))
-            return func(*args, **(kwargs or {}))
-
     e_data, e_gen = torch.randn(64), torch.randn(300, requires_grad=True)
-    with SeenOps() as seen:
+    with _recording_mode(TorchDispatchMode, "__torch_dispatch__") as seen:
         loss = kf.kale_loss(e_data, e_gen)
     assert len(door_calls) == 1 and door_calls[0] is loss and any("kale_loss_forward" in n for n in seen.names)
     torch.testing.assert_close(loss, reference.kale_loss(e_data, e_gen, None))
