@@ -12,7 +12,7 @@
 // 1.8x the 7 bare torch GEMMs per call at B = 64 and 1.55x at B = 1024, against 1.25x and 1.34x for the tiles
 // (fp32, 1 thread, AMD EPYC Zen 2, interleaved). Row blocks run in parallel (at::parallel_for) above kGrainRows
 // rows. No autograd: sampling needs no parameter gradients, and a call where one would be needed is an error
-// (mlp_potential_no_autograd below).
+// (no_autograd below).
 //
 // At a sampler's one or few chains the arithmetic is a few us and the call's fixed cost is what counts: the kernel
 // reads its list arguments in place (no copies), keeps its per-layer bookkeeping on the stack and its scratch rows
@@ -23,7 +23,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <ATen/core/LegacyTypeDispatch.h>
 #include <c10/core/GradMode.h>
 #include <c10/util/SmallVector.h>
 #include <torch/library.h>
@@ -32,6 +31,7 @@
 #include <cmath>
 #include <optional>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "vec_math.h"
@@ -442,6 +442,45 @@ void check_arguments(const at::Tensor& z, at::TensorList weights, const Biases& 
   TORCH_CHECK(width == 1, "the last layer must have width 1, has ", width);
 }
 
+template <typename scalar_t>
+Network<scalar_t> network(at::TensorList weights, const Biases& biases, at::IntArrayRef activations,
+                          at::ArrayRef<double> parameters, double temperature, double prior_precision) {
+  Network<scalar_t> net;
+  net.temperature = static_cast<scalar_t>(temperature);
+  net.prior_precision = static_cast<scalar_t>(prior_precision);
+  net.widest = 1;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    net.layers.push_back({weights[i].size(1), weights[i].size(0), activations[i], parameters[i]});
+    net.weights.push_back(weights[i].const_data_ptr<scalar_t>());
+    const std::optional<at::Tensor> b = biases.get(i);
+    net.biases.push_back(b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr);
+    net.widest = std::max({net.widest, weights[i].size(0), weights[i].size(1)});
+  }
+  return net;
+}
+
+// Value and gradient of rows [begin, end) of z: the row loops for a few rows, else the tiled products (whose
+// transposed weights the caller made when the batch has more than kRowLoopMax rows).
+template <typename scalar_t>
+void evaluate_rows(const Network<scalar_t>& net, const Transposed<scalar_t>& transposed, const scalar_t* z,
+                   scalar_t* value, scalar_t* grad, int64_t begin, int64_t end) {
+  if (end - begin <= kRowLoopMax) {
+    rows_by_loops(net, z, value, grad, begin, end);
+  } else {
+    rows_by_blocks(net, transposed, z, value, grad, begin, end);
+  }
+}
+
+// Runs rows(begin, end) over [0, batch): in one task up to kGrainRows rows, else in parallel row blocks.
+template <typename F>
+void over_rows(int64_t batch, const F& rows) {
+  if (batch <= kGrainRows) {
+    rows(0, batch);
+  } else {
+    at::parallel_for(0, batch, kGrainRows, rows);
+  }
+}
+
 // Returns (U (B,), dU/dz (B, L)).
 std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::TensorList weights, const Biases& biases,
                                                  at::IntArrayRef activations, at::ArrayRef<double> parameters,
@@ -451,17 +490,7 @@ std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::Tensor
   at::Tensor value = at::detail::empty_cpu({batch}, z.scalar_type());
   at::Tensor grad = at::detail::empty_cpu(z.sizes(), z.scalar_type());
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "mlp_potential", [&] {
-    Network<scalar_t> net;
-    net.temperature = static_cast<scalar_t>(temperature);
-    net.prior_precision = static_cast<scalar_t>(prior_precision);
-    net.widest = 1;
-    for (size_t i = 0; i < weights.size(); ++i) {
-      net.layers.push_back({weights[i].size(1), weights[i].size(0), activations[i], parameters[i]});
-      net.weights.push_back(weights[i].const_data_ptr<scalar_t>());
-      const std::optional<at::Tensor> b = biases.get(i);
-      net.biases.push_back(b.has_value() ? b->const_data_ptr<scalar_t>() : nullptr);
-      net.widest = std::max({net.widest, weights[i].size(0), weights[i].size(1)});
-    }
+    const auto net = network<scalar_t>(weights, biases, activations, parameters, temperature, prior_precision);
     const scalar_t* zp = z.const_data_ptr<scalar_t>();
     scalar_t *up = value.mutable_data_ptr<scalar_t>(), *gp = grad.mutable_data_ptr<scalar_t>();
     if (batch <= kRowLoopMax) {  // a sampler's one or two chains: no transposed weights, no parallel region
@@ -469,51 +498,119 @@ std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::Tensor
       return;
     }
     const Transposed<scalar_t> transposed = transposed_weights(net);
-    const auto rows = [&](int64_t begin, int64_t end) {
-      if (end - begin <= kRowLoopMax) {
-        rows_by_loops(net, zp, up, gp, begin, end);
-      } else {
-        rows_by_blocks(net, transposed, zp, up, gp, begin, end);
-      }
-    };
-    if (batch <= kGrainRows) {
-      rows(0, batch);
-    } else {
-      at::parallel_for(0, batch, kGrainRows, rows);
-    }
+    over_rows(batch, [&](int64_t begin, int64_t end) { evaluate_rows(net, transposed, zp, up, gp, begin, end); });
   });
   return {value, grad};
 }
 
-// The Autograd key's kernel: the op has no derivative formula (its gradient output is itself a derivative, and the
-// samplers need none of it), so a call that autograd would have to differentiate is an error, not a silently
-// detached result; otherwise the call goes on to the CPU kernel.
-std::tuple<at::Tensor, at::Tensor> mlp_potential_no_autograd(const at::Tensor& z, at::TensorList weights,
-                                                             const Biases& biases, at::IntArrayRef activations,
-                                                             at::ArrayRef<double> parameters, double temperature,
-                                                             double prior_precision) {
-  if (c10::GradMode::is_enabled()) {
-    bool requires_grad = z.requires_grad();
-    for (const auto& w : weights) requires_grad = requires_grad || w.requires_grad();
-    for (size_t i = 0; i < biases.size(); ++i) {
-      const std::optional<at::Tensor>& b = biases.get(i);
-      requires_grad = requires_grad || (b.has_value() && b->requires_grad());
-    }
-    TORCH_CHECK(!requires_grad,
-                "kale_fast::mlp_potential has no autograd: an input requires grad while grad mode is on. Call it "
-                "under torch.no_grad() (it returns the input-gradient itself; samplers need no parameter gradients)");
+// A whole leapfrog trajectory on the potential in the unit coordinates of a diagonal metric (scale S, or the
+// identity): n steps from (y, p) with g = S grad U(S y) known, each p <- p - k h g (k = 1/2 on the first step, else
+// 1), y <- y + h p, then U and g at the new y; the result taken before the closing half kick, as
+// kale_fast/samplers/leapfrog.py's contract. One call per trajectory instead of one per step: at one chain the
+// per-call cost of mlp_potential inside a compiled sampler (the boxed dispatch, its outputs, the compiled graph's
+// own work around it) was about three quarters of a gradient's time. Each row's trajectory is independent, so
+// row blocks run whole trajectories in parallel. Returns (y, p, U (B,), g), new tensors.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_leapfrog(
+    const at::Tensor& y, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
+    const at::Tensor& n_steps, const std::optional<at::Tensor>& scale, at::TensorList weights, const Biases& biases,
+    at::IntArrayRef activations, at::ArrayRef<double> parameters, double temperature, double prior_precision) {
+  check_arguments(y, weights, biases, activations, parameters);
+  const int64_t batch = y.size(0), dim = y.size(1);
+  for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{p, "p"}, {grad, "grad"}}) {
+    TORCH_CHECK(t.device().is_cpu() && t.sizes() == y.sizes() && t.is_contiguous() && t.scalar_type() == y.scalar_type(),
+                name, " must be a contiguous CPU tensor of y's shape and dtype");
   }
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("kale_fast::mlp_potential", "")
-                             .typed<decltype(mlp_potential_no_autograd)>();
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  return op.call(z, weights, biases, activations, parameters, temperature, prior_precision);
+  TORCH_CHECK(step_size.device().is_cpu() && step_size.dim() == 1 && step_size.size(0) == batch &&
+                  step_size.is_contiguous() && step_size.scalar_type() == y.scalar_type(),
+              "step_size must be a contiguous (", batch, ",) CPU tensor of y's dtype");
+  TORCH_CHECK(n_steps.device().is_cpu() && n_steps.dim() == 0 && n_steps.scalar_type() == at::kLong,
+              "n_steps must be a 0-d int64 CPU tensor");
+  const int64_t n = n_steps.item<int64_t>();
+  TORCH_CHECK(n >= 1, "n_steps must be >= 1, got ", n);
+  TORCH_CHECK(!scale.has_value() || (scale->device().is_cpu() && scale->dim() == 1 && scale->size(0) == dim &&
+                                     scale->is_contiguous() && scale->scalar_type() == y.scalar_type()),
+              "scale must be None or a contiguous (", dim, ",) CPU tensor of y's dtype");
+  at::Tensor y_out = at::detail::empty_cpu(y.sizes(), y.scalar_type());
+  at::Tensor p_out = at::detail::empty_cpu(y.sizes(), y.scalar_type());
+  at::Tensor g_out = at::detail::empty_cpu(y.sizes(), y.scalar_type());
+  at::Tensor value = at::detail::empty_cpu({batch}, y.scalar_type());
+  // The positions the networks see, z = S y (y itself without a metric).
+  at::Tensor z = scale.has_value() ? at::detail::empty_cpu(y.sizes(), y.scalar_type()) : y_out;
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "mlp_leapfrog", [&] {
+    const auto net = network<scalar_t>(weights, biases, activations, parameters, temperature, prior_precision);
+    const Transposed<scalar_t> transposed = batch > kRowLoopMax ? transposed_weights(net) : Transposed<scalar_t>();
+    const scalar_t *y0 = y.const_data_ptr<scalar_t>(), *p0 = p.const_data_ptr<scalar_t>(),
+                   *g0 = grad.const_data_ptr<scalar_t>(), *h = step_size.const_data_ptr<scalar_t>();
+    const scalar_t* s = scale.has_value() ? scale->const_data_ptr<scalar_t>() : nullptr;
+    scalar_t *yp = y_out.mutable_data_ptr<scalar_t>(), *pp = p_out.mutable_data_ptr<scalar_t>(),
+             *gp = g_out.mutable_data_ptr<scalar_t>(), *up = value.mutable_data_ptr<scalar_t>(),
+             *zp = z.mutable_data_ptr<scalar_t>();
+    over_rows(batch, [&](int64_t begin, int64_t end) {
+      const int64_t first = begin * dim, last = end * dim;
+      std::copy(y0 + first, y0 + last, yp + first);
+      std::copy(p0 + first, p0 + last, pp + first);
+      std::copy(g0 + first, g0 + last, gp + first);
+      for (int64_t step = 0; step < n; ++step) {
+        const scalar_t kick = step == 0 ? scalar_t(0.5) : scalar_t(1);
+        for (int64_t r = begin; r < end; ++r) {
+          const scalar_t hr = h[r], kh = kick * hr;
+          scalar_t *yr = yp + r * dim, *pr = pp + r * dim;
+          const scalar_t* gr = gp + r * dim;
+          for (int64_t j = 0; j < dim; ++j) {
+            pr[j] = pr[j] - kh * gr[j];
+            yr[j] = yr[j] + hr * pr[j];
+          }
+        }
+        if (s != nullptr) {
+          for (int64_t r = begin; r < end; ++r) {
+            for (int64_t j = 0; j < dim; ++j) zp[r * dim + j] = yp[r * dim + j] * s[j];
+          }
+        }
+        evaluate_rows(net, transposed, zp, up, gp, begin, end);
+        if (s != nullptr) {
+          for (int64_t r = begin; r < end; ++r) {
+            for (int64_t j = 0; j < dim; ++j) gp[r * dim + j] *= s[j];
+          }
+        }
+      }
+    });
+  });
+  return {y_out, p_out, value, g_out};
+}
+
+// The Autograd key's kernel of both ops, boxed: they have no derivative formula (their gradient outputs are
+// themselves derivatives, and the samplers need none of them), so a call that autograd would have to differentiate
+// is an error, not a silently detached result; otherwise the call goes on below autograd, unboxed once by the CPU
+// kernel's own wrapper (a typed wrapper here had unboxed the lists a second time: about 0.3 us of a 5 us call).
+void no_autograd(const c10::OperatorHandle& op, c10::DispatchKeySet keys, torch::jit::Stack* stack) {
+  if (c10::GradMode::is_enabled()) {
+    bool requires_grad = false;
+    for (const c10::IValue& argument : torch::jit::last(*stack, op.schema().arguments().size())) {
+      if (argument.isTensor()) {
+        requires_grad = requires_grad || argument.toTensor().requires_grad();
+      } else if (argument.isList()) {
+        for (const c10::IValue& element : argument.toListRef()) {
+          requires_grad = requires_grad || (element.isTensor() && element.toTensor().requires_grad());
+        }
+      }
+    }
+    TORCH_CHECK(!requires_grad, op.schema().name(),
+                " has no autograd: an input requires grad while grad mode is on. Call it under torch.no_grad() "
+                "(it returns the input-gradient itself; samplers need no parameter gradients)");
+  }
+  op.redispatchBoxed(keys & c10::after_autograd_keyset, stack);
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(kale_fast, CPU, m) { m.impl("mlp_potential", &mlp_potential); }
+TORCH_LIBRARY_IMPL(kale_fast, CPU, m) {
+  m.impl("mlp_potential", &mlp_potential);
+  m.impl("mlp_leapfrog", &mlp_leapfrog);
+}
 
-TORCH_LIBRARY_IMPL(kale_fast, Autograd, m) { m.impl("mlp_potential", &mlp_potential_no_autograd); }
+TORCH_LIBRARY_IMPL(kale_fast, Autograd, m) {
+  m.impl("mlp_potential", torch::CppFunction::makeFromBoxedFunction<&no_autograd>());
+  m.impl("mlp_leapfrog", torch::CppFunction::makeFromBoxedFunction<&no_autograd>());
+}
 
 }  // namespace kale_fast

@@ -31,4 +31,10 @@ TORCH_LIBRARY(kale_fast, m) {
   // per layer (0 identity, 1 SiLU, 2 ReLU, 3 LeakyReLU, 4 tanh), activation_parameters: LeakyReLU's slopes.
   m.def("mlp_potential(Tensor z, Tensor[] weights, Tensor?[] biases, int[] activations, "
         "float[] activation_parameters, float temperature, float prior_precision) -> (Tensor, Tensor)");
+  // A whole leapfrog trajectory of n_steps steps on that potential in the unit coordinates of a diagonal metric
+  // (scale; None: the identity), from (y, p) with grad the unit gradient at y: returns (y, p, U, grad) at its end,
+  // before the closing half kick (csrc/mlp_potential.cpp; kale_fast/samplers/leapfrog.py's contract).
+  m.def("mlp_leapfrog(Tensor y, Tensor p, Tensor grad, Tensor step_size, Tensor n_steps, Tensor? scale, "
+        "Tensor[] weights, Tensor?[] biases, int[] activations, float[] activation_parameters, float temperature, "
+        "float prior_precision) -> (Tensor, Tensor, Tensor, Tensor)");
 }

@@ -1,4 +1,5 @@
-"""The value and input-gradient of a GEBM latent potential whose networks are a Linear + activation stack, one op.
+"""The value and input-gradient of a GEBM latent potential whose networks are a Linear + activation stack, one op;
+and a whole leapfrog trajectory on it, one op.
 
 U(z) = 0.5 * prior_precision * |z|^2 + temperature * f(z), f(x) = act_n(W_n ... act_1(W_1 x + b_1) ... + b_n), the
 last layer of width 1: with f = E(G(.)) (the layers of the base, then those of the energy; identity between two
@@ -14,6 +15,10 @@ kale_fast::mlp_potential (csrc/mlp_potential.cpp), which torch.compile keeps as 
 mlp_potential.py): no CUDA kernel exists yet. fp16/bf16 are refused (a LatentPotential with autocast keeps its own
 path). No autograd: the op returns a gradient, it has no derivative of its own, and sampling needs no parameter
 gradients; a call where an input requires grad while grad mode is on is a ValueError (run it under torch.no_grad).
+
+`mlp_leapfrog` runs n leapfrog steps on that potential in the unit coordinates of a diagonal metric (HMC's
+trajectory, kale_fast/samplers/leapfrog.py's contract) as one call, kale_fast::mlp_leapfrog on CPU (fp32/fp64,
+the "cpp" backend): inside a sampler at one chain a call per step cost about three times the step's arithmetic.
 
 `prepare` checks the network once and returns a callable that checks only z per call (what LatentPotential
 uses); `mlp_potential` does both; `linear_stack` reads the arguments off nn modules.
@@ -42,6 +47,14 @@ def _fake(z, weights, biases, activations, activation_parameters, temperature, p
 
 
 _KERNEL = cpu_only_op("mlp_potential", _fake)
+
+
+def _fake_leapfrog(y, p, grad, step_size, n_steps, scale, weights, biases, activations, activation_parameters,
+                   temperature, prior_precision):
+    return torch.empty_like(y), torch.empty_like(y), y.new_empty(y.shape[:1]), torch.empty_like(y)
+
+
+_LEAPFROG_KERNEL = cpu_only_op("mlp_leapfrog", _fake_leapfrog)
 
 
 def _activation(i: int, activation: object) -> Tuple[str, float]:
@@ -123,13 +136,17 @@ class LinearStack:
                              f"{self.device}")
         temperature = _number("temperature", temperature, 0.0, strict=True)
         prior_precision = _number("prior_precision", prior_precision, 0.0, strict=False)
-        if torch.is_grad_enabled():
-            for name, t in (("z", z), *((f"weights[{i}]", w) for i, w in enumerate(self.weights)),
-                            *((f"biases[{i}]", b) for i, b in enumerate(self.biases) if b is not None)):
-                if t.requires_grad:
-                    raise ValueError(f"{name} requires grad, but mlp_potential has no autograd (it returns the "
-                                     f"input-gradient itself): call it under torch.no_grad()")
+        self.refuse_grad("mlp_potential", z=z)
         return self.call_unchecked(z, temperature, prior_precision, backend)
+
+    def refuse_grad(self, op: str, **inputs: Optional[Tensor]) -> None:
+        """ValueError where grad mode is on and an input or a parameter requires grad: `op` has no autograd."""
+        if torch.is_grad_enabled():
+            for name, t in (*inputs.items(), *((f"weights[{i}]", w) for i, w in enumerate(self.weights)),
+                            *((f"biases[{i}]", b) for i, b in enumerate(self.biases))):
+                if t is not None and t.requires_grad:
+                    raise ValueError(f"{name} requires grad, but {op} has no autograd (it returns the "
+                                     f"input-gradient itself): call it under torch.no_grad()")
 
     def call_unchecked(self, z: Tensor, temperature: float, prior_precision: float,
                        backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
@@ -145,6 +162,23 @@ class LinearStack:
         "cpp" backend in force): the op itself, nothing else in Python."""
         return _KERNEL(z, self.weights, self.biases, self.codes, self.parameters, temperature, prior_precision)
 
+    def leapfrog(self, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n_steps: Tensor,
+                 scale: Optional[Tensor], temperature: float, prior_precision: float,
+                 backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """mlp_leapfrog for a caller that has checked its arguments (mlp_leapfrog's checks) and runs under
+        torch.no_grad or with no input requiring grad; n_steps a 0-d int64 tensor on y's device."""
+        if _LEAPFROG_KERNEL is not None and y.dtype in KERNEL_DTYPES and resolve(y.device, backend) == "cpp":
+            return self.leapfrog_kernel(y, p, grad, step_size, n_steps, scale, temperature, prior_precision)
+        return reference.mlp_leapfrog(y, p, grad, step_size, n_steps, scale, self.weights, self.biases, self.names,
+                                      self.parameters, temperature, prior_precision)
+
+    def leapfrog_kernel(self, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n_steps: Tensor,
+                        scale: Optional[Tensor], temperature: float, prior_precision: float
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """leapfrog for a caller that has also found that the C++ kernel runs y (as call_kernel)."""
+        return _LEAPFROG_KERNEL(y, p, grad, step_size, n_steps, scale, self.weights, self.biases, self.codes,
+                                self.parameters, temperature, prior_precision)
+
 
 def prepare(weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]],
             activations: Sequence[Activation]) -> LinearStack:
@@ -159,6 +193,48 @@ def mlp_potential(z: Tensor, weights: Sequence[Tensor], biases: Sequence[Optiona
     """(U(z) (B,), dU/dz (B, L)) of U(z) = 0.5 * prior_precision * |z|^2 + temperature * f(z), f the Linear +
     activation stack (module docstring). `backend` as for every op ("cpp" runs the C++ kernel on CPU)."""
     return prepare(weights, biases, activations)(z, temperature, prior_precision, backend)
+
+
+def mlp_leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n_steps: Union[int, Tensor],
+                 weights: Sequence[Tensor], biases: Sequence[Optional[Tensor]], activations: Sequence[Activation], *,
+                 scale: Optional[Tensor] = None, temperature: float = 1.0, prior_precision: float = 1.0,
+                 backend: Optional[str] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """n_steps >= 1 leapfrog steps of step size h on U_y(y) = U(S y) (U as mlp_potential's, S = diag(scale), the
+    identity where scale is None): from positions y (B, L), momenta p (B, L) and grad = grad U_y(y) (B, L), each
+    step p <- p - k h grad (k = 1/2 on the first step, else 1), y <- y + h p, then U_y and its gradient at y.
+    step_size (B,), one per chain; scale (L,); n_steps an int or a 0-d int64 tensor. Returns (y, p, U_y(y) (B,),
+    grad U_y(y)) at the trajectory's end, before the closing half kick; new tensors (the inputs are not changed).
+    No autograd, as mlp_potential."""
+    stack = prepare(weights, biases, activations)
+    for name, t in (("y", y), ("p", p), ("grad", grad)):
+        _checks.floating_tensor(name, t)
+        if t.dim() != 2 or t.shape[1] != stack.in_features or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous (B, {stack.in_features}) tensor (the first layer's inputs), "
+                             f"got {_checks.describe(t)}")
+        if t.shape != y.shape or t.dtype != stack.dtype or t.device != stack.device:
+            raise ValueError(f"{name} must have y's shape and the weights' dtype and device, got {_checks.describe(t)}")
+    _checks.floating_tensor("step_size", step_size)
+    if step_size.shape != y.shape[:1] or step_size.dtype != y.dtype or step_size.device != y.device:
+        raise ValueError(f"step_size must be a ({y.shape[0]},) tensor like y's, got {_checks.describe(step_size)}")
+    if scale is not None:
+        _checks.floating_tensor("scale", scale)
+        if scale.shape != y.shape[1:] or scale.dtype != y.dtype or scale.device != y.device:
+            raise ValueError(f"scale must be None or a ({y.shape[1]},) tensor like y's, got {_checks.describe(scale)}")
+    if isinstance(n_steps, Tensor):
+        if n_steps.dim() != 0 or n_steps.dtype != torch.int64:
+            raise TypeError(f"n_steps must be an int or a 0-d int64 tensor, got {_checks.describe(n_steps)}")
+        count = int(n_steps)
+    elif isinstance(n_steps, int) and not isinstance(n_steps, bool):
+        count = n_steps
+    else:
+        raise TypeError(f"n_steps must be an int or a 0-d int64 tensor, got {type(n_steps).__name__}")
+    if count < 1:
+        raise ValueError(f"n_steps must be >= 1, got {count}")
+    temperature = _number("temperature", temperature, 0.0, strict=True)
+    prior_precision = _number("prior_precision", prior_precision, 0.0, strict=False)
+    stack.refuse_grad("mlp_leapfrog", y=y, p=p, grad=grad, step_size=step_size, scale=scale)
+    return stack.leapfrog(y, p, grad, step_size, torch.tensor(count, device=y.device), scale, temperature,
+                          prior_precision, backend)
 
 
 # nn modules the stack reads, and how (nn.Identity and nn.Dropout in eval mode would be cheap to add; not needed).

@@ -16,10 +16,12 @@ generator as uniforms, one row per iteration whatever the count (uniform_rows), 
 draws (Sampler.draw_kinds) inside the graph. So a run is repeatable bit for bit under a seed, and a run split
 anywhere and resumed from its state repeats the unbroken run bit for bit (tested on this CPU's inductor code).
 Step sizes, dual-averaging states (its count a 0-d tensor) and the metric are arguments, never constants:
-warm-up changes them without recompiling. ChEES varies its leapfrog count from iteration to iteration: on the CPU
-without a compile mode its sampling passes the counts (decided on the host) as a tensor, each iteration's leapfrog
-steps a while_loop over its count (one graph for any counts), nested in the iterations' while_loop where `loops`
-chooses it (B x L <= 64), else k unrolled iterations per call. Its warm-up, whose trajectory-length adaptation
+warm-up changes them without recompiling. A potential with a fused trajectory (LatentPotential's fused_leapfrog,
+kale_fast.samplers.metric.UnitPotential.leapfrog) runs each iteration's leapfrog steps as one op. ChEES varies its
+leapfrog count from iteration to iteration: on the CPU without a compile mode its sampling passes the counts
+(decided on the host) as a tensor, each iteration's leapfrog steps that op given the count, or else a while_loop
+over the count (one graph for any counts), nested in the iterations' while_loop where `loops` chooses it (B x L <=
+64), else k unrolled iterations per call. Its warm-up, whose trajectory-length adaptation
 runs on the host, and its runs elsewhere (a while_loop tests its condition on the host: on a GPU a synchronisation
 per leapfrog step, and CUDA graphs replay fixed kernels) run eager iterations around compiled chunks of leapfrog
 steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
@@ -35,7 +37,7 @@ from torch import Tensor
 from torch.utils import _pytree as pytree
 
 from kale_fast.samplers.core import StepParams, Tuning
-from kale_fast.samplers.metric import Metric, unit_value_and_grad
+from kale_fast.samplers.metric import Metric, UnitPotential, unit_value_and_grad
 
 # Gradient evaluations unrolled into one compiled call, and iterations per call at most: compile time grows with
 # the unrolled length faster than the per-call overhead it saves shrinks. Measured on the GEBM latent potential at
@@ -355,8 +357,7 @@ class CompiledIterations:
 
         def iterations(chains, template: StepParams, states, adapting, scale, cholesky, uniforms, counts):
             """counts: None, or (k,) int64 leapfrog counts (samplers whose count varies)."""
-            metric, potential = Metric(scale, cholesky), reference()
-            value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+            value_and_grad = UnitPotential(reference(), Metric(scale, cholesky))
             draws = draws_from_uniforms(uniforms, sampler.draw_kinds(), chains.z)
             step_size, rows = template.step_size, []
             for i in range(k):
@@ -376,8 +377,7 @@ class CompiledIterations:
             """uniforms (rows, n), of which the first `count` (a 0-d int64 tensor) are this call's; the report
             has `rows` rows, of which the first `count` are written. counts: None, or (rows,) int64 leapfrog
             counts (samplers whose count varies)."""
-            metric, potential = Metric(scale, cholesky), reference()
-            value_and_grad = lambda y: unit_value_and_grad(potential, y, metric)  # noqa: E731
+            value_and_grad = UnitPotential(reference(), Metric(scale, cholesky))
             z, rows = chains.z, uniforms.shape[0]
             flags = lambda: torch.zeros((rows, z.shape[0]), dtype=torch.bool, device=z.device)  # noqa: E731
             report = Report(z.new_zeros((rows, *z.shape)), z.new_zeros(rows, z.shape[0]),

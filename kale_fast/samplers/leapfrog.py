@@ -8,7 +8,7 @@ U(y) known, the first step opening with a half kick, the result taken before the
 - CompiledLeapfrog: compiled chunks of algebra steps for eager iterations of a length that varies (ChEES's
   warm-up, and its runs off the CPU) or is too long to unroll into one graph.
 """
-from typing import Callable, Dict, Tuple, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -16,7 +16,7 @@ from torch import Tensor
 from kale_fast.reference import integrators as reference
 from kale_fast.samplers.compiled import compile_function, metric_arguments, potential_reference
 from kale_fast.samplers.core import ValueAndGrad
-from kale_fast.samplers.metric import Metric, unit_value_and_grad
+from kale_fast.samplers.metric import Metric, UnitPotential, unit_value_and_grad
 
 # Longest chunk of leapfrog steps unrolled into one compiled graph. Compile time grows with the unrolled length
 # (a ChEES run that compiled chunks of up to 512 steps did not finish a 200-iteration warm-up in 9 minutes on a
@@ -24,8 +24,13 @@ from kale_fast.samplers.metric import Metric, unit_value_and_grad
 MAX_UNROLLED_STEPS = 16
 
 
-def eager_leapfrog(kernels, value_and_grad: ValueAndGrad) -> Callable:
+def eager_leapfrog(kernels, value_and_grad: ValueAndGrad, fused: Optional[Callable] = None) -> Callable:
+    """fused: a whole trajectory as one call, or None where it cannot run (UnitPotential.leapfrog), tried first."""
     def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
+        if fused is not None:
+            result = fused(y, p, grad, step_size, n)
+            if result is not None:
+                return result
         y = y.clone()
         for i in range(n):
             kernels.leapfrog_kick_drift(y, p, grad, step_size, 0.5 if i == 0 else 1.0)
@@ -39,7 +44,13 @@ def algebra_leapfrog(value_and_grad: ValueAndGrad, y: Tensor, p: Tensor, grad: T
     """n steps as tensor algebra (new tensors, nothing in place). first_kick: the first step's kick fraction, a
     float or a 0-d tensor (a tensor keeps one compiled chunk for opening and later chunks). n: an int (the steps
     unrolled), or a 0-d int64 tensor >= 1 (the steps after the first run as a torch while_loop: one compiled
-    graph for any count, ChEES's whole iterations)."""
+    graph for any count, ChEES's whole iterations). A whole trajectory (first_kick 0.5) on a value_and_grad
+    with a `leapfrog` (kale_fast.samplers.metric.UnitPotential) is that one call where it runs."""
+    fused = getattr(value_and_grad, "leapfrog", None)  # UnitPotential's: a whole trajectory as one op
+    if fused is not None and not isinstance(first_kick, Tensor) and first_kick == 0.5:
+        result = fused(y, p, grad, step_size, n)
+        if result is not None:
+            return result
     if isinstance(n, Tensor):
         return _looped_leapfrog(value_and_grad, y, p, grad, step_size, n, first_kick)
     for i in range(n):
@@ -100,8 +111,14 @@ class CompiledLeapfrog:
         return self._kicks[key]
 
     def bind(self, metric: Metric) -> Callable:
-        """The leapfrog function for one metric: (y, p, grad, h, n) -> (y, p, U(y), grad U(y))."""
+        """The leapfrog function for one metric: (y, p, grad, h, n) -> (y, p, U(y), grad U(y)); a whole
+        trajectory as one call where the potential has one (UnitPotential.leapfrog: nothing to compile)."""
+        fused = UnitPotential(self.potential(), metric).leapfrog
+
         def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
+            result = fused(y, p, grad, step_size, n)
+            if result is not None:
+                return result
             half, full = self._kick_fractions(y)
             first_kick = half
             for count in chunk_lengths(n):

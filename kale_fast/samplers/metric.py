@@ -67,6 +67,26 @@ def unit_value_and_grad(potential: Potential, y: Tensor, metric: Metric) -> Tupl
     return value, gradient_to_unit(metric, grad)
 
 
+class UnitPotential:
+    """A potential in a metric's unit coordinates: calling it with y (B, L) gives unit_value_and_grad(potential, y,
+    metric); `leapfrog` runs a whole leapfrog trajectory as one call where the potential can. Traceable by
+    torch.compile (the body of compiled whole iterations)."""
+
+    def __init__(self, potential: Potential, metric: Metric):
+        self.potential, self.metric = potential, metric
+
+    def __call__(self, y: Tensor) -> Tuple[Tensor, Tensor]:
+        return unit_value_and_grad(self.potential, y, self.metric)
+
+    def leapfrog(self, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n) -> Optional[Tuple[Tensor, ...]]:
+        """kale_fast.samplers.leapfrog's contract as one call: the potential's fused_leapfrog (LatentPotential's
+        runs kale_fast.ops.mlp_potential.mlp_leapfrog) under the identity or a diagonal metric, else None."""
+        fused = getattr(self.potential, "fused_leapfrog", None)
+        if fused is None or self.metric.cholesky is not None:
+            return None
+        return fused(y, p, grad, step_size, n, self.metric.scale)
+
+
 def unit_value_and_grad_function(potential: Potential, metric: Metric) -> Callable[[Tensor], Tuple[Tensor, Tensor]]:
     """y -> unit_value_and_grad(potential, y, metric), with the metric's case resolved once: the eager leapfrog
     calls it at every step, where the general function's lookups cost about 3 us against a potential of a few ops

@@ -1,5 +1,5 @@
 """Potentials U(z): any callable z (B, L) -> (B,); LatentPotential is the GEBM's latent posterior."""
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +51,24 @@ class LatentPotential:
         with torch.no_grad():
             return stack.call_kernel(z, self.temperature, 1.0)
 
+    def fused_leapfrog(self, y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: Union[int, Tensor],
+                       scale: Optional[Tensor] = None) -> Optional[Tuple[Tensor, Tensor, Tensor, Tensor]]:
+        """n leapfrog steps on U(S y), S = diag(scale) (None: the identity), as one op
+        (kale_fast.ops.mlp_potential.mlp_leapfrog; kale_fast/samplers/leapfrog.py's contract), where
+        value_and_grad runs as one op and p, grad (B, L), step_size (B,) and scale (L,) are contiguous in y's
+        dtype; else None (the caller runs the steps). n: an int or a 0-d int64 tensor, >= 1."""
+        stack = self._linear_stack(y)
+        if (stack is None or p.shape != y.shape or grad.shape != y.shape or step_size.shape != y.shape[:1]
+                or not all(t.dtype == y.dtype and t.is_contiguous() for t in (p, grad, step_size))
+                or (scale is not None and (scale.shape != y.shape[1:] or scale.dtype != y.dtype
+                                           or not scale.is_contiguous()))):
+            return None
+        count = n if isinstance(n, Tensor) else _count(n)
+        if not torch.is_grad_enabled():
+            return stack.leapfrog_kernel(y, p, grad, step_size, count, scale, self.temperature, 1.0)
+        with torch.no_grad():
+            return stack.leapfrog_kernel(y, p, grad, step_size, count, scale, self.temperature, 1.0)
+
     def _linear_stack(self, z: Tensor) -> Optional[mlp_potential.LinearStack]:
         """The networks as one checked mlp_potential stack where its C++ kernel runs z (class docstring), else None.
         The stack is kept while a StackWatch of the modules finds them unchanged and its first weight keeps its
@@ -77,6 +95,17 @@ class LatentPotential:
 
 
 _CPU = torch.device("cpu")
+_COUNTS: Dict[int, Tensor] = {}
+
+
+def _count(n: int) -> Tensor:
+    """n as the 0-d int64 CPU tensor mlp_leapfrog takes: a constant when traced, else made once per count (a
+    tensor's construction costs an eager trajectory about 2 us)."""
+    if torch.compiler.is_compiling():
+        return torch.tensor(n, dtype=torch.int64)
+    if n not in _COUNTS:
+        _COUNTS[n] = torch.tensor(n, dtype=torch.int64)
+    return _COUNTS[n]
 
 
 def _still_valid(watch: mlp_potential.StackWatch, stack: mlp_potential.LinearStack) -> bool:

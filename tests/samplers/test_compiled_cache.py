@@ -17,7 +17,8 @@ def test_a_dropped_potential_frees_its_compiled_functions_and_networks():
     user drops the potential, garbage collection frees them, the potential and its networks (the cache is keyed
     weakly and its compiled functions reach the potential only through a weak reference)."""
     torch.manual_seed(0)
-    base, energy = nn.Sequential(nn.Linear(3, 8), nn.SiLU()).double(), nn.Linear(8, 1).double()
+    # nn.Identity keeps LatentPotential on its module path: no fused trajectory, so ChEES's warm-up compiles chunks
+    base, energy = nn.Sequential(nn.Linear(3, 8), nn.SiLU(), nn.Identity()).double(), nn.Linear(8, 1).double()
     potential = kf.samplers.LatentPotential(base, energy)
     z0 = torch.randn(4, 3, dtype=torch.float64)
     # whole iterations; leapfrog chunks (ChEES's warm-up, whose trajectory-length adaptation runs on the host)
