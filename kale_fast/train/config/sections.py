@@ -130,6 +130,9 @@ class ObjectiveConfig(Section):
     penalty: float = key(0.1, "lambda of lambda * mean |grad_x E(x_hat)|^2 (paper: 1 images, 0.1 tabular; 0: off)")
     n_partition_samples: int = key(10000, "base samples of the Monte-Carlo A: its initial value and validation "
                                    "NLLs")
+    data_noise: float = key(0.0, "objective ml: add Gaussian noise of this standard deviation (in the data's "
+                            "units, standardised for tables) to each training batch of the flow, fresh each step "
+                            "from the run's generator (0: off); validation and test score clean data")
     eval_idle_network: bool = key(False, "put the network a step does not train in eval mode, as the authors do: "
                                   "the base during energy steps (a batch-norm base then shows the energy the "
                                   "samples it gives when sampling, with running statistics that move only in base "
@@ -140,7 +143,9 @@ class ObjectiveConfig(Section):
         at_least(self, 0, ("n_iter_d_init",))
         if self.n_partition_samples < 2:
             raise ValueError(f"config key 'n_partition_samples' must be >= 2, got {self.n_partition_samples}")
-        finite(self, ("penalty",))
+        finite(self, ("penalty", "data_noise"))
+        if self.data_noise < 0:
+            raise ValueError(f"config key 'data_noise' must be >= 0 (0: off), got {self.data_noise}")
         if self.penalty < 0:
             raise ValueError(f"config key 'penalty' must be >= 0 (0: no gradient penalty), got {self.penalty}")
 

@@ -78,6 +78,9 @@ class TrainConfig:
         if self.optimiser.base_ema and (not run.validate_every or objective.objective != "ml"):
             raise ValueError("config key 'base_ema' averages a flow trained by maximum likelihood, kept in best.pt "
                              "at its best validation: set validate_every, with objective ml")
+        if objective.data_noise and objective.objective != "ml":
+            raise ValueError("config key 'data_noise' smooths the training batches of a flow trained by maximum "
+                             "likelihood: set objective ml (a KALE stage on its base sees clean data)")
         if self.optimiser.ema_warmup and not (self.optimiser.energy_ema or self.optimiser.base_ema):
             raise ValueError("config key 'ema_warmup' warms up energy_ema's or base_ema's average: set one of them")
         if self.optimiser.lr_decay_patience and not run.validate_every:
