@@ -125,7 +125,7 @@ def test_an_old_flat_config_yaml_loads_into_sections(tmp_path):
     config = TrainConfig.from_yaml(tmp_path / "config.yaml")
     old = _old_keys(tmp_path)
     new_keys = {"energy_ema": 0.0, "base_ema": 0.0, "ema_warmup": False, "lr_decay": 1.0,  # at their defaults
-                "lr_decay_patience": 0}
+                "lr_decay_patience": 0, "data_noise": 0.0}
     assert config.to_dict() == {**old, **new_keys}  # the same keys and values
     assert (config.model.hidden, config.objective.penalty, config.optimiser.batch_size, config.sampling.sampler_steps,
             config.run.checkpoint_every, config.data.n_train) == (8, 0.5, 16, 4, 3, 256)
