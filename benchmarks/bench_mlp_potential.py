@@ -3,6 +3,8 @@
 
 - mlp_potential: the op (kale_fast.ops.mlp_potential, its C++ kernel on CPU) as LatentPotential calls it, the
   network checked once;
+- mlp_leapfrog per step: a 16-step leapfrog trajectory as one op (kale_fast.ops.mlp_potential.mlp_leapfrog, what
+  HMC and ChEES run on this potential), its time divided by 16: a gradient inside a trajectory;
 - LatentPotential.value_and_grad: the same with LatentPotential's per-call check that its modules are unchanged;
 - eager autograd: torch.autograd through the networks (value_and_grad of the potential's __call__);
 - compiled autograd: torch.compile of that (torch.func's grad through the networks, inductor);
@@ -30,6 +32,7 @@ from kale_fast.samplers import value_and_grad
 TITLE = "mlp_potential: the GEBM latent potential's value and input-gradient per call, float32, 1 thread"
 BATCHES = (1, 64, 1024)
 OP = "mlp_potential"
+LEAPFROG, LEAPFROG_STEPS = "mlp_leapfrog per step", 16
 PEAK_GEMM = 1024  # the square product whose rate stands for the machine's GEMM peak
 
 
@@ -43,8 +46,16 @@ def cases(potential, z: torch.Tensor) -> Dict[str, Callable[[], object]]:
         with torch.no_grad():
             return stack.call_unchecked(z, potential.temperature, 1.0)
 
+    start = op()[1]
+    momentum, steps = torch.randn_like(z), torch.tensor(LEAPFROG_STEPS)
+    step_size = torch.full(z.shape[:1], 0.01, dtype=z.dtype, device=z.device)  # stays near z: no blow-up
+
+    def leapfrog():
+        with torch.no_grad():
+            return stack.leapfrog_kernel(z, momentum, start, step_size, steps, None, potential.temperature, 1.0)
+
     compiled = torch.compile(lambda y: value_and_grad(potential.__call__, y), dynamic=False)
-    fns = {OP: op, "LatentPotential.value_and_grad": lambda: potential.value_and_grad(z),
+    fns = {OP: op, LEAPFROG: leapfrog, "LatentPotential.value_and_grad": lambda: potential.value_and_grad(z),
            "eager autograd": lambda: value_and_grad(potential.__call__, z), "compiled autograd": lambda: compiled(z),
            "7 GEMMs": gemm_floor(potential, z)}
     jax_fn = _jax_value_and_grad(z) if z.device.type == "cpu" else None
@@ -68,6 +79,7 @@ def run(device: torch.device, quick: bool, progress) -> dict:
             z = torch.randn(b, targets.GEBM_LATENT, generator=torch.Generator().manual_seed(b)).to(device)
             ms = interleaved_ms(cases(potential, z), device, budget_s=0.3 if quick else 2.0, min_rounds=5,
                                 max_rounds=60)
+            ms[LEAPFROG] = [t / LEAPFROG_STEPS for t in ms[LEAPFROG]]
             flop_floor_us = flops_per_row(potential, z) * b / peak["median"] / 1e3
             rows.append(dict(batch=b, us={k: spread([1e3 * v for v in s]) for k, s in ms.items()},
                              over_op={k: ratio_spread(s, ms[OP]) for k, s in ms.items() if k != OP},
@@ -88,7 +100,8 @@ def markdown(record: dict) -> str:
     rows = record["rows"]
     names = list(rows[0]["us"])
     floor = "flop_floor_us" in rows[0]  # records before the FLOP floor column have none
-    lines = ["us per call; in brackets below each, that time over mlp_potential's per round:", "",
+    lines = [f"us per call ({LEAPFROG}: per step of a {LEAPFROG_STEPS}-step trajectory); below each, that time over "
+             "mlp_potential's per round:", "",
              "| B | " + " | ".join(names) + (" | FLOP floor |" if floor else " |"),
              "|---|" + "---|" * (len(names) + floor)]
     for r in rows:
