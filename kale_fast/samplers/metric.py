@@ -41,7 +41,9 @@ def position_to_unit(metric: Metric, z: Tensor) -> Tensor:
 def position_from_unit(metric: Metric, y: Tensor) -> Tensor:
     """z = S y (also for velocities)."""
     if metric.cholesky is not None:
-        return y @ metric.cholesky.T
+        # F.linear's y C^T, not y @ C.T: a view of C beside C lifted into a while_loop's body (ChEES's compiled
+        # leapfrog) is input-to-input aliasing, which TorchDynamo refuses
+        return torch.nn.functional.linear(y, metric.cholesky)
     return y * metric.scale if metric.scale is not None else y
 
 

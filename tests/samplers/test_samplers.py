@@ -599,6 +599,21 @@ def test_a_given_metric_is_used_as_is():
     _assert_moments(result.z, target.mean, target.cov)
 
 
+@pytest.mark.slow
+def test_compiled_chees_takes_a_given_dense_metric():
+    """ChEES's compiled sampling at few chains runs each iteration's leapfrog steps as a while_loop, into whose body
+    the dense metric's Cholesky factor is lifted: a transposed view of it lifted beside it was input-to-input
+    aliasing, which TorchDynamo refused (before 2026-12-07). (Its exactness under a dense metric is tested eagerly
+    above; compiled iterations draw their random numbers differently, so the chains are not the eager ones.)"""
+    target = _correlated()
+    chol = torch.linalg.cholesky(target.cov)
+    z0 = target.mean + torch.randn(4, chol.shape[0], dtype=chol.dtype, generator=torch.Generator().manual_seed(3))
+    result = kf.ChEES(0.3, metric=Metric(cholesky=chol)).run(target, z0, 6, warmup=4, compile=True,
+                                                             generator=torch.Generator().manual_seed(4))
+    assert torch.equal(result.metric.cholesky, chol)
+    assert torch.isfinite(result.z).all() and float(result.accept_rate.mean()) > 0.2
+
+
 def test_an_expanded_autograd_gradient_is_made_dense_for_the_fused_updates():
     """U(z) = sum(z) has the gradient ones expanded from (B,) (stride 0): the fused kernels read the gradient as
     a dense block, so every step must get it contiguous. MALA on this linear potential moves by -h + noise."""
