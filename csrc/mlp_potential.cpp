@@ -16,8 +16,9 @@
 //
 // At a sampler's one or few chains the arithmetic is a few us and the call's fixed cost is what counts: the kernel
 // reads its list arguments in place (no copies), keeps its per-layer bookkeeping on the stack and its scratch rows
-// in per-thread buffers reused from call to call, allocates its two outputs without a second trip through the
-// dispatcher, and enters no parallel region for a batch that one task runs.
+// in per-thread buffers reused from call to call, allocates its outputs without a second trip through the
+// dispatcher, and enters no parallel region for a batch that one task runs. For the same reason mlp_leapfrog runs a
+// whole HMC trajectory (n steps of kick, drift and the potential's value and gradient) in one call.
 #include <ATen/Dispatch.h>
 #include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
@@ -418,11 +419,12 @@ Transposed<scalar_t> transposed_weights(const Network<scalar_t>& net) {
   return transposed;
 }
 
-void check_arguments(const at::Tensor& z, at::TensorList weights, const Biases& biases, at::IntArrayRef activations,
-                     at::ArrayRef<double> parameters) {
+// z_name: the positions' name in the op's schema (z, or mlp_leapfrog's y).
+void check_arguments(const at::Tensor& z, const char* z_name, at::TensorList weights, const Biases& biases,
+                     at::IntArrayRef activations, at::ArrayRef<double> parameters) {
   TORCH_CHECK(z.device().is_cpu() && z.dim() == 2 && z.is_contiguous() &&
                   (z.scalar_type() == at::kFloat || z.scalar_type() == at::kDouble),
-              "z must be a contiguous (B, L) fp32 or fp64 CPU tensor");
+              z_name, " must be a contiguous (B, L) fp32 or fp64 CPU tensor");
   const size_t n = weights.size();
   TORCH_CHECK(n > 0 && biases.size() == n && activations.size() == n && parameters.size() == n,
               "weights, biases, activations and activation_parameters must have one entry per layer (at least one)");
@@ -485,7 +487,7 @@ void over_rows(int64_t batch, const F& rows) {
 std::tuple<at::Tensor, at::Tensor> mlp_potential(const at::Tensor& z, at::TensorList weights, const Biases& biases,
                                                  at::IntArrayRef activations, at::ArrayRef<double> parameters,
                                                  double temperature, double prior_precision) {
-  check_arguments(z, weights, biases, activations, parameters);
+  check_arguments(z, "z", weights, biases, activations, parameters);
   const int64_t batch = z.size(0);
   at::Tensor value = at::detail::empty_cpu({batch}, z.scalar_type());
   at::Tensor grad = at::detail::empty_cpu(z.sizes(), z.scalar_type());
@@ -514,10 +516,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> mlp_leapfrog(
     const at::Tensor& y, const at::Tensor& p, const at::Tensor& grad, const at::Tensor& step_size,
     const at::Tensor& n_steps, const std::optional<at::Tensor>& scale, at::TensorList weights, const Biases& biases,
     at::IntArrayRef activations, at::ArrayRef<double> parameters, double temperature, double prior_precision) {
-  check_arguments(y, weights, biases, activations, parameters);
+  check_arguments(y, "y", weights, biases, activations, parameters);
   const int64_t batch = y.size(0), dim = y.size(1);
   for (const auto& [t, name] : {std::pair<const at::Tensor&, const char*>{p, "p"}, {grad, "grad"}}) {
-    TORCH_CHECK(t.device().is_cpu() && t.sizes() == y.sizes() && t.is_contiguous() && t.scalar_type() == y.scalar_type(),
+    TORCH_CHECK(t.device().is_cpu() && t.sizes() == y.sizes() && t.is_contiguous() &&
+                    t.scalar_type() == y.scalar_type(),
                 name, " must be a contiguous CPU tensor of y's shape and dtype");
   }
   TORCH_CHECK(step_size.device().is_cpu() && step_size.dim() == 1 && step_size.size(0) == batch &&

@@ -55,6 +55,7 @@ def _fake_leapfrog(y, p, grad, step_size, n_steps, scale, weights, biases, activ
 
 
 _LEAPFROG_KERNEL = cpu_only_op("mlp_leapfrog", _fake_leapfrog)
+HAS_LEAPFROG_KERNEL = _LEAPFROG_KERNEL is not None  # False with an extension built before the op existed
 
 
 def _activation(i: int, activation: object) -> Tuple[str, float]:
@@ -213,13 +214,13 @@ def mlp_leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n_steps:
                              f"got {_checks.describe(t)}")
         if t.shape != y.shape or t.dtype != stack.dtype or t.device != stack.device:
             raise ValueError(f"{name} must have y's shape and the weights' dtype and device, got {_checks.describe(t)}")
-    _checks.floating_tensor("step_size", step_size)
-    if step_size.shape != y.shape[:1] or step_size.dtype != y.dtype or step_size.device != y.device:
-        raise ValueError(f"step_size must be a ({y.shape[0]},) tensor like y's, got {_checks.describe(step_size)}")
-    if scale is not None:
-        _checks.floating_tensor("scale", scale)
-        if scale.shape != y.shape[1:] or scale.dtype != y.dtype or scale.device != y.device:
-            raise ValueError(f"scale must be None or a ({y.shape[1]},) tensor like y's, got {_checks.describe(scale)}")
+    for name, t, shape in (("step_size", step_size, y.shape[:1]), ("scale", scale, y.shape[1:])):
+        if t is None and name == "scale":
+            continue
+        _checks.floating_tensor(name, t)
+        if t.shape != shape or t.dtype != y.dtype or t.device != y.device or not t.is_contiguous():
+            raise ValueError(f"{name} must be {'None or ' if name == 'scale' else ''}a contiguous ({shape[0]},) "
+                             f"tensor in y's dtype and device, got {_checks.describe(t)}")
     if isinstance(n_steps, Tensor):
         if n_steps.dim() != 0 or n_steps.dtype != torch.int64:
             raise TypeError(f"n_steps must be an int or a 0-d int64 tensor, got {_checks.describe(n_steps)}")

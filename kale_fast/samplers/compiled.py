@@ -24,7 +24,7 @@ over the count (one graph for any counts), nested in the iterations' while_loop 
 64), else k unrolled iterations per call. Its warm-up, whose trajectory-length adaptation
 runs on the host, and its runs elsewhere (a while_loop tests its condition on the host: on a GPU a synchronisation
 per leapfrog step, and CUDA graphs replay fixed kernels) run eager iterations around compiled chunks of leapfrog
-steps (kale_fast.samplers.leapfrog.CompiledLeapfrog).
+steps (kale_fast.samplers.leapfrog.CompiledLeapfrog), or around the potential's fused trajectory where it has one.
 """
 import functools
 import math

@@ -7,6 +7,10 @@ U(y) known, the first step opening with a half kick, the result taken before the
   fuses with the potential; the body of compiled whole iterations (kale_fast.samplers.compiled);
 - CompiledLeapfrog: compiled chunks of algebra steps for eager iterations of a length that varies (ChEES's
   warm-up, and its runs off the CPU) or is too long to unroll into one graph.
+
+Each first tries the potential's own whole trajectory (kale_fast.samplers.metric.UnitPotential.leapfrog: a
+LatentPotential of Linear + activation stacks runs kale_fast::mlp_leapfrog, one op for all n steps): then p is
+not updated in place (new tensors are returned) and CompiledLeapfrog compiles nothing.
 """
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -25,7 +29,8 @@ MAX_UNROLLED_STEPS = 16
 
 
 def eager_leapfrog(kernels, value_and_grad: ValueAndGrad, fused: Optional[Callable] = None) -> Callable:
-    """fused: a whole trajectory as one call, or None where it cannot run (UnitPotential.leapfrog), tried first."""
+    """fused: a callable that runs a whole trajectory as one call, or returns None where it cannot
+    (UnitPotential.leapfrog); tried first."""
     def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
         if fused is not None:
             result = fused(y, p, grad, step_size, n)

@@ -56,9 +56,11 @@ class LatentPotential:
         """n leapfrog steps on U(S y), S = diag(scale) (None: the identity), as one op
         (kale_fast.ops.mlp_potential.mlp_leapfrog; kale_fast/samplers/leapfrog.py's contract), where
         value_and_grad runs as one op and p, grad (B, L), step_size (B,) and scale (L,) are contiguous in y's
-        dtype; else None (the caller runs the steps). n: an int or a 0-d int64 tensor, >= 1."""
+        dtype; else None (the caller runs the steps). n: an int or a 0-d int64 tensor, >= 1. It integrates the
+        networks' stack itself: a subclass that overrides value_and_grad or __call__ should override this too."""
         stack = self._linear_stack(y)
-        if (stack is None or p.shape != y.shape or grad.shape != y.shape or step_size.shape != y.shape[:1]
+        if (stack is None or not mlp_potential.HAS_LEAPFROG_KERNEL or p.shape != y.shape or grad.shape != y.shape
+                or step_size.shape != y.shape[:1]
                 or not all(t.dtype == y.dtype and t.is_contiguous() for t in (p, grad, step_size))
                 or (scale is not None and (scale.shape != y.shape[1:] or scale.dtype != y.dtype
                                            or not scale.is_contiguous()))):
@@ -102,9 +104,9 @@ def _count(n: int) -> Tensor:
     """n as the 0-d int64 CPU tensor mlp_leapfrog takes: a constant when traced, else made once per count (a
     tensor's construction costs an eager trajectory about 2 us)."""
     if torch.compiler.is_compiling():
-        return torch.tensor(n, dtype=torch.int64)
+        return torch.tensor(n, dtype=torch.int64, device=_CPU)
     if n not in _COUNTS:
-        _COUNTS[n] = torch.tensor(n, dtype=torch.int64)
+        _COUNTS[n] = torch.tensor(n, dtype=torch.int64, device=_CPU)
     return _COUNTS[n]
 
 

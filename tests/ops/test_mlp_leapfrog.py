@@ -6,13 +6,12 @@ import torch
 from torch import nn
 
 import kale_fast as kf
+from kale_fast.ops import integrators
 from kale_fast.ops import mlp_potential as fused
 from kale_fast.reference import mlp_potential as reference
-from kale_fast.samplers import LatentPotential, Metric
-from kale_fast.samplers import leapfrog
+from kale_fast.samplers import LatentPotential, Metric, leapfrog
 from kale_fast.samplers.leapfrog import eager_leapfrog
 from kale_fast.samplers.metric import UnitPotential, unit_value_and_grad_function
-from kale_fast.ops import integrators
 
 pytestmark = [pytest.mark.skipif(fused._LEAPFROG_KERNEL is None, reason="kale_fast._C without mlp_leapfrog"),
               pytest.mark.filterwarnings("ignore::kale_fast.samplers.SamplerWarning")]
@@ -90,8 +89,9 @@ def test_the_reference_backend_runs_the_reference():
     (lambda a: a.update(n_steps=0), ValueError, "n_steps must be >= 1"),
     (lambda a: a.update(n_steps=2.0), TypeError, "n_steps must be an int or a 0-d int64 tensor"),
     (lambda a: a.update(n_steps=torch.tensor([2])), TypeError, "n_steps must be an int or a 0-d int64 tensor"),
-    (lambda a: a.update(step_size=a["step_size"][:1]), ValueError, r"step_size must be a \(4,\) tensor"),
-    (lambda a: a.update(scale=torch.ones(3, dtype=torch.float64)), ValueError, r"scale must be None or a \(5,\)"),
+    (lambda a: a.update(step_size=a["step_size"][:1]), ValueError, r"step_size must be a contiguous \(4,\) tensor"),
+    (lambda a: a.update(step_size=torch.rand(8, dtype=torch.float64)[::2]), ValueError, "step_size must be a contig"),
+    (lambda a: a.update(scale=torch.ones(3, dtype=torch.float64)), ValueError, r"scale must be None or a contiguous"),
     (lambda a: a.update(p=a["p"].float()), ValueError, "p must have y's shape and the weights' dtype"),
     (lambda a: a.update(grad=a["grad"][:, :4]), ValueError, r"grad must be a contiguous \(B, 5\) tensor"),
 ])
@@ -112,9 +112,17 @@ def test_a_call_that_would_need_autograd_is_an_error():
     with pytest.raises(ValueError, match="p requires grad, but mlp_leapfrog has no autograd"):
         fused.mlp_leapfrog(y, p.requires_grad_(True), grad, step, 2, weights, biases, activations)
     stack = fused.prepare(weights, biases, activations)
-    with pytest.raises(RuntimeError, match="mlp_leapfrog has no autograd"):  # the op itself, called directly
-        torch.ops.kale_fast.mlp_leapfrog(y, p, grad, step, torch.tensor(2), None, weights, biases, stack.codes,
-                                         stack.parameters, 1.0, 1.0)
+    p.requires_grad_(False)
+    scale = torch.ones(5, dtype=torch.float64)
+    # the op itself, called directly, with one input requiring grad: a tensor, one in each list, the optional one
+    for needs_grad in (p, weights[0], biases[0], scale):
+        needs_grad.requires_grad_(True)
+        with pytest.raises(RuntimeError, match="mlp_leapfrog has no autograd"):
+            torch.ops.kale_fast.mlp_leapfrog(y, p, grad, step, torch.tensor(2), scale, weights, biases, stack.codes,
+                                             stack.parameters, 1.0, 1.0)
+        needs_grad.requires_grad_(False)
+    torch.ops.kale_fast.mlp_leapfrog(y, p, grad, step, torch.tensor(2), scale, weights, biases, stack.codes,
+                                     stack.parameters, 1.0, 1.0)
 
 
 def test_one_opaque_op_in_a_compiled_graph():
@@ -181,6 +189,16 @@ def test_the_fused_trajectory_steps_aside_where_it_cannot_run():
     assert potential.fused_leapfrog(y, p, grad, step, 2) is not None
 
 
+def test_an_extension_built_without_the_op_steps_one_by_one(monkeypatch):
+    """With a kale_fast._C built before mlp_leapfrog existed, LatentPotential runs its steps one by one."""
+    potential = _gaussian_latent_potential()[0]
+    monkeypatch.setattr(fused, "HAS_LEAPFROG_KERNEL", False)
+    y, p, grad, step, _ = _trajectory_inputs(3, 3, torch.float32, seed=7, with_scale=False)
+    assert potential.fused_leapfrog(y, p, grad, step, 2) is None
+    torch.manual_seed(0)
+    assert torch.isfinite(kf.HMC(0.3, 3).run(potential, torch.randn(4, 3), 5).z).all()
+
+
 def _gaussian_latent_potential(dim=3):
     """LatentPotential with linear networks: U(z) = |z|^2 / 2 + a^T (W z + b) + c, whose posterior is N(-W^T a, I)."""
     torch.manual_seed(1)
@@ -209,7 +227,7 @@ def test_hmc_through_the_fused_trajectory_is_exact(make_sampler, compile, monkey
     monkeypatch.setattr(leapfrog.reference, "leapfrog_kick_drift", one_step)
     torch.manual_seed(0)
     result = make_sampler().run(potential, torch.randn(64, 3), 400, warmup=300, thin=1, compile=compile)
-    assert calls or compile  # (a compiled graph does not replay the list's append)
+    assert compile or len(calls) == 300 + 400  # one call per iteration (a compiled graph does not replay appends)
     draws = result.trace.double().reshape(-1, 3)
     standard_error = (4.0 / draws.shape[0]) ** 0.5
     assert (draws.mean(0) - mean).abs().max() < 5 * standard_error

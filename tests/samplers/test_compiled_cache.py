@@ -37,6 +37,27 @@ def test_a_dropped_potential_frees_its_compiled_functions_and_networks():
     assert len(compiled._CACHE) == cache_size - 1
 
 
+def test_a_dropped_potential_of_the_fused_ops_frees_them_too():
+    """The same for a potential of plain Linear stacks, whose compiled iterations call kale_fast::mlp_potential and
+    kale_fast::mlp_leapfrog (HMC's trajectories)."""
+    torch.manual_seed(0)
+    base, energy = nn.Sequential(nn.Linear(3, 8), nn.SiLU()).double(), nn.Linear(8, 1).double()
+    potential = kf.samplers.LatentPotential(base, energy)
+    z0 = torch.randn(4, 3, dtype=torch.float64)
+    for sampler in (kf.MALA(0.1), kf.HMC(0.1, 3)):
+        sampler.run(potential, z0, 3, compile=True, generator=torch.Generator().manual_seed(1))
+    paths = compiled._CACHE[potential]
+    functions = [weakref.ref(f) for it in paths.iterations.values() for f in it.functions.values()]
+    assert len(functions) == 2
+    dropped = [weakref.ref(potential), weakref.ref(energy), weakref.ref(base)]
+    gc.collect()
+    cache_size = len(compiled._CACHE)
+    del paths, potential, base, energy
+    gc.collect()
+    assert all(ref() is None for ref in dropped + functions)
+    assert len(compiled._CACHE) == cache_size - 1
+
+
 def test_compiled_paths_are_reused_across_runs_of_one_potential():
     potential = lambda z: 0.5 * (z * z).sum(1)  # noqa: E731
     z0 = torch.randn(4, 2, dtype=torch.float64)
