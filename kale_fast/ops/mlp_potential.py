@@ -125,20 +125,25 @@ class LinearStack:
 
     def __call__(self, z: Tensor, temperature: float = 1.0, prior_precision: float = 1.0,
                  backend: Optional[str] = None) -> Tuple[Tensor, Tensor]:
-        _checks.floating_tensor("z", z)
-        if z.dim() != 2 or z.shape[1] != self.in_features or not z.is_contiguous():
-            raise ValueError(f"z must be a contiguous (B, {self.in_features}) tensor (the first layer's inputs), got "
-                             f"{_checks.describe(z)}")
-        if z.dtype != self.dtype:
-            raise TypeError(f"z and weights must have one dtype: z has {_checks.describe(z)}, the weights "
-                            f"{self.dtype}")
-        if z.device != self.device:
-            raise ValueError(f"z and weights must be on one device: z has {_checks.describe(z)}, the weights "
-                             f"{self.device}")
+        self.check_rows("z", z)
         temperature = _number("temperature", temperature, 0.0, strict=True)
         prior_precision = _number("prior_precision", prior_precision, 0.0, strict=False)
         self.refuse_grad("mlp_potential", z=z)
         return self.call_unchecked(z, temperature, prior_precision, backend)
+
+    def check_rows(self, name: str, t: Tensor) -> None:
+        """TypeError/ValueError naming `name` unless t is a contiguous (B, in_features) tensor of the weights'
+        dtype and device (the first layer's inputs, one row per chain)."""
+        _checks.floating_tensor(name, t)
+        if t.dim() != 2 or t.shape[1] != self.in_features or not t.is_contiguous():
+            raise ValueError(f"{name} must be a contiguous (B, {self.in_features}) tensor (the first layer's inputs), "
+                             f"got {_checks.describe(t)}")
+        if t.dtype != self.dtype:
+            raise TypeError(f"{name} and weights must have one dtype: {name} has {_checks.describe(t)}, the weights "
+                            f"{self.dtype}")
+        if t.device != self.device:
+            raise ValueError(f"{name} and weights must be on one device: {name} has {_checks.describe(t)}, the "
+                             f"weights {self.device}")
 
     def refuse_grad(self, op: str, **inputs: Optional[Tensor]) -> None:
         """ValueError where grad mode is on and an input or a parameter requires grad: `op` has no autograd."""
@@ -208,12 +213,9 @@ def mlp_leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n_steps:
     No autograd, as mlp_potential."""
     stack = prepare(weights, biases, activations)
     for name, t in (("y", y), ("p", p), ("grad", grad)):
-        _checks.floating_tensor(name, t)
-        if t.dim() != 2 or t.shape[1] != stack.in_features or not t.is_contiguous():
-            raise ValueError(f"{name} must be a contiguous (B, {stack.in_features}) tensor (the first layer's inputs), "
-                             f"got {_checks.describe(t)}")
-        if t.shape != y.shape or t.dtype != stack.dtype or t.device != stack.device:
-            raise ValueError(f"{name} must have y's shape and the weights' dtype and device, got {_checks.describe(t)}")
+        stack.check_rows(name, t)
+        if t.shape != y.shape:
+            raise ValueError(f"{name} must have y's shape {tuple(y.shape)}, got {_checks.describe(t)}")
     for name, t, shape in (("step_size", step_size, y.shape[:1]), ("scale", scale, y.shape[1:])):
         if t is None and name == "scale":
             continue

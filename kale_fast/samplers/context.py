@@ -7,7 +7,7 @@ from torch import Tensor
 from kale_fast.ops import integrators
 from kale_fast.samplers.compiled import compiled_paths
 from kale_fast.samplers.core import StepContext
-from kale_fast.samplers.leapfrog import CompiledLeapfrog, eager_leapfrog
+from kale_fast.samplers.leapfrog import CompiledLeapfrog, eager_leapfrog, fused_first
 from kale_fast.samplers.metric import Metric, UnitPotential, unit_value_and_grad_function
 
 
@@ -36,5 +36,6 @@ def build_context(potential, z: Tensor, *, generator: Optional[torch.Generator] 
         leapfrog = paths.leapfrog.bind(metric)
     else:
         value_and_grad = unit_value_and_grad_function(potential, metric)
-        leapfrog = eager_leapfrog(kernels, value_and_grad, UnitPotential(potential, metric).leapfrog)
-    return StepContext(value_and_grad, kernels, leapfrog, generator)
+        leapfrog = eager_leapfrog(kernels, value_and_grad)
+    return StepContext(value_and_grad, kernels, fused_first(UnitPotential(potential, metric).leapfrog, leapfrog),
+                       generator)

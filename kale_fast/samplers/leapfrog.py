@@ -8,11 +8,12 @@ U(y) known, the first step opening with a half kick, the result taken before the
 - CompiledLeapfrog: compiled chunks of algebra steps for eager iterations of a length that varies (ChEES's
   warm-up, and its runs off the CPU) or is too long to unroll into one graph.
 
-Each first tries the potential's own whole trajectory (kale_fast.samplers.metric.UnitPotential.leapfrog: a
-LatentPotential of Linear + activation stacks runs kale_fast::mlp_leapfrog, one op for all n steps): then p is
-not updated in place (new tensors are returned) and CompiledLeapfrog compiles nothing.
+The potential's own whole trajectory (kale_fast.samplers.metric.UnitPotential.leapfrog: a LatentPotential of
+Linear + activation stacks runs kale_fast::mlp_leapfrog, one op for all n steps) is tried first: by
+algebra_leapfrog itself, and around the other two by fused_first (kale_fast.samplers.context). Where it runs, p
+is not updated in place (new tensors are returned) and CompiledLeapfrog compiles nothing.
 """
-from typing import Callable, Dict, Optional, Tuple, Union
+from typing import Callable, Dict, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -20,7 +21,7 @@ from torch import Tensor
 from kale_fast.reference import integrators as reference
 from kale_fast.samplers.compiled import compile_function, metric_arguments, potential_reference
 from kale_fast.samplers.core import ValueAndGrad
-from kale_fast.samplers.metric import Metric, UnitPotential, unit_value_and_grad
+from kale_fast.samplers.metric import Metric, unit_value_and_grad
 
 # Longest chunk of leapfrog steps unrolled into one compiled graph. Compile time grows with the unrolled length
 # (a ChEES run that compiled chunks of up to 512 steps did not finish a 200-iteration warm-up in 9 minutes on a
@@ -28,14 +29,18 @@ from kale_fast.samplers.metric import Metric, UnitPotential, unit_value_and_grad
 MAX_UNROLLED_STEPS = 16
 
 
-def eager_leapfrog(kernels, value_and_grad: ValueAndGrad, fused: Optional[Callable] = None) -> Callable:
-    """fused: a callable that runs a whole trajectory as one call, or returns None where it cannot
-    (UnitPotential.leapfrog); tried first."""
+def fused_first(fused: Callable, leapfrog: Callable) -> Callable:
+    """`leapfrog` with the potential's whole trajectory tried first: fused (UnitPotential.leapfrog) runs it as one
+    call or returns None where it cannot, and then `leapfrog` takes the steps (eager_leapfrog or
+    CompiledLeapfrog.bind's; compiled whole iterations try it in algebra_leapfrog)."""
+    def leapfrog_or_fused(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
+        result = fused(y, p, grad, step_size, n)
+        return leapfrog(y, p, grad, step_size, n) if result is None else result
+    return leapfrog_or_fused
+
+
+def eager_leapfrog(kernels, value_and_grad: ValueAndGrad) -> Callable:
     def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
-        if fused is not None:
-            result = fused(y, p, grad, step_size, n)
-            if result is not None:
-                return result
         y = y.clone()
         for i in range(n):
             kernels.leapfrog_kick_drift(y, p, grad, step_size, 0.5 if i == 0 else 1.0)
@@ -116,14 +121,8 @@ class CompiledLeapfrog:
         return self._kicks[key]
 
     def bind(self, metric: Metric) -> Callable:
-        """The leapfrog function for one metric: (y, p, grad, h, n) -> (y, p, U(y), grad U(y)); a whole
-        trajectory as one call where the potential has one (UnitPotential.leapfrog: nothing to compile)."""
-        fused = UnitPotential(self.potential(), metric).leapfrog
-
+        """The leapfrog function for one metric: (y, p, grad, h, n) -> (y, p, U(y), grad U(y))."""
         def leapfrog(y: Tensor, p: Tensor, grad: Tensor, step_size: Tensor, n: int):
-            result = fused(y, p, grad, step_size, n)
-            if result is not None:
-                return result
             half, full = self._kick_fractions(y)
             first_kick = half
             for count in chunk_lengths(n):

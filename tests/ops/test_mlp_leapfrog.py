@@ -92,7 +92,8 @@ def test_the_reference_backend_runs_the_reference():
     (lambda a: a.update(step_size=a["step_size"][:1]), ValueError, r"step_size must be a contiguous \(4,\) tensor"),
     (lambda a: a.update(step_size=torch.rand(8, dtype=torch.float64)[::2]), ValueError, "step_size must be a contig"),
     (lambda a: a.update(scale=torch.ones(3, dtype=torch.float64)), ValueError, r"scale must be None or a contiguous"),
-    (lambda a: a.update(p=a["p"].float()), ValueError, "p must have y's shape and the weights' dtype"),
+    (lambda a: a.update(p=a["p"].float()), TypeError, "p and weights must have one dtype"),
+    (lambda a: a.update(p=a["p"][:3]), ValueError, r"p must have y's shape \(4, 5\)"),
     (lambda a: a.update(grad=a["grad"][:, :4]), ValueError, r"grad must be a contiguous \(B, 5\) tensor"),
 ])
 def test_bad_arguments_are_named(change, error, match):
